@@ -1,0 +1,177 @@
+"""The one batching engine every model kind runs through.
+
+Inputs arrive tokenised. The engine sorts them by length, groups them into batches
+under a padded-token budget, pads each batch on its device, calls the model's runner
+under ``torch.inference_mode``, and puts the per-input results back in input order.
+Out-of-memory errors (and only those) shrink the budget, down to one input per batch.
+With several runners (one model replica per device) batches are shared among them.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Generic, Literal, Protocol, TypeVar
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from bgekit.engine.batching import TokenBatch, pad_batch, plan_batches
+from bgekit.engine.device import DType
+from bgekit.errors import BgekitError
+from bgekit.types import TokenSeq
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineConfig:
+    """How inputs are batched and where the model runs.
+
+    ``devices`` (several, e.g. ``("cuda:0", "cuda:1")``) runs one replica per device in
+    data parallel and takes precedence over ``device``. ``progress=None`` shows a bar only
+    when stderr is a terminal and the input spans several batches.
+    """
+
+    device: str = "auto"
+    devices: tuple[str, ...] = ()
+    dtype: DType = "auto"
+    max_batch_tokens: int = 16384
+    max_batch_size: int = 256
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_batch_tokens < 1:
+            raise BgekitError(f"max_batch_tokens must be at least 1, got {self.max_batch_tokens}")
+        if self.max_batch_size < 1:
+            raise BgekitError(f"max_batch_size must be at least 1, got {self.max_batch_size}")
+
+
+class Runner(Protocol[T_co]):
+    """A model replica on one device: a padded batch in, one result per row out."""
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def __call__(self, batch: TokenBatch) -> Sequence[T_co]: ...
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """True only for an accelerator's out-of-memory error."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    # MPS reports OOM as a plain RuntimeError with this wording.
+    return isinstance(err, RuntimeError) and "MPS backend out of memory" in str(err)
+
+
+@dataclass
+class _Work(Generic[T]):
+    seqs: Sequence[TokenSeq]
+    lengths: np.ndarray
+    queue: deque[np.ndarray]
+    results: list[T | None]
+    budget: int
+    max_batch_size: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def take(self) -> np.ndarray | None:
+        with self.lock:
+            return self.queue.popleft() if self.queue else None
+
+    def shrink(self, failed: np.ndarray) -> None:
+        """Halve the budget below the failed batch and re-plan everything not yet run."""
+        with self.lock:
+            longest = int(self.lengths[failed].max())
+            self.budget = min(self.budget, max(1, len(failed) // 2) * longest)
+            pending = np.concatenate([failed, *self.queue]) if self.queue else failed
+            sub = plan_batches(self.lengths[pending], self.budget, self.max_batch_size)
+            self.queue = deque(pending[b] for b in sub)
+
+
+class Engine:
+    """Runs tokenised inputs through runners in token-budgeted, length-sorted batches."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+
+    def run(
+        self,
+        seqs: Sequence[TokenSeq],
+        runners: Sequence[Runner[T]],
+        *,
+        pad_id: int,
+        padding_side: Literal["right", "left"] = "right",
+        desc: str = "encoding",
+    ) -> list[T]:
+        """Results for ``seqs``, in input order."""
+        if not seqs:
+            return []
+        if not runners:
+            raise BgekitError("no model replica to run on")
+        cfg = self.config
+        lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+        plan = plan_batches(lengths, cfg.max_batch_tokens, cfg.max_batch_size)
+        work: _Work[T] = _Work(
+            seqs=seqs,
+            lengths=lengths,
+            queue=deque(plan),
+            results=[None] * len(seqs),
+            budget=cfg.max_batch_tokens,
+            max_batch_size=cfg.max_batch_size,
+        )
+        show = cfg.progress
+        if show is None:
+            show = len(plan) > 1 and sys.stderr.isatty()
+        with tqdm(total=len(seqs), desc=desc, unit="text", disable=not show) as bar:
+
+            def loop(runner: Runner[T]) -> None:
+                self._loop(work, runner, pad_id, padding_side, bar.update)
+
+            if len(runners) == 1:
+                loop(runners[0])
+            else:
+                with ThreadPoolExecutor(max_workers=len(runners)) as pool:
+                    for f in [pool.submit(loop, r) for r in runners]:
+                        f.result()
+        missing = [i for i, r in enumerate(work.results) if r is None]
+        if missing:  # a runner returned too few rows: a bug, never silently dropped
+            raise BgekitError(f"engine lost results for inputs {missing[:5]}")
+        return work.results  # type: ignore[return-value]
+
+    @staticmethod
+    def _loop(
+        work: _Work[T],
+        runner: Runner[T],
+        pad_id: int,
+        padding_side: Literal["right", "left"],
+        advance: Callable[[int], object],
+    ) -> None:
+        while (idx := work.take()) is not None:
+            batch = pad_batch([work.seqs[i] for i in idx], pad_id, runner.device, padding_side)
+            try:
+                with torch.inference_mode():
+                    out = runner(batch)
+            except Exception as err:
+                if not is_out_of_memory(err):
+                    raise
+                del batch
+                if runner.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if len(idx) == 1:
+                    raise BgekitError(
+                        f"out of memory on a single input of {int(work.lengths[idx[0]])} tokens "
+                        f"on {runner.device}; lower the max length or use a larger device"
+                    ) from err
+                work.shrink(idx)
+                continue
+            if len(out) != len(idx):
+                raise BgekitError(f"runner returned {len(out)} results for a batch of {len(idx)}")
+            for i, r in zip(idx.tolist(), out, strict=True):
+                work.results[i] = r
+            advance(len(idx))

@@ -1,0 +1,278 @@
+"""Embedders: dense for every encoder, plus sparse and multi-vector for BGE-M3, in one pass."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar, cast
+
+import numpy as np
+
+from bgekit.engine import Engine, EngineConfig
+from bgekit.errors import InputError, MissingHeadError, ModelFormatError
+from bgekit.inputs import check_pairs, check_texts
+from bgekit.models.heads import POOLINGS, EmbedRunner, EncoderWithHeads, Row, load_linear
+from bgekit.models.loading import read_folder, resolve_model_dir
+from bgekit.models.registry import lookup
+from bgekit.models.runtime import load_transformers_model, place_replicas
+from bgekit.models.tokenizer import TextTokenizer
+from bgekit.scoring import (
+    dense_pair_scores,
+    maxsim_pair_scores,
+    sparse_pair_scores,
+    weighted_fusion,
+)
+from bgekit.types import KINDS, OUTPUT_KINDS, Encoded, Kind, ModelInfo, OutputKind, PairScores
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbedderSettings:
+    """Overrides of what the folder and bgekit's table say; ``None`` keeps theirs."""
+
+    pooling: str | None = None
+    normalize: bool | None = None
+    query_instruction: str | None = None
+    query_max_length: int | None = None
+    passage_max_length: int | None = None
+
+
+V = TypeVar("V")
+
+
+def _first(*values: V | None) -> V:
+    """The first value that is set: explicit setting, folder, table, default."""
+    for v in values:
+        if v is not None:
+            return v
+    raise ValueError("no value set")
+
+
+class Embedder:
+    """Encodes texts into dense, sparse and multi-vector outputs with one forward pass."""
+
+    def __init__(
+        self,
+        model: EncoderWithHeads,
+        tokenizer: TextTokenizer,
+        info: ModelInfo,
+        engine: EngineConfig | None = None,
+    ):
+        self.info = info
+        self.tokenizer = tokenizer
+        self.engine = Engine(engine or EngineConfig())
+        self._replicas = place_replicas(model, self.engine.config)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        *,
+        revision: str | None = None,
+        settings: EmbedderSettings | None = None,
+        engine: EngineConfig | None = None,
+    ) -> Embedder:
+        """Load from a hub id or a local folder.
+
+        Settings come from, in rising priority: defaults, bgekit's table of known BGE
+        models, the folder's sentence-transformers metadata, and ``settings``.
+        """
+        path = resolve_model_dir(name_or_path, revision)
+        meta = read_folder(path)
+        if meta.is_cross_encoder:
+            raise ModelFormatError(
+                f"{name_or_path} is a cross-encoder ({meta.architecture}); load it with Reranker"
+            )
+        known = lookup(name_or_path, str(path))
+        if known is not None and known[1].task != "embedder":
+            raise ModelFormatError(f"{name_or_path} is a {known[1].task}; load it with Reranker")
+        s = settings or EmbedderSettings()
+        k = known[1] if known else None
+        config = meta.config
+        hidden_size = int(config.get("hidden_size", 0))
+        positions = int(config.get("max_position_embeddings", 512))
+        if config.get("model_type") in ("xlm-roberta", "roberta", "camembert"):
+            positions -= 2  # RoBERTa-style position ids start after the padding index
+        default_len = min(meta.max_seq_length or positions, positions)
+        pooling = str(_first(s.pooling, meta.pooling, k.pooling if k else None, "cls"))
+        if pooling not in POOLINGS:
+            raise ModelFormatError(f"pooling {pooling!r} is not supported; use one of {POOLINGS}")
+        colbert = load_linear(meta.colbert_head, hidden_size) if meta.colbert_head else None
+        sparse = load_linear(meta.sparse_head, hidden_size) if meta.sparse_head else None
+        if sparse is not None and sparse.out_features != 1:
+            raise ModelFormatError(f"{meta.sparse_head} must map hidden states to one weight")
+        heads: tuple[OutputKind, ...] = ("dense",)
+        heads += ("sparse",) if sparse is not None else ()
+        heads += ("multivector",) if colbert is not None else ()
+        info = ModelInfo(
+            name=name_or_path,
+            path=str(path),
+            task="embedder",
+            model_type=str(config.get("model_type", "?")),
+            architecture=meta.architecture,
+            hidden_size=hidden_size,
+            pooling=pooling,
+            normalize=bool(_first(s.normalize, meta.normalize, k.normalize if k else None, True)),
+            query_instruction=str(
+                _first(s.query_instruction, meta.prompts.get("query"), k.query_instruction if k else None, "")
+            ),
+            query_max_length=int(
+                _first(s.query_max_length, min(k.query_max_length, default_len) if k else None, default_len)
+            ),
+            passage_max_length=int(
+                _first(s.passage_max_length, min(k.passage_max_length, positions) if k else None, default_len)
+            ),
+            heads=heads,
+            multivector_dim=colbert.out_features if colbert is not None else None,
+            known_as=known[0] if known else None,
+        )
+        for label, value in (
+            ("query", info.query_max_length),
+            ("passage", info.passage_max_length),
+        ):
+            if not 2 < value <= positions:
+                raise ModelFormatError(f"{label} max length {value} is outside 3..{positions}")
+        with_types = int(config.get("type_vocab_size", 0)) > 1
+        tokenizer = TextTokenizer.from_folder(path, with_type_ids=with_types)
+        backbone = load_transformers_model(path, cross_encoder=False)
+        return cls(EncoderWithHeads(backbone, colbert, sparse), tokenizer, info, engine)
+
+    # -- encoding -------------------------------------------------------------------------
+
+    def _check_outputs(self, outputs: Sequence[str]) -> tuple[OutputKind, ...]:
+        if isinstance(outputs, str):
+            outputs = (outputs,)
+        wanted = tuple(dict.fromkeys(outputs))
+        for o in wanted:
+            if o not in OUTPUT_KINDS:
+                raise InputError(f"unknown output {o!r}; choose from {', '.join(OUTPUT_KINDS)}")
+            if o not in self.info.heads:
+                raise MissingHeadError(
+                    f"{self.info.name} has no {o} head (no "
+                    f"{'sparse_linear.pt' if o == 'sparse' else 'colbert_linear.pt'} beside the "
+                    f"weights); it gives: {', '.join(self.info.heads)}"
+                )
+        if not wanted:
+            raise InputError("outputs is empty; ask for at least one of dense, sparse, multivector")
+        return tuple(o for o in OUTPUT_KINDS if o in wanted)
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        kind: Kind = "document",
+        outputs: Sequence[OutputKind] = ("dense",),
+        instruction: str | None = None,
+    ) -> Encoded:
+        """Encode texts; queries get the query instruction (or ``instruction``) prefixed."""
+        if kind not in KINDS:
+            raise InputError(f"kind must be 'query' or 'document', got {kind!r}")
+        if instruction is not None and kind != "query":
+            raise InputError("an instruction applies to queries only (kind='query')")
+        wanted = self._check_outputs(outputs)
+        items = check_texts(texts)
+        if kind == "query":
+            prefix = self.info.query_instruction if instruction is None else instruction
+            items = [prefix + t for t in items]
+            max_length = self.info.query_max_length
+        else:
+            max_length = self.info.passage_max_length
+        if not items:
+            return Encoded(
+                dense=np.zeros((0, self.info.hidden_size), np.float32) if "dense" in wanted else None,
+                sparse=[] if "sparse" in wanted else None,
+                multivector=[] if "multivector" in wanted else None,
+            )
+        seqs = self.tokenizer.encode(items, max_length)
+        runners = [
+            EmbedRunner(
+                cast(EncoderWithHeads, model),
+                device,
+                pooling=self.info.pooling,
+                normalize=self.info.normalize,
+                outputs=wanted,
+                special_ids=self.tokenizer.special_ids,
+            )
+            for model, device in self._replicas
+        ]
+        rows: list[Row] = self.engine.run(seqs, runners, pad_id=self.tokenizer.pad_id)
+        return Encoded(
+            dense=np.stack([r.dense for r in rows]) if "dense" in wanted else None,  # type: ignore[misc]
+            sparse=[r.sparse for r in rows] if "sparse" in wanted else None,  # type: ignore[misc]
+            multivector=[r.multivector for r in rows] if "multivector" in wanted else None,  # type: ignore[misc]
+        )
+
+    def encode_queries(
+        self,
+        texts: Sequence[str],
+        *,
+        outputs: Sequence[OutputKind] = ("dense",),
+        instruction: str | None = None,
+    ) -> Encoded:
+        """``encode(texts, kind="query")``: the query instruction is prefixed."""
+        return self.encode(texts, kind="query", outputs=outputs, instruction=instruction)
+
+    def encode_corpus(self, texts: Sequence[str], *, outputs: Sequence[OutputKind] = ("dense",)) -> Encoded:
+        """``encode(texts, kind="document")``: passages never get an instruction."""
+        return self.encode(texts, kind="document", outputs=outputs)
+
+    def sparse_tokens(self, vec: object) -> dict[str, float]:
+        """A sparse vector as ``{token text: weight}``, for reading."""
+        from bgekit.types import SparseVec
+
+        if not isinstance(vec, SparseVec):
+            raise InputError("sparse_tokens expects a SparseVec from encode(...).sparse")
+        return {
+            str(self.tokenizer.id_to_token(i)): w
+            for i, w in zip(vec.indices.tolist(), vec.values.tolist(), strict=True)
+        }
+
+    # -- scoring --------------------------------------------------------------------------
+
+    def compute_score(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    ) -> PairScores:
+        """Score (query, passage) pairs in every mode the model has.
+
+        Each distinct text is encoded once; the combined scores use ``weights`` ordered
+        (dense, sparse, multi-vector): weighted sum divided by the sum of the weights.
+        """
+        if len(weights) != 3:
+            raise InputError(f"weights must be (dense, sparse, multivector), got {weights!r}")
+        modes = self.info.heads
+        queries, passages = check_pairs(pairs)
+        q_uniq = list(dict.fromkeys(queries))
+        p_uniq = list(dict.fromkeys(passages))
+        q_enc = self.encode(q_uniq, kind="query", outputs=modes)
+        p_enc = self.encode(p_uniq, kind="document", outputs=modes)
+        qi = _positions(q_uniq, queries)
+        pi = _positions(p_uniq, passages)
+        assert q_enc.dense is not None and p_enc.dense is not None
+        dense = dense_pair_scores(q_enc.dense[qi], p_enc.dense[pi])
+        sparse = multi = both = every = None
+        if q_enc.sparse is not None and p_enc.sparse is not None:
+            sparse = sparse_pair_scores([q_enc.sparse[i] for i in qi], [p_enc.sparse[i] for i in pi])
+            both = weighted_fusion([dense, sparse], weights[:2])
+        if q_enc.multivector is not None and p_enc.multivector is not None:
+            q_mv, p_mv = q_enc.multivector, p_enc.multivector
+            multi = maxsim_pair_scores([q_mv[i] for i in qi], [p_mv[i] for i in pi])
+        if sparse is not None and multi is not None:
+            every = weighted_fusion([dense, sparse, multi], weights)
+        return PairScores(dense=dense, sparse=sparse, multivector=multi, sparse_dense=both, all=every)
+
+    def close(self) -> None:
+        """Drop the model replicas (and their device memory)."""
+        self._replicas = []
+
+    def __enter__(self) -> Embedder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _positions(unique: list[str], items: list[str]) -> np.ndarray:
+    where = {t: i for i, t in enumerate(unique)}
+    return np.array([where[t] for t in items], dtype=np.int64)

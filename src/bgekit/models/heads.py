@@ -1,0 +1,163 @@
+"""The encoder forward with BGE's output heads: pooling (dense), sparse and multi-vector (SPEC §2)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bgekit.engine import TokenBatch
+from bgekit.errors import ModelFormatError
+from bgekit.types import OutputKind, SparseVec
+
+POOLINGS = ("cls", "mean", "last_token")
+
+
+def load_linear(path: Path, hidden_size: int) -> nn.Linear:
+    """A Linear layer from a state-dict file, read with ``weights_only=True`` (no pickled code)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a bad or unsafe file
+        raise ModelFormatError(f"cannot read head file {path}: {e}") from None
+    weight = state.get("weight") if isinstance(state, dict) else None
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or weight.shape[1] != hidden_size:
+        raise ModelFormatError(
+            f"{path} is not a Linear({hidden_size}, n) state dict "
+            f"(weight shape {None if weight is None else tuple(weight.shape)})"
+        )
+    bias = state.get("bias")
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    layer.load_state_dict(state)
+    return layer
+
+
+def pool(hidden: torch.Tensor, batch: TokenBatch, pooling: str) -> torch.Tensor:
+    """One vector per row: the first token, the masked mean, or the last real token."""
+    if pooling == "cls":
+        if batch.padding_side == "left":
+            first = batch.input_ids.shape[1] - batch.lengths.to(hidden.device)
+            return hidden[torch.arange(hidden.shape[0], device=hidden.device), first]
+        return hidden[:, 0]
+    if pooling == "mean":
+        mask = batch.attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+    if pooling == "last_token":
+        if batch.padding_side == "left":
+            return hidden[:, -1]
+        last = batch.lengths.to(hidden.device) - 1
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise ModelFormatError(f"unknown pooling {pooling!r}; bgekit supports {', '.join(POOLINGS)}")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One input's outputs as they leave the engine."""
+
+    dense: np.ndarray | None
+    sparse: SparseVec | None
+    multivector: np.ndarray | None
+
+
+def sparse_rows(
+    weights: np.ndarray, input_ids: np.ndarray, lengths: np.ndarray, special_ids: frozenset[int]
+) -> list[SparseVec]:
+    """Per row: token id -> max weight over its occurrences, specials and zero weights dropped.
+
+    Vectorised over the batch: entries are keyed by (row, token), sorted with the larger
+    weight first, and the first entry of each key kept.
+    """
+    n, width = input_ids.shape
+    real = np.arange(width)[None, :] < lengths[:, None]
+    keep = real & (weights > 0) & ~np.isin(input_ids, list(special_ids))
+    rows = np.nonzero(keep)[0]
+    ids = input_ids[keep].astype(np.int64)
+    vals = weights[keep].astype(np.float32)
+    key = rows.astype(np.int64) * (int(input_ids.max(initial=0)) + 1) + ids
+    order = np.lexsort((-vals, key))
+    key, rows, ids, vals = key[order], rows[order], ids[order], vals[order]
+    first = np.ones(key.shape[0], dtype=bool)
+    first[1:] = key[1:] != key[:-1]
+    rows, ids, vals = rows[first], ids[first], vals[first]
+    bounds = np.searchsorted(rows, np.arange(n + 1))
+    return [SparseVec(ids[a:b], vals[a:b]) for a, b in itertools.pairwise(bounds)]
+
+
+class EncoderWithHeads(nn.Module):
+    """A transformers encoder plus the optional BGE-M3 heads."""
+
+    def __init__(self, backbone: nn.Module, colbert: nn.Linear | None, sparse: nn.Linear | None):
+        super().__init__()
+        self.backbone = backbone
+        self.colbert_linear = colbert
+        self.sparse_linear = sparse
+
+    def hidden(self, batch: TokenBatch) -> torch.Tensor:
+        kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        if batch.token_type_ids is not None:
+            kwargs["token_type_ids"] = batch.token_type_ids
+        return self.backbone(**kwargs).last_hidden_state
+
+
+class EmbedRunner:
+    """Runs one replica and turns hidden states into :class:`Row` values."""
+
+    def __init__(
+        self,
+        model: EncoderWithHeads,
+        device: torch.device,
+        *,
+        pooling: str,
+        normalize: bool,
+        outputs: Sequence[OutputKind],
+        special_ids: frozenset[int],
+    ):
+        self.model = model
+        self._device = device
+        self.pooling = pooling
+        self.normalize = normalize
+        self.outputs = frozenset(outputs)
+        self.special_ids = special_ids
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def __call__(self, batch: TokenBatch) -> list[Row]:
+        hidden = self.model.hidden(batch)
+        n = hidden.shape[0]
+        lengths = batch.lengths.numpy()
+        dense: list[np.ndarray | None] = [None] * n
+        sparse: list[SparseVec | None] = [None] * n
+        multi: list[np.ndarray | None] = [None] * n
+        if "dense" in self.outputs:
+            vec = pool(hidden, batch, self.pooling)
+            if self.normalize:
+                vec = F.normalize(vec, dim=-1)
+            dense = list(vec.float().cpu().numpy())
+        if "sparse" in self.outputs:
+            assert self.model.sparse_linear is not None
+            weights = torch.relu(self.model.sparse_linear(hidden)).squeeze(-1)
+            sparse = list(
+                sparse_rows(
+                    weights.float().cpu().numpy(),
+                    batch.input_ids.cpu().numpy(),
+                    lengths,
+                    self.special_ids,
+                )
+            )
+        if "multivector" in self.outputs:
+            assert self.model.colbert_linear is not None
+            if batch.padding_side != "right":
+                raise ModelFormatError("multi-vector output needs right padding")
+            vecs = self.model.colbert_linear(hidden[:, 1:])
+            vecs = vecs * batch.attention_mask[:, 1:].unsqueeze(-1).to(vecs.dtype)
+            vecs = F.normalize(vecs, dim=-1).float().cpu().numpy()
+            # Positions after the first (CLS), up to and including the end token.
+            multi = [vecs[i, : lengths[i] - 1].copy() for i in range(n)]
+        return [Row(d, s, m) for d, s, m in zip(dense, sparse, multi, strict=True)]

@@ -1,0 +1,142 @@
+"""Cross-encoder rerankers (BERT / XLM-R sequence classification with one logit)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from bgekit.engine import Engine, EngineConfig, TokenBatch
+from bgekit.errors import InputError, ModelFormatError
+from bgekit.inputs import check_pairs, check_texts
+from bgekit.models.loading import read_folder, resolve_model_dir
+from bgekit.models.registry import lookup
+from bgekit.models.runtime import load_transformers_model, place_replicas
+from bgekit.models.tokenizer import TextTokenizer
+from bgekit.types import ModelInfo, RerankResult
+
+
+class _LogitRunner:
+    def __init__(self, model: nn.Module, device: torch.device):
+        self.model = model
+        self._device = device
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def __call__(self, batch: TokenBatch) -> list[float]:
+        kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        if batch.token_type_ids is not None:
+            kwargs["token_type_ids"] = batch.token_type_ids
+        logits = self.model(**kwargs).logits[:, 0]
+        return logits.float().cpu().numpy().tolist()
+
+
+class Reranker:
+    """Scores (query, passage) pairs with a cross-encoder; higher is more relevant."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: TextTokenizer,
+        info: ModelInfo,
+        engine: EngineConfig | None = None,
+    ):
+        self.info = info
+        self.tokenizer = tokenizer
+        self.engine = Engine(engine or EngineConfig())
+        self._replicas = place_replicas(model, self.engine.config)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        *,
+        revision: str | None = None,
+        max_length: int = 512,
+        query_max_length: int | None = None,
+        engine: EngineConfig | None = None,
+    ) -> Reranker:
+        """Load a cross-encoder; the query keeps at most ``query_max_length`` tokens
+        (3/4 of ``max_length`` unless given), the passage is cut to fit the pair."""
+        path = resolve_model_dir(name_or_path, revision)
+        meta = read_folder(path)
+        if not meta.is_cross_encoder:
+            raise ModelFormatError(
+                f"{name_or_path} is not a cross-encoder ({meta.architecture}); load it with Embedder"
+            )
+        config = meta.config
+        if int(config.get("num_labels", len(config.get("id2label") or {0: 0}))) != 1:
+            raise ModelFormatError(f"{name_or_path}: a reranker needs one output logit (num_labels=1)")
+        positions = int(config.get("max_position_embeddings", 512))
+        if config.get("model_type") in ("xlm-roberta", "roberta", "camembert"):
+            positions -= 2
+        q_max = query_max_length if query_max_length is not None else max_length * 3 // 4
+        if not 4 <= max_length <= positions:
+            raise ModelFormatError(f"max_length {max_length} is outside 4..{positions} for this model")
+        if not 1 <= q_max < max_length:
+            raise ModelFormatError(f"query_max_length {q_max} must be in 1..{max_length - 1}")
+        known = lookup(name_or_path, str(path))
+        info = ModelInfo(
+            name=name_or_path,
+            path=str(path),
+            task="reranker",
+            model_type=str(config.get("model_type", "?")),
+            architecture=meta.architecture,
+            hidden_size=int(config.get("hidden_size", 0)),
+            pooling="cls",
+            normalize=False,
+            query_instruction="",
+            query_max_length=q_max,
+            passage_max_length=max_length,
+            heads=(),
+            known_as=known[0] if known else None,
+        )
+        with_types = int(config.get("type_vocab_size", 0)) > 1
+        tokenizer = TextTokenizer.from_folder(path, with_type_ids=with_types)
+        model = load_transformers_model(path, cross_encoder=True)
+        return cls(model, tokenizer, info, engine)
+
+    def score(self, pairs: Sequence[tuple[str, str]], *, normalize: bool = False) -> np.ndarray:
+        """One float32 score per pair: the logit, or its sigmoid when ``normalize``."""
+        queries, passages = check_pairs(pairs)
+        if not queries:
+            return np.zeros(0, dtype=np.float32)
+        seqs = self.tokenizer.encode_pairs(
+            queries, passages, self.info.passage_max_length, self.info.query_max_length
+        )
+        runners = [_LogitRunner(m, d) for m, d in self._replicas]
+        logits = np.asarray(
+            self.engine.run(seqs, runners, pad_id=self.tokenizer.pad_id, desc="reranking"),
+            dtype=np.float32,
+        )
+        return 1.0 / (1.0 + np.exp(-logits)) if normalize else logits
+
+    def rerank(
+        self,
+        query: str,
+        passages: Sequence[str],
+        *,
+        top_k: int | None = None,
+        normalize: bool = False,
+    ) -> list[RerankResult]:
+        """Passages ranked by score, best first; ties keep input order."""
+        if top_k is not None and top_k < 1:
+            raise InputError(f"top_k must be at least 1, got {top_k}")
+        items = check_texts(passages, "passages")
+        scores = self.score([(query, p) for p in items], normalize=normalize)
+        order = np.argsort(-scores, kind="stable")[:top_k]
+        return [RerankResult(int(i), float(scores[i])) for i in order]
+
+    def close(self) -> None:
+        """Drop the model replicas (and their device memory)."""
+        self._replicas = []
+
+    def __enter__(self) -> Reranker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,43 @@
+"""Loading transformers weights and placing replicas on devices."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bgekit.engine import EngineConfig, resolve_device, resolve_dtype
+from bgekit.errors import ModelFormatError
+
+logger = logging.getLogger(__name__)
+
+
+def load_transformers_model(path: Path, *, cross_encoder: bool) -> nn.Module:
+    """The encoder (or sequence-classification model) in fp32 on the CPU, with SDPA attention."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    cls = AutoModelForSequenceClassification if cross_encoder else AutoModel
+    try:
+        model = cls.from_pretrained(str(path), attn_implementation="sdpa", dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelFormatError(f"cannot load model weights from {path}: {e}") from None
+    return model.eval()
+
+
+def place_replicas(module: nn.Module, config: EngineConfig) -> list[tuple[nn.Module, torch.device]]:
+    """One replica per configured device, each in that device's dtype."""
+    names = config.devices or (config.device,)
+    devices = [resolve_device(d) for d in names]
+    if len(set(devices)) != len(devices):
+        raise ModelFormatError(f"devices listed twice: {list(names)}")
+    out = []
+    for i, dev in enumerate(devices):
+        replica = module if i == 0 else copy.deepcopy(module)
+        replica.to(device=dev, dtype=resolve_dtype(config.dtype, dev))
+        replica.eval()
+        out.append((replica, dev))
+    logger.debug("model placed on %s", ", ".join(str(d) for d in devices))
+    return out

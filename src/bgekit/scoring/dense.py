@@ -1,0 +1,25 @@
+"""Dense (single-vector) similarity."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def dense_scores(queries: np.ndarray, docs: np.ndarray) -> np.ndarray:
+    """All-pairs inner products, ``(n, d) x (m, d) -> (n, m)``.
+
+    >>> dense_scores(np.array([[1.0, 0.0]]), np.array([[0.5, 0.5], [0.0, 1.0]])).tolist()
+    [[0.5, 0.0]]
+    """
+    return np.asarray(queries @ docs.T, dtype=np.float32)
+
+
+def dense_pair_scores(queries: np.ndarray, docs: np.ndarray) -> np.ndarray:
+    """Row-wise inner products of aligned pairs, ``(n, d) x (n, d) -> (n,)``.
+
+    >>> dense_pair_scores(np.array([[1.0, 2.0], [0.0, 1.0]]), np.array([[3.0, 1.0], [2.0, 2.0]])).tolist()
+    [5.0, 2.0]
+    """
+    if queries.shape != docs.shape:
+        raise ValueError(f"pair shapes differ: {queries.shape} vs {docs.shape}")
+    return np.einsum("ij,ij->i", queries, docs).astype(np.float32)

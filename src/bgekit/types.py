@@ -1,0 +1,175 @@
+"""Value types returned by bgekit: small, frozen, with conversions on the value."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+Kind = Literal["query", "document"]
+OutputKind = Literal["dense", "sparse", "multivector"]
+OUTPUT_KINDS: tuple[OutputKind, ...] = ("dense", "sparse", "multivector")
+KINDS: tuple[Kind, ...] = ("query", "document")
+
+
+@dataclass(frozen=True, eq=False)
+class SparseVec:
+    """A lexical vector: sorted unique token ids with one positive weight each."""
+
+    indices: np.ndarray  # int64, sorted ascending, unique
+    values: np.ndarray  # float32, same length
+
+    def __post_init__(self) -> None:
+        if self.indices.shape != self.values.shape or self.indices.ndim != 1:
+            raise ValueError("SparseVec indices and values must be 1-D arrays of the same length")
+
+    @classmethod
+    def from_dict(cls, weights: Mapping[int, float]) -> SparseVec:
+        """Build from ``{token_id: weight}``."""
+        ids = np.fromiter((int(k) for k in weights), dtype=np.int64, count=len(weights))
+        vals = np.fromiter((float(v) for v in weights.values()), dtype=np.float32, count=len(weights))
+        order = np.argsort(ids, kind="stable")
+        return cls(ids[order], vals[order])
+
+    def to_dict(self) -> dict[int, float]:
+        """``{token_id: weight}`` with plain Python numbers."""
+        return dict(zip(self.indices.tolist(), self.values.tolist(), strict=True))
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SparseVec):
+            return NotImplemented
+        return bool(np.array_equal(self.indices, other.indices) and np.array_equal(self.values, other.values))
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """What one encode call returns; an output that was not asked for is ``None``.
+
+    ``dense`` is ``(n, d)`` float32; ``sparse`` is one :class:`SparseVec` per text;
+    ``multivector`` is one ``(n_tokens_i, d)`` float32 array per text, padding removed.
+    """
+
+    dense: np.ndarray | None = None
+    sparse: list[SparseVec] | None = None
+    multivector: list[np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        for part in (self.dense, self.sparse, self.multivector):
+            if part is not None:
+                return len(part)
+        return 0
+
+    @property
+    def outputs(self) -> tuple[OutputKind, ...]:
+        """The outputs this value holds, in canonical order."""
+        present = {
+            "dense": self.dense is not None,
+            "sparse": self.sparse is not None,
+            "multivector": self.multivector is not None,
+        }
+        return tuple(k for k in OUTPUT_KINDS if present[k])
+
+
+@dataclass(frozen=True)
+class PairScores:
+    """Scores of (query, passage) pairs in every mode the model supports.
+
+    ``sparse_dense`` and ``all`` are the weighted combinations (weighted sum divided by
+    the sum of the weights, weights ordered dense, sparse, multi-vector).
+    """
+
+    dense: np.ndarray
+    sparse: np.ndarray | None = None
+    multivector: np.ndarray | None = None
+    sparse_dense: np.ndarray | None = None
+    all: np.ndarray | None = None
+
+    def to_dict(self) -> dict[str, list[float]]:
+        """Mode name -> list of scores, with the reference toolkit's key names."""
+        names = {
+            "dense": self.dense,
+            "sparse": self.sparse,
+            "colbert": self.multivector,
+            "sparse+dense": self.sparse_dense,
+            "colbert+sparse+dense": self.all,
+        }
+        return {k: v.tolist() for k, v in names.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    """One reranked passage: its position in the input and its score."""
+
+    index: int
+    score: float
+
+
+@dataclass(frozen=True)
+class TokenSeq:
+    """One tokenised input: ids with special tokens, and segment ids when the model uses them."""
+
+    ids: Sequence[int]
+    type_ids: Sequence[int] | None = None
+    truncated: bool = False
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a loaded model is and how bgekit will run it."""
+
+    name: str
+    path: str
+    task: Literal["embedder", "reranker"]
+    model_type: str
+    architecture: str
+    hidden_size: int
+    pooling: str
+    normalize: bool
+    query_instruction: str
+    query_max_length: int
+    passage_max_length: int
+    heads: tuple[OutputKind, ...] = field(default=("dense",))
+    multivector_dim: int | None = None
+    known_as: str | None = None
+
+    def describe(self) -> Iterator[tuple[str, str]]:
+        """Readable (label, value) rows, for ``bgekit info``."""
+        yield "name", self.name
+        yield "path", self.path
+        yield "task", self.task
+        yield "architecture", f"{self.architecture} ({self.model_type}, hidden {self.hidden_size})"
+        yield "known as", self.known_as or "(not in bgekit's table; settings read from the folder)"
+        if self.task == "embedder":
+            yield "pooling", self.pooling + (", L2-normalised" if self.normalize else "")
+            yield "outputs", ", ".join(self.heads)
+            if self.multivector_dim is not None:
+                yield "multi-vector dim", str(self.multivector_dim)
+            yield (
+                "query instruction",
+                repr(self.query_instruction) if self.query_instruction else "none",
+            )
+            yield (
+                "max length",
+                (
+                    f"query {self.query_max_length}, passage {self.passage_max_length} tokens "
+                    "(longer inputs are truncated at the end)"
+                ),
+            )
+        else:
+            yield (
+                "max length",
+                (
+                    f"{self.passage_max_length} tokens per pair; the query keeps at most "
+                    f"{self.query_max_length}, the passage is truncated to fit"
+                ),
+            )
