@@ -56,12 +56,13 @@ class Reranker:
         name_or_path: str,
         *,
         revision: str | None = None,
-        max_length: int = 512,
+        max_length: int | None = None,
         query_max_length: int | None = None,
         engine: EngineConfig | None = None,
     ) -> Reranker:
-        """Load a cross-encoder; the query keeps at most ``query_max_length`` tokens
-        (3/4 of ``max_length`` unless given), the passage is cut to fit the pair."""
+        """Load a cross-encoder. A pair holds at most ``max_length`` tokens (512, or the
+        model's limit when lower); the query keeps at most ``query_max_length`` (3/4 of
+        ``max_length`` unless given), the passage is cut to fit."""
         path = resolve_model_dir(name_or_path, revision)
         meta = read_folder(path)
         if not meta.is_cross_encoder:
@@ -74,6 +75,8 @@ class Reranker:
         positions = int(config.get("max_position_embeddings", 512))
         if config.get("model_type") in ("xlm-roberta", "roberta", "camembert"):
             positions -= 2
+        if max_length is None:
+            max_length = min(512, positions)
         q_max = query_max_length if query_max_length is not None else max_length * 3 // 4
         if not 4 <= max_length <= positions:
             raise ModelFormatError(f"max_length {max_length} is outside 4..{positions} for this model")

@@ -18,12 +18,18 @@ logger = logging.getLogger(__name__)
 def load_transformers_model(path: Path, *, cross_encoder: bool) -> nn.Module:
     """The encoder (or sequence-classification model) in fp32 on the CPU, with SDPA attention."""
     from transformers import AutoModel, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
     cls = AutoModelForSequenceClassification if cross_encoder else AutoModel
+    bars_were_off = hf_logging.is_progress_bar_enabled() is False
+    hf_logging.disable_progress_bar()  # a bar per load is noise; bgekit shows its own on long work
     try:
         model = cls.from_pretrained(str(path), attn_implementation="sdpa", dtype=torch.float32)
     except (OSError, ValueError, KeyError) as e:
         raise ModelFormatError(f"cannot load model weights from {path}: {e}") from None
+    finally:
+        if not bars_were_off:
+            hf_logging.enable_progress_bar()
     return model.eval()
 
 

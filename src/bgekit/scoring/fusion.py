@@ -10,7 +10,7 @@ import numpy as np
 def weighted_fusion(scores: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
     """Weighted sum divided by the sum of the weights (BGE-M3's combined score).
 
-    >>> weighted_fusion([np.array([1.0]), np.array([0.0]), np.array([0.5])], [0.4, 0.2, 0.4]).tolist()
+    >>> weighted_fusion([np.array([1.0]), np.array([0.0]), np.array([0.5])], [0.4, 0.2, 0.4]).astype(float).round(6).tolist()
     [0.6]
     """
     if len(scores) != len(weights):
@@ -29,7 +29,7 @@ def weighted_fusion(scores: Sequence[np.ndarray], weights: Sequence[float]) -> n
 def reciprocal_rank_fusion(scores: Sequence[np.ndarray], k: float = 60.0) -> np.ndarray:
     """RRF: sum over modes of ``1 / (k + rank)``, rank from 1, along the last axis.
 
-    >>> reciprocal_rank_fusion([np.array([3.0, 1.0, 2.0]), np.array([0.0, 5.0, 4.0])], k=1).round(4).tolist()
+    >>> reciprocal_rank_fusion([np.array([3.0, 1.0, 2.0]), np.array([0.0, 5.0, 4.0])], k=1).astype(float).round(4).tolist()
     [0.75, 0.75, 0.6667]
     """
     if not scores:

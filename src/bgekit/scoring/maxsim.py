@@ -34,7 +34,7 @@ def maxsim_pair_scores(queries: Sequence[np.ndarray], docs: Sequence[np.ndarray]
 
     >>> q = [np.array([[1.0, 0.0], [0.0, 1.0]])]
     >>> d = [np.array([[1.0, 0.0], [0.6, 0.8], [0.0, -1.0]])]
-    >>> maxsim_pair_scores(q, d).round(6).tolist()
+    >>> maxsim_pair_scores(q, d).astype(float).round(6).tolist()
     [0.9]
     """
     if len(queries) != len(docs):
@@ -73,7 +73,7 @@ def maxsim_scores(queries: Sequence[np.ndarray], docs: Sequence[np.ndarray]) -> 
 
     >>> q = [np.array([[1.0, 0.0]]), np.array([[0.0, 1.0], [1.0, 0.0]])]
     >>> d = [np.array([[1.0, 0.0]]), np.array([[0.0, 1.0], [0.6, 0.8]])]
-    >>> maxsim_scores(q, d).round(6).tolist()
+    >>> maxsim_scores(q, d).astype(float).round(6).tolist()
     [[1.0, 0.6], [0.5, 0.8]]
     """
     if not queries or not docs:

@@ -1,0 +1,1 @@
+"""The ``bgekit`` command line: a thin layer over the library."""

@@ -1,0 +1,153 @@
+"""``bgekit`` commands: encode, info, similarity."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bgekit.engine import EngineConfig
+from bgekit.errors import BgekitError
+from bgekit.types import OUTPUT_KINDS
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda:0, ...")
+    g.add_argument("--devices", default="", help="comma-separated devices for data parallel (cuda:0,cuda:1)")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    g.add_argument("--max-batch-tokens", type=int, default=16384, help="padded tokens per batch")
+    g.add_argument("--max-batch-size", type=int, default=256, help="inputs per batch at most")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _engine(ns: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(
+        device=ns.device,
+        devices=tuple(d for d in ns.devices.split(",") if d),
+        dtype=ns.dtype,
+        max_batch_tokens=ns.max_batch_tokens,
+        max_batch_size=ns.max_batch_size,
+        progress=False if ns.no_progress else None,
+    )
+
+
+def _model_path(name: str | None) -> str:
+    from bgekit.models.packaged import packaged_model_dir
+
+    return name if name else str(packaged_model_dir())
+
+
+def _outputs(text: str) -> tuple[str, ...]:
+    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    bad = [p for p in parts if p not in OUTPUT_KINDS]
+    if bad or not parts:
+        raise argparse.ArgumentTypeError(f"outputs must be from {', '.join(OUTPUT_KINDS)}; got {text!r}")
+    return parts
+
+
+def cmd_encode(ns: argparse.Namespace) -> int:
+    from bgekit.io import read_texts, save_encoded
+    from bgekit.models import Embedder
+
+    texts, ids = read_texts(Path(ns.input))
+    model = Embedder.from_pretrained(_model_path(ns.model), engine=_engine(ns))
+    start = time.perf_counter()
+    enc = model.encode(texts, kind=ns.kind, outputs=ns.outputs)
+    seconds = time.perf_counter() - start
+    meta = {"model": model.info.name, "kind": ns.kind, "outputs": list(enc.outputs), "count": len(texts)}
+    save_encoded(Path(ns.output), enc, ids=ids, meta=meta)
+    print(f"encoded {len(texts)} texts ({', '.join(enc.outputs)}) in {seconds:.1f}s -> {ns.output}")
+    return 0
+
+
+def cmd_info(ns: argparse.Namespace) -> int:
+    from bgekit.models.loading import read_folder, resolve_model_dir
+
+    name = _model_path(ns.model)
+    meta = read_folder(resolve_model_dir(name))
+    if meta.is_cross_encoder:
+        from bgekit.models import Reranker
+
+        info = Reranker.from_pretrained(name).info
+    else:
+        from bgekit.models import Embedder
+
+        info = Embedder.from_pretrained(name).info
+    if ns.json:
+        from dataclasses import asdict
+
+        print(json.dumps(asdict(info), indent=2, ensure_ascii=False))
+    else:
+        width = max(len(k) for k, _ in info.describe())
+        for key, value in info.describe():
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def cmd_similarity(ns: argparse.Namespace) -> int:
+    from bgekit.models import Embedder
+
+    model = Embedder.from_pretrained(_model_path(ns.model), engine=_engine(ns))
+    enc = model.encode(ns.texts)
+    assert enc.dense is not None
+    sims = enc.dense @ enc.dense.T
+    print(f"model: {model.info.name} ({model.info.pooling} pooling, dim {enc.dense.shape[1]})\n")
+    for i, t in enumerate(ns.texts):
+        print(f"[{i}] {t}")
+    print("\ncosine similarity:")
+    print("     " + "".join(f"{j:>8}" for j in range(len(ns.texts))))
+    for i, row in enumerate(sims):
+        print(f"[{i}]  " + "".join(f"{v:8.3f}" for v in row))
+    for i in range(len(ns.texts)):
+        others = [(float(sims[i, j]), j) for j in range(len(ns.texts)) if j != i]
+        if others:
+            score, j = max(others)
+            print(f"closest to [{i}]: [{j}] ({score:.3f})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bgekit", description="BGE retrieval models: encode, score, inspect"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("encode", help="encode texts into dense / sparse / multi-vector outputs (.npz)")
+    p.add_argument("--model", help="hub id or local folder (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument(
+        "--input", required=True, help=".jsonl (strings or objects with text[, id, title]) or .txt"
+    )
+    p.add_argument("--output", required=True, help=".npz file to write (atomically)")
+    p.add_argument("--kind", choices=["query", "document"], default="document")
+    p.add_argument("--outputs", type=_outputs, default=("dense",), help="comma-separated, e.g. dense,sparse")
+    _engine_args(p)
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("info", help="what a model is and how bgekit runs it")
+    p.add_argument("model", nargs="?", help="hub id or local folder (default: the packaged model)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("similarity", help="encode a few texts and print their cosine similarities")
+    p.add_argument("texts", nargs="+", help="texts to compare")
+    p.add_argument("--model", help="hub id or local folder (default: the packaged all-MiniLM-L6-v2)")
+    _engine_args(p)
+    p.set_defaults(func=cmd_similarity)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    try:
+        return int(ns.func(ns))
+    except BgekitError as e:
+        print(f"bgekit: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

