@@ -19,7 +19,12 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda:0, ...")
     g.add_argument("--devices", default="", help="comma-separated devices for data parallel (cuda:0,cuda:1)")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
-    g.add_argument("--max-batch-tokens", type=int, default=16384, help="padded tokens per batch")
+    g.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=None,
+        help="padded tokens per batch (default: 2048 on CPU, 16384 on GPU)",
+    )
     g.add_argument("--max-batch-size", type=int, default=256, help="inputs per batch at most")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -27,6 +27,8 @@ from bgekit.errors import BgekitError
 from bgekit.types import TokenSeq
 
 T = TypeVar("T")
+CPU_BATCH_TOKENS = 2048
+ACCELERATOR_BATCH_TOKENS = 16384
 T_co = TypeVar("T_co", covariant=True)
 
 
@@ -35,22 +37,30 @@ class EngineConfig:
     """How inputs are batched and where the model runs.
 
     ``devices`` (several, e.g. ``("cuda:0", "cuda:1")``) runs one replica per device in
-    data parallel and takes precedence over ``device``. ``progress=None`` shows a bar only
-    when stderr is a terminal and the input spans several batches.
+    data parallel and takes precedence over ``device``. ``max_batch_tokens=None`` picks
+    by device: 2048 padded tokens on a CPU (small batches stay in cache: measured fastest
+    in benchmarks/encode_throughput.py), 16384 on an accelerator. ``progress=None`` shows
+    a bar only when stderr is a terminal and the input spans several batches.
     """
 
     device: str = "auto"
     devices: tuple[str, ...] = ()
     dtype: DType = "auto"
-    max_batch_tokens: int = 16384
+    max_batch_tokens: int | None = None
     max_batch_size: int = 256
     progress: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.max_batch_tokens < 1:
+        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
             raise BgekitError(f"max_batch_tokens must be at least 1, got {self.max_batch_tokens}")
         if self.max_batch_size < 1:
             raise BgekitError(f"max_batch_size must be at least 1, got {self.max_batch_size}")
+
+    def batch_tokens(self, device: torch.device) -> int:
+        """The padded-token budget per batch on ``device``."""
+        if self.max_batch_tokens is not None:
+            return self.max_batch_tokens
+        return CPU_BATCH_TOKENS if device.type == "cpu" else ACCELERATOR_BATCH_TOKENS
 
 
 class Runner(Protocol[T_co]):
@@ -116,13 +126,14 @@ class Engine:
             raise BgekitError("no model replica to run on")
         cfg = self.config
         lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-        plan = plan_batches(lengths, cfg.max_batch_tokens, cfg.max_batch_size)
+        budget = min(cfg.batch_tokens(r.device) for r in runners)
+        plan = plan_batches(lengths, budget, cfg.max_batch_size)
         work: _Work[T] = _Work(
             seqs=seqs,
             lengths=lengths,
             queue=deque(plan),
             results=[None] * len(seqs),
-            budget=cfg.max_batch_tokens,
+            budget=budget,
             max_batch_size=cfg.max_batch_size,
         )
         show = cfg.progress
