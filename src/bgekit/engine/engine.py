@@ -41,6 +41,9 @@ class EngineConfig:
     by device: 2048 padded tokens on a CPU (small batches stay in cache: measured fastest
     in benchmarks/encode_throughput.py), 16384 on an accelerator. ``progress=None`` shows
     a bar only when stderr is a terminal and the input spans several batches.
+    ``backend="auto"`` runs BERT / XLM-R encoders with bgekit's packed forward (no compute
+    on padding) and everything else with transformers; ``"transformers"`` always uses the
+    latter.
     """
 
     device: str = "auto"
@@ -49,10 +52,13 @@ class EngineConfig:
     max_batch_tokens: int | None = None
     max_batch_size: int = 256
     progress: bool | None = None
+    backend: Literal["auto", "transformers"] = "auto"
 
     def __post_init__(self) -> None:
         if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
             raise BgekitError(f"max_batch_tokens must be at least 1, got {self.max_batch_tokens}")
+        if self.backend not in ("auto", "transformers"):
+            raise BgekitError(f"backend must be 'auto' or 'transformers', got {self.backend!r}")
         if self.max_batch_size < 1:
             raise BgekitError(f"max_batch_size must be at least 1, got {self.max_batch_size}")
 

@@ -11,6 +11,7 @@ import numpy as np
 from bgekit.engine import Engine, EngineConfig
 from bgekit.errors import InputError, MissingHeadError, ModelFormatError
 from bgekit.inputs import check_pairs, check_texts
+from bgekit.models.backbones import make_backbone
 from bgekit.models.heads import POOLINGS, EmbedRunner, EncoderWithHeads, Row, load_linear
 from bgekit.models.loading import read_folder, resolve_model_dir
 from bgekit.models.registry import lookup
@@ -133,7 +134,8 @@ class Embedder:
                 raise ModelFormatError(f"{label} max length {value} is outside 3..{positions}")
         with_types = int(config.get("type_vocab_size", 0)) > 1
         tokenizer = TextTokenizer.from_folder(path, with_type_ids=with_types)
-        backbone = load_transformers_model(path, cross_encoder=False)
+        engine = engine or EngineConfig()
+        backbone = make_backbone(load_transformers_model(path, cross_encoder=False), engine.backend)
         return cls(EncoderWithHeads(backbone, colbert, sparse), tokenizer, info, engine)
 
     # -- encoding -------------------------------------------------------------------------

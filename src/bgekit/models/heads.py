@@ -89,7 +89,7 @@ def sparse_rows(
 
 
 class EncoderWithHeads(nn.Module):
-    """A transformers encoder plus the optional BGE-M3 heads."""
+    """An encoder backbone (see :mod:`bgekit.models.backbones`) plus the optional BGE-M3 heads."""
 
     def __init__(self, backbone: nn.Module, colbert: nn.Linear | None, sparse: nn.Linear | None):
         super().__init__()
@@ -98,10 +98,7 @@ class EncoderWithHeads(nn.Module):
         self.sparse_linear = sparse
 
     def hidden(self, batch: TokenBatch) -> torch.Tensor:
-        kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-        if batch.token_type_ids is not None:
-            kwargs["token_type_ids"] = batch.token_type_ids
-        return self.backbone(**kwargs).last_hidden_state
+        return self.backbone(batch)
 
 
 class EmbedRunner:
