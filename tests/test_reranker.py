@@ -36,10 +36,12 @@ def reference_logit(path: Path, query: str, passage: str, max_length: int) -> fl
         return float(model(input_ids=torch.tensor([ids]), **kwargs).logits[0, 0])
 
 
+@pytest.mark.parametrize("backend", ["auto", "transformers"])
 @pytest.mark.parametrize("which", ["bert_reranker", "xlmr_reranker"])
-def test_logits_match_reference(which: str, request: pytest.FixtureRequest) -> None:
+def test_logits_match_reference(which: str, backend: str, request: pytest.FixtureRequest) -> None:
     path = request.getfixturevalue(which)
-    rr = Reranker.from_pretrained(str(path), max_length=32, engine=EngineConfig(device="cpu"))
+    engine = EngineConfig(device="cpu", backend=backend)  # type: ignore[arg-type]
+    rr = Reranker.from_pretrained(str(path), max_length=32, engine=engine)
     assert rr.info.query_max_length == 24
     got = rr.score(PAIRS)
     assert got.dtype == np.float32 and got.shape == (len(PAIRS),)

@@ -179,3 +179,28 @@ def make_backbone(model: nn.Module, backend: Literal["auto", "transformers"]) ->
     if backend == "auto" and packed_unsupported(model) is None:
         return PackedEncoder(model)
     return TransformersBackbone(model)
+
+
+class CrossEncoderForward(nn.Module):
+    """A sequence-classification model as backbone + its own head: one logit per row.
+
+    BERT-style models pool (dense + tanh on the first token) before a linear classifier;
+    RoBERTa-style heads take the sequence output themselves. Both heads are the
+    checkpoint's own modules, so only the encoder forward changes.
+    """
+
+    def __init__(self, model: Any, backend: Literal["auto", "transformers"]):
+        super().__init__()
+        base = getattr(model, model.base_model_prefix)
+        self.backbone = make_backbone(base, backend)
+        self.classifier: nn.Module = model.classifier
+        self.pooler: nn.Module | None = getattr(base, "pooler", None)
+        if isinstance(self.classifier, nn.Linear) and self.pooler is None:
+            raise ValueError("a linear classifier needs the model's pooler")
+
+    def forward(self, batch: TokenBatch) -> torch.Tensor:
+        hidden = self.backbone(batch)
+        if isinstance(self.classifier, nn.Linear):
+            assert self.pooler is not None
+            return self.classifier(self.pooler(hidden))[:, 0]
+        return self.classifier(hidden)[:, 0]

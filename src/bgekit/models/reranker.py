@@ -11,6 +11,7 @@ from torch import nn
 from bgekit.engine import Engine, EngineConfig, TokenBatch
 from bgekit.errors import InputError, ModelFormatError
 from bgekit.inputs import check_pairs, check_texts
+from bgekit.models.backbones import CrossEncoderForward
 from bgekit.models.loading import read_folder, resolve_model_dir
 from bgekit.models.registry import lookup
 from bgekit.models.runtime import load_transformers_model, place_replicas
@@ -28,11 +29,7 @@ class _LogitRunner:
         return self._device
 
     def __call__(self, batch: TokenBatch) -> list[float]:
-        kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-        if batch.token_type_ids is not None:
-            kwargs["token_type_ids"] = batch.token_type_ids
-        logits = self.model(**kwargs).logits[:, 0]
-        return logits.float().cpu().numpy().tolist()
+        return self.model(batch).float().cpu().numpy().tolist()
 
 
 class Reranker:
@@ -100,7 +97,8 @@ class Reranker:
         )
         with_types = int(config.get("type_vocab_size", 0)) > 1
         tokenizer = TextTokenizer.from_folder(path, with_type_ids=with_types)
-        model = load_transformers_model(path, cross_encoder=True)
+        engine = engine or EngineConfig()
+        model = CrossEncoderForward(load_transformers_model(path, cross_encoder=True), engine.backend)
         return cls(model, tokenizer, info, engine)
 
     def score(self, pairs: Sequence[tuple[str, str]], *, normalize: bool = False) -> np.ndarray:
