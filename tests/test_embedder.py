@@ -193,3 +193,10 @@ def test_sparse_tokens_are_readable(bert_m3: Path) -> None:
     words = model.sparse_tokens(out.sparse[0])
     assert len(words) == len(out.sparse[0])
     assert all(w.removeprefix("##") in text for w in words)
+
+
+def test_truncation_is_reported(bert_st_mean: Path, caplog: pytest.LogCaptureFixture) -> None:
+    model = Embedder.from_pretrained(str(bert_st_mean))
+    with caplog.at_level("INFO", logger="bgekit"):
+        model.encode(["cats", "the quick brown fox jumps over the lazy dog " * 5])
+    assert "1 of 2 texts exceed 24 tokens and were truncated" in caplog.text

@@ -100,3 +100,14 @@ def test_bad_config(bad: dict[str, int]) -> None:
 
 def test_empty_input() -> None:
     assert Engine(EngineConfig()).run([], [EchoRunner()], pad_id=0) == []
+
+
+def test_progress_bar_when_asked_and_silence_by_default(capsys: pytest.CaptureFixture[str]) -> None:
+    data = seqs(50)
+    Engine(EngineConfig(max_batch_tokens=64, progress=True)).run(
+        data, [EchoRunner()], pad_id=0, desc="encoding"
+    )
+    err = capsys.readouterr().err
+    assert "encoding" in err and "50/50" in err
+    Engine(EngineConfig(max_batch_tokens=64)).run(data, [EchoRunner()], pad_id=0)
+    assert capsys.readouterr().err == ""  # not a terminal under pytest

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar, cast
@@ -37,6 +38,7 @@ class EmbedderSettings:
     passage_max_length: int | None = None
 
 
+logger = logging.getLogger(__name__)
 V = TypeVar("V")
 
 
@@ -185,6 +187,9 @@ class Embedder:
                 multivector=[] if "multivector" in wanted else None,
             )
         seqs = self.tokenizer.encode(items, max_length)
+        cut = sum(s.truncated for s in seqs)
+        if cut:
+            logger.info("%d of %d texts exceed %d tokens and were truncated", cut, len(seqs), max_length)
         runners = [
             EmbedRunner(
                 cast(EncoderWithHeads, model),

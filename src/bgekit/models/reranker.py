@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,6 +18,8 @@ from bgekit.models.registry import lookup
 from bgekit.models.runtime import load_transformers_model, place_replicas
 from bgekit.models.tokenizer import TextTokenizer
 from bgekit.types import ModelInfo, RerankResult
+
+logger = logging.getLogger(__name__)
 
 
 class _LogitRunner:
@@ -109,6 +112,14 @@ class Reranker:
         seqs = self.tokenizer.encode_pairs(
             queries, passages, self.info.passage_max_length, self.info.query_max_length
         )
+        cut = sum(s.truncated for s in seqs)
+        if cut:
+            logger.info(
+                "%d of %d pairs exceed %d tokens and were truncated",
+                cut,
+                len(seqs),
+                self.info.passage_max_length,
+            )
         runners = [_LogitRunner(m, d) for m, d in self._replicas]
         logits = np.asarray(
             self.engine.run(seqs, runners, pad_id=self.tokenizer.pad_id, desc="reranking"),
