@@ -9,14 +9,14 @@ from typing import TypeVar, cast
 
 import numpy as np
 
-from bgekit.engine import Engine, EngineConfig
+from bgekit.engine import EngineConfig
 from bgekit.errors import InputError, MissingHeadError, ModelFormatError
 from bgekit.inputs import check_pairs, check_texts
 from bgekit.models.backbones import make_backbone
 from bgekit.models.heads import POOLINGS, EmbedRunner, EncoderWithHeads, Row, load_linear
 from bgekit.models.loading import read_folder, resolve_model_dir
 from bgekit.models.registry import lookup
-from bgekit.models.runtime import load_transformers_model, place_replicas
+from bgekit.models.runtime import LoadedModel, load_transformers_model
 from bgekit.models.tokenizer import TextTokenizer
 from bgekit.scoring import (
     dense_pair_scores,
@@ -50,20 +50,8 @@ def _first(*values: V | None) -> V:
     raise ValueError("no value set")
 
 
-class Embedder:
+class Embedder(LoadedModel):
     """Encodes texts into dense, sparse and multi-vector outputs with one forward pass."""
-
-    def __init__(
-        self,
-        model: EncoderWithHeads,
-        tokenizer: TextTokenizer,
-        info: ModelInfo,
-        engine: EngineConfig | None = None,
-    ):
-        self.info = info
-        self.tokenizer = tokenizer
-        self.engine = Engine(engine or EngineConfig())
-        self._replicas = place_replicas(model, self.engine.config)
 
     @classmethod
     def from_pretrained(
@@ -92,9 +80,7 @@ class Embedder:
         k = known[1] if known else None
         config = meta.config
         hidden_size = int(config.get("hidden_size", 0))
-        positions = int(config.get("max_position_embeddings", 512))
-        if config.get("model_type") in ("xlm-roberta", "roberta", "camembert"):
-            positions -= 2  # RoBERTa-style position ids start after the padding index
+        positions = meta.max_positions
         default_len = min(meta.max_seq_length or positions, positions)
         pooling = str(_first(s.pooling, meta.pooling, k.pooling if k else None, "cls"))
         if pooling not in POOLINGS:
@@ -268,16 +254,6 @@ class Embedder:
         if sparse is not None and multi is not None:
             every = weighted_fusion([dense, sparse, multi], weights)
         return PairScores(dense=dense, sparse=sparse, multivector=multi, sparse_dense=both, all=every)
-
-    def close(self) -> None:
-        """Drop the model replicas (and their device memory)."""
-        self._replicas = []
-
-    def __enter__(self) -> Embedder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _positions(unique: list[str], items: list[str]) -> np.ndarray:

@@ -50,6 +50,14 @@ class FolderMeta:
         return str(archs[0])
 
     @property
+    def max_positions(self) -> int:
+        """The longest input the position embeddings allow."""
+        positions = int(self.config.get("max_position_embeddings", 512))
+        if self.config.get("model_type") in ("xlm-roberta", "roberta", "camembert"):
+            positions -= 2  # RoBERTa-style position ids start after the padding index
+        return positions
+
+    @property
     def is_cross_encoder(self) -> bool:
         return self.architecture.endswith("ForSequenceClassification")
 

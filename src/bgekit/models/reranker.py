@@ -9,13 +9,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from bgekit.engine import Engine, EngineConfig, TokenBatch
+from bgekit.engine import EngineConfig, TokenBatch
 from bgekit.errors import InputError, ModelFormatError
 from bgekit.inputs import check_pairs, check_texts
 from bgekit.models.backbones import CrossEncoderForward
 from bgekit.models.loading import read_folder, resolve_model_dir
 from bgekit.models.registry import lookup
-from bgekit.models.runtime import load_transformers_model, place_replicas
+from bgekit.models.runtime import LoadedModel, load_transformers_model
 from bgekit.models.tokenizer import TextTokenizer
 from bgekit.types import ModelInfo, RerankResult
 
@@ -35,20 +35,8 @@ class _LogitRunner:
         return self.model(batch).float().cpu().numpy().tolist()
 
 
-class Reranker:
+class Reranker(LoadedModel):
     """Scores (query, passage) pairs with a cross-encoder; higher is more relevant."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        tokenizer: TextTokenizer,
-        info: ModelInfo,
-        engine: EngineConfig | None = None,
-    ):
-        self.info = info
-        self.tokenizer = tokenizer
-        self.engine = Engine(engine or EngineConfig())
-        self._replicas = place_replicas(model, self.engine.config)
 
     @classmethod
     def from_pretrained(
@@ -72,9 +60,7 @@ class Reranker:
         config = meta.config
         if int(config.get("num_labels", len(config.get("id2label") or {0: 0}))) != 1:
             raise ModelFormatError(f"{name_or_path}: a reranker needs one output logit (num_labels=1)")
-        positions = int(config.get("max_position_embeddings", 512))
-        if config.get("model_type") in ("xlm-roberta", "roberta", "camembert"):
-            positions -= 2
+        positions = meta.max_positions
         if max_length is None:
             max_length = min(512, positions)
         q_max = query_max_length if query_max_length is not None else max_length * 3 // 4
@@ -142,13 +128,3 @@ class Reranker:
         scores = self.score([(query, p) for p in items], normalize=normalize)
         order = np.argsort(-scores, kind="stable")[:top_k]
         return [RerankResult(int(i), float(scores[i])) for i in order]
-
-    def close(self) -> None:
-        """Drop the model replicas (and their device memory)."""
-        self._replicas = []
-
-    def __enter__(self) -> Reranker:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -5,12 +5,19 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from bgekit.engine import EngineConfig, resolve_device, resolve_dtype
+from bgekit.engine import Engine, EngineConfig, resolve_device, resolve_dtype
 from bgekit.errors import ModelFormatError
+from bgekit.types import ModelInfo
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from bgekit.models.tokenizer import TextTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -47,3 +54,29 @@ def place_replicas(module: nn.Module, config: EngineConfig) -> list[tuple[nn.Mod
         out.append((replica, dev))
     logger.debug("model placed on %s", ", ".join(str(d) for d in devices))
     return out
+
+
+class LoadedModel:
+    """What every model kind holds: its info, tokenizer, engine and device replicas."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: TextTokenizer,
+        info: ModelInfo,
+        engine: EngineConfig | None = None,
+    ):
+        self.info = info
+        self.tokenizer = tokenizer
+        self.engine = Engine(engine or EngineConfig())
+        self._replicas = place_replicas(model, self.engine.config)
+
+    def close(self) -> None:
+        """Drop the model replicas (and their device memory)."""
+        self._replicas = []
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
