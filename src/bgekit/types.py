@@ -103,6 +103,17 @@ class PairScores:
         return {k: v.tolist() for k, v in names.items() if v is not None}
 
 
+@dataclass(frozen=True, eq=False)
+class Ranking:
+    """One query's hits: document positions and scores, best first."""
+
+    indices: np.ndarray  # int64
+    scores: np.ndarray  # float32
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+
 @dataclass(frozen=True)
 class RerankResult:
     """One reranked passage: its position in the input and its score."""

@@ -9,41 +9,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bgekit.engine import EngineConfig
+from bgekit.cli.common import engine_args, engine_config, model_path
+from bgekit.cli.eval_cmd import register as register_eval
 from bgekit.errors import BgekitError
 from bgekit.types import OUTPUT_KINDS
-
-
-def _engine_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("engine")
-    g.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda:0, ...")
-    g.add_argument("--devices", default="", help="comma-separated devices for data parallel (cuda:0,cuda:1)")
-    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
-    g.add_argument(
-        "--max-batch-tokens",
-        type=int,
-        default=None,
-        help="padded tokens per batch (default: 2048 on CPU, 16384 on GPU)",
-    )
-    g.add_argument("--max-batch-size", type=int, default=256, help="inputs per batch at most")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _engine(ns: argparse.Namespace) -> EngineConfig:
-    return EngineConfig(
-        device=ns.device,
-        devices=tuple(d for d in ns.devices.split(",") if d),
-        dtype=ns.dtype,
-        max_batch_tokens=ns.max_batch_tokens,
-        max_batch_size=ns.max_batch_size,
-        progress=False if ns.no_progress else None,
-    )
-
-
-def _model_path(name: str | None) -> str:
-    from bgekit.models.packaged import packaged_model_dir
-
-    return name if name else str(packaged_model_dir())
 
 
 def _outputs(text: str) -> tuple[str, ...]:
@@ -59,7 +28,7 @@ def cmd_encode(ns: argparse.Namespace) -> int:
     from bgekit.models import Embedder
 
     texts, ids = read_texts(Path(ns.input))
-    model = Embedder.from_pretrained(_model_path(ns.model), engine=_engine(ns))
+    model = Embedder.from_pretrained(model_path(ns.model), engine=engine_config(ns))
     start = time.perf_counter()
     enc = model.encode(texts, kind=ns.kind, outputs=ns.outputs)
     seconds = time.perf_counter() - start
@@ -72,7 +41,7 @@ def cmd_encode(ns: argparse.Namespace) -> int:
 def cmd_info(ns: argparse.Namespace) -> int:
     from bgekit.models.loading import read_folder, resolve_model_dir
 
-    name = _model_path(ns.model)
+    name = model_path(ns.model)
     meta = read_folder(resolve_model_dir(name))
     if meta.is_cross_encoder:
         from bgekit.models import Reranker
@@ -96,7 +65,7 @@ def cmd_info(ns: argparse.Namespace) -> int:
 def cmd_similarity(ns: argparse.Namespace) -> int:
     from bgekit.models import Embedder
 
-    model = Embedder.from_pretrained(_model_path(ns.model), engine=_engine(ns))
+    model = Embedder.from_pretrained(model_path(ns.model), engine=engine_config(ns))
     enc = model.encode(ns.texts)
     assert enc.dense is not None
     sims = enc.dense @ enc.dense.T
@@ -117,7 +86,7 @@ def cmd_similarity(ns: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="bgekit", description="BGE retrieval models: encode, score, inspect"
+        prog="bgekit", description="BGE retrieval models: encode, score, evaluate, inspect"
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -129,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help=".npz file to write (atomically)")
     p.add_argument("--kind", choices=["query", "document"], default="document")
     p.add_argument("--outputs", type=_outputs, default=("dense",), help="comma-separated, e.g. dense,sparse")
-    _engine_args(p)
+    engine_args(p)
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("info", help="what a model is and how bgekit runs it")
@@ -140,8 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("similarity", help="encode a few texts and print their cosine similarities")
     p.add_argument("texts", nargs="+", help="texts to compare")
     p.add_argument("--model", help="hub id or local folder (default: the packaged all-MiniLM-L6-v2)")
-    _engine_args(p)
+    engine_args(p)
     p.set_defaults(func=cmd_similarity)
+
+    register_eval(sub)
     return parser
 
 

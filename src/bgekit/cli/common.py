@@ -1,0 +1,39 @@
+"""Options shared by the commands."""
+
+from __future__ import annotations
+
+import argparse
+
+from bgekit.engine import EngineConfig
+
+
+def engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda:0, ...")
+    g.add_argument("--devices", default="", help="comma-separated devices for data parallel (cuda:0,cuda:1)")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    g.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=None,
+        help="padded tokens per batch (default: 2048 on CPU, 16384 on GPU)",
+    )
+    g.add_argument("--max-batch-size", type=int, default=256, help="inputs per batch at most")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def engine_config(ns: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(
+        device=ns.device,
+        devices=tuple(d for d in ns.devices.split(",") if d),
+        dtype=ns.dtype,
+        max_batch_tokens=ns.max_batch_tokens,
+        max_batch_size=ns.max_batch_size,
+        progress=False if ns.no_progress else None,
+    )
+
+
+def model_path(name: str | None) -> str:
+    from bgekit.models.packaged import packaged_model_dir
+
+    return name if name else str(packaged_model_dir())

@@ -1,0 +1,134 @@
+"""``bgekit eval retrieval`` and ``bgekit eval sts``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from bgekit.cli.common import engine_args, engine_config, model_path
+from bgekit.io import atomic_write
+
+
+def _weights(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"weights must be three numbers like 0.4,0.2,0.4; got {text!r}"
+        ) from None
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(
+            f"weights must be three numbers (dense, sparse, multivector); got {text!r}"
+        )
+    return parts
+
+
+def _candidates(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"candidates must be a number or 'all'; got {text!r}") from None
+
+
+def _write_json(path: str | None, data: dict[str, Any]) -> None:
+    if path:
+        with atomic_write(Path(path)) as f:
+            f.write((json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode())
+
+
+def _table(rows: dict[str, dict[str, float]]) -> str:
+    names = list(next(iter(rows.values())))
+    head = "| stage | " + " | ".join(names) + " |"
+    sep = "|---" * (len(names) + 1) + "|"
+    body = [
+        f"| {stage} | " + " | ".join(f"{100 * m[n]:.2f}" for n in names) + " |" for stage, m in rows.items()
+    ]
+    return "\n".join([head, sep, *body])
+
+
+def cmd_retrieval(ns: argparse.Namespace) -> int:
+    from bgekit.eval import RetrievalEvalConfig, evaluate_retrieval, load_beir
+    from bgekit.models import Embedder, Reranker
+    from bgekit.retrieval import HybridConfig
+
+    dataset = load_beir(ns.data_dir, ns.split)
+    config = RetrievalEvalConfig(
+        mode=ns.mode,
+        k=ns.k,
+        hybrid=HybridConfig(weights=ns.weights, candidates=ns.candidates, fusion=ns.fusion),
+        rerank_top=ns.rerank_top,
+        cache_dir=Path(ns.cache_dir) if ns.cache_dir else None,
+        progress=not ns.no_progress,
+    )
+    engine = engine_config(ns)
+    embedder = None if ns.mode == "bm25" else Embedder.from_pretrained(model_path(ns.model), engine=engine)
+    reranker = Reranker.from_pretrained(ns.reranker, engine=engine) if ns.reranker else None
+    report = evaluate_retrieval(
+        dataset, embedder, config, reranker=reranker, run_file=Path(ns.run) if ns.run else None
+    )
+    print(f"{report.dataset} ({report.split}): {report.num_queries} queries, {report.num_docs} documents")
+    print(f"model: {report.model}, mode: {report.mode}, {report.seconds:.1f}s\n")
+    rows = {"retrieval": report.metrics}
+    if report.rerank:
+        rows[f"rerank top {report.rerank['top']}"] = report.rerank["metrics"]
+    print(_table(rows))
+    print("\n(metrics x 100, from pytrec_eval)")
+    _write_json(ns.output, report.to_dict())
+    return 0
+
+
+def cmd_sts(ns: argparse.Namespace) -> int:
+    from bgekit.eval import evaluate_sts, load_sts
+    from bgekit.models import Embedder
+
+    dataset = load_sts(ns.file)
+    embedder = Embedder.from_pretrained(model_path(ns.model), engine=engine_config(ns))
+    report = evaluate_sts(dataset, embedder)
+    print(f"{report.dataset}: {report.num_pairs} pairs, model {report.model}, {report.seconds:.1f}s")
+    print(
+        f"cosine Spearman {100 * report.metrics['spearman']:.2f}, Pearson {100 * report.metrics['pearson']:.2f}"
+    )
+    _write_json(ns.output, report.to_dict())
+    return 0
+
+
+def register(sub: Any) -> None:
+    ev = sub.add_parser("eval", help="evaluate on BEIR-layout retrieval data or STS pairs")
+    evsub = ev.add_subparsers(dest="eval_command", required=True)
+
+    p = evsub.add_parser(
+        "retrieval", help="retrieval metrics (nDCG, Recall, MRR, MAP) on a BEIR-layout folder"
+    )
+    p.add_argument("data_dir", help="folder with corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
+    p.add_argument("--model", help="hub id or local folder (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--mode", default="dense", choices=["dense", "sparse", "multivector", "hybrid", "bm25"])
+    p.add_argument(
+        "--weights", type=_weights, default=(0.4, 0.2, 0.4), help="dense,sparse,multivector for hybrid"
+    )
+    p.add_argument(
+        "--candidates",
+        type=_candidates,
+        default=1000,
+        help="per-query candidates for multi-vector scoring, or 'all'",
+    )
+    p.add_argument("--fusion", default="weighted", choices=["weighted", "rrf"])
+    p.add_argument("-k", type=int, default=1000, help="hits kept per query")
+    p.add_argument("--reranker", help="cross-encoder for a second stage")
+    p.add_argument("--rerank-top", type=int, default=100)
+    p.add_argument("--output", help="write the report as JSON")
+    p.add_argument("--run", help="write the final run in TREC format")
+    p.add_argument("--cache-dir", help="reuse encodings saved here (per model, dataset and outputs)")
+    engine_args(p)
+    p.set_defaults(func=cmd_retrieval)
+
+    p = evsub.add_parser("sts", help="Spearman / Pearson of cosine similarity on an STS file")
+    p.add_argument("file", help="STS Benchmark .csv (tab-separated), a 3-column TSV, or JSONL")
+    p.add_argument("--model", help="hub id or local folder (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument("--output", help="write the report as JSON")
+    engine_args(p)
+    p.set_defaults(func=cmd_sts)

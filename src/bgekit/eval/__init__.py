@@ -1,0 +1,21 @@
+"""Evaluation: BEIR-layout retrieval (pytrec_eval metrics), reranking, STS, and an MTEB adapter."""
+
+from bgekit.eval.data import RetrievalDataset, StsDataset, load_beir, load_sts
+from bgekit.eval.metrics import METRICS, compute_metrics
+from bgekit.eval.retrieval import RetrievalEvalConfig, RetrievalReport, evaluate_retrieval, write_trec_run
+from bgekit.eval.sts import StsReport, evaluate_sts
+
+__all__ = [
+    "METRICS",
+    "RetrievalDataset",
+    "RetrievalEvalConfig",
+    "RetrievalReport",
+    "StsDataset",
+    "StsReport",
+    "compute_metrics",
+    "evaluate_retrieval",
+    "evaluate_sts",
+    "load_beir",
+    "load_sts",
+    "write_trec_run",
+]

@@ -1,0 +1,223 @@
+"""Retrieval evaluation on a BEIR-layout dataset: first stage in any mode, optional rerank."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from bgekit.errors import InputError
+from bgekit.eval.cache import cache_key, cached_encode
+from bgekit.eval.data import RetrievalDataset
+from bgekit.eval.metrics import compute_metrics
+from bgekit.io import atomic_write
+from bgekit.models import Embedder, Reranker
+from bgekit.retrieval import Bm25, HybridConfig, search
+from bgekit.types import OUTPUT_KINDS, OutputKind, Ranking
+
+Mode = Literal["dense", "sparse", "multivector", "hybrid", "bm25"]
+MODES: tuple[Mode, ...] = ("dense", "sparse", "multivector", "hybrid", "bm25")
+_SINGLE = {"dense": (1.0, 0.0, 0.0), "sparse": (0.0, 1.0, 0.0), "multivector": (0.0, 0.0, 1.0)}
+
+Run = dict[str, dict[str, float]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetrievalEvalConfig:
+    """``k`` hits per query are kept (1000: enough for Recall@1000). ``hybrid`` holds the
+    weights, candidate count and fusion for ``hybrid`` and ``multivector`` modes."""
+
+    mode: Mode = "dense"
+    k: int = 1000
+    hybrid: HybridConfig = field(default_factory=HybridConfig)
+    rerank_top: int = 100
+    cache_dir: Path | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise InputError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.k < 1 or self.rerank_top < 1:
+            raise InputError("k and rerank_top must be at least 1")
+
+
+@dataclass(frozen=True)
+class RetrievalReport:
+    """Metrics are fractions in [0, 1]; ``rerank`` holds the second stage when one ran."""
+
+    metrics: dict[str, float]
+    model: str
+    mode: str
+    dataset: str
+    split: str
+    num_queries: int
+    num_docs: int
+    seconds: float
+    timings: dict[str, float]
+    settings: dict[str, Any]
+    rerank: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _weights(cfg: RetrievalEvalConfig) -> tuple[float, float, float]:
+    return _SINGLE.get(cfg.mode, cfg.hybrid.weights)
+
+
+def _outputs(embedder: Embedder, cfg: RetrievalEvalConfig) -> tuple[OutputKind, ...]:
+    wanted = {m for m, w in zip(OUTPUT_KINDS, _weights(cfg), strict=True) if w > 0}
+    if "multivector" in wanted and cfg.hybrid.candidates is not None:
+        wanted |= {m for m in ("dense", "sparse") if m in embedder.info.heads}  # candidate lists
+    return tuple(m for m in OUTPUT_KINDS if m in wanted)
+
+
+def to_run(dataset: RetrievalDataset, rankings: list[Ranking]) -> Run:
+    """``{query id: {doc id: score}}`` for pytrec_eval."""
+    ids = dataset.doc_ids
+    return {
+        qid: {ids[i]: float(s) for i, s in zip(r.indices.tolist(), r.scores.tolist(), strict=True)}
+        for qid, r in zip(dataset.query_ids, rankings, strict=True)
+    }
+
+
+def first_stage(
+    dataset: RetrievalDataset, embedder: Embedder | None, cfg: RetrievalEvalConfig, timings: dict[str, float]
+) -> list[Ranking]:
+    start = time.perf_counter()
+    if cfg.mode == "bm25":
+        bm25 = Bm25(dataset.docs, progress=cfg.progress)
+        timings["index"] = time.perf_counter() - start
+        start = time.perf_counter()
+        hits = bm25.search(dataset.queries, cfg.k)
+        timings["search"] = time.perf_counter() - start
+        return hits
+    if embedder is None:
+        raise InputError(f"mode {cfg.mode} needs a model")
+    outputs = _outputs(embedder, cfg)
+    for o in outputs:
+        if o not in embedder.info.heads:
+            raise InputError(f"mode {cfg.mode} needs {o} output, which {embedder.info.name} has no head for")
+    info, fp = embedder.info, dataset.fingerprint
+    docs = cached_encode(
+        cfg.cache_dir,
+        cache_key(info, dataset.name, fp, "corpus", outputs),
+        f"{dataset.name}-corpus",
+        lambda: embedder.encode(dataset.docs, kind="document", outputs=outputs),
+    )
+    timings["encode_corpus"] = time.perf_counter() - start
+    start = time.perf_counter()
+    queries = cached_encode(
+        cfg.cache_dir,
+        cache_key(info, dataset.name, fp, f"queries-{dataset.split}", outputs),
+        f"{dataset.name}-{dataset.split}-queries",
+        lambda: embedder.encode(dataset.queries, kind="query", outputs=outputs),
+    )
+    timings["encode_queries"] = time.perf_counter() - start
+    start = time.perf_counter()
+    hybrid = HybridConfig(
+        weights=_weights(cfg),
+        candidates=cfg.hybrid.candidates,
+        fusion=cfg.hybrid.fusion,
+        rrf_k=cfg.hybrid.rrf_k,
+    )
+    hits = search(queries, docs, cfg.k, hybrid, progress=cfg.progress)
+    timings["search"] = time.perf_counter() - start
+    return hits
+
+
+def rerank_stage(
+    dataset: RetrievalDataset, hits: list[Ranking], reranker: Reranker, top: int
+) -> list[Ranking]:
+    """The ``top`` first-stage hits rescored by ``reranker``; hits below ``top`` follow in
+    their first-stage order (so Recall@1000 stays comparable between stages)."""
+    pairs = [(dataset.queries[q], dataset.docs[int(d)]) for q, r in enumerate(hits) for d in r.indices[:top]]
+    scores = reranker.score(pairs) if pairs else np.zeros(0, np.float32)
+    out = []
+    pos = 0
+    for r in hits:
+        n = min(top, len(r))
+        s = scores[pos : pos + n]
+        pos += n
+        order = np.argsort(-s, kind="stable")
+        head_idx, head_val = r.indices[:n][order], s[order]
+        tail_idx = r.indices[n:]
+        floor = float(head_val.min()) if n else 0.0
+        tail_val = floor - 1.0 - np.arange(len(tail_idx), dtype=np.float32)
+        out.append(
+            Ranking(
+                np.concatenate([head_idx, tail_idx]), np.concatenate([head_val, tail_val]).astype(np.float32)
+            )
+        )
+    return out
+
+
+def write_trec_run(path: Path, run: Run, name: str) -> None:
+    """TREC run format: ``qid Q0 docid rank score name``, best first; written atomically."""
+    lines = []
+    for qid, docs in run.items():
+        for rank, (did, score) in enumerate(sorted(docs.items(), key=lambda kv: -kv[1]), start=1):
+            lines.append(f"{qid} Q0 {did} {rank} {score:.6f} {name}\n")
+    with atomic_write(path) as f:
+        f.write("".join(lines).encode())
+
+
+def evaluate_retrieval(
+    dataset: RetrievalDataset,
+    embedder: Embedder | None,
+    config: RetrievalEvalConfig | None = None,
+    *,
+    reranker: Reranker | None = None,
+    run_file: Path | None = None,
+) -> RetrievalReport:
+    """Retrieve ``k`` hits per query, score them with pytrec_eval, optionally rerank."""
+    cfg = config or RetrievalEvalConfig()
+    start = time.perf_counter()
+    timings: dict[str, float] = {}
+    hits = first_stage(dataset, embedder, cfg, timings)
+    run = to_run(dataset, hits)
+    metrics = compute_metrics(dataset.qrels, run)
+    rerank = None
+    final_run = run
+    if reranker is not None:
+        t = time.perf_counter()
+        reranked = rerank_stage(dataset, hits, reranker, cfg.rerank_top)
+        timings["rerank"] = time.perf_counter() - t
+        final_run = to_run(dataset, reranked)
+        rerank = {
+            "model": reranker.info.name,
+            "top": cfg.rerank_top,
+            "metrics": compute_metrics(dataset.qrels, final_run),
+        }
+    if run_file is not None:
+        write_trec_run(run_file, final_run, f"bgekit-{cfg.mode}")
+    settings: dict[str, Any] = {"k": cfg.k}
+    if cfg.mode in ("hybrid", "multivector"):
+        settings |= {
+            "weights": list(_weights(cfg)),
+            "candidates": cfg.hybrid.candidates,
+            "fusion": cfg.hybrid.fusion,
+        }
+    if embedder is not None and cfg.mode != "bm25":
+        settings |= {
+            "query_instruction": embedder.info.query_instruction,
+            "query_max_length": embedder.info.query_max_length,
+            "passage_max_length": embedder.info.passage_max_length,
+            "pooling": embedder.info.pooling,
+        }
+    return RetrievalReport(
+        metrics=metrics,
+        model="bm25s" if cfg.mode == "bm25" or embedder is None else embedder.info.name,
+        mode=cfg.mode,
+        dataset=dataset.name,
+        split=dataset.split,
+        num_queries=len(dataset.query_ids),
+        num_docs=len(dataset.doc_ids),
+        seconds=time.perf_counter() - start,
+        timings=timings,
+        settings=settings,
+        rerank=rerank,
+    )
