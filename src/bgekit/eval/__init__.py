@@ -2,11 +2,13 @@
 
 from bgekit.eval.data import RetrievalDataset, StsDataset, load_beir, load_sts
 from bgekit.eval.metrics import METRICS, compute_metrics
+from bgekit.eval.mteb_adapter import MtebEncoder
 from bgekit.eval.retrieval import RetrievalEvalConfig, RetrievalReport, evaluate_retrieval, write_trec_run
 from bgekit.eval.sts import StsReport, evaluate_sts
 
 __all__ = [
     "METRICS",
+    "MtebEncoder",
     "RetrievalDataset",
     "RetrievalEvalConfig",
     "RetrievalReport",

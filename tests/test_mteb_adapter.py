@@ -1,0 +1,77 @@
+"""mteb evaluates a bgekit model through MtebEncoder, on a task defined here (no download)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bgekit import Embedder
+from bgekit.eval import MtebEncoder, RetrievalEvalConfig, evaluate_retrieval, load_beir
+from tests.test_eval import DOCS, write_beir
+
+mteb = pytest.importorskip("mteb")
+
+
+def local_task(ds: Any) -> Any:
+    from datasets import Dataset
+    from mteb.abstasks.retrieval import AbsTaskRetrieval
+    from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
+    from mteb.abstasks.task_metadata import TaskMetadata
+
+    class LocalRetrieval(AbsTaskRetrieval):
+        metadata = TaskMetadata(
+            name="BgekitLocalRetrieval",
+            description="A tiny retrieval task built in bgekit's tests.",
+            reference="https://example.invalid/bgekit",
+            dataset={"path": "NA", "revision": "NA"},
+            type="Retrieval",
+            category="t2t",
+            modalities=["text"],
+            eval_splits=["test"],
+            eval_langs=["eng-Latn"],
+            main_score="ndcg_at_10",
+            date=("2026-01-01", "2026-01-02"),
+            domains=[],
+            task_subtypes=[],
+            license="cc-by-4.0",
+            annotations_creators="derived",
+            dialect=[],
+            sample_creation="found",
+            bibtex_citation="",
+        )
+
+        def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
+            split = RetrievalSplitData(
+                queries=Dataset.from_list(
+                    [{"id": q, "text": t} for q, t in zip(ds.query_ids, ds.queries, strict=True)]
+                ),
+                corpus=Dataset.from_list(
+                    [{"id": d, "title": DOCS[d][0], "text": DOCS[d][1]} for d in ds.doc_ids]
+                ),
+                relevant_docs={q: dict(v) for q, v in ds.qrels.items()},
+                top_ranked=None,
+            )
+            self.dataset = {"default": {"test": split}}
+            self.data_loaded = True
+
+    return LocalRetrieval()
+
+
+def test_mteb_scores_equal_bgekit_eval(tmp_path: Path, bge_named: Path) -> None:
+    queries = {
+        "qa": "pets at home",
+        "qb": "stock market",
+        "qc": "lexical and semantic search",
+        "qd": "fast fox",
+    }
+    qrels = [("qa", "d1", 1), ("qb", "d2", 1), ("qc", "d3", 1), ("qc", "d6", 1), ("qd", "d4", 1)]
+    ds = load_beir(write_beir(tmp_path / "local", queries, qrels))
+    model = Embedder.from_pretrained(str(bge_named))  # a known name: it has a query instruction
+    assert model.info.query_instruction
+    ours = evaluate_retrieval(ds, model, RetrievalEvalConfig(progress=False))
+    result = mteb.evaluate(MtebEncoder(model), local_task(ds), cache=None, show_progress_bar=False)
+    scores = result.task_results[0].scores["test"][0]
+    assert scores["ndcg_at_10"] == pytest.approx(ours.metrics["ndcg@10"], abs=1e-4)
+    assert scores["recall_at_10"] == pytest.approx(ours.metrics["recall@10"], abs=1e-4)
