@@ -8,10 +8,13 @@ from bgekit.errors import (
     ModelFormatError,
     ModelNotFoundError,
 )
+from bgekit.index import Document, Index, IndexConfig
 from bgekit.models import KNOWN_MODELS, Embedder, EmbedderSettings, Reranker
+from bgekit.retrieval import HybridConfig, Pipeline
 from bgekit.scoring import (
     dense_pair_scores,
     dense_scores,
+    maxsim_packed,
     maxsim_pair_scores,
     maxsim_scores,
     reciprocal_rank_fusion,
@@ -19,29 +22,37 @@ from bgekit.scoring import (
     sparse_scores,
     weighted_fusion,
 )
-from bgekit.types import Encoded, ModelInfo, PairScores, RerankResult, SparseVec
+from bgekit.types import Encoded, Hit, ModelInfo, PairScores, Ranking, RerankResult, SparseVec
 
 __version__ = "0.1.0"
 
 __all__ = [
     "KNOWN_MODELS",
     "BgekitError",
+    "Document",
     "Embedder",
     "EmbedderSettings",
     "Encoded",
     "EngineConfig",
+    "Hit",
+    "HybridConfig",
+    "Index",
+    "IndexConfig",
     "InputError",
     "MissingHeadError",
     "ModelFormatError",
     "ModelInfo",
     "ModelNotFoundError",
     "PairScores",
+    "Pipeline",
+    "Ranking",
     "RerankResult",
     "Reranker",
     "SparseVec",
     "__version__",
     "dense_pair_scores",
     "dense_scores",
+    "maxsim_packed",
     "maxsim_pair_scores",
     "maxsim_scores",
     "reciprocal_rank_fusion",

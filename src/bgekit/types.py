@@ -115,6 +115,20 @@ class Ranking:
 
 
 @dataclass(frozen=True)
+class Hit:
+    """One search result: a document with its best chunk, the final score, and the score of
+    every mode and stage that produced it (``"dense"``, ``"bm25"``, ``"rerank"``, ...)."""
+
+    id: str
+    score: float
+    text: str
+    title: str = ""
+    chunk: int = 0
+    metadata: dict[str, object] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class RerankResult:
     """One reranked passage: its position in the input and its score."""
 

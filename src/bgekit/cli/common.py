@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from bgekit.engine import EngineConfig
+from bgekit.types import OUTPUT_KINDS
 
 
 def engine_args(p: argparse.ArgumentParser) -> None:
@@ -37,3 +38,11 @@ def model_path(name: str | None) -> str:
     from bgekit.models.packaged import packaged_model_dir
 
     return name if name else str(packaged_model_dir())
+
+
+def outputs_arg(text: str) -> tuple[str, ...]:
+    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    bad = [p for p in parts if p not in OUTPUT_KINDS]
+    if bad or not parts:
+        raise argparse.ArgumentTypeError(f"outputs must be from {', '.join(OUTPUT_KINDS)}; got {text!r}")
+    return parts

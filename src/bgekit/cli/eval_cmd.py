@@ -11,7 +11,7 @@ from bgekit.cli.common import engine_args, engine_config, model_path
 from bgekit.io import atomic_write
 
 
-def _weights(text: str) -> tuple[float, float, float]:
+def weights_arg(text: str) -> tuple[float, float, float]:
     try:
         parts = tuple(float(x) for x in text.split(","))
     except ValueError:
@@ -25,7 +25,7 @@ def _weights(text: str) -> tuple[float, float, float]:
     return parts
 
 
-def _candidates(text: str) -> int | None:
+def candidates_arg(text: str) -> int | None:
     if text == "all":
         return None
     try:
@@ -108,11 +108,11 @@ def register(sub: Any) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--mode", default="dense", choices=["dense", "sparse", "multivector", "hybrid", "bm25"])
     p.add_argument(
-        "--weights", type=_weights, default=(0.4, 0.2, 0.4), help="dense,sparse,multivector for hybrid"
+        "--weights", type=weights_arg, default=(0.4, 0.2, 0.4), help="dense,sparse,multivector for hybrid"
     )
     p.add_argument(
         "--candidates",
-        type=_candidates,
+        type=candidates_arg,
         default=1000,
         help="per-query candidates for multi-vector scoring, or 'all'",
     )

@@ -9,18 +9,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bgekit.cli.common import engine_args, engine_config, model_path
+from bgekit.cli.common import engine_args, engine_config, model_path, outputs_arg
 from bgekit.cli.eval_cmd import register as register_eval
+from bgekit.cli.index_cmd import register as register_index
 from bgekit.errors import BgekitError
-from bgekit.types import OUTPUT_KINDS
-
-
-def _outputs(text: str) -> tuple[str, ...]:
-    parts = tuple(p.strip() for p in text.split(",") if p.strip())
-    bad = [p for p in parts if p not in OUTPUT_KINDS]
-    if bad or not parts:
-        raise argparse.ArgumentTypeError(f"outputs must be from {', '.join(OUTPUT_KINDS)}; got {text!r}")
-    return parts
 
 
 def cmd_encode(ns: argparse.Namespace) -> int:
@@ -97,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", required=True, help=".npz file to write (atomically)")
     p.add_argument("--kind", choices=["query", "document"], default="document")
-    p.add_argument("--outputs", type=_outputs, default=("dense",), help="comma-separated, e.g. dense,sparse")
+    p.add_argument(
+        "--outputs", type=outputs_arg, default=("dense",), help="comma-separated, e.g. dense,sparse"
+    )
     engine_args(p)
     p.set_defaults(func=cmd_encode)
 
@@ -113,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_similarity)
 
     register_eval(sub)
+    register_index(sub)
     return parser
 
 

@@ -106,5 +106,18 @@ class TextTokenizer:
             out.append(self._seq(self._finish(q, p), cut))
         return out
 
+    def spans(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
+        """Character spans of each text's tokens (no special tokens), for chunking by tokens."""
+        return [list(enc.offsets) for enc in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._tok.get_vocab_size(with_added_tokens=True))
+
+    @property
+    def n_special(self) -> int:
+        """Special tokens added to a single text."""
+        return int(self._n_special)
+
     def id_to_token(self, token_id: int) -> str | None:
         return self._tok.id_to_token(token_id)

@@ -2,5 +2,6 @@
 
 from bgekit.retrieval.bm25 import Bm25
 from bgekit.retrieval.exact import HybridConfig, search, search_dense, search_sparse, top_k
+from bgekit.retrieval.pipeline import Pipeline
 
-__all__ = ["Bm25", "HybridConfig", "search", "search_dense", "search_sparse", "top_k"]
+__all__ = ["Bm25", "HybridConfig", "Pipeline", "search", "search_dense", "search_sparse", "top_k"]

@@ -36,6 +36,16 @@ class Bm25:
         tokens = bm25s.tokenize(list(docs), stopwords="en", stemmer=self._stem, show_progress=progress)
         self._index.index(tokens, show_progress=progress)
 
+    def scores(self, query: str) -> np.ndarray:
+        """BM25 score of ``query`` against every document (zeros when no term matches)."""
+        tokens = self._bm25s.tokenize(
+            [query], stopwords="en", stemmer=self._stem, return_ids=False, show_progress=False
+        )[0]
+        known = [t for t in tokens if t in self._index.vocab_dict]
+        if not known:
+            return np.zeros(self.n_docs, dtype=np.float32)
+        return np.asarray(self._index.get_scores(known), dtype=np.float32)
+
     def search(self, queries: Sequence[str], k: int) -> list[Ranking]:
         k = min(k, self.n_docs)
         tokens = self._bm25s.tokenize(list(queries), stopwords="en", stemmer=self._stem, show_progress=False)

@@ -130,6 +130,13 @@ class HybridConfig:
             raise InputError(f"fusion must be 'weighted' or 'rrf', got {self.fusion!r}")
 
 
+def fuse(per_mode: Sequence[np.ndarray], weights: Sequence[float], cfg: HybridConfig) -> np.ndarray:
+    """One query's candidates: mode scores combined as ``cfg.fusion`` says."""
+    if cfg.fusion == "weighted":
+        return weighted_fusion(per_mode, weights)
+    return reciprocal_rank_fusion(per_mode, k=cfg.rrf_k)
+
+
 def _modes(q: Encoded, d: Encoded, weights: Sequence[float]) -> list[OutputKind]:
     modes = [m for m, w in zip(OUTPUT_KINDS, weights, strict=True) if w > 0]
     missing = [m for m in modes if m not in q.outputs or m not in d.outputs]
@@ -196,10 +203,7 @@ def search(
             bounds = np.cumsum([0, *(len(cand[i]) for i in block)])
             for j, i in enumerate(block):
                 part = slice(bounds[j], bounds[j + 1])
-                if cfg.fusion == "weighted":
-                    fused = weighted_fusion([s[part] for s in per_mode], weights)
-                else:
-                    fused = reciprocal_rank_fusion([s[part] for s in per_mode], k=cfg.rrf_k)
+                fused = fuse([s[part] for s in per_mode], weights, cfg)
                 idx, val = top_k(fused[None, :], k)
                 out.append(Ranking(cand[i][idx[0]], val[0].astype(np.float32)))
             bar.update(len(block))

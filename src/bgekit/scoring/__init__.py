@@ -2,12 +2,13 @@
 
 from bgekit.scoring.dense import dense_pair_scores, dense_scores
 from bgekit.scoring.fusion import reciprocal_rank_fusion, weighted_fusion
-from bgekit.scoring.maxsim import maxsim_pair_scores, maxsim_scores
+from bgekit.scoring.maxsim import maxsim_packed, maxsim_pair_scores, maxsim_scores
 from bgekit.scoring.sparse import sparse_pair_scores, sparse_scores, to_csr
 
 __all__ = [
     "dense_pair_scores",
     "dense_scores",
+    "maxsim_packed",
     "maxsim_pair_scores",
     "maxsim_scores",
     "reciprocal_rank_fusion",

@@ -93,3 +93,31 @@ def maxsim_scores(queries: Sequence[np.ndarray], docs: Sequence[np.ndarray]) -> 
         best = sim.max(axis=1)  # (b, tq)
         out[:, s : s + step] = (np.add.reduceat(best, starts, axis=1) / counts).T
     return out
+
+
+def maxsim_packed(
+    query: np.ndarray, vectors: np.ndarray, offsets: np.ndarray, docs: np.ndarray
+) -> np.ndarray:
+    """MaxSim of one query against ``docs`` of a packed store.
+
+    ``vectors`` holds every document's vectors back to back; document ``i`` owns rows
+    ``offsets[i]:offsets[i + 1]``. The rows of all ``docs`` are gathered at once, compared
+    with the query in one product, and reduced per document segment.
+
+    >>> store = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    >>> maxsim_packed(np.array([[1.0, 0.0]]), store, np.array([0, 2, 3]), np.array([1, 0])).astype(float).round(6).tolist()
+    [0.6, 1.0]
+    """
+    if query.ndim != 2 or query.shape[0] == 0:
+        raise ValueError("query must be a non-empty (n_tokens, dim) array")
+    if len(docs) == 0:
+        return np.zeros(0, dtype=np.float32)
+    starts = offsets[docs]
+    lengths = offsets[docs + 1] - starts
+    if (lengths <= 0).any():
+        raise ValueError("every document needs at least one vector")
+    seg = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    rows = np.repeat(starts - seg, lengths) + np.arange(int(lengths.sum()))
+    sims = query.astype(np.float32) @ np.asarray(vectors[rows], dtype=np.float32).T  # (lq, total)
+    best = np.maximum.reduceat(sims, seg, axis=1)  # (lq, n_docs)
+    return best.mean(axis=0).astype(np.float32)

@@ -1,0 +1,179 @@
+"""``bgekit index build|add|info`` and ``bgekit search``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from bgekit.cli.common import engine_args, engine_config, model_path, outputs_arg
+from bgekit.cli.eval_cmd import candidates_arg, weights_arg
+from bgekit.errors import InputError
+
+
+def cmd_build(ns: argparse.Namespace) -> int:
+    from bgekit.index import Index, IndexConfig, read_source
+    from bgekit.index.storage import MANIFEST
+    from bgekit.models import Embedder
+
+    root = Path(ns.index)
+    if (root / MANIFEST).exists() and not ns.overwrite:
+        raise InputError(f"{root} already holds an index; use 'bgekit index add' or --overwrite")
+    docs = read_source(ns.source)
+    embedder = Embedder.from_pretrained(model_path(ns.model), engine=engine_config(ns))
+    config = IndexConfig(
+        outputs=ns.outputs,
+        chunk_tokens=ns.chunk_tokens,
+        chunk_overlap=ns.chunk_overlap,
+        dense_index=ns.dense_index,
+    )
+    index = Index(embedder, config)
+    start = time.perf_counter()
+    chunks = index.add(docs)
+    index.save(root)
+    print(f"indexed {len(docs)} documents ({chunks} chunks) in {time.perf_counter() - start:.1f}s -> {root}")
+    return 0
+
+
+def cmd_add(ns: argparse.Namespace) -> int:
+    from bgekit.index import Index, read_source
+
+    index = Index.load(ns.index, mmap=False)
+    docs = read_source(ns.source)
+    start = time.perf_counter()
+    chunks = index.add(docs)
+    index.save()
+    print(
+        f"added {len(docs)} documents ({chunks} chunks) in {time.perf_counter() - start:.1f}s; now {len(index)}"
+    )
+    return 0
+
+
+def cmd_info(ns: argparse.Namespace) -> int:
+    from bgekit.index import Index
+
+    info = Index.load(ns.index).info()
+    if ns.json:
+        print(json.dumps(asdict(info), indent=2))
+        return 0
+    total = sum(info.disk_bytes.values())
+    print(f"index      {info.path}")
+    print(f"model      {info.model}")
+    print(f"outputs    {', '.join(info.outputs)}  dims {info.dims}")
+    print(f"documents  {info.documents}  chunks {info.chunks}")
+    print(
+        f"config     chunk_tokens={info.config['chunk_tokens']} overlap={info.config['chunk_overlap']} dense={info.config['dense_index']}"
+    )
+    print(
+        f"disk       {total / 1e6:.1f} MB: "
+        + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in info.disk_bytes.items())
+    )
+    return 0
+
+
+def _hit_dict(h: Any) -> dict[str, Any]:
+    return {
+        "id": h.id,
+        "score": h.score,
+        "title": h.title,
+        "chunk": h.chunk,
+        "text": h.text,
+        "scores": h.scores,
+        "metadata": h.metadata,
+    }
+
+
+def cmd_search(ns: argparse.Namespace) -> int:
+    from bgekit.index import Index
+    from bgekit.models import Reranker
+    from bgekit.retrieval import HybridConfig, Pipeline
+
+    if not ns.query.strip():
+        raise InputError("the query is empty")
+    if ns.k < 1:
+        raise InputError(f"-k must be at least 1, got {ns.k}")
+    index = Index.load(ns.index)
+    hybrid = None
+    if ns.weights or ns.fusion or ns.candidates != 1000:
+        hybrid = HybridConfig(
+            weights=ns.weights or (0.4, 0.2, 0.4), candidates=ns.candidates, fusion=ns.fusion or "weighted"
+        )
+    reranker = Reranker.from_pretrained(ns.reranker, engine=engine_config(ns)) if ns.reranker else None
+    pipe = Pipeline(None, index, reranker, retrieve=ns.rerank_top, mode=ns.mode, hybrid=hybrid)
+    start = time.perf_counter()
+    hits = pipe.search([ns.query], ns.k)[0]
+    seconds = time.perf_counter() - start
+    if ns.json:
+        print(
+            json.dumps(
+                {
+                    "query": ns.query,
+                    "mode": ns.mode,
+                    "seconds": seconds,
+                    "hits": [_hit_dict(h) for h in hits],
+                },
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
+        return 0
+    print(
+        f'{len(hits)} results for "{ns.query}" ({ns.mode}{", reranked" if reranker else ""}, {1000 * seconds:.0f} ms)\n'
+    )
+    for rank, h in enumerate(hits, start=1):
+        detail = ", ".join(f"{k} {v:.3f}" for k, v in h.scores.items() if k != "retrieval" or reranker)
+        print(f"{rank:>2}. [{h.id}] {h.title or ''}".rstrip())
+        print(f"    score {h.score:.4f} ({detail})")
+        text = " ".join(h.text.split())
+        print(f"    {text[:300]}{'...' if len(text) > 300 else ''}\n")
+    return 0
+
+
+def register(sub: Any) -> None:
+    ix = sub.add_parser("index", help="build, extend and inspect an embedded search index")
+    ixsub = ix.add_subparsers(dest="index_command", required=True)
+
+    p = ixsub.add_parser("build", help="index a folder of .txt/.md files or a JSONL file")
+    p.add_argument("source", help="folder of .txt/.md, or .jsonl with id/_id, text[, title, metadata]")
+    p.add_argument("--index", required=True, help="folder to write the index to")
+    p.add_argument("--model", help="hub id or local folder (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument("--outputs", type=outputs_arg, default=("dense",), help="dense[,sparse][,multivector]")
+    p.add_argument(
+        "--chunk-tokens", type=int, default=None, help="tokens per chunk (default: the model's max)"
+    )
+    p.add_argument("--chunk-overlap", type=int, default=64)
+    p.add_argument("--dense-index", choices=["flat", "hnsw"], default="flat")
+    p.add_argument("--overwrite", action="store_true", help="replace an index already in --index")
+    engine_args(p)
+    p.set_defaults(func=cmd_build)
+
+    p = ixsub.add_parser("add", help="add documents to an index (same model)")
+    p.add_argument("source")
+    p.add_argument("--index", required=True)
+    p.set_defaults(func=cmd_add)
+
+    p = ixsub.add_parser("info", help="counts, model, outputs and sizes on disk")
+    p.add_argument("index")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("search", help="search an index (optionally rerank)")
+    p.add_argument("index")
+    p.add_argument("query")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--mode", default="hybrid", choices=["dense", "sparse", "multivector", "hybrid", "bm25"])
+    p.add_argument(
+        "--weights", type=weights_arg, default=None, help="dense,lexical,multivector (default 0.4,0.2,0.4)"
+    )
+    p.add_argument(
+        "--fusion", choices=["weighted", "rrf"], default=None, help="default: weighted, or rrf with BM25"
+    )
+    p.add_argument("--candidates", type=candidates_arg, default=1000)
+    p.add_argument("--reranker", help="cross-encoder for a second stage")
+    p.add_argument("--rerank-top", type=int, default=100)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    engine_args(p)
+    p.set_defaults(func=cmd_search)

@@ -1,0 +1,17 @@
+"""The embedded index: documents in, hybrid search out, saved safely on disk."""
+
+from bgekit.index.documents import Chunk, Document, chunk_documents, read_source
+from bgekit.index.storage import IndexFormatError
+from bgekit.index.store import SEARCH_MODES, Index, IndexConfig, IndexInfo
+
+__all__ = [
+    "SEARCH_MODES",
+    "Chunk",
+    "Document",
+    "Index",
+    "IndexConfig",
+    "IndexFormatError",
+    "IndexInfo",
+    "chunk_documents",
+    "read_source",
+]

@@ -1,0 +1,126 @@
+"""Documents in, chunks out: reading sources and splitting long texts by tokens."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bgekit.errors import InputError
+from bgekit.models.tokenizer import TextTokenizer
+
+TEXT_SUFFIXES = (".txt", ".md")
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document: a unique id, its text, an optional title and metadata (JSON values)."""
+
+    id: str
+    text: str
+    title: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def check_documents(
+    docs: Iterable[Document], existing: set[str] | frozenset[str] = frozenset()
+) -> list[Document]:
+    """Refuse documents with no text, ids seen twice, or ids already indexed."""
+    out = []
+    seen = set(existing)
+    for i, d in enumerate(docs):
+        if not isinstance(d, Document):
+            raise InputError(f"documents[{i}] is {type(d).__name__}, expected a Document")
+        if not d.id:
+            raise InputError(f"documents[{i}] has an empty id")
+        if not d.text.strip():
+            raise InputError(f"document {d.id!r} has no text")
+        if d.id in seen:
+            where = "already in the index" if d.id in existing else "given twice"
+            raise InputError(f"document id {d.id!r} is {where}")
+        seen.add(d.id)
+        out.append(d)
+    return out
+
+
+def _from_jsonl(path: Path) -> list[Document]:
+    docs = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{n}: malformed JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise InputError(f"{path}:{n}: expected a JSON object")
+            key = obj.get("id", obj.get("_id"))
+            text = obj.get("text")
+            if key is None or not isinstance(text, str):
+                raise InputError(f'{path}:{n}: expected "id" (or "_id") and a "text" string')
+            if not text.strip():
+                raise InputError(f"{path}:{n}: document {key!r} has no text")
+            meta = obj.get("metadata") or {}
+            if not isinstance(meta, dict):
+                raise InputError(f'{path}:{n}: "metadata" must be an object')
+            docs.append(Document(str(key), text, str(obj.get("title") or ""), meta))
+    return docs
+
+
+def read_source(source: str | Path) -> list[Document]:
+    """A folder of .txt/.md files (id = path inside the folder, title = file name without
+    suffix), or a JSONL file (``id``/``_id``, ``text``, optional ``title``, ``metadata``;
+    a BEIR ``corpus.jsonl`` is one)."""
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
+        if not files:
+            raise InputError(f"{path} holds no {' or '.join(TEXT_SUFFIXES)} files")
+        docs = []
+        for p in files:
+            text = p.read_text(encoding="utf-8", errors="replace")
+            if not text.strip():
+                raise InputError(f"{p} is empty")
+            docs.append(Document(str(p.relative_to(path)), text, p.stem, {"path": str(p)}))
+        return check_documents(docs)
+    if path.is_file():
+        if path.suffix.lower() not in (".jsonl", ".json"):
+            raise InputError(f"{path}: give a folder of text files or a .jsonl file")
+        return check_documents(_from_jsonl(path))
+    raise InputError(f"no such file or folder: {path}")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a document: which document (by position), which piece, its text."""
+
+    doc: int
+    no: int
+    text: str
+
+
+def chunk_documents(
+    docs: Sequence[Document], tokenizer: TextTokenizer, chunk_tokens: int, overlap: int
+) -> list[Chunk]:
+    """Split each document's text into windows of ``chunk_tokens`` tokens, each starting
+    ``chunk_tokens - overlap`` tokens after the previous one; a short text is one chunk."""
+    if chunk_tokens < 8:
+        raise InputError(f"chunk_tokens must be at least 8, got {chunk_tokens}")
+    if not 0 <= overlap < chunk_tokens:
+        raise InputError(f"chunk_overlap must be in 0..{chunk_tokens - 1}, got {overlap}")
+    step = chunk_tokens - overlap
+    out = []
+    for i, (doc, spans) in enumerate(zip(docs, tokenizer.spans([d.text for d in docs]), strict=True)):
+        if len(spans) <= chunk_tokens:
+            out.append(Chunk(i, 0, doc.text.strip()))
+            continue
+        starts = range(0, max(1, len(spans) - overlap), step)
+        for no, s in enumerate(starts):
+            window = spans[s : s + chunk_tokens]
+            out.append(Chunk(i, no, doc.text[window[0][0] : window[-1][1]]))
+            if s + chunk_tokens >= len(spans):
+                break
+    return out

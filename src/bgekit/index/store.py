@@ -1,0 +1,488 @@
+"""The embedded index: dense (faiss), sparse (inverted), multi-vector (packed) and BM25,
+searched in any mode or a hybrid of them, with deletes, incremental adds and safe saves."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import scipy.sparse as sp
+
+from bgekit.errors import InputError
+from bgekit.index import storage
+from bgekit.index.documents import Chunk, Document, check_documents, chunk_documents
+from bgekit.models import Embedder
+from bgekit.retrieval.bm25 import Bm25
+from bgekit.retrieval.exact import HybridConfig, fuse, top_k
+from bgekit.scoring import maxsim_packed
+from bgekit.scoring.sparse import to_csr
+from bgekit.types import OUTPUT_KINDS, Encoded, Hit, OutputKind
+
+SearchMode = Literal["dense", "sparse", "multivector", "hybrid", "bm25"]
+SEARCH_MODES: tuple[SearchMode, ...] = ("dense", "sparse", "multivector", "hybrid", "bm25")
+
+
+@dataclass(frozen=True, kw_only=True)
+class IndexConfig:
+    """What an index stores and how. ``chunk_tokens=None`` uses the model's passage length
+    minus room for special tokens; ``dense_index="hnsw"`` trades exactness for speed on
+    large corpora; ``multivector_dtype="float16"`` halves multi-vector storage."""
+
+    outputs: tuple[OutputKind, ...] = ("dense",)
+    chunk_tokens: int | None = None
+    chunk_overlap: int = 64
+    dense_index: Literal["flat", "hnsw"] = "flat"
+    hnsw_m: int = 32
+    multivector_dtype: Literal["float32", "float16"] = "float32"
+
+    def __post_init__(self) -> None:
+        bad = [o for o in self.outputs if o not in OUTPUT_KINDS]
+        if bad or not self.outputs:
+            raise InputError(f"outputs must be from {', '.join(OUTPUT_KINDS)}, got {list(self.outputs)}")
+        if self.dense_index not in ("flat", "hnsw"):
+            raise InputError(f"dense_index must be 'flat' or 'hnsw', got {self.dense_index!r}")
+
+
+def model_fingerprint(embedder: Embedder) -> str:
+    """Changes when the weights, heads or encoding settings change; not when the folder moves."""
+    info = embedder.info
+    root = Path(info.path)
+    h = hashlib.sha256()
+    for name in ("config.json", "colbert_linear.pt", "sparse_linear.pt"):
+        if (root / name).is_file():
+            h.update(name.encode() + (root / name).read_bytes())
+    for p in sorted([*root.glob("*.safetensors"), *root.glob("pytorch_model*.bin")]):
+        h.update(f"{p.name}:{p.stat().st_size}".encode())
+    settings = [
+        info.pooling,
+        info.normalize,
+        info.query_instruction,
+        info.query_max_length,
+        info.passage_max_length,
+    ]
+    h.update(json.dumps(settings).encode())
+    return h.hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    path: str | None
+    model: str
+    outputs: tuple[str, ...]
+    documents: int
+    chunks: int
+    dims: dict[str, int]
+    config: dict[str, Any]
+    disk_bytes: dict[str, int] = field(default_factory=dict)
+
+
+class Index:
+    """Documents → chunks → encoded rows; searched exactly (dense flat, sparse inverted,
+    MaxSim over candidates) or with HNSW for dense when configured."""
+
+    def __init__(self, embedder: Embedder, config: IndexConfig | None = None):
+        self.embedder = embedder
+        self.config = config or IndexConfig()
+        missing = [o for o in self.config.outputs if o not in embedder.info.heads]
+        if missing:
+            raise InputError(
+                f"{embedder.info.name} cannot give {', '.join(missing)} (it has: {', '.join(embedder.info.heads)})"
+            )
+        self.path: Path | None = None
+        self._docs: list[Document] = []
+        self._doc_pos: dict[str, int] = {}
+        self._chunk_doc = np.zeros(0, dtype=np.int64)
+        self._chunk_no = np.zeros(0, dtype=np.int32)
+        self._chunk_text: list[str] = []
+        self._dense: np.ndarray | None = None
+        self._sparse: sp.csr_matrix | None = None
+        self._mv: np.ndarray | None = None
+        self._mv_offsets = np.zeros(1, dtype=np.int64)
+        self._cache: dict[str, Any] = {}  # derived search structures, rebuilt after changes
+
+    # -- contents -------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._docs)
+
+    @property
+    def num_chunks(self) -> int:
+        return len(self._chunk_text)
+
+    @property
+    def outputs(self) -> tuple[OutputKind, ...]:
+        return tuple(o for o in OUTPUT_KINDS if o in self.config.outputs)
+
+    def _encoding_text(self, chunk: Chunk) -> str:
+        title = self._docs[chunk.doc].title
+        return f"{title} {chunk.text}".strip() if title else chunk.text
+
+    def add(self, documents: Sequence[Document]) -> int:
+        """Chunk, encode and add documents; returns the number of chunks added."""
+        docs = check_documents(documents, frozenset(self._doc_pos))
+        if not docs:
+            return 0
+        base = len(self._docs)
+        self._docs.extend(docs)
+        try:
+            info = self.embedder.info
+            size = self.config.chunk_tokens or max(
+                8, info.passage_max_length - self.embedder.tokenizer.n_special
+            )
+            chunks = [
+                Chunk(c.doc + base, c.no, c.text)
+                for c in chunk_documents(docs, self.embedder.tokenizer, size, self.config.chunk_overlap)
+            ]
+            enc = self.embedder.encode([self._encoding_text(c) for c in chunks], outputs=self.outputs)
+        except BaseException:
+            del self._docs[base:]
+            raise
+        for i, d in enumerate(docs):
+            self._doc_pos[d.id] = base + i
+        self._append(chunks, enc)
+        return len(chunks)
+
+    def _append(self, chunks: list[Chunk], enc: Encoded) -> None:
+        self._chunk_doc = np.concatenate([self._chunk_doc, [c.doc for c in chunks]]).astype(np.int64)
+        self._chunk_no = np.concatenate([self._chunk_no, [c.no for c in chunks]]).astype(np.int32)
+        self._chunk_text.extend(c.text for c in chunks)
+        if enc.dense is not None:
+            self._dense = enc.dense if self._dense is None else np.concatenate([self._dense, enc.dense])
+        if enc.sparse is not None:
+            block = to_csr(enc.sparse, self.embedder.tokenizer.vocab_size)
+            self._sparse = block if self._sparse is None else sp.vstack([self._sparse, block], format="csr")
+        if enc.multivector is not None:
+            dtype = np.dtype(self.config.multivector_dtype)
+            new = np.concatenate(enc.multivector).astype(dtype)
+            counts = np.array([m.shape[0] for m in enc.multivector], dtype=np.int64)
+            self._mv = new if self._mv is None else np.concatenate([self._mv, new])
+            self._mv_offsets = np.concatenate([self._mv_offsets, self._mv_offsets[-1] + np.cumsum(counts)])
+        self._cache.clear()
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Remove documents (all their chunks); unknown ids are an error. Returns chunks removed."""
+        unknown = [i for i in ids if i not in self._doc_pos]
+        if unknown:
+            raise InputError(f"not in the index: {', '.join(map(repr, unknown[:5]))}")
+        gone = np.array(sorted({self._doc_pos[i] for i in ids}), dtype=np.int64)
+        keep_doc = np.ones(len(self._docs), dtype=bool)
+        keep_doc[gone] = False
+        new_pos = np.cumsum(keep_doc) - 1
+        keep = keep_doc[self._chunk_doc]
+        rows = np.nonzero(keep)[0]
+        removed = int((~keep).sum())
+        self._docs = [d for d, k in zip(self._docs, keep_doc, strict=True) if k]
+        self._doc_pos = {d.id: i for i, d in enumerate(self._docs)}
+        self._chunk_doc = new_pos[self._chunk_doc[rows]]
+        self._chunk_no = self._chunk_no[rows]
+        self._chunk_text = [self._chunk_text[i] for i in rows]
+        if self._dense is not None:
+            self._dense = np.ascontiguousarray(self._dense[rows])
+        if self._sparse is not None:
+            self._sparse = self._sparse[rows]
+        if self._mv is not None:
+            starts, ends = self._mv_offsets[rows], self._mv_offsets[rows + 1]
+            lengths = ends - starts
+            seg = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+            take = np.repeat(starts - seg, lengths) + np.arange(int(lengths.sum()))
+            self._mv = self._mv[take]
+            self._mv_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        self._cache.clear()
+        return removed
+
+    # -- search ---------------------------------------------------------------------------
+
+    def _faiss(self) -> Any:
+        if "faiss" not in self._cache:
+            import faiss
+
+            assert self._dense is not None
+            d = self._dense.shape[1]
+            index: Any
+            if self.config.dense_index == "hnsw":
+                index = faiss.IndexHNSWFlat(d, self.config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            else:
+                index = faiss.IndexFlatIP(d)
+            index.add(np.ascontiguousarray(self._dense, dtype=np.float32))
+            self._cache["faiss"] = index
+        return self._cache["faiss"]
+
+    def _bm25(self) -> Bm25:
+        if "bm25" not in self._cache:
+            chunks = [
+                Chunk(int(d), int(n), t)
+                for d, n, t in zip(self._chunk_doc, self._chunk_no, self._chunk_text, strict=True)
+            ]
+            self._cache["bm25"] = Bm25([self._encoding_text(c) for c in chunks])
+        bm25: Bm25 = self._cache["bm25"]
+        return bm25
+
+    def _sparse_t(self) -> sp.csc_matrix:
+        if "sparse_t" not in self._cache:
+            assert self._sparse is not None
+            self._cache["sparse_t"] = self._sparse.T.tocsc()
+        return self._cache["sparse_t"]
+
+    def _lexical(self) -> Literal["sparse", "bm25"]:
+        return "sparse" if "sparse" in self.outputs else "bm25"
+
+    def _full_scores(self, mode: str, q: Encoded, qi: int, text: str) -> np.ndarray:
+        """Scores of one query against every chunk."""
+        if mode == "dense":
+            assert q.dense is not None and self._dense is not None
+            return np.asarray(self._dense @ q.dense[qi], dtype=np.float32)
+        if mode == "sparse":
+            assert q.sparse is not None
+            qm = to_csr([q.sparse[qi]], self._sparse_t().shape[0])
+            return np.asarray((qm @ self._sparse_t()).toarray()[0], dtype=np.float32)
+        if mode == "bm25":
+            return self._bm25().scores(text)
+        assert q.multivector is not None and self._mv is not None
+        return maxsim_packed(q.multivector[qi], self._mv, self._mv_offsets, np.arange(self.num_chunks))
+
+    def _top(self, mode: str, q: Encoded, qi: int, text: str, n: int) -> np.ndarray:
+        if mode == "dense" and (self.config.dense_index == "hnsw" or self.num_chunks > 4096):
+            assert q.dense is not None
+            _, idx = self._faiss().search(np.ascontiguousarray(q.dense[qi : qi + 1]), n)
+            return np.asarray(idx[0][idx[0] >= 0], dtype=np.int64)
+        return top_k(self._full_scores(mode, q, qi, text)[None, :], n)[0][0]
+
+    def _cand_scores(self, mode: str, q: Encoded, qi: int, text: str, cand: np.ndarray) -> np.ndarray:
+        if mode == "dense":
+            assert q.dense is not None and self._dense is not None
+            return np.asarray(self._dense[cand] @ q.dense[qi], dtype=np.float32)
+        if mode == "sparse":
+            assert q.sparse is not None and self._sparse is not None
+            qm = to_csr([q.sparse[qi]], self._sparse.shape[1])
+            return np.asarray((self._sparse[cand] @ qm.T).toarray()[:, 0], dtype=np.float32)
+        if mode == "bm25":
+            return self._bm25().scores(text)[cand]
+        assert q.multivector is not None and self._mv is not None
+        return maxsim_packed(q.multivector[qi], self._mv, self._mv_offsets, cand)
+
+    def search(
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        *,
+        mode: SearchMode = "hybrid",
+        hybrid: HybridConfig | None = None,
+    ) -> list[list[Hit]]:
+        """The ``k`` best documents per query (each shown with its best chunk).
+
+        ``hybrid`` mixes dense, lexical (the sparse head, or BM25 for models without one)
+        and multi-vector (when indexed) over the union of the dense and lexical top
+        ``candidates``. Its default fusion is the weighted sum (0.4, 0.2, 0.4) when every mode
+        is a model output, and RRF when BM25 takes part (BM25 scores are not on the same scale).
+        """
+        texts = list(queries)
+        return self.search_encoded(self.encode_queries(texts, mode), texts, k, mode=mode, hybrid=hybrid)
+
+    def encode_queries(self, queries: Sequence[str], mode: SearchMode = "hybrid") -> Encoded:
+        """The query encodings ``mode`` needs (none for BM25)."""
+        texts = list(queries)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise InputError(f"queries[{i}] is empty: give some text to search for")
+        modes = set(self._modes(mode))
+        if "multivector" in modes:  # its candidates come from the dense and sparse lists
+            modes |= {"dense", "sparse"}
+        wanted = tuple(o for o in self.outputs if o in modes)
+        return self.embedder.encode(texts, kind="query", outputs=wanted) if wanted and texts else Encoded()
+
+    def search_encoded(
+        self,
+        q: Encoded,
+        texts: Sequence[str],
+        k: int = 10,
+        *,
+        mode: SearchMode = "hybrid",
+        hybrid: HybridConfig | None = None,
+    ) -> list[list[Hit]]:
+        """:meth:`search` for queries already encoded with :meth:`encode_queries`."""
+        if k < 1:
+            raise InputError(f"k must be at least 1, got {k}")
+        modes = self._modes(mode)
+        if len(self._docs) == 0 or not texts:
+            return [[] for _ in texts]
+        cfg = hybrid or HybridConfig(fusion="rrf" if "bm25" in modes and len(modes) > 1 else "weighted")
+        slot = {"dense": 0, "sparse": 1, "bm25": 1, "multivector": 2}
+        weights = [cfg.weights[slot[m]] for m in modes]
+        if len(modes) > 1 and cfg.fusion == "weighted" and sum(weights) <= 0:
+            raise InputError("the hybrid weights give every indexed mode zero weight")
+        n_chunks = min(self.num_chunks, max(4 * k, k + 50))
+        out = []
+        for qi, text in enumerate(texts):
+            if len(modes) == 1:
+                m = modes[0]
+                if m == "multivector" and cfg.candidates is not None:
+                    first = [x for x in ("dense", self._lexical()) if x in self._available()]
+                    cand = np.unique(
+                        np.concatenate([self._top(x, q, qi, text, cfg.candidates) for x in first])
+                    )
+                    scores = self._cand_scores(m, q, qi, text, cand)
+                    pick, vals = top_k(scores[None, :], n_chunks)
+                    rows, per_mode = cand[pick[0]], {m: vals[0]}
+                    fused = vals[0]
+                else:
+                    rows = self._top(m, q, qi, text, n_chunks)
+                    fused = self._cand_scores(m, q, qi, text, rows)
+                    per_mode = {m: fused}
+            else:
+                c = self.num_chunks if cfg.candidates is None else cfg.candidates
+                first = [x for x in modes if x in ("dense", "sparse", "bm25")]
+                cand = np.unique(
+                    np.concatenate([self._top(x, q, qi, text, min(c, self.num_chunks)) for x in first])
+                )
+                per_cand = [self._cand_scores(m, q, qi, text, cand) for m in modes]
+                scores = fuse(per_cand, weights, cfg)
+                pick, _ = top_k(scores[None, :], n_chunks)
+                rows = cand[pick[0]]
+                fused = scores[pick[0]]
+                per_mode = {m: s[pick[0]] for m, s in zip(modes, per_cand, strict=True)}
+            out.append(self._collapse(rows, fused, per_mode, k))
+        return out
+
+    def _available(self) -> list[str]:
+        return [*self.outputs, *(["bm25"] if "sparse" not in self.outputs else [])]
+
+    def _modes(self, mode: SearchMode) -> list[str]:
+        if mode not in SEARCH_MODES:
+            raise InputError(f"mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
+        if mode == "hybrid":
+            return [m for m in ("dense", self._lexical(), "multivector") if m in self._available()]
+        if mode != "bm25" and mode not in self.outputs:
+            raise InputError(f"this index holds no {mode} vectors (it holds: {', '.join(self.outputs)})")
+        return [mode]
+
+    def _collapse(
+        self, rows: np.ndarray, fused: np.ndarray, per_mode: dict[str, np.ndarray], k: int
+    ) -> list[Hit]:
+        """Chunk hits → document hits: each document keeps its best chunk."""
+        hits: list[Hit] = []
+        seen: set[int] = set()
+        order = np.argsort(-fused, kind="stable")
+        for j in order:
+            row = int(rows[j])
+            doc = int(self._chunk_doc[row])
+            if doc in seen:
+                continue
+            seen.add(doc)
+            d = self._docs[doc]
+            hits.append(
+                Hit(
+                    id=d.id,
+                    score=float(fused[j]),
+                    text=self._chunk_text[row],
+                    title=d.title,
+                    chunk=int(self._chunk_no[row]),
+                    metadata=d.metadata,
+                    scores={m: float(s[j]) for m, s in per_mode.items()},
+                )
+            )
+            if len(hits) == k:
+                break
+        return hits
+
+    # -- persistence ----------------------------------------------------------------------
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write the index to ``path`` (default: where it was loaded from), atomically."""
+        root = Path(path) if path is not None else self.path
+        if root is None:
+            raise InputError("give a folder to save the index in")
+        arrays: dict[str, np.ndarray] = {"chunk_doc": self._chunk_doc, "chunk_no": self._chunk_no}
+        if self._dense is not None:
+            arrays["dense"] = np.asarray(self._dense)
+        if self._sparse is not None:
+            arrays |= {
+                "sparse_indptr": self._sparse.indptr.astype(np.int64),
+                "sparse_indices": self._sparse.indices.astype(np.int64),
+                "sparse_values": self._sparse.data.astype(np.float32),
+            }
+        if self._mv is not None:
+            arrays |= {"multivector": np.asarray(self._mv), "multivector_offsets": self._mv_offsets}
+        records: dict[str, list[Any]] = {
+            "documents": [{"id": d.id, "title": d.title, "metadata": d.metadata} for d in self._docs],
+            "chunks": self._chunk_text,
+        }
+        info = self.embedder.info
+        manifest = {
+            "model": {"name": info.name, "path": info.path, "fingerprint": model_fingerprint(self.embedder)},
+            "outputs": list(self.outputs),
+            "dims": self._dims(),
+            "counts": {"documents": len(self._docs), "chunks": self.num_chunks},
+            "config": asdict(self.config),
+            "vocab_size": self.embedder.tokenizer.vocab_size,
+        }
+        storage.write_generation(root, arrays, records, manifest)
+        self.path = root
+        return root
+
+    def _dims(self) -> dict[str, int]:
+        dims = {}
+        if self._dense is not None:
+            dims["dense"] = int(self._dense.shape[1])
+        if self._mv is not None:
+            dims["multivector"] = int(self._mv.shape[1])
+        return dims
+
+    @classmethod
+    def load(cls, path: str | Path, embedder: Embedder | None = None, *, mmap: bool = True) -> Index:
+        """Open a saved index. Without ``embedder`` the recorded model is loaded; with one,
+        it must be the model the index was built with."""
+        root = Path(path)
+        manifest = storage.read_manifest(root)
+        recorded = manifest["model"]
+        if embedder is None:
+            source = recorded["path"] if Path(recorded["path"]).is_dir() else recorded["name"]
+            embedder = Embedder.from_pretrained(source)
+        if model_fingerprint(embedder) != recorded["fingerprint"]:
+            raise InputError(
+                f"{root} was built with {recorded['name']}; {embedder.info.name} is a different model "
+                "or uses different settings"
+            )
+        cfg = dict(manifest["config"])
+        cfg["outputs"] = tuple(cfg["outputs"])
+        index = cls(embedder, IndexConfig(**cfg))
+        arrays, records = storage.read_generation(root, manifest, mmap)
+        index._docs = [Document(r["id"], "", r["title"], r["metadata"]) for r in records["documents"]]
+        index._doc_pos = {d.id: i for i, d in enumerate(index._docs)}
+        index._chunk_text = list(records["chunks"])
+        index._chunk_doc = np.asarray(arrays["chunk_doc"])
+        index._chunk_no = np.asarray(arrays["chunk_no"])
+        index._dense = arrays.get("dense")
+        if "sparse_indptr" in arrays:
+            n = len(index._chunk_text)
+            index._sparse = sp.csr_matrix(
+                (arrays["sparse_values"], arrays["sparse_indices"], arrays["sparse_indptr"]),
+                shape=(n, int(manifest["vocab_size"])),
+            )
+        if "multivector" in arrays:
+            index._mv = arrays["multivector"]
+            index._mv_offsets = np.asarray(arrays["multivector_offsets"])
+        counts = manifest["counts"]
+        if counts != {"documents": len(index._docs), "chunks": index.num_chunks}:
+            raise storage.IndexFormatError(f"{root}: the files do not match the manifest's counts {counts}")
+        index.path = root
+        return index
+
+    def info(self) -> IndexInfo:
+        disk: dict[str, int] = {}
+        if self.path is not None and (self.path / storage.MANIFEST).is_file():
+            disk = storage.disk_size(self.path, storage.read_manifest(self.path))
+        return IndexInfo(
+            path=None if self.path is None else str(self.path),
+            model=self.embedder.info.name,
+            outputs=self.outputs,
+            documents=len(self._docs),
+            chunks=self.num_chunks,
+            dims=self._dims(),
+            config=asdict(self.config),
+            disk_bytes=disk,
+        )
