@@ -6,10 +6,14 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bgekit.errors import InputError
 from bgekit.models.tokenizer import TextTokenizer
+from bgekit.types import Encoded, Hit, OutputKind
+
+if TYPE_CHECKING:
+    from bgekit.models import Embedder
 
 TEXT_SUFFIXES = (".txt", ".md")
 
@@ -123,4 +127,38 @@ def chunk_documents(
             out.append(Chunk(i, no, doc.text[window[0][0] : window[-1][1]]))
             if s + chunk_tokens >= len(spans):
                 break
+    return out
+
+
+def encoding_text(doc: Document, chunk_text: str) -> str:
+    """What gets encoded for a chunk: its document's title, then the chunk."""
+    return f"{doc.title} {chunk_text}".strip() if doc.title else chunk_text
+
+
+def encode_chunks(
+    docs: Sequence[Document],
+    embedder: Embedder,
+    outputs: tuple[OutputKind, ...],
+    chunk_tokens: int | None,
+    chunk_overlap: int,
+) -> tuple[list[Chunk], Encoded]:
+    """Chunk ``docs`` (``chunk_tokens=None``: the model's passage length less its special
+    tokens) and encode every chunk as a document, title first."""
+    size = chunk_tokens or max(8, embedder.info.passage_max_length - embedder.tokenizer.n_special)
+    chunks = chunk_documents(docs, embedder.tokenizer, size, chunk_overlap)
+    enc = embedder.encode([encoding_text(docs[c.doc], c.text) for c in chunks], outputs=outputs)
+    return chunks, enc
+
+
+def best_chunk_per_document(chunk_hits: Iterable[Hit], k: int) -> list[Hit]:
+    """Chunk hits in score order → the first ``k`` documents, each with its best chunk."""
+    out: list[Hit] = []
+    seen: set[str] = set()
+    for h in chunk_hits:
+        if h.id in seen:
+            continue
+        seen.add(h.id)
+        out.append(h)
+        if len(out) == k:
+            break
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -15,7 +15,14 @@ import scipy.sparse as sp
 
 from bgekit.errors import InputError
 from bgekit.index import storage
-from bgekit.index.documents import Chunk, Document, check_documents, chunk_documents
+from bgekit.index.documents import (
+    Chunk,
+    Document,
+    best_chunk_per_document,
+    check_documents,
+    encode_chunks,
+    encoding_text,
+)
 from bgekit.models import Embedder
 from bgekit.retrieval.bm25 import Bm25
 from bgekit.retrieval.exact import HybridConfig, fuse, top_k
@@ -118,33 +125,21 @@ class Index:
     def outputs(self) -> tuple[OutputKind, ...]:
         return tuple(o for o in OUTPUT_KINDS if o in self.config.outputs)
 
-    def _encoding_text(self, chunk: Chunk) -> str:
-        title = self._docs[chunk.doc].title
-        return f"{title} {chunk.text}".strip() if title else chunk.text
-
     def add(self, documents: Sequence[Document]) -> int:
-        """Chunk, encode and add documents; returns the number of chunks added."""
+        """Chunk, encode and add documents; returns the number of chunks added.
+
+        Nothing changes when encoding fails."""
         docs = check_documents(documents, frozenset(self._doc_pos))
         if not docs:
             return 0
+        chunks, enc = encode_chunks(
+            docs, self.embedder, self.outputs, self.config.chunk_tokens, self.config.chunk_overlap
+        )
         base = len(self._docs)
         self._docs.extend(docs)
-        try:
-            info = self.embedder.info
-            size = self.config.chunk_tokens or max(
-                8, info.passage_max_length - self.embedder.tokenizer.n_special
-            )
-            chunks = [
-                Chunk(c.doc + base, c.no, c.text)
-                for c in chunk_documents(docs, self.embedder.tokenizer, size, self.config.chunk_overlap)
-            ]
-            enc = self.embedder.encode([self._encoding_text(c) for c in chunks], outputs=self.outputs)
-        except BaseException:
-            del self._docs[base:]
-            raise
         for i, d in enumerate(docs):
             self._doc_pos[d.id] = base + i
-        self._append(chunks, enc)
+        self._append([Chunk(c.doc + base, c.no, c.text) for c in chunks], enc)
         return len(chunks)
 
     def _append(self, chunks: list[Chunk], enc: Encoded) -> None:
@@ -214,11 +209,11 @@ class Index:
 
     def _bm25(self) -> Bm25:
         if "bm25" not in self._cache:
-            chunks = [
-                Chunk(int(d), int(n), t)
-                for d, n, t in zip(self._chunk_doc, self._chunk_no, self._chunk_text, strict=True)
+            texts = [
+                encoding_text(self._docs[int(d)], t)
+                for d, t in zip(self._chunk_doc, self._chunk_text, strict=True)
             ]
-            self._cache["bm25"] = Bm25([self._encoding_text(c) for c in chunks])
+            self._cache["bm25"] = Bm25(texts)
         bm25: Bm25 = self._cache["bm25"]
         return bm25
 
@@ -364,18 +359,12 @@ class Index:
         self, rows: np.ndarray, fused: np.ndarray, per_mode: dict[str, np.ndarray], k: int
     ) -> list[Hit]:
         """Chunk hits → document hits: each document keeps its best chunk."""
-        hits: list[Hit] = []
-        seen: set[int] = set()
-        order = np.argsort(-fused, kind="stable")
-        for j in order:
-            row = int(rows[j])
-            doc = int(self._chunk_doc[row])
-            if doc in seen:
-                continue
-            seen.add(doc)
-            d = self._docs[doc]
-            hits.append(
-                Hit(
+
+        def chunk_hits() -> Iterator[Hit]:
+            for j in np.argsort(-fused, kind="stable"):
+                row = int(rows[j])
+                d = self._docs[int(self._chunk_doc[row])]
+                yield Hit(
                     id=d.id,
                     score=float(fused[j]),
                     text=self._chunk_text[row],
@@ -384,10 +373,8 @@ class Index:
                     metadata=d.metadata,
                     scores={m: float(s[j]) for m, s in per_mode.items()},
                 )
-            )
-            if len(hits) == k:
-                break
-        return hits
+
+        return best_chunk_per_document(chunk_hits(), k)
 
     # -- persistence ----------------------------------------------------------------------
 
