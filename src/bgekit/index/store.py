@@ -327,6 +327,8 @@ class Index:
                 else:
                     rows = self._top(m, q, qi, text, n_chunks)
                     fused = self._cand_scores(m, q, qi, text, rows)
+                    if m in ("sparse", "bm25"):  # sharing no term with the query is no match
+                        rows, fused = rows[fused > 0], fused[fused > 0]
                     per_mode = {m: fused}
             else:
                 c = self.num_chunks if cfg.candidates is None else cfg.candidates

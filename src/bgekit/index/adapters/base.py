@@ -1,0 +1,109 @@
+"""Front for vector databases: bgekit chunks, encodes and collapses; the database stores and searches.
+
+Use it to scale past one machine: point a backend at a Milvus or Qdrant server (or cluster)
+instead of a local file/folder; nothing else changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from bgekit.errors import InputError
+from bgekit.index.documents import Chunk, Document, best_chunk_per_document, check_documents, encode_chunks
+from bgekit.index.store import SEARCH_MODES, IndexConfig, SearchMode
+from bgekit.models import Embedder
+from bgekit.retrieval.exact import HybridConfig
+from bgekit.types import Encoded, Hit, OutputKind
+
+
+class Backend(Protocol):
+    """A vector database collection holding one row per chunk."""
+
+    modes: tuple[str, ...]
+
+    def create(self, outputs: tuple[OutputKind, ...], dims: dict[str, int]) -> None: ...
+
+    def existing(self, doc_ids: Sequence[str]) -> set[str]: ...
+
+    def upsert(self, docs: Sequence[Document], chunks: Sequence[Chunk], enc: Encoded) -> None: ...
+
+    def delete(self, doc_ids: Sequence[str]) -> None: ...
+
+    def search(self, q: Encoded, qi: int, mode: str, limit: int, hybrid: HybridConfig) -> list[Hit]: ...
+
+    def close(self) -> None: ...
+
+
+class VectorDBIndex:
+    """:class:`~bgekit.index.Index`'s interface (add, delete, search) over a :class:`Backend`."""
+
+    def __init__(self, embedder: Embedder, backend: Backend, config: IndexConfig | None = None):
+        self.embedder = embedder
+        self.backend = backend
+        self.config = config or IndexConfig()
+        missing = [o for o in self.config.outputs if o not in embedder.info.heads]
+        if missing:
+            raise InputError(f"{embedder.info.name} cannot give {', '.join(missing)}")
+        self.outputs: tuple[OutputKind, ...] = tuple(
+            o for o in ("dense", "sparse", "multivector") if o in self.config.outputs
+        )
+        dims = {"dense": embedder.info.hidden_size}
+        if embedder.info.multivector_dim is not None:
+            dims["multivector"] = embedder.info.multivector_dim
+        backend.create(self.outputs, dims)
+
+    def add(self, documents: Sequence[Document]) -> int:
+        docs = check_documents(documents)
+        taken = self.backend.existing([d.id for d in docs])
+        if taken:
+            raise InputError(f"document id {sorted(taken)[0]!r} is already in the index")
+        if not docs:
+            return 0
+        chunks, enc = encode_chunks(
+            docs, self.embedder, self.outputs, self.config.chunk_tokens, self.config.chunk_overlap
+        )
+        self.backend.upsert(docs, chunks, enc)
+        return len(chunks)
+
+    def delete(self, ids: Sequence[str]) -> None:
+        unknown = set(ids) - self.backend.existing(ids)
+        if unknown:
+            raise InputError(f"not in the index: {', '.join(map(repr, sorted(unknown)[:5]))}")
+        self.backend.delete(ids)
+
+    def search(
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        *,
+        mode: SearchMode = "hybrid",
+        hybrid: HybridConfig | None = None,
+    ) -> list[list[Hit]]:
+        if mode not in SEARCH_MODES:
+            raise InputError(f"mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
+        if mode not in self.backend.modes:
+            raise InputError(f"{type(self.backend).__name__} does not search in {mode} mode")
+        if mode in ("dense", "sparse", "multivector") and mode not in self.outputs:
+            raise InputError(f"this index holds no {mode} vectors (it holds: {', '.join(self.outputs)})")
+        if k < 1:
+            raise InputError(f"k must be at least 1, got {k}")
+        texts = list(queries)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise InputError(f"queries[{i}] is empty: give some text to search for")
+        cfg = hybrid or HybridConfig(fusion="rrf")
+        q = self.embedder.encode(texts, kind="query", outputs=self.outputs)
+        limit = max(4 * k, k + 50)
+        return [
+            best_chunk_per_document(self.backend.search(q, i, mode, limit, cfg), k) for i in range(len(texts))
+        ]
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> VectorDBIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,132 @@
+"""Milvus backend (pymilvus): Milvus Lite with a local file path, or a server / cluster URI.
+
+Dense vectors go in a FLOAT_VECTOR field (FLAT or HNSW index, inner product), sparse vectors
+in a SPARSE_FLOAT_VECTOR field (inverted index, inner product); hybrid search is Milvus'
+``hybrid_search`` with its RRF ranker or a weighted ranker (scores divided by the sum of the
+weights, as bgekit's fusion does). Multi-vector and BM25 modes are not offered here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from bgekit.errors import BgekitError, InputError
+from bgekit.index.documents import Chunk, Document
+from bgekit.retrieval.exact import HybridConfig
+from bgekit.types import Encoded, Hit, OutputKind
+
+_FIELDS = ["doc_id", "chunk", "title", "text", "metadata"]
+
+
+def _in_filter(doc_ids: Sequence[str]) -> str:
+    """A Milvus boolean expression; JSON string literals escape quotes and backslashes."""
+    return f"doc_id in {json.dumps([str(i) for i in doc_ids])}"
+
+
+class MilvusBackend:
+    modes = ("dense", "sparse", "hybrid")
+
+    def __init__(self, uri: str, collection: str = "bgekit", *, token: str = "", dense_index: str = "FLAT"):
+        try:
+            from pymilvus import MilvusClient
+        except ImportError:
+            raise BgekitError("the Milvus adapter needs pymilvus: pip install 'bgekit[milvus]'") from None
+        self.client = MilvusClient(uri=uri, token=token)
+        self.collection = collection
+        self.dense_index = dense_index
+        self.outputs: tuple[OutputKind, ...] = ()
+
+    def create(self, outputs: tuple[OutputKind, ...], dims: dict[str, int]) -> None:
+        from pymilvus import DataType
+
+        if "multivector" in outputs:
+            raise InputError("the Milvus adapter stores dense and sparse vectors, not multi-vectors")
+        self.outputs = outputs
+        if self.client.has_collection(self.collection):
+            return
+        schema = self.client.create_schema(auto_id=True, enable_dynamic_field=False)
+        schema.add_field("pk", DataType.INT64, is_primary=True)
+        schema.add_field("doc_id", DataType.VARCHAR, max_length=1024)
+        schema.add_field("chunk", DataType.INT64)
+        schema.add_field("title", DataType.VARCHAR, max_length=4096)
+        schema.add_field("text", DataType.VARCHAR, max_length=65535)
+        schema.add_field("metadata", DataType.VARCHAR, max_length=65535)
+        index = self.client.prepare_index_params()
+        if "dense" in outputs:
+            schema.add_field("dense", DataType.FLOAT_VECTOR, dim=dims["dense"])
+            index.add_index("dense", index_type=self.dense_index, metric_type="IP")
+        if "sparse" in outputs:
+            schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+            index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="IP")
+        self.client.create_collection(self.collection, schema=schema, index_params=index)
+
+    def existing(self, doc_ids: Sequence[str]) -> set[str]:
+        if not doc_ids:
+            return set()
+        rows = self.client.query(self.collection, filter=_in_filter(doc_ids), output_fields=["doc_id"])
+        return {r["doc_id"] for r in rows}
+
+    def upsert(self, docs: Sequence[Document], chunks: Sequence[Chunk], enc: Encoded) -> None:
+        rows = []
+        for i, c in enumerate(chunks):
+            d = docs[c.doc]
+            row: dict[str, Any] = {
+                "doc_id": d.id,
+                "chunk": c.no,
+                "title": d.title,
+                "text": c.text,
+                "metadata": json.dumps(d.metadata),
+            }
+            if enc.dense is not None:
+                row["dense"] = enc.dense[i].tolist()
+            if enc.sparse is not None:
+                row["sparse"] = enc.sparse[i].to_dict() or {0: 0.0}
+            rows.append(row)
+        self.client.insert(self.collection, rows)
+        self.client.flush(self.collection)
+
+    def delete(self, doc_ids: Sequence[str]) -> None:
+        self.client.delete(self.collection, filter=_in_filter(doc_ids))
+
+    def _hit(self, r: dict[str, Any], score: float, scores: dict[str, float]) -> Hit:
+        e = r["entity"]
+        return Hit(
+            e["doc_id"], score, e["text"], e["title"], int(e["chunk"]), json.loads(e["metadata"]), scores
+        )
+
+    def search(self, q: Encoded, qi: int, mode: str, limit: int, hybrid: HybridConfig) -> list[Hit]:
+        from pymilvus import AnnSearchRequest, RRFRanker, WeightedRanker
+
+        data = {}
+        if q.dense is not None and "dense" in self.outputs:
+            data["dense"] = [q.dense[qi].tolist()]
+        if q.sparse is not None and "sparse" in self.outputs:
+            data["sparse"] = [q.sparse[qi].to_dict() or {0: 0.0}]
+        params = {"metric_type": "IP"}
+        if mode in ("dense", "sparse"):
+            res = self.client.search(
+                self.collection,
+                data=data[mode],
+                anns_field=mode,
+                limit=limit,
+                output_fields=_FIELDS,
+                search_params=params,
+            )[0]
+            return [self._hit(r, float(r["distance"]), {mode: float(r["distance"])}) for r in res]
+        fields = [f for f in ("dense", "sparse") if f in data]
+        limit_each = limit if hybrid.candidates is None else max(limit, hybrid.candidates)
+        reqs = [AnnSearchRequest(data[f], f, params, limit=limit_each) for f in fields]
+        if hybrid.fusion == "rrf":
+            ranker: Any = RRFRanker(int(hybrid.rrf_k))
+            scale = 1.0
+        else:
+            weights = [hybrid.weights[0 if f == "dense" else 1] for f in fields]
+            ranker = WeightedRanker(*weights, norm_score=False)
+            scale = 1.0 / sum(weights)
+        res = self.client.hybrid_search(self.collection, reqs, ranker, limit=limit, output_fields=_FIELDS)[0]
+        return [self._hit(r, scale * float(r["distance"]), {}) for r in res]
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,154 @@
+"""Qdrant backend (qdrant-client): local mode with a folder path, or a server / cluster URL.
+
+Named vectors per chunk: ``dense`` (dot product), ``sparse`` (sparse vectors) and
+``multivector`` (MAX_SIM). Qdrant's MAX_SIM sums over query vectors; scores are divided by
+the query's vector count to match bgekit's mean. Hybrid search prefetches each mode's top
+``candidates`` and fuses them with Qdrant's reciprocal-rank fusion (server side);
+weighted fusion is not available here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from bgekit.errors import BgekitError, InputError
+from bgekit.index.documents import Chunk, Document
+from bgekit.retrieval.exact import HybridConfig
+from bgekit.types import Encoded, Hit, OutputKind
+
+_NS = uuid.UUID("6f1d8a52-0c8e-4a4e-9f57-6b1a3c2e9d10")
+
+
+class QdrantBackend:
+    modes = ("dense", "sparse", "multivector", "hybrid")
+
+    def __init__(self, location: str, collection: str = "bgekit", *, api_key: str | None = None):
+        try:
+            from qdrant_client import QdrantClient
+        except ImportError:
+            raise BgekitError(
+                "the Qdrant adapter needs qdrant-client: pip install 'bgekit[qdrant]'"
+            ) from None
+        remote = location.startswith(("http://", "https://"))
+        self.client = QdrantClient(url=location, api_key=api_key) if remote else QdrantClient(path=location)
+        self.collection = collection
+        self.outputs: tuple[OutputKind, ...] = ()
+
+    def create(self, outputs: tuple[OutputKind, ...], dims: dict[str, int]) -> None:
+        from qdrant_client import models
+
+        self.outputs = outputs
+        if self.client.collection_exists(self.collection):
+            return
+        vectors: dict[str, Any] = {}
+        if "dense" in outputs:
+            vectors["dense"] = models.VectorParams(size=dims["dense"], distance=models.Distance.DOT)
+        if "multivector" in outputs:
+            vectors["multivector"] = models.VectorParams(
+                size=dims["multivector"],
+                distance=models.Distance.DOT,
+                multivector_config=models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM),
+            )
+        sparse = {"sparse": models.SparseVectorParams()} if "sparse" in outputs else None
+        self.client.create_collection(self.collection, vectors_config=vectors, sparse_vectors_config=sparse)
+
+    def _doc_filter(self, doc_ids: Sequence[str]) -> Any:
+        from qdrant_client import models
+
+        return models.Filter(
+            must=[models.FieldCondition(key="doc_id", match=models.MatchAny(any=list(doc_ids)))]
+        )
+
+    def existing(self, doc_ids: Sequence[str]) -> set[str]:
+        if not doc_ids:
+            return set()
+        points, _ = self.client.scroll(self.collection, scroll_filter=self._doc_filter(doc_ids), limit=10_000)
+        return {str(p.payload["doc_id"]) for p in points if p.payload}
+
+    def upsert(self, docs: Sequence[Document], chunks: Sequence[Chunk], enc: Encoded) -> None:
+        from qdrant_client import models
+
+        points = []
+        for i, c in enumerate(chunks):
+            d = docs[c.doc]
+            vec: dict[str, Any] = {}
+            if enc.dense is not None:
+                vec["dense"] = enc.dense[i].tolist()
+            if enc.sparse is not None:
+                s = enc.sparse[i]
+                vec["sparse"] = models.SparseVector(indices=s.indices.tolist(), values=s.values.tolist())
+            if enc.multivector is not None:
+                vec["multivector"] = enc.multivector[i].tolist()
+            payload = {
+                "doc_id": d.id,
+                "chunk": c.no,
+                "title": d.title,
+                "text": c.text,
+                "metadata": d.metadata,
+            }
+            points.append(
+                models.PointStruct(id=str(uuid.uuid5(_NS, f"{d.id}\x1f{c.no}")), vector=vec, payload=payload)
+            )
+        self.client.upsert(self.collection, points)
+
+    def delete(self, doc_ids: Sequence[str]) -> None:
+        from qdrant_client import models
+
+        self.client.delete(
+            self.collection, points_selector=models.FilterSelector(filter=self._doc_filter(doc_ids))
+        )
+
+    def _query(self, q: Encoded, qi: int, mode: str) -> Any:
+        from qdrant_client import models
+
+        if mode == "dense":
+            assert q.dense is not None
+            return q.dense[qi].tolist()
+        if mode == "sparse":
+            assert q.sparse is not None
+            s = q.sparse[qi]
+            return models.SparseVector(indices=s.indices.tolist(), values=s.values.tolist())
+        assert q.multivector is not None
+        return q.multivector[qi].tolist()
+
+    def search(self, q: Encoded, qi: int, mode: str, limit: int, hybrid: HybridConfig) -> list[Hit]:
+        from qdrant_client import models
+
+        if mode != "hybrid":
+            res = self.client.query_points(
+                self.collection, query=self._query(q, qi, mode), using=mode, limit=limit, with_payload=True
+            ).points
+            scale = (
+                1.0 / len(q.multivector[qi]) if mode == "multivector" and q.multivector is not None else 1.0
+            )
+            return [self._hit(p, scale * p.score, {mode: scale * p.score}) for p in res]
+        if hybrid.fusion != "rrf":
+            raise InputError("the Qdrant adapter fuses hybrid results with RRF only (fusion='rrf')")
+        each = limit if hybrid.candidates is None else max(limit, hybrid.candidates)
+        prefetch = [models.Prefetch(query=self._query(q, qi, m), using=m, limit=each) for m in self.outputs]
+        res = self.client.query_points(
+            self.collection,
+            prefetch=prefetch,
+            query=models.RrfQuery(rrf=models.Rrf(k=int(hybrid.rrf_k))),
+            limit=limit,
+            with_payload=True,
+        ).points
+        return [self._hit(p, p.score, {}) for p in res]
+
+    @staticmethod
+    def _hit(p: Any, score: float, scores: dict[str, float]) -> Hit:
+        pl = p.payload
+        return Hit(
+            str(pl["doc_id"]),
+            float(score),
+            pl["text"],
+            pl["title"],
+            int(pl["chunk"]),
+            dict(pl["metadata"]),
+            scores,
+        )
+
+    def close(self) -> None:
+        self.client.close()
