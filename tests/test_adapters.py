@@ -57,6 +57,11 @@ def test_qdrant_matches_embedded_index(qdrant: VectorDBIndex, m3: Embedder) -> N
             qdrant.search(QUERIES, 4, mode=mode),
             local.search(QUERIES, 4, mode=mode, hybrid=HybridConfig(candidates=None)),
         )  # type: ignore[arg-type]
+    rerank = HybridConfig(candidates=2)  # MaxSim over the dense and sparse top 2
+    same(
+        qdrant.search(QUERIES, 4, mode="multivector", hybrid=rerank),
+        local.search(QUERIES, 4, mode="multivector", hybrid=rerank),
+    )
     hit = qdrant.search(["cats"], 1, mode="dense")[0][0]
     assert hit.metadata == {"n": list(DOCS).index(hit.id)} and hit.chunk == 0
 

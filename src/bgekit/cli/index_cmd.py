@@ -97,7 +97,7 @@ def cmd_search(ns: argparse.Namespace) -> int:
         raise InputError(f"-k must be at least 1, got {ns.k}")
     index = Index.load(ns.index)
     hybrid = None
-    if ns.weights or ns.fusion or ns.candidates != 1000:
+    if ns.weights or ns.fusion or ns.candidates != 100:
         hybrid = HybridConfig(
             weights=ns.weights or (0.4, 0.2, 0.4), candidates=ns.candidates, fusion=ns.fusion or "weighted"
         )
@@ -171,7 +171,12 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--fusion", choices=["weighted", "rrf"], default=None, help="default: weighted, or rrf with BM25"
     )
-    p.add_argument("--candidates", type=candidates_arg, default=1000)
+    p.add_argument(
+        "--candidates",
+        type=candidates_arg,
+        default=100,
+        help="per-query candidates for hybrid / multi-vector",
+    )
     p.add_argument("--reranker", help="cross-encoder for a second stage")
     p.add_argument("--rerank-top", type=int, default=100)
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -245,7 +245,10 @@ class Index:
             assert q.dense is not None
             _, idx = self._faiss().search(np.ascontiguousarray(q.dense[qi : qi + 1]), n)
             return np.asarray(idx[0][idx[0] >= 0], dtype=np.int64)
-        return top_k(self._full_scores(mode, q, qi, text)[None, :], n)[0][0]
+        idx, val = top_k(self._full_scores(mode, q, qi, text)[None, :], n)
+        if mode in ("sparse", "bm25"):  # sharing no term with the query is no match
+            return idx[0][val[0] > 0]
+        return idx[0]
 
     def _cand_scores(self, mode: str, q: Encoded, qi: int, text: str, cand: np.ndarray) -> np.ndarray:
         if mode == "dense":
@@ -272,7 +275,7 @@ class Index:
 
         ``hybrid`` mixes dense, lexical (the sparse head, or BM25 for models without one)
         and multi-vector (when indexed) over the union of the dense and lexical top
-        ``candidates``. Its default fusion is the weighted sum (0.4, 0.2, 0.4) when every mode
+        ``candidates`` (100 by default). Its default fusion is the weighted sum (0.4, 0.2, 0.4) when every mode
         is a model output, and RRF when BM25 takes part (BM25 scores are not on the same scale).
         """
         texts = list(queries)
@@ -305,7 +308,9 @@ class Index:
         modes = self._modes(mode)
         if len(self._docs) == 0 or not texts:
             return [[] for _ in texts]
-        cfg = hybrid or HybridConfig(fusion="rrf" if "bm25" in modes and len(modes) > 1 else "weighted")
+        cfg = hybrid or HybridConfig(
+            candidates=100, fusion="rrf" if "bm25" in modes and len(modes) > 1 else "weighted"
+        )
         slot = {"dense": 0, "sparse": 1, "bm25": 1, "multivector": 2}
         weights = [cfg.weights[slot[m]] for m in modes]
         if len(modes) > 1 and cfg.fusion == "weighted" and sum(weights) <= 0:

@@ -1,4 +1,5 @@
-"""Qdrant backend (qdrant-client): local mode with a folder path, or a server / cluster URL.
+"""Qdrant backend (qdrant-client): local mode with a folder path (or ``":memory:"``), or a
+server / cluster URL.
 
 Named vectors per chunk: ``dense`` (dot product), ``sparse`` (sparse vectors) and
 ``multivector`` (MAX_SIM). Qdrant's MAX_SIM sums over query vectors; scores are divided by
@@ -31,8 +32,12 @@ class QdrantBackend:
             raise BgekitError(
                 "the Qdrant adapter needs qdrant-client: pip install 'bgekit[qdrant]'"
             ) from None
-        remote = location.startswith(("http://", "https://"))
-        self.client = QdrantClient(url=location, api_key=api_key) if remote else QdrantClient(path=location)
+        if location.startswith(("http://", "https://")):
+            self.client = QdrantClient(url=location, api_key=api_key)
+        elif location == ":memory:":
+            self.client = QdrantClient(location=":memory:")
+        else:
+            self.client = QdrantClient(path=location)
         self.collection = collection
         self.outputs: tuple[OutputKind, ...] = ()
 
@@ -116,26 +121,35 @@ class QdrantBackend:
     def search(self, q: Encoded, qi: int, mode: str, limit: int, hybrid: HybridConfig) -> list[Hit]:
         from qdrant_client import models
 
-        if mode != "hybrid":
+        if mode == "hybrid":
+            if hybrid.fusion != "rrf":
+                raise InputError("the Qdrant adapter fuses hybrid results with RRF only (fusion='rrf')")
+            each = limit if hybrid.candidates is None else max(limit, hybrid.candidates)
+            fused_from = [
+                models.Prefetch(query=self._query(q, qi, m), using=m, limit=each) for m in self.outputs
+            ]
+            query: Any = models.RrfQuery(rrf=models.Rrf(k=int(hybrid.rrf_k)))
             res = self.client.query_points(
-                self.collection, query=self._query(q, qi, mode), using=mode, limit=limit, with_payload=True
+                self.collection, prefetch=fused_from, query=query, limit=limit, with_payload=True
             ).points
-            scale = (
-                1.0 / len(q.multivector[qi]) if mode == "multivector" and q.multivector is not None else 1.0
-            )
-            return [self._hit(p, scale * p.score, {mode: scale * p.score}) for p in res]
-        if hybrid.fusion != "rrf":
-            raise InputError("the Qdrant adapter fuses hybrid results with RRF only (fusion='rrf')")
-        each = limit if hybrid.candidates is None else max(limit, hybrid.candidates)
-        prefetch = [models.Prefetch(query=self._query(q, qi, m), using=m, limit=each) for m in self.outputs]
+            return [self._hit(p, p.score, {}) for p in res]
+        prefetch: Any = None
+        if mode == "multivector" and hybrid.candidates is not None:
+            # rescore the dense / sparse candidates by MaxSim, as bgekit's index does
+            first = [m for m in ("dense", "sparse") if m in self.outputs]
+            prefetch = [
+                models.Prefetch(query=self._query(q, qi, m), using=m, limit=hybrid.candidates) for m in first
+            ]
         res = self.client.query_points(
             self.collection,
             prefetch=prefetch,
-            query=models.RrfQuery(rrf=models.Rrf(k=int(hybrid.rrf_k))),
+            query=self._query(q, qi, mode),
+            using=mode,
             limit=limit,
             with_payload=True,
         ).points
-        return [self._hit(p, p.score, {}) for p in res]
+        scale = 1.0 / len(q.multivector[qi]) if mode == "multivector" and q.multivector is not None else 1.0
+        return [self._hit(p, scale * p.score, {mode: scale * p.score}) for p in res]
 
     @staticmethod
     def _hit(p: Any, score: float, scores: dict[str, float]) -> Hit:
