@@ -55,6 +55,10 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--million", action="store_true")
     ap.add_argument("--skip-peers", action="store_true")
+    ap.add_argument(
+        "--candidates", type=int, default=100, help="per-mode candidates for hybrid / multi-vector"
+    )
+    ap.add_argument("--index-cache", help="reuse (or create) the encoded bgekit index in this folder")
     ns = ap.parse_args()
     torch.set_num_threads(2)
 
@@ -72,24 +76,28 @@ def main() -> None:
             docs = docs[: ns.docs]
         ds = load_beir(ROOT / "data/scifact")
         queries, qids = ds.queries[: ns.queries], ds.query_ids[: ns.queries]
-        emb = Embedder.from_pretrained(str(model_with_heads(tmp)), engine=EngineConfig(device="cpu", progress=False))
+        emb = Embedder.from_pretrained(
+            str(model_with_heads(tmp)), engine=EngineConfig(device="cpu", progress=False)
+        )
         outputs = ("dense", "sparse", "multivector")
 
+        cache = Path(ns.index_cache) if ns.index_cache else None
         t = time.perf_counter()
-        index = Index(emb, IndexConfig(outputs=outputs))
-        index.add(docs)
-        encode_s = time.perf_counter() - t
+        if cache is not None and (cache / "manifest.json").is_file():
+            index = Index.load(cache, emb, mmap=False)
+            encode_s = float("nan")
+        else:
+            index = Index(emb, IndexConfig(outputs=outputs))
+            index.add(docs)
+            encode_s = time.perf_counter() - t
         t = time.perf_counter()
-        index.save(tmp / "index")
+        index.save(cache or tmp / "index")
         save_s = time.perf_counter() - t
-        print(f"corpus: {len(docs)} documents -> {index.num_chunks} chunks; encoding {encode_s:.1f}s, save {save_s:.1f}s")
-
-        # the chunk vectors every system receives
-        chunks_enc = type(emb.encode([]))(
-            dense=np.asarray(index._dense),
-            sparse=[index._sparse[i] for i in range(0)],  # filled below
+        print(
+            f"corpus: {len(docs)} documents -> {index.num_chunks} chunks; encoding {encode_s:.1f}s, save {save_s:.1f}s"
         )
-        del chunks_enc
+        print(f"candidates per mode for multi-vector / hybrid: {ns.candidates}")
+
         q_all = index.encode_queries(queries, "hybrid")
         q_single = [
             type(q_all)(
@@ -99,13 +107,13 @@ def main() -> None:
             )
             for i in range(len(queries))
         ]
-        cfg = HybridConfig(candidates=100)
+        cfg = HybridConfig(candidates=ns.candidates)
         modes = {
             "dense": ("dense", cfg),
             "sparse": ("sparse", cfg),
-            "multi-vector rerank (of dense+sparse top 100)": ("multivector", cfg),
+            "multi-vector rerank (of dense+sparse candidates)": ("multivector", cfg),
             "hybrid (dense+sparse+multi-vector, weighted)": ("hybrid", cfg),
-            "hybrid (RRF)": ("hybrid", HybridConfig(candidates=100, fusion="rrf")),
+            "hybrid (RRF)": ("hybrid", HybridConfig(candidates=ns.candidates, fusion="rrf")),
             "bm25": ("bm25", cfg),
         }
         index.search_encoded(q_single[0], queries[:1], 10, mode="bm25")  # builds BM25 once
@@ -142,8 +150,10 @@ def main() -> None:
                 n = len(chunks)
                 sp_rows = stored["sparse"]
                 sparse = [
-                    SparseVec(sp_rows.indices[sp_rows.indptr[i] : sp_rows.indptr[i + 1]].astype(np.int64),
-                              sp_rows.data[sp_rows.indptr[i] : sp_rows.indptr[i + 1]].astype(np.float32))
+                    SparseVec(
+                        sp_rows.indices[sp_rows.indptr[i] : sp_rows.indptr[i + 1]].astype(np.int64),
+                        sp_rows.data[sp_rows.indptr[i] : sp_rows.indptr[i + 1]].astype(np.float32),
+                    )
                     for i in range(n)
                 ]
                 mv = [stored["mv"][stored["off"][i] : stored["off"][i + 1]] for i in range(n)]
@@ -162,8 +172,8 @@ def main() -> None:
             peer_modes = {
                 "dense": ("dense", cfg),
                 "sparse": ("sparse", cfg),
-                "multi-vector rerank (of dense+sparse top 100)": ("multivector", cfg),
-                "hybrid (RRF)": ("hybrid", HybridConfig(candidates=100, fusion="rrf")),
+                "multi-vector rerank (of dense+sparse candidates)": ("multivector", cfg),
+                "hybrid (RRF)": ("hybrid", HybridConfig(candidates=ns.candidates, fusion="rrf")),
                 "hybrid (dense+sparse+multi-vector, weighted)": ("hybrid", cfg),
             }
             for name, (make, outs) in peers.items():
@@ -177,7 +187,7 @@ def main() -> None:
                     if name == "Qdrant local" and hc.fusion == "weighted" and mode == "hybrid":
                         continue
                     if name == "Milvus Lite" and mode == "hybrid" and hc.fusion == "weighted":
-                        hc = HybridConfig(weights=(0.4, 0.2, 0.0), candidates=100)
+                        hc = HybridConfig(weights=(0.4, 0.2, 0.0), candidates=ns.candidates)
                     times = []
                     for i in range(len(queries)):
                         t = time.perf_counter()
@@ -191,40 +201,57 @@ def main() -> None:
         print("| mode | " + " | ".join(systems) + " | bgekit nDCG@10 |")
         print("|---" * (len(systems) + 2) + "|")
         for label, r in rows.items():
-            print(f"| {label} | " + " | ".join(r.get(s, "n/a") for s in systems) + f" | {100 * quality[label]:.2f} |")
+            print(
+                f"| {label} | "
+                + " | ".join(r.get(s, "n/a") for s in systems)
+                + f" | {100 * quality[label]:.2f} |"
+            )
         print("\nbuild time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in builds.items()))
-        print("(bgekit's build includes encoding; peers receive bgekit's vectors, so theirs is insert + index only)")
+        print(
+            "(bgekit's build includes encoding; peers receive bgekit's vectors, so theirs is insert + index only)"
+        )
 
         if ns.million:
             import faiss
 
+            # clustered data (10,000 topics), as real embeddings are; queries near stored vectors
             rng = np.random.default_rng(0)
-            base = rng.standard_normal((1_000_000, 384), dtype=np.float32)
+            centers = rng.standard_normal((10_000, 384), dtype=np.float32)
+            base = centers[rng.integers(0, len(centers), 1_000_000)] + 0.5 * rng.standard_normal(
+                (1_000_000, 384), dtype=np.float32
+            )
             base /= np.linalg.norm(base, axis=1, keepdims=True)
-            qs = base[rng.choice(len(base), 100, replace=False)] + 0.05 * rng.standard_normal((100, 384), dtype=np.float32)
+            qs = base[rng.choice(len(base), 200, replace=False)] + 0.1 * rng.standard_normal(
+                (200, 384), dtype=np.float32
+            )
+            qs /= np.linalg.norm(qs, axis=1, keepdims=True)
             faiss.omp_set_num_threads(2)
             flat = faiss.IndexFlatIP(384)
             t = time.perf_counter()
             flat.add(base)
-            print(f"\n1M x 384 synthetic: flat add {time.perf_counter() - t:.1f}s")
+            print(f"\n1M x 384 synthetic (clustered): flat add {time.perf_counter() - t:.1f}s")
             times = []
             for q in qs:
                 t = time.perf_counter()
                 flat.search(q[None, :], 10)
                 times.append(time.perf_counter() - t)
             print(f"flat (exact) per-query ms p50 / p95: {pct(times)}")
+            _, exact = flat.search(qs, 10)
             hnsw = faiss.IndexHNSWFlat(384, 32, faiss.METRIC_INNER_PRODUCT)
             t = time.perf_counter()
             hnsw.add(base)
             print(f"HNSW M=32 build {time.perf_counter() - t:.1f}s")
-            _, exact = flat.search(qs, 10)
-            times, found = [], 0
-            for q, ex in zip(qs, exact, strict=True):
-                t = time.perf_counter()
-                _, idx = hnsw.search(q[None, :], 10)
-                times.append(time.perf_counter() - t)
-                found += len(set(idx[0]) & set(ex))
-            print(f"HNSW per-query ms p50 / p95: {pct(times)}; recall@10 vs exact {found / 1000:.3f}")
+            for ef in (64, 128, 256):
+                hnsw.hnsw.efSearch = ef
+                times, found = [], 0
+                for q, ex in zip(qs, exact, strict=True):
+                    t = time.perf_counter()
+                    _, idx = hnsw.search(q[None, :], 10)
+                    times.append(time.perf_counter() - t)
+                    found += len(set(idx[0]) & set(ex))
+                print(
+                    f"HNSW efSearch={ef} per-query ms p50 / p95: {pct(times)}; recall@10 vs exact {found / (10 * len(qs)):.3f}"
+                )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

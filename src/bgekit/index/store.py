@@ -26,7 +26,7 @@ from bgekit.index.documents import (
 from bgekit.models import Embedder
 from bgekit.retrieval.bm25 import Bm25
 from bgekit.retrieval.exact import HybridConfig, fuse, top_k
-from bgekit.scoring import maxsim_packed
+from bgekit.scoring import maxsim_packed, segment_rows, sparse_postings_scores
 from bgekit.scoring.sparse import to_csr
 from bgekit.types import OUTPUT_KINDS, Encoded, Hit, OutputKind
 
@@ -45,6 +45,7 @@ class IndexConfig:
     chunk_overlap: int = 64
     dense_index: Literal["flat", "hnsw"] = "flat"
     hnsw_m: int = 32
+    hnsw_ef_search: int = 128
     multivector_dtype: Literal["float32", "float16"] = "float32"
 
     def __post_init__(self) -> None:
@@ -181,11 +182,9 @@ class Index:
         if self._sparse is not None:
             self._sparse = self._sparse[rows]
         if self._mv is not None:
-            starts, ends = self._mv_offsets[rows], self._mv_offsets[rows + 1]
-            lengths = ends - starts
-            seg = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-            take = np.repeat(starts - seg, lengths) + np.arange(int(lengths.sum()))
-            self._mv = self._mv[take]
+            starts = self._mv_offsets[rows]
+            lengths = self._mv_offsets[rows + 1] - starts
+            self._mv = self._mv[segment_rows(starts, lengths)]
             self._mv_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         self._cache.clear()
         return removed
@@ -201,6 +200,7 @@ class Index:
             index: Any
             if self.config.dense_index == "hnsw":
                 index = faiss.IndexHNSWFlat(d, self.config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+                index.hnsw.efSearch = self.config.hnsw_ef_search
             else:
                 index = faiss.IndexFlatIP(d)
             index.add(np.ascontiguousarray(self._dense, dtype=np.float32))
@@ -217,11 +217,13 @@ class Index:
         bm25: Bm25 = self._cache["bm25"]
         return bm25
 
-    def _sparse_t(self) -> sp.csc_matrix:
-        if "sparse_t" not in self._cache:
+    def _postings(self) -> sp.csr_matrix:
+        """The inverted index: token -> (chunks, weights), built from the rows once."""
+        if "postings" not in self._cache:
             assert self._sparse is not None
-            self._cache["sparse_t"] = self._sparse.T.tocsc()
-        return self._cache["sparse_t"]
+            self._cache["postings"] = self._sparse.T.tocsr()
+        postings: sp.csr_matrix = self._cache["postings"]
+        return postings
 
     def _lexical(self) -> Literal["sparse", "bm25"]:
         return "sparse" if "sparse" in self.outputs else "bm25"
@@ -233,8 +235,7 @@ class Index:
             return np.asarray(self._dense @ q.dense[qi], dtype=np.float32)
         if mode == "sparse":
             assert q.sparse is not None
-            qm = to_csr([q.sparse[qi]], self._sparse_t().shape[0])
-            return np.asarray((qm @ self._sparse_t()).toarray()[0], dtype=np.float32)
+            return sparse_postings_scores(self._postings(), q.sparse[qi])
         if mode == "bm25":
             return self._bm25().scores(text)
         assert q.multivector is not None and self._mv is not None
@@ -255,9 +256,8 @@ class Index:
             assert q.dense is not None and self._dense is not None
             return np.asarray(self._dense[cand] @ q.dense[qi], dtype=np.float32)
         if mode == "sparse":
-            assert q.sparse is not None and self._sparse is not None
-            qm = to_csr([q.sparse[qi]], self._sparse.shape[1])
-            return np.asarray((self._sparse[cand] @ qm.T).toarray()[:, 0], dtype=np.float32)
+            assert q.sparse is not None
+            return sparse_postings_scores(self._postings(), q.sparse[qi])[cand]
         if mode == "bm25":
             return self._bm25().scores(text)[cand]
         assert q.multivector is not None and self._mv is not None

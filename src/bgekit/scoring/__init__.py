@@ -3,7 +3,8 @@
 from bgekit.scoring.dense import dense_pair_scores, dense_scores
 from bgekit.scoring.fusion import reciprocal_rank_fusion, weighted_fusion
 from bgekit.scoring.maxsim import maxsim_packed, maxsim_pair_scores, maxsim_scores
-from bgekit.scoring.sparse import sparse_pair_scores, sparse_scores, to_csr
+from bgekit.scoring.segments import segment_rows
+from bgekit.scoring.sparse import sparse_pair_scores, sparse_postings_scores, sparse_scores, to_csr
 
 __all__ = [
     "dense_pair_scores",
@@ -12,7 +13,9 @@ __all__ = [
     "maxsim_pair_scores",
     "maxsim_scores",
     "reciprocal_rank_fusion",
+    "segment_rows",
     "sparse_pair_scores",
+    "sparse_postings_scores",
     "sparse_scores",
     "to_csr",
     "weighted_fusion",

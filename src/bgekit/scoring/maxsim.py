@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from bgekit.scoring.segments import segment_rows
+
 # Bound on the entries of one similarity block (float32): about 256 MB.
 _BLOCK = 1 << 26
 
@@ -117,7 +119,7 @@ def maxsim_packed(
     if (lengths <= 0).any():
         raise ValueError("every document needs at least one vector")
     seg = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    rows = np.repeat(starts - seg, lengths) + np.arange(int(lengths.sum()))
+    rows = segment_rows(starts, lengths)
     sims = query.astype(np.float32) @ np.asarray(vectors[rows], dtype=np.float32).T  # (lq, total)
     best = np.maximum.reduceat(sims, seg, axis=1)  # (lq, n_docs)
     return best.mean(axis=0).astype(np.float32)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from bgekit.scoring.segments import segment_rows
 from bgekit.types import SparseVec
 
 
@@ -70,3 +71,24 @@ def sparse_pair_scores(queries: Sequence[SparseVec], docs: Sequence[SparseVec]) 
     hit = d_keys[pos] == q_keys
     contrib = q_vals[hit].astype(np.float64) * d_vals[pos[hit]]
     return np.bincount(q_rows[hit], weights=contrib, minlength=n).astype(np.float32)
+
+
+def sparse_postings_scores(postings: sp.csr_matrix, query: SparseVec) -> np.ndarray:
+    """Lexical scores of one query against every document of an inverted index.
+
+    ``postings`` is ``(vocab, n_docs)``: row ``t`` lists the documents holding token ``t``
+    and their weights. Only the query's posting lists are read.
+
+    >>> docs = [SparseVec.from_dict({1: 2.0}), SparseVec.from_dict({1: 1.0, 4: 3.0})]
+    >>> post = to_csr(docs, 6).T.tocsr()
+    >>> sparse_postings_scores(post, SparseVec.from_dict({1: 0.5, 4: 1.0, 5: 9.0})).tolist()
+    [1.0, 3.5]
+    """
+    n_docs = postings.shape[1]
+    known = query.indices < postings.shape[0]
+    ids, weights = query.indices[known], query.values[known]
+    starts = postings.indptr[ids]
+    lengths = postings.indptr[ids + 1] - starts
+    rows = segment_rows(starts, lengths)
+    contrib = postings.data[rows].astype(np.float64) * np.repeat(weights, lengths)
+    return np.bincount(postings.indices[rows], weights=contrib, minlength=n_docs).astype(np.float32)
