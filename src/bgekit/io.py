@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -33,38 +33,44 @@ def atomic_write(path: Path) -> Iterator[IO[bytes]]:
         raise
 
 
+def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for each non-blank line; errors name the file and line."""
+    if not path.is_file():
+        raise InputError(f"missing file {path}")
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{n}: malformed JSON ({e.msg})") from None
+
+
 def read_texts(path: Path) -> tuple[list[str], list[str] | None]:
     """Texts (and ids when given) from a JSONL file or a plain text file (one text per line).
 
     A JSONL line is a JSON string or an object with ``text`` (and optionally ``id``/``_id``
     and ``title``, joined as ``title + " " + text``).
     """
-    if not path.is_file():
-        raise InputError(f"no input file at {path}")
     texts: list[str] = []
     ids: list[str] = []
-    jsonl = path.suffix.lower() in (".jsonl", ".json")
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            if not jsonl:
-                texts.append(line.rstrip("\n"))
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if isinstance(obj, str):
-                texts.append(obj)
-                continue
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise InputError(f'{path}:{n}: expected a string or an object with a "text" string')
-            title = obj.get("title")
-            texts.append(f"{title} {obj['text']}" if isinstance(title, str) and title else obj["text"])
-            key = obj.get("id", obj.get("_id"))
-            if key is not None:
-                ids.append(str(key))
+    if path.suffix.lower() not in (".jsonl", ".json"):
+        if not path.is_file():
+            raise InputError(f"missing file {path}")
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [line for line in lines if line.strip()], None
+    for n, obj in iter_jsonl(path):
+        if isinstance(obj, str):
+            texts.append(obj)
+            continue
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+            raise InputError(f'{path}:{n}: expected a string or an object with a "text" string')
+        title = obj.get("title")
+        texts.append(f"{title} {obj['text']}" if isinstance(title, str) and title else obj["text"])
+        key = obj.get("id", obj.get("_id"))
+        if key is not None:
+            ids.append(str(key))
     if ids and len(ids) != len(texts):
         raise InputError(f"{path}: some lines have an id and some do not")
     if len(set(ids)) != len(ids):

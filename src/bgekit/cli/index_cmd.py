@@ -97,9 +97,11 @@ def cmd_search(ns: argparse.Namespace) -> int:
         raise InputError(f"-k must be at least 1, got {ns.k}")
     index = Index.load(ns.index)
     hybrid = None
-    if ns.weights or ns.fusion or ns.candidates != 100:
+    if ns.weights or ns.fusion or ns.candidates != 50:
         hybrid = HybridConfig(
-            weights=ns.weights or (0.4, 0.2, 0.4), candidates=ns.candidates, fusion=ns.fusion or "weighted"
+            weights=ns.weights or (0.4, 0.2, 0.4),
+            candidates=ns.candidates,
+            fusion=ns.fusion or ("weighted" if "sparse" in index.outputs else "rrf"),
         )
     reranker = Reranker.from_pretrained(ns.reranker, engine=engine_config(ns)) if ns.reranker else None
     pipe = Pipeline(None, index, reranker, retrieve=ns.rerank_top, mode=ns.mode, hybrid=hybrid)
@@ -174,8 +176,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--candidates",
         type=candidates_arg,
-        default=100,
-        help="per-query candidates for hybrid / multi-vector",
+        default=50,
+        help="per-mode candidates for hybrid / multi-vector",
     )
     p.add_argument("--reranker", help="cross-encoder for a second stage")
     p.add_argument("--rerank-top", type=int, default=100)

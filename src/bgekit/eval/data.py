@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bgekit.errors import InputError
+from bgekit.io import iter_jsonl
 
 
 @dataclass(frozen=True)
@@ -33,20 +34,11 @@ class RetrievalDataset:
 
 
 def _jsonl(path: Path) -> list[tuple[int, dict]]:
-    if not path.is_file():
-        raise InputError(f"missing file {path}")
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n}: malformed JSON ({e.msg})") from None
-            if not isinstance(obj, dict) or "_id" not in obj or not isinstance(obj.get("text"), str):
-                raise InputError(f'{path}:{n}: expected an object with "_id" and a "text" string')
-            rows.append((n, obj))
+    for n, obj in iter_jsonl(path):
+        if not isinstance(obj, dict) or "_id" not in obj or not isinstance(obj.get("text"), str):
+            raise InputError(f'{path}:{n}: expected an object with "_id" and a "text" string')
+        rows.append((n, obj))
     return rows
 
 

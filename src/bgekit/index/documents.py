@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bgekit.errors import InputError
+from bgekit.io import iter_jsonl
 from bgekit.models.tokenizer import TextTokenizer
 from bgekit.types import Encoded, Hit, OutputKind
 
@@ -51,26 +51,19 @@ def check_documents(
 
 def _from_jsonl(path: Path) -> list[Document]:
     docs = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n}: malformed JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise InputError(f"{path}:{n}: expected a JSON object")
-            key = obj.get("id", obj.get("_id"))
-            text = obj.get("text")
-            if key is None or not isinstance(text, str):
-                raise InputError(f'{path}:{n}: expected "id" (or "_id") and a "text" string')
-            if not text.strip():
-                raise InputError(f"{path}:{n}: document {key!r} has no text")
-            meta = obj.get("metadata") or {}
-            if not isinstance(meta, dict):
-                raise InputError(f'{path}:{n}: "metadata" must be an object')
-            docs.append(Document(str(key), text, str(obj.get("title") or ""), meta))
+    for n, obj in iter_jsonl(path):
+        if not isinstance(obj, dict):
+            raise InputError(f"{path}:{n}: expected a JSON object")
+        key = obj.get("id", obj.get("_id"))
+        text = obj.get("text")
+        if key is None or not isinstance(text, str):
+            raise InputError(f'{path}:{n}: expected "id" (or "_id") and a "text" string')
+        if not text.strip():
+            raise InputError(f"{path}:{n}: document {key!r} has no text")
+        meta = obj.get("metadata") or {}
+        if not isinstance(meta, dict):
+            raise InputError(f'{path}:{n}: "metadata" must be an object')
+        docs.append(Document(str(key), text, str(obj.get("title") or ""), meta))
     return docs
 
 

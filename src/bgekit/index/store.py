@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from bgekit.errors import InputError
 from bgekit.index import storage
@@ -23,6 +24,7 @@ from bgekit.index.documents import (
     encode_chunks,
     encoding_text,
 )
+from bgekit.inputs import check_texts
 from bgekit.models import Embedder
 from bgekit.retrieval.bm25 import Bm25
 from bgekit.retrieval.exact import HybridConfig, fuse, top_k
@@ -61,9 +63,13 @@ def model_fingerprint(embedder: Embedder) -> str:
     info = embedder.info
     root = Path(info.path)
     h = hashlib.sha256()
-    for name in ("config.json", "colbert_linear.pt", "sparse_linear.pt"):
-        if (root / name).is_file():
-            h.update(name.encode() + (root / name).read_bytes())
+    if (root / "config.json").is_file():
+        h.update((root / "config.json").read_bytes())
+    for name in ("colbert_linear.pt", "sparse_linear.pt"):
+        if (root / name).is_file():  # the weights, not the file bytes (torch.save adds a random id)
+            state = torch.load(root / name, map_location="cpu", weights_only=True)
+            for key in sorted(state):
+                h.update(name.encode() + key.encode() + state[key].float().numpy().tobytes())
     for p in sorted([*root.glob("*.safetensors"), *root.glob("pytorch_model*.bin")]):
         h.update(f"{p.name}:{p.stat().st_size}".encode())
     settings = [
@@ -275,7 +281,7 @@ class Index:
 
         ``hybrid`` mixes dense, lexical (the sparse head, or BM25 for models without one)
         and multi-vector (when indexed) over the union of the dense and lexical top
-        ``candidates`` (100 by default). Its default fusion is the weighted sum (0.4, 0.2, 0.4) when every mode
+        ``candidates`` (50 by default). Its default fusion is the weighted sum (0.4, 0.2, 0.4) when every mode
         is a model output, and RRF when BM25 takes part (BM25 scores are not on the same scale).
         """
         texts = list(queries)
@@ -283,10 +289,7 @@ class Index:
 
     def encode_queries(self, queries: Sequence[str], mode: SearchMode = "hybrid") -> Encoded:
         """The query encodings ``mode`` needs (none for BM25)."""
-        texts = list(queries)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str) or not t.strip():
-                raise InputError(f"queries[{i}] is empty: give some text to search for")
+        texts = check_texts(queries, "queries")
         modes = set(self._modes(mode))
         if "multivector" in modes:  # its candidates come from the dense and sparse lists
             modes |= {"dense", "sparse"}
@@ -309,7 +312,7 @@ class Index:
         if len(self._docs) == 0 or not texts:
             return [[] for _ in texts]
         cfg = hybrid or HybridConfig(
-            candidates=100, fusion="rrf" if "bm25" in modes and len(modes) > 1 else "weighted"
+            candidates=50, fusion="rrf" if "bm25" in modes and len(modes) > 1 else "weighted"
         )
         slot = {"dense": 0, "sparse": 1, "bm25": 1, "multivector": 2}
         weights = [cfg.weights[slot[m]] for m in modes]

@@ -12,6 +12,7 @@ from typing import Protocol
 from bgekit.errors import InputError
 from bgekit.index.documents import Chunk, Document, best_chunk_per_document, check_documents, encode_chunks
 from bgekit.index.store import SEARCH_MODES, IndexConfig, SearchMode
+from bgekit.inputs import check_texts
 from bgekit.models import Embedder
 from bgekit.retrieval.exact import HybridConfig
 from bgekit.types import Encoded, Hit, OutputKind
@@ -88,10 +89,7 @@ class VectorDBIndex:
             raise InputError(f"this index holds no {mode} vectors (it holds: {', '.join(self.outputs)})")
         if k < 1:
             raise InputError(f"k must be at least 1, got {k}")
-        texts = list(queries)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str) or not t.strip():
-                raise InputError(f"queries[{i}] is empty: give some text to search for")
+        texts = check_texts(queries, "queries")
         cfg = hybrid or HybridConfig(fusion="rrf")
         q = self.embedder.encode(texts, kind="query", outputs=self.outputs)
         limit = max(4 * k, k + 50)
