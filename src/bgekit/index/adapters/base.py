@@ -90,7 +90,7 @@ class VectorDBIndex:
         if k < 1:
             raise InputError(f"k must be at least 1, got {k}")
         texts = check_texts(queries, "queries")
-        cfg = hybrid or HybridConfig(fusion="rrf")
+        cfg = hybrid or HybridConfig(candidates=50, fusion="rrf")
         q = self.embedder.encode(texts, kind="query", outputs=self.outputs)
         limit = max(4 * k, k + 50)
         return [
