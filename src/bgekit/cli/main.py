@@ -78,7 +78,7 @@ def cmd_similarity(ns: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="bgekit", description="BGE retrieval models: encode, score, evaluate, inspect"
+        prog="bgekit", description="BGE retrieval models: encode, evaluate, index, search, inspect"
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
