@@ -234,41 +234,6 @@ class Index:
     def _lexical(self) -> Literal["sparse", "bm25"]:
         return "sparse" if "sparse" in self.outputs else "bm25"
 
-    def _full_scores(self, mode: str, q: Encoded, qi: int, text: str) -> np.ndarray:
-        """Scores of one query against every chunk."""
-        if mode == "dense":
-            assert q.dense is not None and self._dense is not None
-            return np.asarray(self._dense @ q.dense[qi], dtype=np.float32)
-        if mode == "sparse":
-            assert q.sparse is not None
-            return sparse_postings_scores(self._postings(), q.sparse[qi])
-        if mode == "bm25":
-            return self._bm25().scores(text)
-        assert q.multivector is not None and self._mv is not None
-        return maxsim_packed(q.multivector[qi], self._mv, self._mv_offsets, np.arange(self.num_chunks))
-
-    def _top(self, mode: str, q: Encoded, qi: int, text: str, n: int) -> np.ndarray:
-        if mode == "dense" and (self.config.dense_index == "hnsw" or self.num_chunks > 4096):
-            assert q.dense is not None
-            _, idx = self._faiss().search(np.ascontiguousarray(q.dense[qi : qi + 1]), n)
-            return np.asarray(idx[0][idx[0] >= 0], dtype=np.int64)
-        idx, val = top_k(self._full_scores(mode, q, qi, text)[None, :], n)
-        if mode in ("sparse", "bm25"):  # sharing no term with the query is no match
-            return idx[0][val[0] > 0]
-        return idx[0]
-
-    def _cand_scores(self, mode: str, q: Encoded, qi: int, text: str, cand: np.ndarray) -> np.ndarray:
-        if mode == "dense":
-            assert q.dense is not None and self._dense is not None
-            return np.asarray(self._dense[cand] @ q.dense[qi], dtype=np.float32)
-        if mode == "sparse":
-            assert q.sparse is not None
-            return sparse_postings_scores(self._postings(), q.sparse[qi])[cand]
-        if mode == "bm25":
-            return self._bm25().scores(text)[cand]
-        assert q.multivector is not None and self._mv is not None
-        return maxsim_packed(q.multivector[qi], self._mv, self._mv_offsets, cand)
-
     def search(
         self,
         queries: Sequence[str],
@@ -321,30 +286,27 @@ class Index:
         n_chunks = min(self.num_chunks, max(4 * k, k + 50))
         out = []
         for qi, text in enumerate(texts):
+            one = _QueryScorer(self, q, qi, text)
             if len(modes) == 1:
                 m = modes[0]
                 if m == "multivector" and cfg.candidates is not None:
                     first = [x for x in ("dense", self._lexical()) if x in self._available()]
-                    cand = np.unique(
-                        np.concatenate([self._top(x, q, qi, text, cfg.candidates) for x in first])
-                    )
-                    scores = self._cand_scores(m, q, qi, text, cand)
+                    cand = np.unique(np.concatenate([one.top(x, cfg.candidates) for x in first]))
+                    scores = one.scores(m, cand)
                     pick, vals = top_k(scores[None, :], n_chunks)
                     rows, per_mode = cand[pick[0]], {m: vals[0]}
                     fused = vals[0]
                 else:
-                    rows = self._top(m, q, qi, text, n_chunks)
-                    fused = self._cand_scores(m, q, qi, text, rows)
+                    rows = one.top(m, n_chunks)
+                    fused = one.scores(m, rows)
                     if m in ("sparse", "bm25"):  # sharing no term with the query is no match
                         rows, fused = rows[fused > 0], fused[fused > 0]
                     per_mode = {m: fused}
             else:
                 c = self.num_chunks if cfg.candidates is None else cfg.candidates
                 first = [x for x in modes if x in ("dense", "sparse", "bm25")]
-                cand = np.unique(
-                    np.concatenate([self._top(x, q, qi, text, min(c, self.num_chunks)) for x in first])
-                )
-                per_cand = [self._cand_scores(m, q, qi, text, cand) for m in modes]
+                cand = np.unique(np.concatenate([one.top(x, min(c, self.num_chunks)) for x in first]))
+                per_cand = [one.scores(m, cand) for m in modes]
                 scores = fuse(per_cand, weights, cfg)
                 pick, _ = top_k(scores[None, :], n_chunks)
                 rows = cand[pick[0]]
@@ -483,3 +445,52 @@ class Index:
             config=asdict(self.config),
             disk_bytes=disk,
         )
+
+
+class _QueryScorer:
+    """One query's scores against an index; full score vectors are computed once per mode."""
+
+    def __init__(self, index: Index, q: Encoded, qi: int, text: str):
+        self.index, self.q, self.qi, self.text = index, q, qi, text
+        self._full: dict[str, np.ndarray] = {}
+
+    def full(self, mode: str) -> np.ndarray:
+        """Scores against every chunk (dense, sparse postings, BM25 or exhaustive MaxSim)."""
+        if mode not in self._full:
+            ix, q, qi = self.index, self.q, self.qi
+            if mode == "dense":
+                assert q.dense is not None and ix._dense is not None
+                out = np.asarray(ix._dense @ q.dense[qi], dtype=np.float32)
+            elif mode == "sparse":
+                assert q.sparse is not None
+                out = sparse_postings_scores(ix._postings(), q.sparse[qi])
+            elif mode == "bm25":
+                out = ix._bm25().scores(self.text)
+            else:
+                assert q.multivector is not None and ix._mv is not None
+                out = maxsim_packed(q.multivector[qi], ix._mv, ix._mv_offsets, np.arange(ix.num_chunks))
+            self._full[mode] = out
+        return self._full[mode]
+
+    def top(self, mode: str, n: int) -> np.ndarray:
+        """The ``n`` best chunks; lexical modes leave out chunks sharing no term."""
+        ix, q = self.index, self.q
+        if mode == "dense" and (ix.config.dense_index == "hnsw" or ix.num_chunks > 4096):
+            assert q.dense is not None
+            _, idx = ix._faiss().search(np.ascontiguousarray(q.dense[self.qi : self.qi + 1]), n)
+            return np.asarray(idx[0][idx[0] >= 0], dtype=np.int64)
+        idx, val = top_k(self.full(mode)[None, :], n)
+        if mode in ("sparse", "bm25"):
+            return idx[0][val[0] > 0]
+        return idx[0]
+
+    def scores(self, mode: str, cand: np.ndarray) -> np.ndarray:
+        """Scores of the chunks ``cand``."""
+        if mode in self._full or mode in ("sparse", "bm25"):
+            return self.full(mode)[cand]
+        ix, q = self.index, self.q
+        if mode == "dense":
+            assert q.dense is not None and ix._dense is not None
+            return np.asarray(ix._dense[cand] @ q.dense[self.qi], dtype=np.float32)
+        assert q.multivector is not None and ix._mv is not None
+        return maxsim_packed(q.multivector[self.qi], ix._mv, ix._mv_offsets, cand)
