@@ -26,6 +26,12 @@ def xlmr_m3(models_root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def bert_trainable(models_root: Path) -> Path:
+    """A tiny BERT with M3 heads, usual 0.02 init and no dropout (for training tests)."""
+    return build_encoder(models_root / "bert-trainable", "bert", m3_heads=True, seed=6, trainable=True)
+
+
+@pytest.fixture(scope="session")
 def bert_st_mean(models_root: Path) -> Path:
     """A tiny BERT with sentence-transformers metadata: mean pooling, normalised, 24 tokens."""
     path = build_encoder(models_root / "bert-st", "bert", m3_heads=False, seed=3)

@@ -77,6 +77,7 @@ def _xlmr_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def _bert_config(vocab: int, **extra: object) -> BertConfig:
+    settings: dict[str, object] = {"initializer_range": 0.5, **extra}
     return BertConfig(
         vocab_size=vocab,
         hidden_size=HIDDEN,
@@ -84,8 +85,7 @@ def _bert_config(vocab: int, **extra: object) -> BertConfig:
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=128,
-        initializer_range=0.5,
-        **extra,
+        **settings,
     )
 
 
@@ -118,10 +118,17 @@ def _save_heads(path: Path, seed: int) -> None:
     torch.save(sparse.state_dict(), path / "sparse_linear.pt")
 
 
-def build_encoder(path: Path, family: str, *, m3_heads: bool, seed: int = 0) -> Path:
+def build_encoder(path: Path, family: str, *, m3_heads: bool, seed: int = 0, trainable: bool = False) -> Path:
+    """A tiny encoder. Its default large random weights make outputs spread out (good for
+    checking numbers); ``trainable`` (BERT only) uses the usual 0.02 init and no dropout, so
+    that a few optimiser steps reliably lower a loss."""
     torch.manual_seed(seed)
     tok = _bert_tokenizer() if family == "bert" else _xlmr_tokenizer()
-    config = (_bert_config if family == "bert" else _xlmr_config)(len(tok))
+    if trainable:
+        extra = {"initializer_range": 0.02, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+        config = _bert_config(len(tok), **extra)
+    else:
+        config = (_bert_config if family == "bert" else _xlmr_config)(len(tok))
     model = BertModel(config) if family == "bert" else XLMRobertaModel(config)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,30 @@ def atomic_write(path: Path) -> Iterator[IO[bytes]]:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_dir(path: Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """A temporary folder beside ``path`` that replaces ``path`` only when the block succeeds.
+
+    An existing non-empty ``path`` is refused unless ``overwrite``; the old folder is removed
+    only after the new one is in place."""
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
+        raise InputError(f"{path} exists and is not empty; choose another output or overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from bgekit.cli.common import engine_args, engine_config, model_path, outputs_arg
 from bgekit.cli.eval_cmd import register as register_eval
 from bgekit.cli.index_cmd import register as register_index
+from bgekit.cli.train_cmd import register as register_train
 from bgekit.errors import BgekitError
 
 
@@ -78,7 +79,7 @@ def cmd_similarity(ns: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="bgekit", description="BGE retrieval models: encode, evaluate, index, search, inspect"
+        prog="bgekit", description="BGE retrieval models: encode, evaluate, index, search, fine-tune, inspect"
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_eval(sub)
     register_index(sub)
+    register_train(sub)
     return parser
 
 

@@ -136,9 +136,11 @@ def encode_chunks(
     chunk_overlap: int,
 ) -> tuple[list[Chunk], Encoded]:
     """Chunk ``docs`` (``chunk_tokens=None``: the model's passage length less its special
-    tokens) and encode every chunk as a document, title first."""
+    tokens, with the overlap capped at half of it for short-context models) and encode every
+    chunk as a document, title first."""
     size = chunk_tokens or max(8, embedder.info.passage_max_length - embedder.tokenizer.n_special)
-    chunks = chunk_documents(docs, embedder.tokenizer, size, chunk_overlap)
+    overlap = chunk_overlap if chunk_tokens else min(chunk_overlap, size // 2)
+    chunks = chunk_documents(docs, embedder.tokenizer, size, overlap)
     enc = embedder.encode([encoding_text(docs[c.doc], c.text) for c in chunks], outputs=outputs)
     return chunks, enc
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,21 +24,31 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def load_transformers_model(path: Path, *, cross_encoder: bool) -> nn.Module:
-    """The encoder (or sequence-classification model) in fp32 on the CPU, with SDPA attention."""
-    from transformers import AutoModel, AutoModelForSequenceClassification
+@contextmanager
+def quiet_hf_bars() -> Iterator[None]:
+    """No transformers progress bar inside the block (a bar per load or save is noise;
+    bgekit shows its own on long work)."""
     from transformers.utils import logging as hf_logging
 
-    cls = AutoModelForSequenceClassification if cross_encoder else AutoModel
     bars_were_off = hf_logging.is_progress_bar_enabled() is False
-    hf_logging.disable_progress_bar()  # a bar per load is noise; bgekit shows its own on long work
+    hf_logging.disable_progress_bar()
     try:
-        model = cls.from_pretrained(str(path), attn_implementation="sdpa", dtype=torch.float32)
-    except (OSError, ValueError, KeyError) as e:
-        raise ModelFormatError(f"cannot load model weights from {path}: {e}") from None
+        yield
     finally:
         if not bars_were_off:
             hf_logging.enable_progress_bar()
+
+
+def load_transformers_model(path: Path, *, cross_encoder: bool) -> nn.Module:
+    """The encoder (or sequence-classification model) in fp32 on the CPU, with SDPA attention."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    cls = AutoModelForSequenceClassification if cross_encoder else AutoModel
+    try:
+        with quiet_hf_bars():
+            model = cls.from_pretrained(str(path), attn_implementation="sdpa", dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelFormatError(f"cannot load model weights from {path}: {e}") from None
     return model.eval()
 
 
@@ -70,6 +82,12 @@ class LoadedModel:
         self.tokenizer = tokenizer
         self.engine = Engine(engine or EngineConfig())
         self._replicas = place_replicas(model, self.engine.config)
+
+    def torch_module(self) -> nn.Module:
+        """The first replica's torch module (what training and inspection work on)."""
+        if not self._replicas:
+            raise ModelFormatError(f"{self.info.name} was closed")
+        return self._replicas[0][0]
 
     def close(self) -> None:
         """Drop the model replicas (and their device memory)."""

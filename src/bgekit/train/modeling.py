@@ -1,0 +1,210 @@
+"""Trainable models: an embedder (dense, or BGE-M3's three heads) and a cross-encoder
+reranker, each returning its loss for the transformers Trainer, and saved in the reference's
+on-disk layout (a Hugging Face folder, plus ``colbert_linear.pt`` / ``sparse_linear.pt``)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bgekit.engine import TokenBatch
+from bgekit.models.heads import pool
+from bgekit.models.runtime import quiet_hf_bars
+from bgekit.train.distributed import gather_with_grad, world
+from bgekit.train.losses import (
+    M3Losses,
+    dense_scores,
+    embedder_loss,
+    m3_unified_loss,
+    multivector_scores,
+    reranker_loss,
+    sparse_scores,
+    sparse_vocab_vectors,
+)
+
+_WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".onnx", ".h5", ".msgpack", ".ot"}
+_NOT_COPIED = {"config.json", "README.md", ".gitattributes"}
+_TOKENIZER_FILES = {
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+    "tokenizer.model",
+}
+
+
+def copy_metadata(source: Path, target: Path, *, embedder: bool) -> None:
+    """Copy the tokenizer files (and, for an embedder, sentence-transformers' pooling and
+    prompt settings) from the starting model's folder; weights and config are written anew."""
+    for p in sorted(source.iterdir()):
+        if p.is_file():
+            if p.suffix in _WEIGHT_SUFFIXES or p.name in _NOT_COPIED:
+                continue
+            if embedder or p.name in _TOKENIZER_FILES:
+                shutil.copy2(p, target / p.name)
+        elif embedder and p.is_dir():
+            files = [f for f in p.rglob("*") if f.is_file()]
+            if all(f.suffix == ".json" for f in files):  # 1_Pooling/, 2_Normalize/: settings only
+                shutil.copytree(p, target / p.name)
+
+
+@dataclass(frozen=True)
+class _Reps:
+    dense: torch.Tensor
+    sparse: torch.Tensor | None
+    multivector: torch.Tensor | None
+    mask: torch.Tensor
+
+
+class EmbedderTrainModel(nn.Module):
+    """A transformers encoder with bgekit's pooling (and optionally the M3 heads) that
+    returns the contrastive / unified loss of a batch of query groups."""
+
+    special_ids: torch.Tensor
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        *,
+        pooling: str,
+        normalize: bool,
+        temperature: float,
+        group_size: int,
+        colbert_linear: nn.Linear | None = None,
+        sparse_linear: nn.Linear | None = None,
+        special_ids: Iterable[int] = (),
+        vocab_size: int = 0,
+        cross_device_negatives: bool = False,
+        self_distill: bool = True,
+    ):
+        super().__init__()
+        if (colbert_linear is None) != (sparse_linear is None):
+            raise ValueError("M3 training needs both the sparse and the multi-vector head")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.encoder = encoder
+        self.colbert_linear = colbert_linear
+        self.sparse_linear = sparse_linear
+        self.pooling = pooling
+        self.normalize = normalize
+        self.temperature = temperature
+        self.group_size = group_size
+        self.vocab_size = vocab_size
+        self.cross_device_negatives = cross_device_negatives
+        self.self_distill = self_distill
+        self.register_buffer(
+            "special_ids", torch.tensor(sorted(special_ids), dtype=torch.long), persistent=False
+        )
+        self.last_losses: M3Losses | None = None
+
+    @property
+    def unified(self) -> bool:
+        return self.sparse_linear is not None
+
+    def encode(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None
+    ) -> _Reps:
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        hidden = self.encoder(**inputs).last_hidden_state
+        batch = TokenBatch(input_ids, attention_mask, token_type_ids, attention_mask.sum(dim=1))
+        dense = pool(hidden, batch, self.pooling)
+        if self.normalize:
+            dense = F.normalize(dense, dim=-1)
+        if self.sparse_linear is None or self.colbert_linear is None:
+            return _Reps(dense, None, None, attention_mask)
+        mask = attention_mask.to(hidden.dtype)
+        weights = torch.relu(self.sparse_linear(hidden)).squeeze(-1) * mask
+        sparse = sparse_vocab_vectors(weights, input_ids, self.vocab_size, self.special_ids)
+        multi = self.colbert_linear(hidden[:, 1:]) * mask[:, 1:, None]
+        return _Reps(dense, sparse, F.normalize(multi, dim=-1), attention_mask)
+
+    def forward(
+        self,
+        q_input_ids: torch.Tensor,
+        q_attention_mask: torch.Tensor,
+        p_input_ids: torch.Tensor,
+        p_attention_mask: torch.Tensor,
+        q_token_type_ids: torch.Tensor | None = None,
+        p_token_type_ids: torch.Tensor | None = None,
+        teacher_scores: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        q = self.encode(q_input_ids, q_attention_mask, q_token_type_ids)
+        p = self.encode(p_input_ids, p_attention_mask, p_token_type_ids)
+        g, t = self.group_size, self.temperature
+        teacher = None if teacher_scores is None else torch.softmax(teacher_scores.float().detach(), dim=-1)
+        if self.cross_device_negatives and world()[1] > 1:
+            all_teacher = None if teacher is None else gather_with_grad(teacher)
+            scores = dense_scores(gather_with_grad(q.dense), gather_with_grad(p.dense)) / t
+            dense_loss = embedder_loss(scores, g, all_teacher)
+        else:
+            dense_loss = None
+        if not self.unified:
+            if dense_loss is None:
+                dense_loss = embedder_loss(dense_scores(q.dense, p.dense) / t, g, teacher)
+            return {"loss": dense_loss}
+        assert q.sparse is not None and p.sparse is not None
+        assert q.multivector is not None and p.multivector is not None
+        # Like the reference, cross-device negatives apply to the dense loss only.
+        parts = m3_unified_loss(
+            dense_scores(q.dense, p.dense) / t,
+            sparse_scores(q.sparse, p.sparse) / t,
+            multivector_scores(q.multivector, p.multivector, q.mask[:, 1:]) / t,
+            g,
+            teacher_probs=teacher,
+            self_distill=self.self_distill,
+            dense_loss=dense_loss,
+        )
+        self.last_losses = parts
+        return {"loss": parts.total}
+
+    def save(self, folder: Path) -> None:
+        """The encoder as a Hugging Face model, plus the M3 head files when trained."""
+        state = {k: v.detach().cpu().clone().contiguous() for k, v in self.encoder.state_dict().items()}
+        with quiet_hf_bars():
+            self.encoder.save_pretrained(str(folder), state_dict=state)  # type: ignore[operator]
+        for name, head in (("colbert_linear", self.colbert_linear), ("sparse_linear", self.sparse_linear)):
+            if head is not None:
+                torch.save(
+                    {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}, folder / f"{name}.pt"
+                )
+
+
+class RerankerTrainModel(nn.Module):
+    """A one-logit sequence-classification model trained with cross-entropy over groups."""
+
+    def __init__(self, model: nn.Module, *, group_size: int):
+        super().__init__()
+        self.model = model
+        self.group_size = group_size
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        teacher_scores: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        logits = self.model(**inputs).logits[:, 0]
+        teacher = None if teacher_scores is None else torch.softmax(teacher_scores.float().detach(), dim=-1)
+        return {"loss": reranker_loss(logits, self.group_size, teacher), "logits": logits}
+
+    def save(self, folder: Path) -> None:
+        state = {k: v.detach().cpu().clone().contiguous() for k, v in self.model.state_dict().items()}
+        with quiet_hf_bars():
+            self.model.save_pretrained(str(folder), state_dict=state)  # type: ignore[operator]

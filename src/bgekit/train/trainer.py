@@ -1,0 +1,385 @@
+"""Fine-tuning on the transformers Trainer, so torchrun, DDP, accelerate and DeepSpeed
+launch it unchanged: ``torchrun --nproc_per_node N -m bgekit.train embedder ...``."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from bgekit.engine import EngineConfig, pad_batch
+from bgekit.errors import InputError, ModelFormatError
+from bgekit.io import atomic_dir
+from bgekit.models.heads import EncoderWithHeads
+from bgekit.models.loading import read_folder, resolve_model_dir
+from bgekit.models.tokenizer import TextTokenizer
+from bgekit.train.data import TrainExample, check_for_training, load_train_data, sample_group
+from bgekit.train.modeling import EmbedderTrainModel, RerankerTrainModel, copy_metadata
+
+logger = logging.getLogger(__name__)
+Precision = Literal["fp32", "fp16", "bf16"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """What every training run takes. ``batch_size`` counts queries per device and step,
+    each with a group of ``group_size`` passages (1 positive + negatives). ``warmup`` is a
+    fraction of the steps."""
+
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 8
+    group_size: int = 8
+    learning_rate: float = 2e-5
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    grad_accum: int = 1
+    seed: int = 42
+    precision: Precision = "fp32"
+    gradient_checkpointing: bool = False
+    logging_steps: int = 10
+    save_steps: int | None = None
+    deepspeed: str | None = None
+    overwrite: bool = False
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs > 0 or self.max_steps > 0, "epochs must be positive"),
+            (self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.group_size >= 1, "group_size must be at least 1"),
+            (self.learning_rate > 0, "learning_rate must be positive"),
+            (0 <= self.warmup < 1, "warmup must be a fraction in [0, 1)"),
+            (self.grad_accum >= 1, "grad_accum must be at least 1"),
+            (self.precision in ("fp32", "fp16", "bf16"), "precision must be fp32, fp16 or bf16"),
+            (self.save_steps is None or self.save_steps >= 1, "save_steps must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbedderTrainConfig(TrainConfig):
+    """Embedder training: InfoNCE with in-batch negatives (and, with
+    ``cross_device_negatives``, every process's passages), distillation when the data has
+    teacher scores, and BGE-M3's unified loss with ``m3``. Lengths and the query instruction
+    default to the model's own."""
+
+    temperature: float = 0.02
+    query_max_length: int | None = None
+    passage_max_length: int | None = None
+    query_instruction: str | None = None
+    cross_device_negatives: bool = False
+    m3: bool = False
+    self_distill: bool = True
+    multivector_dim: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.temperature <= 0:
+            raise InputError(f"temperature must be positive, got {self.temperature}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RerankerTrainConfig(TrainConfig):
+    """Cross-encoder training: cross-entropy over each group. A pair holds at most
+    ``max_length`` tokens, its query at most ``query_max_length`` (3/4 of it by default)."""
+
+    max_length: int = 512
+    query_max_length: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    output: Path
+    steps: int
+    seconds: float
+    final_loss: float | None
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+
+class GroupDataset(Dataset):
+    """Each item: a query and a freshly sampled group (the positive first). Draws are seeded
+    by (seed, item, how often the item was drawn), so a run is reproducible."""
+
+    def __init__(self, examples: Sequence[TrainExample], group_size: int, seed: int):
+        self.examples = list(examples)
+        self.group_size = group_size
+        self.seed = seed
+        self._draws = np.zeros(len(self.examples), dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> tuple[TrainExample, list[str], list[float] | None]:
+        rng = np.random.default_rng([self.seed, i, int(self._draws[i])])
+        self._draws[i] += 1
+        ex = self.examples[i]
+        passages, scores = sample_group(ex, self.group_size, rng)
+        return ex, passages, scores
+
+
+def _tensors(prefix: str, seqs: Sequence[Any], pad_id: int) -> dict[str, torch.Tensor]:
+    batch = pad_batch(seqs, pad_id, torch.device("cpu"))
+    out = {f"{prefix}input_ids": batch.input_ids, f"{prefix}attention_mask": batch.attention_mask}
+    if batch.token_type_ids is not None:
+        out[f"{prefix}token_type_ids"] = batch.token_type_ids
+    return out
+
+
+def _teacher(items: Sequence[tuple[TrainExample, list[str], list[float] | None]]) -> dict[str, torch.Tensor]:
+    if items[0][2] is None:
+        return {}
+    return {"teacher_scores": torch.tensor([s for _, _, s in items], dtype=torch.float32)}
+
+
+@dataclass(frozen=True)
+class EmbedderCollator:
+    """Tokenises a batch of groups: queries (instruction or the line's own prompt first) and
+    passages, each padded to its batch's longest."""
+
+    tokenizer: TextTokenizer
+    query_max_length: int
+    passage_max_length: int
+    query_instruction: str
+
+    def __call__(self, items: Sequence[tuple[TrainExample, list[str], list[float] | None]]) -> dict[str, Any]:
+        queries = [
+            (ex.prompt if ex.prompt is not None else self.query_instruction) + ex.query for ex, _, _ in items
+        ]
+        passages = [p for _, group, _ in items for p in group]
+        pad = self.tokenizer.pad_id
+        return {
+            **_tensors("q_", self.tokenizer.encode(queries, self.query_max_length), pad),
+            **_tensors("p_", self.tokenizer.encode(passages, self.passage_max_length), pad),
+            **_teacher(items),
+        }
+
+
+@dataclass(frozen=True)
+class RerankerCollator:
+    """Tokenises every (query, passage) pair of a batch of groups as the reranker reads them."""
+
+    tokenizer: TextTokenizer
+    max_length: int
+    query_max_length: int
+
+    def __call__(self, items: Sequence[tuple[TrainExample, list[str], list[float] | None]]) -> dict[str, Any]:
+        queries = [ex.query for ex, group, _ in items for _ in group]
+        passages = [p for _, group, _ in items for p in group]
+        seqs = self.tokenizer.encode_pairs(queries, passages, self.max_length, self.query_max_length)
+        return {**_tensors("", seqs, self.tokenizer.pad_id), **_teacher(items)}
+
+
+def _examples(data: str | Path | Sequence[TrainExample]) -> list[TrainExample]:
+    if isinstance(data, str | Path):
+        return load_train_data(data)
+    out = list(data)
+    for i, ex in enumerate(out):
+        if not isinstance(ex, TrainExample):
+            raise InputError(f"data[{i}] is {type(ex).__name__}, expected a TrainExample")
+    return out
+
+
+def _check_length(label: str, value: int, limit: int) -> int:
+    if not 3 <= value <= limit:
+        raise InputError(f"{label} {value} is outside 3..{limit} for this model")
+    return value
+
+
+def _run(
+    model: nn.Module,
+    dataset: GroupDataset,
+    collator: Any,
+    cfg: TrainConfig,
+    output: Path,
+    save: Any,
+) -> TrainResult:
+    """Train with the transformers Trainer, then save atomically on the main process."""
+    from transformers import Trainer, TrainingArguments
+
+    class _Trainer(Trainer):
+        def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
+            folder = Path(output_dir or str(self.args.output_dir))
+            folder.mkdir(parents=True, exist_ok=True)
+            save(folder)
+
+    work = (
+        Path(tempfile.mkdtemp(prefix="bgekit-train-"))
+        if cfg.save_steps is None
+        else output.with_name(output.name + "-checkpoints")
+    )
+    progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
+    args = TrainingArguments(
+        output_dir=str(work),
+        per_device_train_batch_size=cfg.batch_size,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup,
+        weight_decay=cfg.weight_decay,
+        gradient_accumulation_steps=cfg.grad_accum,
+        seed=cfg.seed,
+        fp16=cfg.precision == "fp16",
+        bf16=cfg.precision == "bf16",
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500,
+        report_to="none",
+        remove_unused_columns=False,
+        disable_tqdm=not progress,
+        deepspeed=cfg.deepspeed,
+        ddp_find_unused_parameters=False,
+        dataloader_drop_last=False,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),  # torchrun on CPUs: gloo data parallel
+    )
+    trainer = _Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
+    start = time.perf_counter()
+    try:
+        state = trainer.train()
+    finally:
+        if cfg.save_steps is None:
+            shutil.rmtree(work, ignore_errors=True)
+    seconds = time.perf_counter() - start
+    if trainer.is_world_process_zero():
+        with atomic_dir(output, overwrite=cfg.overwrite) as tmp:
+            save(tmp)
+    trainer.accelerator.wait_for_everyone()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    return TrainResult(
+        output,
+        int(state.global_step),
+        seconds,
+        losses[-1] if losses else None,
+        list(trainer.state.log_history),
+    )
+
+
+def _check_output(output: Path, overwrite: bool) -> None:
+    """Fail before training, not after, when the output folder is taken."""
+    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
+        raise InputError(f"{output} exists and is not empty; choose another output or overwrite it")
+
+
+def train_embedder(
+    model: str,
+    data: str | Path | Sequence[TrainExample],
+    output: str | Path,
+    config: EmbedderTrainConfig | None = None,
+) -> TrainResult:
+    """Fine-tune an embedder and save it to ``output`` (loadable with ``Embedder.from_pretrained``)."""
+    from bgekit.models import Embedder
+
+    cfg = config or EmbedderTrainConfig()
+    out = Path(output)
+    _check_output(out, cfg.overwrite)
+    examples = _examples(data)
+    check_for_training(examples, cfg.group_size)
+    emb = Embedder.from_pretrained(
+        model, engine=EngineConfig(device="cpu", dtype="float32", backend="transformers", progress=False)
+    )
+    info = emb.info
+    source = Path(info.path)
+    limit = read_folder(source).max_positions
+    module = emb.torch_module()
+    assert isinstance(module, EncoderWithHeads)
+    encoder = module.backbone.model
+    assert isinstance(encoder, nn.Module)
+    torch.manual_seed(cfg.seed)
+    colbert, sparse = module.colbert_linear, module.sparse_linear
+    hidden = info.hidden_size
+    if cfg.m3 and (colbert is None or sparse is None):
+        logger.info("%s has no M3 heads; adding freshly initialised sparse and multi-vector heads", model)
+        colbert = nn.Linear(hidden, cfg.multivector_dim or hidden)
+        sparse = nn.Linear(hidden, 1)
+    if not cfg.m3:
+        colbert = sparse = None
+    pooler = getattr(encoder, "pooler", None)
+    if isinstance(pooler, nn.Module):  # not part of any loss: frozen, so DDP sees no unused parameter
+        pooler.requires_grad_(False)
+    if cfg.gradient_checkpointing:
+        encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[operator]
+    vocab = max(
+        emb.tokenizer.vocab_size, int(getattr(getattr(encoder, "config", None), "vocab_size", 0) or 0)
+    )
+    train_model = EmbedderTrainModel(
+        encoder,
+        pooling=info.pooling,
+        normalize=info.normalize,
+        temperature=cfg.temperature,
+        group_size=cfg.group_size,
+        colbert_linear=colbert,
+        sparse_linear=sparse,
+        special_ids=emb.tokenizer.special_ids,
+        vocab_size=vocab,
+        cross_device_negatives=cfg.cross_device_negatives,
+        self_distill=cfg.self_distill,
+    )
+    collator = EmbedderCollator(
+        emb.tokenizer,
+        _check_length("query max length", cfg.query_max_length or info.query_max_length, limit),
+        _check_length("passage max length", cfg.passage_max_length or info.passage_max_length, limit),
+        info.query_instruction if cfg.query_instruction is None else cfg.query_instruction,
+    )
+
+    def save(folder: Path) -> None:
+        train_model.save(folder)
+        copy_metadata(source, folder, embedder=True)
+
+    return _run(train_model, GroupDataset(examples, cfg.group_size, cfg.seed), collator, cfg, out, save)
+
+
+def train_reranker(
+    model: str,
+    data: str | Path | Sequence[TrainExample],
+    output: str | Path,
+    config: RerankerTrainConfig | None = None,
+) -> TrainResult:
+    """Fine-tune a cross-encoder (or start one from an encoder checkpoint, adding a fresh
+    one-logit head) and save it to ``output`` (loadable with ``Reranker.from_pretrained``)."""
+    from transformers import AutoModelForSequenceClassification
+
+    cfg = config or RerankerTrainConfig()
+    out = Path(output)
+    _check_output(out, cfg.overwrite)
+    examples = _examples(data)
+    check_for_training(examples, cfg.group_size)
+    source = resolve_model_dir(model)
+    meta = read_folder(source)
+    max_length = _check_length("max_length", cfg.max_length, meta.max_positions)
+    q_max = cfg.query_max_length if cfg.query_max_length is not None else max_length * 3 // 4
+    if not 1 <= q_max < max_length:
+        raise InputError(f"query_max_length {q_max} must be in 1..{max_length - 1}")
+    torch.manual_seed(cfg.seed)
+    try:
+        hf = AutoModelForSequenceClassification.from_pretrained(
+            str(source), num_labels=1, dtype=torch.float32
+        )
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelFormatError(f"cannot load {model} as a sequence classifier: {e}") from None
+    if cfg.gradient_checkpointing:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    tokenizer = TextTokenizer.from_folder(
+        source, with_type_ids=int(meta.config.get("type_vocab_size", 0)) > 1
+    )
+    train_model = RerankerTrainModel(hf, group_size=cfg.group_size)
+
+    def save(folder: Path) -> None:
+        train_model.save(folder)
+        copy_metadata(source, folder, embedder=False)
+
+    collator = RerankerCollator(tokenizer, max_length, q_max)
+    return _run(train_model, GroupDataset(examples, cfg.group_size, cfg.seed), collator, cfg, out, save)
