@@ -12,6 +12,7 @@ from pathlib import Path
 from bgekit.cli.common import engine_args, engine_config, model_path, outputs_arg
 from bgekit.cli.eval_cmd import register as register_eval
 from bgekit.cli.index_cmd import register as register_index
+from bgekit.cli.serve_cmd import register as register_serve
 from bgekit.cli.train_cmd import register as register_train
 from bgekit.errors import BgekitError
 
@@ -79,7 +80,8 @@ def cmd_similarity(ns: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="bgekit", description="BGE retrieval models: encode, evaluate, index, search, fine-tune, inspect"
+        prog="bgekit",
+        description="BGE retrieval models: encode, evaluate, index, search, fine-tune, serve, inspect",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -110,12 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     register_eval(sub)
     register_index(sub)
     register_train(sub)
+    register_serve(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
     try:
+        ns = build_parser().parse_args(argv)
         return int(ns.func(ns))
     except BgekitError as e:
         print(f"bgekit: error: {e}", file=sys.stderr)

@@ -24,7 +24,7 @@ from bgekit.scoring import (
     sparse_pair_scores,
     weighted_fusion,
 )
-from bgekit.types import KINDS, OUTPUT_KINDS, Encoded, Kind, ModelInfo, OutputKind, PairScores
+from bgekit.types import KINDS, OUTPUT_KINDS, Encoded, Kind, ModelInfo, OutputKind, PairScores, TokenSeq
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,11 +154,23 @@ class Embedder(LoadedModel):
         instruction: str | None = None,
     ) -> Encoded:
         """Encode texts; queries get the query instruction (or ``instruction``) prefixed."""
+        wanted = self._check_outputs(outputs)
+        seqs = self.tokenize(texts, kind=kind, instruction=instruction)
+        cut = sum(s.truncated for s in seqs)
+        if cut:
+            limit = self.info.query_max_length if kind == "query" else self.info.passage_max_length
+            logger.info("%d of %d texts exceed %d tokens and were truncated", cut, len(seqs), limit)
+        return self.encode_tokens(seqs, outputs=wanted)
+
+    def tokenize(
+        self, texts: Sequence[str], *, kind: Kind = "document", instruction: str | None = None
+    ) -> list[TokenSeq]:
+        """Token ids as :meth:`encode` feeds them to the model (instruction added for
+        queries, cut to the query or passage max length; ``truncated`` marks a cut)."""
         if kind not in KINDS:
             raise InputError(f"kind must be 'query' or 'document', got {kind!r}")
         if instruction is not None and kind != "query":
             raise InputError("an instruction applies to queries only (kind='query')")
-        wanted = self._check_outputs(outputs)
         items = check_texts(texts)
         if kind == "query":
             prefix = self.info.query_instruction if instruction is None else instruction
@@ -166,16 +178,19 @@ class Embedder(LoadedModel):
             max_length = self.info.query_max_length
         else:
             max_length = self.info.passage_max_length
-        if not items:
+        return self.tokenizer.encode(items, max_length) if items else []
+
+    def encode_tokens(
+        self, seqs: Sequence[TokenSeq], *, outputs: Sequence[OutputKind] = ("dense",)
+    ) -> Encoded:
+        """Encode already tokenised inputs (from :meth:`tokenize`) in one engine run."""
+        wanted = self._check_outputs(outputs)
+        if not seqs:
             return Encoded(
                 dense=np.zeros((0, self.info.hidden_size), np.float32) if "dense" in wanted else None,
                 sparse=[] if "sparse" in wanted else None,
                 multivector=[] if "multivector" in wanted else None,
             )
-        seqs = self.tokenizer.encode(items, max_length)
-        cut = sum(s.truncated for s in seqs)
-        if cut:
-            logger.info("%d of %d texts exceed %d tokens and were truncated", cut, len(seqs), max_length)
         runners = [
             EmbedRunner(
                 cast(EncoderWithHeads, model),
@@ -187,7 +202,7 @@ class Embedder(LoadedModel):
             )
             for model, device in self._replicas
         ]
-        rows: list[Row] = self.engine.run(seqs, runners, pad_id=self.tokenizer.pad_id)
+        rows: list[Row] = self.engine.run(list(seqs), runners, pad_id=self.tokenizer.pad_id)
         return Encoded(
             dense=np.stack([r.dense for r in rows]) if "dense" in wanted else None,  # type: ignore[misc]
             sparse=[r.sparse for r in rows] if "sparse" in wanted else None,  # type: ignore[misc]

@@ -17,7 +17,7 @@ from bgekit.models.loading import read_folder, resolve_model_dir
 from bgekit.models.registry import lookup
 from bgekit.models.runtime import LoadedModel, load_transformers_model
 from bgekit.models.tokenizer import TextTokenizer
-from bgekit.types import ModelInfo, RerankResult
+from bgekit.types import ModelInfo, RerankResult, TokenSeq
 
 logger = logging.getLogger(__name__)
 
@@ -92,12 +92,7 @@ class Reranker(LoadedModel):
 
     def score(self, pairs: Sequence[tuple[str, str]], *, normalize: bool = False) -> np.ndarray:
         """One float32 score per pair: the logit, or its sigmoid when ``normalize``."""
-        queries, passages = check_pairs(pairs)
-        if not queries:
-            return np.zeros(0, dtype=np.float32)
-        seqs = self.tokenizer.encode_pairs(
-            queries, passages, self.info.passage_max_length, self.info.query_max_length
-        )
+        seqs = self.tokenize(pairs)
         cut = sum(s.truncated for s in seqs)
         if cut:
             logger.info(
@@ -106,9 +101,24 @@ class Reranker(LoadedModel):
                 len(seqs),
                 self.info.passage_max_length,
             )
+        return self.score_tokens(seqs, normalize=normalize)
+
+    def tokenize(self, pairs: Sequence[tuple[str, str]]) -> list[TokenSeq]:
+        """Token ids of each pair as :meth:`score` feeds them to the model."""
+        queries, passages = check_pairs(pairs)
+        if not queries:
+            return []
+        return self.tokenizer.encode_pairs(
+            queries, passages, self.info.passage_max_length, self.info.query_max_length
+        )
+
+    def score_tokens(self, seqs: Sequence[TokenSeq], *, normalize: bool = False) -> np.ndarray:
+        """Score already tokenised pairs (from :meth:`tokenize`) in one engine run."""
+        if not seqs:
+            return np.zeros(0, dtype=np.float32)
         runners = [_LogitRunner(m, d) for m, d in self._replicas]
         logits = np.asarray(
-            self.engine.run(seqs, runners, pad_id=self.tokenizer.pad_id, desc="reranking"),
+            self.engine.run(list(seqs), runners, pad_id=self.tokenizer.pad_id, desc="reranking"),
             dtype=np.float32,
         )
         return 1.0 / (1.0 + np.exp(-logits)) if normalize else logits

@@ -60,8 +60,9 @@ def mine_hard_negatives(
             chosen = [pool[i] for i in sorted(rng.choice(len(pool), size=negatives, replace=False))]
         else:
             chosen = list(pool)
-            others = [i for i in rng.permutation(len(docs)) if texts[i] not in banned and i not in set(pool)]
-            chosen += [int(i) for i in others[: negatives - len(pool)]]
+            taken = set(pool)
+            others = [int(i) for i in rng.permutation(len(docs)) if texts[i] not in banned and i not in taken]
+            chosen += others[: negatives - len(pool)]
         out.append(replace(ex, neg=tuple(texts[i] for i in chosen), pos_scores=None, neg_scores=None))
     return out
 

@@ -222,13 +222,16 @@ def _run(
         else output.with_name(output.name + "-checkpoints")
     )
     progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
+    # transformers 5 reads a fraction from warmup_steps; 4.x has warmup_ratio for it.
+    fields = TrainingArguments.__dataclass_fields__
+    warmup: dict[str, Any] = {"warmup_ratio" if "warmup_ratio" in fields else "warmup_steps": cfg.warmup}
     args = TrainingArguments(
         output_dir=str(work),
         per_device_train_batch_size=cfg.batch_size,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate,
-        warmup_steps=cfg.warmup,
+        **warmup,
         weight_decay=cfg.weight_decay,
         gradient_accumulation_steps=cfg.grad_accum,
         seed=cfg.seed,

@@ -1,0 +1,99 @@
+"""``bgekit serve``: every option also reads ``BGEKIT_<OPTION>`` from the environment
+(e.g. ``BGEKIT_API_KEY``, ``BGEKIT_MAX_BATCH_TOKENS``); a command-line value wins."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from bgekit.errors import InputError
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _env(name: str, default: Any, kind: type = str) -> Any:
+    raw = os.environ.get(f"BGEKIT_{name.upper()}")
+    if raw is None:
+        return default
+    if kind is bool:
+        if raw.strip().lower() not in _TRUE | _FALSE:
+            raise InputError(f"BGEKIT_{name.upper()}={raw!r} is not a boolean (use true or false)")
+        return raw.strip().lower() in _TRUE
+    try:
+        return kind(raw)
+    except ValueError:
+        raise InputError(f"BGEKIT_{name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def cmd_serve(ns: argparse.Namespace) -> int:
+    import uvicorn
+
+    from bgekit.server import ServerConfig, create_app
+
+    config = ServerConfig(
+        model=ns.model,
+        reranker=ns.reranker,
+        index=ns.index,
+        host=ns.host,
+        port=ns.port,
+        api_key=ns.api_key,
+        max_batch_tokens=ns.max_batch_tokens,
+        max_concurrent_requests=ns.max_concurrent_requests,
+        max_input_tokens=ns.max_input_tokens,
+        truncate=ns.truncate,
+        max_inputs_per_request=ns.max_inputs_per_request,
+        device=ns.device,
+        dtype=ns.dtype,
+    )
+    app = create_app(config)
+    uvicorn.run(app, host=config.host, port=config.port, log_level=ns.log_level, timeout_graceful_shutdown=30)
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="HTTP server: /v1/embeddings, /embed, /rerank, /search (needs the server extra)",
+        description=__doc__,
+    )
+    p.add_argument("--model", default=_env("model", None), help="embedder (default: the packaged model)")
+    p.add_argument("--reranker", default=_env("reranker", None), help="cross-encoder for /rerank")
+    p.add_argument("--index", default=_env("index", None), help="index folder for /search")
+    p.add_argument("--host", default=_env("host", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=_env("port", 8080, int))
+    p.add_argument("--api-key", default=_env("api_key", None), help="require 'Authorization: Bearer KEY'")
+    p.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=_env("max_batch_tokens", 16384, int),
+        help="tokens grouped into one model run",
+    )
+    p.add_argument(
+        "--max-concurrent-requests",
+        type=int,
+        default=_env("max_concurrent_requests", 512, int),
+        help="requests in flight before 429",
+    )
+    p.add_argument(
+        "--max-input-tokens",
+        type=int,
+        default=_env("max_input_tokens", None, int),
+        help="longest input (default: the model's limit)",
+    )
+    p.add_argument(
+        "--truncate",
+        action=argparse.BooleanOptionalAction,
+        default=_env("truncate", False, bool),
+        help="cut inputs over the limit instead of answering 413",
+    )
+    p.add_argument("--max-inputs-per-request", type=int, default=_env("max_inputs_per_request", 2048, int))
+    p.add_argument("--device", default=_env("device", "auto"))
+    p.add_argument(
+        "--dtype", default=_env("dtype", "auto"), choices=["auto", "float32", "float16", "bfloat16"]
+    )
+    p.add_argument(
+        "--log-level", default=_env("log_level", "info"), choices=["debug", "info", "warning", "error"]
+    )
+    p.set_defaults(func=cmd_serve)

@@ -1,0 +1,43 @@
+"""Server settings; every one can also come from a ``BGEKIT_...`` environment variable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bgekit.errors import InputError
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """What ``bgekit serve`` runs and its limits.
+
+    ``max_batch_tokens``: tokens the batcher hands to the model per run (requests are
+    grouped up to it). ``max_concurrent_requests``: requests in flight before new ones get
+    429. ``max_input_tokens``: the longest input accepted (default: the model's limit);
+    a longer one gets 413, or is cut to it when ``truncate``.
+    """
+
+    model: str | None = None
+    reranker: str | None = None
+    index: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_key: str | None = None
+    max_batch_tokens: int = 16384
+    max_concurrent_requests: int = 512
+    max_input_tokens: int | None = None
+    truncate: bool = False
+    max_inputs_per_request: int = 2048
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_tokens", "max_concurrent_requests", "max_inputs_per_request"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_input_tokens is not None and self.max_input_tokens < 3:
+            raise InputError(f"max_input_tokens must be at least 3, got {self.max_input_tokens}")
+        if not 0 <= self.port < 65536:
+            raise InputError(f"port must be in 0..65535, got {self.port}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise InputError("api_key is empty; leave it unset to serve without a key")
