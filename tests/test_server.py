@@ -18,11 +18,11 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from bgekit import Document, Embedder, EngineConfig, Index, IndexConfig, Reranker  # noqa: E402
-from bgekit.cli.main import build_parser  # noqa: E402
-from bgekit.server import Batcher, ServerConfig, create_app  # noqa: E402
-from bgekit.types import TokenSeq  # noqa: E402
-from tests.tiny_models import CORPUS  # noqa: E402
+from bgekit import Document, Embedder, EngineConfig, Index, IndexConfig, Reranker
+from bgekit.cli.main import build_parser
+from bgekit.server import Batcher, ServerConfig, create_app
+from bgekit.types import TokenSeq
+from tests.tiny_models import CORPUS
 
 TEXTS = list(dict.fromkeys(CORPUS))
 FAST = EngineConfig(device="cpu", progress=False)
