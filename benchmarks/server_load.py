@@ -1,0 +1,163 @@
+"""Load test of `bgekit serve` on loopback vs calling the library directly, same machine, same run.
+
+    python benchmarks/server_load.py [--texts 1000] [--clients 1,8,64] [--max-seconds 120]
+
+Texts: the first --texts SciFact abstracts cut to their first 64 words (about 90 tokens).
+Library: one `Embedder.encode` call over all texts (the offline throughput).
+Server: a `bgekit serve` subprocess with the packaged model; each request embeds one text
+through POST /v1/embeddings (float output); C clients keep one request each in flight
+until every text was sent (bounded by --max-seconds per level). Reports throughput,
+client-side p50/p99 latency, errors, and the server's resident memory before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def texts(n: int) -> list[str]:
+    out = []
+    with (ROOT / "data" / "scifact" / "corpus.jsonl").open() as f:
+        for line in f:
+            doc = json.loads(line)
+            out.append(" ".join(f"{doc['title']} {doc['text']}".split()[:64]))
+            if len(out) == n:
+                break
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mib(pid: int) -> float:
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+async def level(url: str, items: list[str], clients: int, max_seconds: float) -> dict[str, float]:
+    import httpx
+
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for t in items:
+        queue.put_nowait(t)
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + max_seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                try:
+                    text = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post("/v1/embeddings", json={"input": text, "encoding_format": "float"})
+                    ok = r.status_code == 200 and len(r.json()["data"][0]["embedding"]) > 0
+                except httpx.HTTPError:
+                    ok = False
+                latencies.append(time.perf_counter() - t0)
+                errors += not ok
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall = time.perf_counter() - start
+    lat = np.array(latencies) * 1000
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "errors": errors,
+        "texts_per_s": len(latencies) / wall,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--texts", type=int, default=1000)
+    ap.add_argument("--clients", default="1,8,64")
+    ap.add_argument("--max-seconds", type=float, default=120)
+    ap.add_argument("--max-batch-tokens", type=int, default=16384)
+    args = ap.parse_args()
+
+    import torch
+
+    from bgekit import Embedder, EngineConfig
+    from bgekit.models.packaged import packaged_model_dir
+
+    items = texts(args.texts)
+    model = str(packaged_model_dir())
+    print(f"torch threads {torch.get_num_threads()}, {len(items)} texts, model {model}", flush=True)
+
+    emb = Embedder.from_pretrained(model, engine=EngineConfig(progress=False))
+    emb.encode(items[:32])
+    t0 = time.perf_counter()
+    enc = emb.encode(items)
+    lib_s = time.perf_counter() - t0
+    tokens = sum(len(s) for s in emb.tokenize(items))
+    lib_rate = len(items) / lib_s
+    print(f"library: {lib_rate:.1f} texts/s ({tokens / lib_s:.0f} tokens/s) in {lib_s:.1f}s", flush=True)
+    del emb, enc
+
+    port = free_port()
+    env = {**os.environ, "BGEKIT_LOG_LEVEL": "warning"}
+    cmd = [sys.executable, "-m", "bgekit.cli.main", "serve", "--model", model, "--port", str(port),
+           "--max-batch-tokens", str(args.max_batch_tokens), "--device", "cpu"]
+    server = subprocess.Popen(cmd, env=env, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import httpx
+
+        for _ in range(600):
+            try:
+                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise SystemExit("server did not become ready")
+        before = rss_mib(server.pid)
+        rows = []
+        for c in (int(x) for x in args.clients.split(",")):
+            row = asyncio.run(level(url, items, c, args.max_seconds))
+            row["vs_library"] = row["texts_per_s"] / lib_rate
+            rows.append(row)
+            print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+        after = rss_mib(server.pid)
+    finally:
+        server.terminate()
+        server.wait(30)
+    print(f"\nserver RSS: {before:.0f} MiB after warm-up, {after:.0f} MiB after the load test\n")
+    print("| clients | requests | errors | texts/s | p50 ms | p99 ms | vs library offline |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['clients']} | {r['requests']} | {r['errors']} | {r['texts_per_s']:.1f} | {r['p50_ms']:.1f} | "
+              f"{r['p99_ms']:.1f} | {100 * r['vs_library']:.0f}% |")
+    print(f"| library, one encode call | {len(items)} | 0 | {lib_rate:.1f} | - | - | 100% |")
+
+
+if __name__ == "__main__":
+    main()
