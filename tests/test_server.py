@@ -21,6 +21,7 @@ pytest.importorskip("fastapi")
 from bgekit import Document, Embedder, EngineConfig, Index, IndexConfig, Reranker
 from bgekit.cli.main import build_parser
 from bgekit.server import Batcher, ServerConfig, create_app
+from bgekit.server.schemas import EmbeddingsResponse, EmbedResponse
 from bgekit.types import TokenSeq
 from tests.tiny_models import CORPUS
 
@@ -94,6 +95,7 @@ def test_concurrent_clients_each_get_their_own_outputs(m3: Embedder) -> None:
         assert resp.status_code == 200, resp.text
         texts = req["inputs"] if isinstance(req["inputs"], list) else [req["inputs"]]
         want = m3.encode(texts, kind=req["kind"], outputs=ALL)
+        EmbedResponse.model_validate(resp.json())  # the documented response shape
         data = resp.json()["data"]
         assert [d["index"] for d in data] == list(range(len(texts)))
         for i, d in enumerate(data):
@@ -144,7 +146,9 @@ def test_base64_is_little_endian_float32(m3: Embedder) -> None:
         async with serving(app) as client:
             return await client.post("/v1/embeddings", json={"input": TEXTS[0], "encoding_format": "base64"})
 
-    raw = base64.b64decode(run(main).json()["data"][0]["embedding"])
+    body = run(main).json()
+    EmbeddingsResponse.model_validate(body)
+    raw = base64.b64decode(body["data"][0]["embedding"])
     np.testing.assert_allclose(np.frombuffer(raw, dtype="<f4"), m3.encode([TEXTS[0]]).dense[0], atol=1e-6)  # type: ignore[index]
 
 

@@ -7,12 +7,13 @@ import base64
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -25,10 +26,8 @@ from bgekit.server.config import ServerConfig
 from bgekit.server.metrics import Metrics
 from bgekit.server.schemas import (
     DocumentIn,
-    EmbeddingItem,
     EmbeddingsRequest,
     EmbeddingsResponse,
-    EmbedItem,
     EmbedRequest,
     EmbedResponse,
     RerankItem,
@@ -37,7 +36,6 @@ from bgekit.server.schemas import (
     SearchHit,
     SearchRequest,
     SearchResponse,
-    SparseOut,
     Usage,
 )
 from bgekit.types import OUTPUT_KINDS, Kind, OutputKind, SparseVec, TokenSeq
@@ -199,6 +197,63 @@ async def _wait_or_drop(request: Request, work: Awaitable[list[Any]]) -> list[An
     raise _ClientGone
 
 
+class _LimitsMiddleware:
+    """Concurrency limit (429 + Retry-After), request metrics, and 500 for server faults.
+    A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` costs a task and a stream
+    per request, which shows at high request rates."""
+
+    def __init__(self, app: Any, state: ServerState):
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state, path = self.state, scope["path"]
+        limit = state.config.max_concurrent_requests
+        start = time.perf_counter()
+        counted = scope["method"] == "POST"
+        if counted and state.in_flight >= limit:
+            state.metrics.requests.labels(path, "429").inc()
+            busy = _error(
+                429, f"more than {limit} requests in flight; retry shortly", headers={"Retry-After": "1"}
+            )
+            await busy(scope, receive, send)
+            return
+        status = {"code": 500, "started": False}
+
+        async def send_and_note(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status["code"], status["started"] = message["status"], True
+            await send(message)
+
+        if counted:
+            state.in_flight += 1
+            state.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_and_note)
+        except Exception:
+            logger.exception("error serving %s", path)
+            if not status["started"]:
+                await _error(500, "internal server error")(scope, receive, send_and_note)
+        finally:
+            if counted:
+                state.in_flight -= 1
+                state.metrics.in_flight.dec()
+            state.metrics.requests.labels(path, str(status["code"])).inc()
+            state.metrics.latency.labels(path).observe(time.perf_counter() - start)
+            for name, b in (("embedder", state.embed_batcher), ("reranker", state.rerank_batcher)):
+                if b is not None:
+                    state.metrics.queue_depth.labels(name).set(b.depth)
+
+
+def _json(body: dict[str, Any]) -> Response:
+    """JSON with numpy arrays written directly (no per-float Python objects): the response
+    shapes are the pydantic models of :mod:`bgekit.server.schemas`, checked by the tests."""
+    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+
+
 def _error(
     status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
@@ -278,39 +333,11 @@ def create_app(
 
     # -- limits, metrics and auth ---------------------------------------------------------------
 
-    @app.middleware("http")
-    async def _limits(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        path = request.url.path
-        start = time.perf_counter()
-        counted = request.method == "POST"
-        if counted and state.in_flight >= cfg.max_concurrent_requests:
-            state.metrics.requests.labels(path, "429").inc()
-            return _error(
-                429,
-                f"more than {cfg.max_concurrent_requests} requests in flight; retry shortly",
-                headers={"Retry-After": "1"},
-            )
-        if counted:
-            state.in_flight += 1
-            state.metrics.in_flight.inc()
-        try:
-            try:
-                response = await call_next(request)
-            except _ClientGone:
-                response = Response(status_code=499)
-            except Exception:
-                logger.exception("error serving %s", path)
-                response = _error(500, "internal server error")
-        finally:
-            if counted:
-                state.in_flight -= 1
-                state.metrics.in_flight.dec()
-        state.metrics.requests.labels(path, str(response.status_code)).inc()
-        state.metrics.latency.labels(path).observe(time.perf_counter() - start)
-        for name, b in (("embedder", state.embed_batcher), ("reranker", state.rerank_batcher)):
-            if b is not None:
-                state.metrics.queue_depth.labels(name).set(b.depth)
-        return response
+    @app.exception_handler(_ClientGone)
+    async def _gone(request: Request, exc: _ClientGone) -> Response:
+        return Response(status_code=499)  # nobody reads it; recorded in the metrics
+
+    app.add_middleware(_LimitsMiddleware, state=state)
 
     async def auth(request: Request) -> None:
         if cfg.api_key is None:
@@ -343,7 +370,7 @@ def create_app(
         return rows, sum(len(s) for s in seqs)
 
     @app.post("/v1/embeddings", response_model=EmbeddingsResponse, dependencies=protected)
-    async def openai_embeddings(body: EmbeddingsRequest, request: Request) -> EmbeddingsResponse:
+    async def openai_embeddings(body: EmbeddingsRequest, request: Request) -> Response:
         emb = state.need_embedder()
         dim = emb.info.hidden_size
         if body.dimensions is not None and body.dimensions > dim:
@@ -353,27 +380,22 @@ def create_app(
         data = []
         for i, (dense, _, _) in enumerate(rows):
             assert dense is not None
-            vec = dense
+            vec = np.asarray(dense, dtype=np.float32)
             if body.dimensions is not None and body.dimensions < dim:
                 vec = vec[: body.dimensions]
                 if emb.info.normalize:
                     vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
-            value: list[float] | str
+            value: np.ndarray | str = vec
             if body.encoding_format == "base64":
                 value = base64.b64encode(np.ascontiguousarray(vec, dtype="<f4").tobytes()).decode()
-            else:
-                value = vec.astype(np.float32).tolist()
-            data.append(EmbeddingItem(index=i, embedding=value))
-        return EmbeddingsResponse(
-            data=data,
-            model=body.model or emb.info.name,
-            usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
-        )
+            data.append({"object": "embedding", "index": i, "embedding": value})
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return _json({"object": "list", "data": data, "model": body.model or emb.info.name, "usage": usage})
 
     @app.post(
         "/embed", response_model=EmbedResponse, response_model_exclude_none=True, dependencies=protected
     )
-    async def embed(body: EmbedRequest, request: Request) -> EmbedResponse:
+    async def embed(body: EmbedRequest, request: Request) -> Response:
         emb = state.need_embedder()
         missing = [o for o in body.outputs if o not in emb.info.heads]
         if missing:
@@ -386,22 +408,20 @@ def create_app(
         wanted = set(body.outputs)
         items = []
         for i, (dense, sparse, multi) in enumerate(rows):
-            item = EmbedItem(index=i)
+            item: dict[str, Any] = {"index": i}
             if "dense" in wanted and dense is not None:
-                item.dense = dense.tolist()
+                item["dense"] = dense
             if "sparse" in wanted and sparse is not None:
-                toks = None
+                item["sparse"] = {"indices": sparse.indices, "values": sparse.values}
                 if body.return_tokens:
-                    toks = [emb.tokenizer.id_to_token(int(t)) or "" for t in sparse.indices]
-                item.sparse = SparseOut(
-                    indices=sparse.indices.tolist(), values=sparse.values.tolist(), tokens=toks
-                )
+                    item["sparse"]["tokens"] = [
+                        emb.tokenizer.id_to_token(int(t)) or "" for t in sparse.indices
+                    ]
             if "multivector" in wanted and multi is not None:
-                item.multivector = multi.tolist()
+                item["multivector"] = multi
             items.append(item)
-        return EmbedResponse(
-            data=items, model=emb.info.name, usage=Usage(prompt_tokens=tokens, total_tokens=tokens)
-        )
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return _json({"data": items, "model": emb.info.name, "usage": usage})
 
     # -- rerank and search ------------------------------------------------------------------------
 
