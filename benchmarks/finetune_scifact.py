@@ -178,8 +178,8 @@ def main() -> None:
         t = time.perf_counter()
         cfg = RerankerTrainConfig(
             epochs=args.reranker_epochs,
-            batch_size=args.batch_size // 2,
-            group_size=args.group_size * 2,
+            batch_size=args.batch_size,
+            group_size=args.group_size,
             learning_rate=args.reranker_lr,
             max_length=args.reranker_max_length,
             overwrite=True,
