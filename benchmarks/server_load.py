@@ -61,7 +61,9 @@ def rss_mib(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
-async def level(url: str, items: list[str], clients: int, max_seconds: float, per_request: int) -> dict[str, float]:
+async def level(
+    url: str, items: list[str], clients: int, max_seconds: float, per_request: int
+) -> dict[str, float]:
     import httpx
 
     queue: asyncio.Queue[list[str]] = asyncio.Queue()
@@ -110,7 +112,9 @@ def main() -> None:
     ap.add_argument("--clients", default="1,8,64")
     ap.add_argument("--max-seconds", type=float, default=120)
     ap.add_argument("--max-batch-tokens", type=int, default=16384)
-    ap.add_argument("--texts-per-request", default="1", help="comma-separated; each value is a separate series")
+    ap.add_argument(
+        "--texts-per-request", default="1", help="comma-separated; each value is a separate series"
+    )
     args = ap.parse_args()
 
     import torch
@@ -134,8 +138,20 @@ def main() -> None:
 
     port = free_port()
     env = {**os.environ, "BGEKIT_LOG_LEVEL": "warning"}
-    cmd = [sys.executable, "-m", "bgekit.cli.main", "serve", "--model", model, "--port", str(port),
-           "--max-batch-tokens", str(args.max_batch_tokens), "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bgekit.cli.main",
+        "serve",
+        "--model",
+        model,
+        "--port",
+        str(port),
+        "--max-batch-tokens",
+        str(args.max_batch_tokens),
+        "--device",
+        "cpu",
+    ]
     server = subprocess.Popen(cmd, env=env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -152,7 +168,9 @@ def main() -> None:
             raise SystemExit("server did not become ready")
         before = rss_mib(server.pid)
         rows = []
-        series = [(int(p), int(c)) for p in args.texts_per_request.split(",") for c in args.clients.split(",")]
+        series = [
+            (int(p), int(c)) for p in args.texts_per_request.split(",") for c in args.clients.split(",")
+        ]
         for per, c in series:
             busy = model_seconds(url)
             t0 = time.perf_counter()
@@ -161,17 +179,24 @@ def main() -> None:
             row["model_busy"] = (model_seconds(url) - busy) / (time.perf_counter() - t0)
             row["vs_library"] = row["texts_per_s"] / lib_rate
             rows.append(row)
-            print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+            print(
+                json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}),
+                flush=True,
+            )
         after = rss_mib(server.pid)
     finally:
         server.terminate()
         server.wait(30)
     print(f"\nserver RSS: {before:.0f} MiB after warm-up, {after:.0f} MiB after the load test\n")
-    print("| texts/request | clients | requests | errors | texts/s | p50 ms | p99 ms | model busy | vs library offline |")
+    print(
+        "| texts/request | clients | requests | errors | texts/s | p50 ms | p99 ms | model busy | vs library offline |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['texts_per_request']} | {r['clients']} | {r['requests']} | {r['errors']} | {r['texts_per_s']:.1f} | "
-              f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {100 * r['model_busy']:.0f}% | {100 * r['vs_library']:.0f}% |")
+        print(
+            f"| {r['texts_per_request']} | {r['clients']} | {r['requests']} | {r['errors']} | {r['texts_per_s']:.1f} | "
+            f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {100 * r['model_busy']:.0f}% | {100 * r['vs_library']:.0f}% |"
+        )
     print(f"| library, one encode call | | | 0 | {lib_rate:.1f} | - | - | 100% | 100% |")
 
 

@@ -166,6 +166,7 @@ class ModelInfo:
     heads: tuple[OutputKind, ...] = field(default=("dense",))
     multivector_dim: int | None = None
     known_as: str | None = None
+    query_format: str = "{}{}"
 
     def describe(self) -> Iterator[tuple[str, str]]:
         """Readable (label, value) rows, for ``bgekit info``."""
@@ -183,6 +184,8 @@ class ModelInfo:
                 "query instruction",
                 repr(self.query_instruction) if self.query_instruction else "none",
             )
+            if self.query_format != "{}{}":
+                yield "query format", repr(self.query_format)
             yield (
                 "max length",
                 (

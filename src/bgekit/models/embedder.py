@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
@@ -15,7 +15,7 @@ from bgekit.inputs import check_pairs, check_texts
 from bgekit.models.backbones import make_backbone
 from bgekit.models.heads import POOLINGS, EmbedRunner, EncoderWithHeads, Row, load_linear
 from bgekit.models.loading import read_folder, resolve_model_dir
-from bgekit.models.registry import lookup
+from bgekit.models.registry import DECODER_TYPES, LLM_FORMAT, PREFIX_FORMAT, lookup
 from bgekit.models.runtime import LoadedModel, load_transformers_model
 from bgekit.models.tokenizer import TextTokenizer
 from bgekit.scoring import (
@@ -36,7 +36,11 @@ class EmbedderSettings:
     query_instruction: str | None = None
     query_max_length: int | None = None
     passage_max_length: int | None = None
+    query_format: str | None = None
 
+
+ICL_EXAMPLE_FORMAT = "<instruct>{}\n<query>{}\n<response>{}"
+ICL_SUFFIX = "\n<response>"
 
 logger = logging.getLogger(__name__)
 V = TypeVar("V")
@@ -61,11 +65,15 @@ class Embedder(LoadedModel):
         revision: str | None = None,
         settings: EmbedderSettings | None = None,
         engine: EngineConfig | None = None,
+        examples: Sequence[Mapping[str, str]] | None = None,
     ) -> Embedder:
         """Load from a hub id or a local folder.
 
         Settings come from, in rising priority: defaults, bgekit's table of known BGE
-        models, the folder's sentence-transformers metadata, and ``settings``.
+        models, the folder's sentence-transformers metadata, and ``settings``. Decoder LLMs
+        default to last-token pooling and the ``"Instruct: {}\nQuery: {}"`` query format.
+        ``examples`` (``{"instruct", "query", "response"}`` dicts) turn on in-context
+        learning for queries, as bge-en-icl does (see :meth:`set_examples`).
         """
         path = resolve_model_dir(name_or_path, revision)
         meta = read_folder(path)
@@ -81,8 +89,16 @@ class Embedder(LoadedModel):
         config = meta.config
         hidden_size = int(config.get("hidden_size", 0))
         positions = meta.max_positions
-        default_len = min(meta.max_seq_length or positions, positions)
-        pooling = str(_first(s.pooling, meta.pooling, k.pooling if k else None, "cls"))
+        decoder = str(config.get("model_type", "")) in DECODER_TYPES
+        default_len = min(meta.max_seq_length or positions, positions, 512 if decoder else positions)
+        pooling = str(
+            _first(s.pooling, meta.pooling, k.pooling if k else None, "last_token" if decoder else "cls")
+        )
+        query_format = str(
+            _first(s.query_format, k.query_format if k else None, LLM_FORMAT if decoder else PREFIX_FORMAT)
+        )
+        if query_format.count("{}") != 2:
+            raise ModelFormatError(f"query format {query_format!r} needs two {{}} (instruction, query)")
         if pooling not in POOLINGS:
             raise ModelFormatError(f"pooling {pooling!r} is not supported; use one of {POOLINGS}")
         colbert = load_linear(meta.colbert_head, hidden_size) if meta.colbert_head else None
@@ -113,6 +129,7 @@ class Embedder(LoadedModel):
             heads=heads,
             multivector_dim=colbert.out_features if colbert is not None else None,
             known_as=known[0] if known else None,
+            query_format=query_format,
         )
         for label, value in (
             ("query", info.query_max_length),
@@ -124,7 +141,30 @@ class Embedder(LoadedModel):
         tokenizer = TextTokenizer.from_folder(path, with_type_ids=with_types)
         engine = engine or EngineConfig()
         backbone = make_backbone(load_transformers_model(path, cross_encoder=False), engine.backend)
-        return cls(EncoderWithHeads(backbone, colbert, sparse), tokenizer, info, engine)
+        model = cls(EncoderWithHeads(backbone, colbert, sparse), tokenizer, info, engine)
+        model.icl = bool(k.icl) if k else False
+        if examples is not None:
+            model.set_examples(examples)
+        return model
+
+    icl: bool = False
+    _icl_prefix: str = ""
+
+    def set_examples(self, examples: Sequence[Mapping[str, str]]) -> None:
+        """In-context examples for queries (bge-en-icl): each ``{"instruct", "query",
+        "response"}`` becomes ``"<instruct>{}\n<query>{}\n<response>{}"``; they are joined by
+        blank lines into a prefix. An empty list keeps the ICL format without examples."""
+        parts = []
+        for i, ex in enumerate(examples):
+            if not isinstance(ex, Mapping) or not all(isinstance(v, str) for v in ex.values()):
+                raise InputError(f"examples[{i}] must be a dict of strings (instruct, query, response)")
+            unknown = set(ex) - {"instruct", "query", "response"}
+            if unknown:
+                raise InputError(f"examples[{i}] has unknown keys {sorted(unknown)}")
+            instruct = ex.get("instruct", self.info.query_instruction)
+            parts.append(ICL_EXAMPLE_FORMAT.format(instruct, ex.get("query", ""), ex.get("response", "")))
+        self._icl_prefix = "\n\n".join(parts) + "\n\n" if parts else ""
+        self.icl = True
 
     # -- encoding -------------------------------------------------------------------------
 
@@ -172,13 +212,33 @@ class Embedder(LoadedModel):
         if instruction is not None and kind != "query":
             raise InputError("an instruction applies to queries only (kind='query')")
         items = check_texts(texts)
-        if kind == "query":
-            prefix = self.info.query_instruction if instruction is None else instruction
-            items = [prefix + t for t in items]
-            max_length = self.info.query_max_length
-        else:
-            max_length = self.info.passage_max_length
-        return self.tokenizer.encode(items, max_length) if items else []
+        if kind != "query":
+            return self.tokenizer.encode(items, self.info.passage_max_length) if items else []
+        task = self.info.query_instruction if instruction is None else instruction
+        if task:
+            items = [self.info.query_format.format(task, t) for t in items]
+        if self.icl and items:
+            return self._icl_queries(items)
+        return self.tokenizer.encode(items, self.info.query_max_length) if items else []
+
+    def _icl_queries(self, queries: list[str]) -> list[TokenSeq]:
+        """bge-en-icl's query layout: the instructed query alone is cut to the max length
+        less room for ``<s>`` and ``"\n<response></s>"``, then ``prefix + query + suffix`` is
+        tokenised (the examples do not count against the query's budget)."""
+        tok = self.tokenizer
+        room = self.info.query_max_length - len(tok.ids(["<s>"])[0]) - len(tok.ids([ICL_SUFFIX + "</s>"])[0])
+        if room < 1:
+            raise ModelFormatError(
+                f"query max length {self.info.query_max_length} leaves no room for the query"
+            )
+        prefix_len = len(tok.ids([self._icl_prefix])[0]) if self._icl_prefix else 0
+        limit = (prefix_len + len(tok.ids([ICL_SUFFIX])[0]) + self.info.query_max_length + 8) // 8 * 8 + 8
+        out = []
+        for ids in tok.ids(queries):
+            text = self._icl_prefix + tok.decode(ids[:room]) + ICL_SUFFIX
+            seq = tok.encode([text], limit)[0]
+            out.append(TokenSeq(seq.ids, seq.type_ids, len(ids) > room or seq.truncated))
+        return out
 
     def encode_tokens(
         self, seqs: Sequence[TokenSeq], *, outputs: Sequence[OutputKind] = ("dense",)

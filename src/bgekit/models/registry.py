@@ -10,6 +10,28 @@ EN_INSTRUCTION = "Represent this sentence for searching relevant passages: "
 ZH_INSTRUCTION = "为这个句子生成表示以用于检索相关文章："
 
 
+# Query formats: ``format.format(instruction, query)`` when an instruction is set.
+PREFIX_FORMAT = "{}{}"
+LLM_FORMAT = "Instruct: {}\nQuery: {}"
+BGE_LLM_FORMAT = "<instruct>{}\n<query>{}"
+# Model families that are decoder-only LLMs (last-token pooling, LLM query format).
+DECODER_TYPES = frozenset(
+    {
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "gemma",
+        "gemma2",
+        "gemma3_text",
+        "phi3",
+        "minicpm",
+        "cost_wise_gemma",
+    }
+)
+RerankerKind = Literal["cross_encoder", "llm", "layerwise", "lightweight"]
+
+
 @dataclass(frozen=True)
 class KnownModel:
     task: Literal["embedder", "reranker"]
@@ -18,6 +40,9 @@ class KnownModel:
     query_instruction: str = ""
     query_max_length: int = 512
     passage_max_length: int = 512
+    query_format: str = PREFIX_FORMAT
+    icl: bool = False
+    reranker_kind: RerankerKind = "cross_encoder"
 
 
 def _table() -> dict[str, KnownModel]:
@@ -30,6 +55,18 @@ def _table() -> dict[str, KnownModel]:
     for name in ("bge-reranker-base", "bge-reranker-large", "bge-reranker-v2-m3"):
         # The reference keeps the query to at most 3/4 of the pair's max length.
         table[name] = KnownModel("reranker", query_max_length=384, passage_max_length=512)
+    table["bge-multilingual-gemma2"] = KnownModel(
+        "embedder", pooling="last_token", query_format=BGE_LLM_FORMAT
+    )
+    table["bge-en-icl"] = KnownModel("embedder", pooling="last_token", query_format=BGE_LLM_FORMAT, icl=True)
+    table["e5-mistral-7b-instruct"] = KnownModel("embedder", pooling="last_token", query_format=LLM_FORMAT)
+    kinds: tuple[tuple[str, RerankerKind], ...] = (
+        ("bge-reranker-v2-gemma", "llm"),
+        ("bge-reranker-v2-minicpm-layerwise", "layerwise"),
+        ("bge-reranker-v2.5-gemma2-lightweight", "lightweight"),
+    )
+    for name, kind in kinds:
+        table[name] = KnownModel("reranker", query_max_length=384, passage_max_length=512, reranker_kind=kind)
     return table
 
 

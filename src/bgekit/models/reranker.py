@@ -53,6 +53,25 @@ class Reranker(LoadedModel):
         ``max_length`` unless given), the passage is cut to fit."""
         path = resolve_model_dir(name_or_path, revision)
         meta = read_folder(path)
+        known = lookup(name_or_path, str(path))
+        from bgekit.models.llm_reranker import LLMReranker, reranker_kind
+
+        kind = reranker_kind(meta, known[1].reranker_kind if known else None)
+        if kind is not None:
+            max_length = max_length if max_length is not None else 512
+            q_max = query_max_length if query_max_length is not None else max_length * 3 // 4
+            if not 1 <= q_max < max_length:
+                raise ModelFormatError(f"query_max_length {q_max} must be in 1..{max_length - 1}")
+            return LLMReranker.from_folder(
+                name_or_path,
+                path,
+                meta,
+                kind,
+                max_length=max_length,
+                query_max_length=q_max,
+                known_as=known[0] if known else None,
+                engine=engine,
+            )
         if not meta.is_cross_encoder:
             raise ModelFormatError(
                 f"{name_or_path} is not a cross-encoder ({meta.architecture}); load it with Embedder"
@@ -68,7 +87,6 @@ class Reranker(LoadedModel):
             raise ModelFormatError(f"max_length {max_length} is outside 4..{positions} for this model")
         if not 1 <= q_max < max_length:
             raise ModelFormatError(f"query_max_length {q_max} must be in 1..{max_length - 1}")
-        known = lookup(name_or_path, str(path))
         info = ModelInfo(
             name=name_or_path,
             path=str(path),

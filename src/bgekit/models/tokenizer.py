@@ -14,7 +14,15 @@ from bgekit.types import TokenSeq
 class TextTokenizer:
     """Turns texts and (query, passage) pairs into :class:`TokenSeq`, truncated at the end."""
 
-    def __init__(self, backend: Tokenizer, *, pad_id: int, special_ids: frozenset[int], with_type_ids: bool):
+    def __init__(
+        self,
+        backend: Tokenizer,
+        *,
+        pad_id: int,
+        special_ids: frozenset[int],
+        with_type_ids: bool,
+        bos_id: int | None = None,
+    ):
         # A private copy: folders may ship padding/truncation settings (all-MiniLM-L6-v2
         # pads to 128), and bgekit decides those itself.
         self._tok = Tokenizer.from_str(backend.to_str())
@@ -23,6 +31,7 @@ class TextTokenizer:
         self.pad_id = pad_id
         self.special_ids = special_ids
         self.with_type_ids = with_type_ids
+        self.bos_id = bos_id
         proc = self._tok.post_processor
         self._n_special = proc.num_special_tokens_to_add(False) if proc is not None else 0
         self._n_special_pair = proc.num_special_tokens_to_add(True) if proc is not None else 0
@@ -54,6 +63,7 @@ class TextTokenizer:
             pad_id=int(pad_id),
             special_ids=frozenset(int(i) for i in special if i is not None),
             with_type_ids=with_type_ids,
+            bos_id=None if hf.bos_token_id is None else int(hf.bos_token_id),
         )
 
     def _seq(self, enc: Encoding, truncated: bool) -> TokenSeq:
@@ -105,6 +115,14 @@ class TextTokenizer:
                 cut = True
             out.append(self._seq(self._finish(q, p), cut))
         return out
+
+    def ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text without special tokens."""
+        return [list(enc.ids) for enc in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of token ids, special tokens kept."""
+        return str(self._tok.decode(list(ids), skip_special_tokens=False))
 
     def spans(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
         """Character spans of each text's tokens (no special tokens), for chunking by tokens."""

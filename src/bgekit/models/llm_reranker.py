@@ -1,0 +1,528 @@
+"""LLM rerankers: yes/no (bge-reranker-v2-gemma), layer-wise early exit
+(bge-reranker-v2-minicpm-layerwise) and layer-wise with token compression
+(bge-reranker-v2.5-gemma2-lightweight), following the reference implementation's code.
+
+Input per pair: ``[bos] + tok("A: " + query)[:query_max] + tok("\\n") + tok("B: " + passage)``
+(the passage cut so that this part holds at most ``max_length + len(sep) + len(prompt)``
+tokens) ``+ tok("\\n") + tok(prompt)``. The score is read at the last real token: the "Yes"
+logit (yes/no), or a per-layer head on the final-normed hidden state after ``c`` decoder
+layers (layer-wise). Token segments (query+separator / passage / separator+prompt) travel
+as the token type ids of each sequence, so batches carry them through the engine.
+
+The backbones are transformers' own decoder layers: Gemma / Gemma-2 / Llama-family models
+load as they are; MiniCPM (which transformers lacks) is a Llama whose embedding and residual
+scalings (``scale_emb``, ``scale_depth / sqrt(layers)``) are folded into the embedding and
+output-projection weights, which is exact; the lightweight checkpoint is a Gemma-2.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bgekit.engine import EngineConfig, TokenBatch
+from bgekit.errors import InputError, ModelFormatError
+from bgekit.inputs import check_pairs
+from bgekit.models.loading import FolderMeta
+from bgekit.models.registry import RerankerKind
+from bgekit.models.reranker import Reranker
+from bgekit.models.runtime import quiet_hf_bars
+from bgekit.models.tokenizer import TextTokenizer
+from bgekit.types import ModelInfo, TokenSeq
+
+YES_NO_PROMPT = (
+    "Given a query A and a passage B, determine whether the passage contains an answer to the query "
+    "by providing a prediction of either 'Yes' or 'No'."
+)
+LIGHTWEIGHT_PROMPT = "Predict whether passage B contains an answer to query A."
+QUERY_SEGMENT, PASSAGE_SEGMENT, PROMPT_SEGMENT = 0, 1, 2
+
+
+# -- token compression and FLOPs ------------------------------------------------------------
+
+
+def compress_tokens(
+    hidden: torch.Tensor, mask: torch.Tensor, query_len: torch.Tensor, prompt_len: torch.Tensor, ratio: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean-pool each row's passage tokens in consecutive groups of ``ratio`` (a last short
+    group averages what it has); query tokens before and prompt tokens after are kept. Rows
+    are right-padded; returns the new hidden states and mask (right-padded again)."""
+    rows = []
+    lengths = mask.sum(dim=1).tolist()
+    for b, n in enumerate(lengths):
+        q, r = int(query_len[b]), int(prompt_len[b])
+        p = n - q - r
+        passage = hidden[b, q : q + p]
+        groups = math.ceil(p / ratio)
+        pad = groups * ratio - p
+        summed = torch.cat([passage, passage.new_zeros(pad, passage.shape[1])]).view(groups, ratio, -1).sum(1)
+        counts = torch.full((groups, 1), float(ratio), dtype=hidden.dtype, device=hidden.device)
+        if pad:
+            counts[-1] = ratio - pad
+        rows.append(torch.cat([hidden[b, :q], summed / counts, hidden[b, q + p : n]]))
+    width = max(len(x) for x in rows)
+    out = hidden.new_zeros(len(rows), width, hidden.shape[2])
+    new_mask = mask.new_zeros(len(rows), width)
+    for b, x in enumerate(rows):
+        out[b, : len(x)] = x
+        new_mask[b, : len(x)] = 1
+    return out, new_mask
+
+
+def layer_flops(config: Any, tokens: int) -> float:
+    """Multiply-add FLOPs (x2) of one decoder layer over a sequence of ``tokens`` tokens:
+    q/k/v/o projections, the gated MLP, and the attention products (causal: half of L^2)."""
+    h = int(config.hidden_size)
+    heads = int(config.num_attention_heads)
+    head_dim = int(getattr(config, "head_dim", None) or h // heads)
+    kv = int(getattr(config, "num_key_value_heads", heads) or heads)
+    proj = 2 * tokens * h * head_dim * (2 * heads + 2 * kv)
+    mlp = 2 * tokens * 3 * h * int(config.intermediate_size)
+    attn = 2 * 2 * heads * head_dim * tokens * (tokens + 1) / 2
+    return float(proj + mlp + attn)
+
+
+@dataclass
+class FlopCounter:
+    """Decoder-layer FLOPs actually spent (from the real sequence lengths each layer ran on)."""
+
+    flops: float = 0.0
+    layer_calls: int = 0
+    per_layer_tokens: list[int] = field(default_factory=list)
+
+    def add(self, config: Any, lengths: Sequence[int]) -> None:
+        self.flops += sum(layer_flops(config, n) for n in lengths)
+        self.layer_calls += 1
+        self.per_layer_tokens.append(int(sum(lengths)))
+
+
+# -- the scoring module -----------------------------------------------------------------------
+
+
+def _masks(mask: torch.Tensor, dtype: torch.dtype, window: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Additive 4-D masks (causal + padding; and the sliding-window variant)."""
+    n = mask.shape[1]
+    i = torch.arange(n, device=mask.device)
+    causal = i[None, :] <= i[:, None]
+    allowed = causal[None] & mask.bool()[:, None, :]
+    low = torch.finfo(dtype).min
+    full = torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(~allowed, low)[:, None]
+    if window is None or window >= n:
+        return full, full
+    near = (i[:, None] - i[None, :]) < window
+    sliding = torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(
+        ~(allowed & near[None]), low
+    )
+    return full, sliding[:, None]
+
+
+class DecoderScorer(nn.Module):
+    """Runs a transformers decoder layer by layer: records the final-normed state at the
+    requested cutoff layers, stops after the deepest one, and compresses passage tokens
+    before the layers in ``compress_layers`` (lightweight)."""
+
+    def __init__(
+        self,
+        base: nn.Module,
+        kind: RerankerKind,
+        *,
+        yes_row: torch.Tensor | None = None,
+        heads: torch.Tensor | None = None,
+        start_layer: int = 0,
+        layer_sep: int = 1,
+        softcap: float | None = None,
+    ):
+        super().__init__()
+        self.base = base
+        self.kind = kind
+        self.yes_row = nn.Parameter(yes_row, requires_grad=False) if yes_row is not None else None
+        self.heads = nn.Parameter(heads, requires_grad=False) if heads is not None else None
+        self.start_layer = start_layer
+        self.layer_sep = layer_sep
+        self.softcap = softcap
+        self.cutoff_layers: tuple[int, ...] = ()
+        self.compress_ratio = 1
+        self.compress_layers: tuple[int, ...] = ()
+        self.counter: FlopCounter | None = None
+
+    @property
+    def num_layers(self) -> int:
+        return int(getattr(self.base, "config").num_hidden_layers)  # noqa: B009
+
+    def allowed_cutoffs(self) -> list[int]:
+        return list(range(self.start_layer, self.num_layers + 1, self.layer_sep))
+
+    def _cap(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x / self.softcap) * self.softcap if self.softcap else x
+
+    def forward(self, batch: TokenBatch) -> torch.Tensor:
+        """``(rows, outputs)``: one score per requested layer (ascending), or the Yes logit."""
+        if batch.padding_side != "right":
+            raise ModelFormatError("LLM rerankers run on right-padded batches")
+        if self.kind == "llm":
+            return self._yes_no(batch)
+        return self._layerwise(batch)
+
+    def _yes_no(self, batch: TokenBatch) -> torch.Tensor:
+        assert self.yes_row is not None
+        base: Any = self.base
+        hidden = base(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+        last = hidden[torch.arange(hidden.shape[0]), batch.lengths.to(hidden.device) - 1]
+        return self._cap(last @ self.yes_row)[:, None]
+
+    def _layerwise(self, batch: TokenBatch) -> torch.Tensor:
+        assert self.heads is not None and batch.token_type_ids is not None
+        base: Any = self.base
+        cfg = base.config
+        cutoffs = sorted(set(self.cutoff_layers or (self.num_layers,)))
+        deepest = cutoffs[-1]
+        types = batch.token_type_ids
+        mask = batch.attention_mask
+        query_len = (types == QUERY_SEGMENT).logical_and(mask.bool()).sum(dim=1)
+        prompt_len = (types == PROMPT_SEGMENT).logical_and(mask.bool()).sum(dim=1)
+        hidden = base.embed_tokens(batch.input_ids)
+        window = getattr(cfg, "sliding_window", None)
+        layer_types = getattr(cfg, "layer_types", None)
+        records: list[tuple[torch.Tensor, torch.Tensor]] = []
+        compress = self.compress_ratio not in (None, 1)
+        fresh = True
+        for idx in range(self.num_layers):
+            if idx in cutoffs:
+                records.append((base.norm(hidden), mask))
+            if idx == deepest:
+                break
+            if compress and idx in self.compress_layers and idx != 0:
+                hidden, mask = compress_tokens(hidden, mask, query_len, prompt_len, self.compress_ratio)
+                fresh = True
+            if fresh:  # positions restart at 0 and masks follow the (possibly new) layout
+                positions = torch.arange(hidden.shape[1], device=hidden.device)[None].expand(
+                    hidden.shape[0], -1
+                )
+                rotary = base.rotary_emb(hidden, positions)
+                full, sliding = _masks(mask, hidden.dtype, window)
+                fresh = False
+            sliding_layer = layer_types is not None and layer_types[idx] == "sliding_attention"
+            hidden = base.layers[idx](
+                hidden,
+                attention_mask=sliding if sliding_layer else full,
+                position_ids=positions,
+                position_embeddings=rotary,
+            )
+            if isinstance(hidden, tuple):  # older transformers return (hidden, ...)
+                hidden = hidden[0]
+            if self.counter is not None:
+                self.counter.add(cfg, mask.sum(dim=1).tolist())
+        if deepest == self.num_layers:
+            records.append((base.norm(hidden), mask))
+        scores = []
+        for i, (state, m) in enumerate(records):
+            last = state[torch.arange(state.shape[0]), m.sum(dim=1) - 1]
+            # The reference picks head c - start_layer (layer-wise) but, for the lightweight
+            # model, the i-th head for the i-th requested layer; published scores depend on it.
+            head = cutoffs[i] - self.start_layer if self.kind == "layerwise" else i
+            scores.append(self._cap(last @ self.heads[head]))
+        return torch.stack(scores, dim=1)
+
+
+class _ScoreRunner:
+    def __init__(self, model: DecoderScorer, device: torch.device):
+        self.model = model
+        self._device = device
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def __call__(self, batch: TokenBatch) -> list[tuple[float, ...]]:
+        return [tuple(row) for row in self.model(batch).float().cpu().tolist()]
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+def _state_dict(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted(path.glob("*.safetensors"))
+    state: dict[str, torch.Tensor] = {}
+    if files:
+        for f in files:
+            state.update(load_file(str(f)))
+        return state
+    for f in sorted(path.glob("pytorch_model*.bin")):
+        state.update(torch.load(f, map_location="cpu", weights_only=True))
+    if not state:
+        raise ModelFormatError(f"{path} holds no weights (*.safetensors or pytorch_model*.bin)")
+    return state
+
+
+def _heads(state: dict[str, torch.Tensor]) -> torch.Tensor:
+    keys = sorted(
+        (k for k in state if k.startswith("lm_head.") and k.endswith(".linear_head.weight")),
+        key=lambda k: int(k.split(".")[1]),
+    )
+    if not keys:
+        raise ModelFormatError("no per-layer heads (lm_head.N.linear_head.weight) in the checkpoint")
+    return torch.cat([state[k] for k in keys], dim=0).float()
+
+
+def _base_from_state(base: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    weights = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+    missing, unexpected = base.load_state_dict(weights, strict=False)
+    missing = [m for m in missing if "rotary" not in m]
+    if missing or unexpected:
+        raise ModelFormatError(
+            f"checkpoint does not fit the backbone: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+
+
+def _minicpm_as_llama(path: Path, config: dict[str, Any]) -> tuple[nn.Module, torch.Tensor]:
+    from transformers import LlamaConfig, LlamaModel
+
+    layers = int(config["num_hidden_layers"])
+    llama = LlamaConfig(
+        vocab_size=config["vocab_size"],
+        hidden_size=config["hidden_size"],
+        intermediate_size=config["intermediate_size"],
+        num_hidden_layers=layers,
+        num_attention_heads=config["num_attention_heads"],
+        num_key_value_heads=config.get("num_key_value_heads") or config["num_attention_heads"],
+        max_position_embeddings=config.get("max_position_embeddings", 4096),
+        rms_norm_eps=config.get("rms_norm_eps", 1e-6),
+        rope_parameters={
+            **(config.get("rope_scaling") or {}),
+            "rope_type": (config.get("rope_scaling") or {}).get("rope_type", "default"),
+            "rope_theta": config.get("rope_theta", 10000.0),
+        },
+        hidden_act=config.get("hidden_act", "silu"),
+        attention_bias=config.get("attention_bias", False),
+        pad_token_id=config.get("pad_token_id"),
+    )
+    with quiet_hf_bars():
+        base = LlamaModel(llama).float()
+    state = _state_dict(path)
+    _base_from_state(base, state)
+    residual = float(config.get("scale_depth", 1.0)) / math.sqrt(layers)
+    with torch.no_grad():
+        base.embed_tokens.weight.mul_(float(config.get("scale_emb", 1.0)))
+        for layer in base.layers:
+            layer.self_attn.o_proj.weight.mul_(residual)
+            layer.mlp.down_proj.weight.mul_(residual)
+    return base.eval(), _heads(state)
+
+
+def _costwise_as_gemma2(path: Path, config: dict[str, Any]) -> tuple[nn.Module, torch.Tensor]:
+    from transformers import Gemma2Config, Gemma2Model
+
+    keep = {
+        k: v
+        for k, v in config.items()
+        if k
+        not in (
+            "model_type",
+            "architectures",
+            "auto_map",
+            "start_layer",
+            "layer_sep",
+            "layer_wise",
+            "transformers_version",
+        )
+    }
+    keep["attn_implementation"] = "eager"
+    with quiet_hf_bars():
+        base = Gemma2Model(Gemma2Config(**keep)).float()
+    state = _state_dict(path)
+    _base_from_state(base, state)
+    return base.eval(), _heads(state)
+
+
+def _yes_no_model(path: Path) -> tuple[nn.Module, Any]:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with quiet_hf_bars():
+            lm = AutoModelForCausalLM.from_pretrained(
+                str(path), dtype=torch.float32, attn_implementation="eager"
+            )
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelFormatError(f"cannot load {path} as a causal LM: {e}") from None
+    return lm.get_decoder().eval(), lm.get_output_embeddings()
+
+
+class LLMReranker(Reranker):
+    """Scores pairs with a decoder LLM (see the module docstring). ``score`` takes
+    ``cutoff_layers`` (layer-wise models: one score list per layer), and ``compress_ratio``
+    / ``compress_layers`` (lightweight model)."""
+
+    kind: RerankerKind = "llm"
+    prompt: str = YES_NO_PROMPT
+    last_flops: FlopCounter | None = None
+
+    @classmethod
+    def from_folder(
+        cls,
+        name: str,
+        path: Path,
+        meta: FolderMeta,
+        kind: RerankerKind,
+        *,
+        max_length: int,
+        query_max_length: int,
+        known_as: str | None,
+        engine: EngineConfig | None,
+        prompt: str | None = None,
+    ) -> LLMReranker:
+        config = meta.config
+        tokenizer = TextTokenizer.from_folder(path, with_type_ids=True)
+        if kind == "layerwise":
+            base, heads = _minicpm_as_llama(path, config)
+            scorer = DecoderScorer(base, kind, heads=heads, start_layer=int(config.get("start_layer", 8)))
+        elif kind == "lightweight":
+            base, heads = _costwise_as_gemma2(path, config)
+            scorer = DecoderScorer(
+                base,
+                kind,
+                heads=heads,
+                start_layer=int(config.get("start_layer", 8)),
+                layer_sep=int(config.get("layer_sep", 1)),
+                softcap=config.get("final_logit_softcapping"),
+            )
+        else:
+            base, lm_head = _yes_no_model(path)
+            yes = tokenizer.ids(["Yes"])[0]
+            if not yes:
+                raise ModelFormatError(f"{name}: the tokenizer has no token for 'Yes'")
+            row = lm_head.weight[yes[0]].detach().float().clone()
+            scorer = DecoderScorer(base, kind, yes_row=row, softcap=config.get("final_logit_softcapping"))
+        info = ModelInfo(
+            name=name,
+            path=str(path),
+            task="reranker",
+            model_type=str(config.get("model_type", "?")),
+            architecture=meta.architecture,
+            hidden_size=int(config.get("hidden_size", 0)),
+            pooling="last_token",
+            normalize=False,
+            query_instruction="",
+            query_max_length=query_max_length,
+            passage_max_length=max_length,
+            heads=(),
+            known_as=known_as,
+        )
+        model = cls(scorer, tokenizer, info, engine)
+        model.kind = kind
+        model.prompt = (
+            prompt if prompt is not None else (LIGHTWEIGHT_PROMPT if kind == "lightweight" else YES_NO_PROMPT)
+        )
+        return model
+
+    @property
+    def scorer(self) -> DecoderScorer:
+        module = self.torch_module()
+        assert isinstance(module, DecoderScorer)
+        return module
+
+    def tokenize(self, pairs: Sequence[tuple[str, str]]) -> list[TokenSeq]:
+        queries, passages = check_pairs(pairs)
+        tok = self.tokenizer
+        sep = tok.ids(["\n"])[0]
+        prompt = tok.ids([self.prompt])[0]
+        bos: list[int] = []
+        if tok.bos_id is not None and (self.kind != "llm" or tok.bos_id != tok.pad_id):
+            bos = [tok.bos_id]
+        limit = self.info.passage_max_length + len(sep) + len(prompt)
+        out = []
+        q_ids = tok.ids(["A: " + q for q in queries])
+        p_ids = tok.ids(["B: " + p for p in passages])
+        for q, p in zip(q_ids, p_ids, strict=True):
+            cut = len(q) > self.info.query_max_length or len(p) > self.info.passage_max_length
+            first = bos + q[: self.info.query_max_length]
+            second = sep + p[: self.info.passage_max_length]
+            over = len(first) + len(second) - limit
+            if 0 < over < len(second):  # like transformers' only-second truncation (none when it cannot fit)
+                second = second[:-over]
+                cut = True
+            ids = first + second + sep + prompt
+            query_part = len(first) + len(sep)
+            types = [QUERY_SEGMENT] * query_part + [PASSAGE_SEGMENT] * (len(second) - len(sep))
+            types += [PROMPT_SEGMENT] * (len(sep) + len(prompt))
+            out.append(TokenSeq(ids, types, cut))
+        return out
+
+    def score(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        normalize: bool = False,
+        cutoff_layers: Sequence[int] | None = None,
+        compress_ratio: int = 1,
+        compress_layers: Sequence[int] = (8,),
+    ) -> np.ndarray:
+        """Scores, shape ``(pairs,)``, or ``(layers, pairs)`` when several ``cutoff_layers``
+        are asked for (ascending order). Sigmoid when ``normalize``."""
+        scorer = self.scorer
+        layers = self._check_layers(scorer, cutoff_layers)
+        if compress_ratio != 1:
+            if self.kind != "lightweight":
+                raise InputError("token compression (compress_ratio) needs the lightweight reranker")
+            if compress_ratio < 1:
+                raise InputError(f"compress_ratio must be at least 1, got {compress_ratio}")
+        scorer.cutoff_layers, scorer.compress_ratio = layers, compress_ratio
+        scorer.compress_layers = tuple(int(c) for c in compress_layers)
+        scorer.counter = FlopCounter()
+        seqs = self.tokenize(pairs)
+        if not seqs:
+            return np.zeros((0,), dtype=np.float32)
+        runners = [_ScoreRunner(scorer, device) for _, device in self._replicas]
+        rows = self.engine.run(seqs, runners, pad_id=self.tokenizer.pad_id, desc="reranking")
+        self.last_flops = scorer.counter
+        out = np.asarray(rows, dtype=np.float32).T
+        if normalize:
+            out = 1.0 / (1.0 + np.exp(-out))
+        return out[0] if out.shape[0] == 1 else out
+
+    def score_tokens(self, seqs: Sequence[TokenSeq], *, normalize: bool = False) -> np.ndarray:
+        scorer = self.scorer
+        scorer.cutoff_layers, scorer.compress_ratio, scorer.counter = (), 1, None
+        runners = [_ScoreRunner(scorer, device) for _, device in self._replicas]
+        if not seqs:
+            return np.zeros(0, dtype=np.float32)
+        out = np.asarray(
+            self.engine.run(list(seqs), runners, pad_id=self.tokenizer.pad_id), dtype=np.float32
+        )[:, -1]
+        return 1.0 / (1.0 + np.exp(-out)) if normalize else out
+
+    def _check_layers(self, scorer: DecoderScorer, cutoff_layers: Sequence[int] | None) -> tuple[int, ...]:
+        if cutoff_layers is None:
+            return ()
+        if self.kind == "llm":
+            raise InputError("cutoff_layers needs a layer-wise reranker")
+        allowed = scorer.allowed_cutoffs()
+        layers = tuple(sorted({int(c) for c in cutoff_layers}))
+        bad = [c for c in layers if c not in allowed]
+        if bad or not layers:
+            raise InputError(
+                f"cutoff layers {bad or list(cutoff_layers)} not available; choose from {allowed[0]}..{allowed[-1]}"
+            )
+        return layers
+
+
+def reranker_kind(meta: FolderMeta, known: RerankerKind | None) -> RerankerKind | None:
+    """Which LLM reranker a folder holds (None: not an LLM reranker)."""
+    if known is not None and known != "cross_encoder":
+        return known
+    model_type = str(meta.config.get("model_type", ""))
+    if model_type == "minicpm":
+        return "layerwise"
+    if model_type == "cost_wise_gemma":
+        return "lightweight"
+    if meta.architecture.endswith("ForCausalLM"):
+        return "llm"
+    return None
