@@ -256,10 +256,12 @@ def _loss_on(path: Path, examples: list[TrainExample], *, m3: bool) -> float:
 
 @pytest.mark.parametrize("m3", [False, True])
 def test_training_lowers_the_loss_and_saves_a_loadable_model(
-    bert_trainable: Path, tmp_path: Path, m3: bool
+    bert_trainable: Path, bert_m3: Path, tmp_path: Path, m3: bool
 ) -> None:
+    # Dense: a 0.02-init model learns fast; M3's heads need the spread-out random model.
+    start = bert_m3 if m3 else bert_trainable
     data = _examples()
-    before = _loss_on(bert_trainable, data, m3=m3)
+    before = _loss_on(start, data, m3=m3)
     cfg = EmbedderTrainConfig(
         batch_size=4,
         group_size=3,
@@ -273,10 +275,10 @@ def test_training_lowers_the_loss_and_saves_a_loadable_model(
         progress=False,
         logging_steps=1,
     )
-    result = train_embedder(str(bert_trainable), data, tmp_path / "out", cfg)
+    result = train_embedder(str(start), data, tmp_path / "out", cfg)
     assert result.steps == 20 and result.output == tmp_path / "out"
     after = _loss_on(tmp_path / "out", data, m3=m3)
-    assert after < (0.97 if m3 else 0.7) * before, (before, after)
+    assert after < (0.93 if m3 else 0.7) * before, (before, after)
     loaded = Embedder.from_pretrained(str(tmp_path / "out"), engine=FAST)
     assert loaded.info.heads == (("dense", "sparse", "multivector") if m3 else ("dense",))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing half-written left

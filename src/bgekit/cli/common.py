@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable, Sequence
 
 from bgekit.engine import EngineConfig
+from bgekit.errors import BgekitError
 from bgekit.types import OUTPUT_KINDS
 
 
@@ -46,3 +49,13 @@ def outputs_arg(text: str) -> tuple[str, ...]:
     if bad or not parts:
         raise argparse.ArgumentTypeError(f"outputs must be from {', '.join(OUTPUT_KINDS)}; got {text!r}")
     return parts
+
+
+def run_parser(build: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None) -> int:
+    """Parse and run a command; bgekit's own errors become one line on stderr and status 2."""
+    try:
+        ns = build().parse_args(argv)
+        return int(ns.func(ns))
+    except BgekitError as e:
+        print(f"bgekit: error: {e}", file=sys.stderr)
+        return 2

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bgekit.cli.common import engine_args, engine_config, model_path, outputs_arg
+from bgekit.cli.common import engine_args, engine_config, model_path, outputs_arg, run_parser
 from bgekit.cli.eval_cmd import register as register_eval
 from bgekit.cli.index_cmd import register as register_index
 from bgekit.cli.serve_cmd import register as register_serve
 from bgekit.cli.train_cmd import register as register_train
-from bgekit.errors import BgekitError
 
 
 def cmd_encode(ns: argparse.Namespace) -> int:
@@ -117,12 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        ns = build_parser().parse_args(argv)
-        return int(ns.func(ns))
-    except BgekitError as e:
-        print(f"bgekit: error: {e}", file=sys.stderr)
-        return 2
+    return run_parser(build_parser, argv)
 
 
 if __name__ == "__main__":

@@ -32,10 +32,10 @@ from bgekit.errors import InputError, ModelFormatError
 from bgekit.inputs import check_pairs
 from bgekit.models.loading import FolderMeta
 from bgekit.models.registry import RerankerKind
-from bgekit.models.reranker import Reranker
+from bgekit.models.reranker import Reranker, reranker_info
 from bgekit.models.runtime import quiet_hf_bars
 from bgekit.models.tokenizer import TextTokenizer
-from bgekit.types import ModelInfo, TokenSeq
+from bgekit.types import TokenSeq
 
 YES_NO_PROMPT = (
     "Given a query A and a passage B, determine whether the passage contains an answer to the query "
@@ -401,21 +401,7 @@ class LLMReranker(Reranker):
                 raise ModelFormatError(f"{name}: the tokenizer has no token for 'Yes'")
             row = lm_head.weight[yes[0]].detach().float().clone()
             scorer = DecoderScorer(base, kind, yes_row=row, softcap=config.get("final_logit_softcapping"))
-        info = ModelInfo(
-            name=name,
-            path=str(path),
-            task="reranker",
-            model_type=str(config.get("model_type", "?")),
-            architecture=meta.architecture,
-            hidden_size=int(config.get("hidden_size", 0)),
-            pooling="last_token",
-            normalize=False,
-            query_instruction="",
-            query_max_length=query_max_length,
-            passage_max_length=max_length,
-            heads=(),
-            known_as=known_as,
-        )
+        info = reranker_info(name, meta, "last_token", query_max_length, max_length, known_as)
         model = cls(scorer, tokenizer, info, engine)
         model.kind = kind
         model.prompt = (

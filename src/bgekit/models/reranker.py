@@ -13,7 +13,7 @@ from bgekit.engine import EngineConfig, TokenBatch
 from bgekit.errors import InputError, ModelFormatError
 from bgekit.inputs import check_pairs, check_texts
 from bgekit.models.backbones import CrossEncoderForward
-from bgekit.models.loading import read_folder, resolve_model_dir
+from bgekit.models.loading import FolderMeta, read_folder, resolve_model_dir
 from bgekit.models.registry import lookup
 from bgekit.models.runtime import LoadedModel, load_transformers_model
 from bgekit.models.tokenizer import TextTokenizer
@@ -33,6 +33,27 @@ class _LogitRunner:
 
     def __call__(self, batch: TokenBatch) -> list[float]:
         return self.model(batch).float().cpu().numpy().tolist()
+
+
+def reranker_info(
+    name: str, meta: FolderMeta, pooling: str, query_max_length: int, max_length: int, known_as: str | None
+) -> ModelInfo:
+    """What a loaded reranker is (every reranker kind)."""
+    return ModelInfo(
+        name=name,
+        path=str(meta.path),
+        task="reranker",
+        model_type=str(meta.config.get("model_type", "?")),
+        architecture=meta.architecture,
+        hidden_size=int(meta.config.get("hidden_size", 0)),
+        pooling=pooling,
+        normalize=False,
+        query_instruction="",
+        query_max_length=query_max_length,
+        passage_max_length=max_length,
+        heads=(),
+        known_as=known_as,
+    )
 
 
 class Reranker(LoadedModel):
@@ -87,21 +108,7 @@ class Reranker(LoadedModel):
             raise ModelFormatError(f"max_length {max_length} is outside 4..{positions} for this model")
         if not 1 <= q_max < max_length:
             raise ModelFormatError(f"query_max_length {q_max} must be in 1..{max_length - 1}")
-        info = ModelInfo(
-            name=name_or_path,
-            path=str(path),
-            task="reranker",
-            model_type=str(config.get("model_type", "?")),
-            architecture=meta.architecture,
-            hidden_size=int(config.get("hidden_size", 0)),
-            pooling="cls",
-            normalize=False,
-            query_instruction="",
-            query_max_length=q_max,
-            passage_max_length=max_length,
-            heads=(),
-            known_as=known[0] if known else None,
-        )
+        info = reranker_info(name_or_path, meta, "cls", q_max, max_length, known[0] if known else None)
         with_types = int(config.get("type_vocab_size", 0)) > 1
         tokenizer = TextTokenizer.from_folder(path, with_type_ids=with_types)
         engine = engine or EngineConfig()

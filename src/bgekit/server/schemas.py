@@ -3,9 +3,9 @@ Cohere/Jina-style /rerank, and /search."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from bgekit.types import Kind, OutputKind
 
@@ -20,6 +20,15 @@ def _texts(value: Texts) -> list[str]:
         if not t.strip():
             raise ValueError(f"text {i} is empty")
     return items
+
+
+def _not_blank(v: str) -> str:
+    if not v.strip():
+        raise ValueError("query is empty")
+    return v
+
+
+Query = Annotated[str, Field(min_length=1), AfterValidator(_not_blank)]
 
 
 def _dense_only() -> list[OutputKind]:
@@ -104,18 +113,11 @@ class RerankRequest(BaseModel):
     """Cohere / Jina ``POST /rerank``."""
 
     model_config = ConfigDict(extra="ignore")
-    query: str = Field(min_length=1)
+    query: Query
     documents: list[str | DocumentIn] = Field(min_length=1)
     top_n: int | None = Field(default=None, ge=1)
     return_documents: bool = False
     model: str | None = None
-
-    @field_validator("query")
-    @classmethod
-    def _check_query(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("query is empty")
-        return v
 
     @field_validator("documents")
     @classmethod
@@ -143,20 +145,13 @@ class RerankResponse(BaseModel):
 
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    query: str = Field(min_length=1)
+    query: Query
     k: int = Field(default=10, ge=1, le=1000)
     mode: Literal["dense", "sparse", "multivector", "bm25", "hybrid"] = "hybrid"
     weights: tuple[float, float, float] | None = None
     candidates: int | None = Field(default=None, ge=1)
     rerank: bool = False
     rerank_top: int = Field(default=50, ge=1, le=1000)
-
-    @field_validator("query")
-    @classmethod
-    def _check_query(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("query is empty")
-        return v
 
 
 class SearchHit(BaseModel):

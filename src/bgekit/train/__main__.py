@@ -4,24 +4,22 @@ for launchers that start one Python module per process (``torchrun``, ``accelera
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
+from bgekit.cli.common import run_parser
 from bgekit.cli.train_cmd import register_train
-from bgekit.errors import BgekitError
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bgekit.train", description="fine-tune an embedder or a reranker"
     )
     register_train(parser.add_subparsers(dest="what", required=True))
-    ns = parser.parse_args(argv)
-    try:
-        return int(ns.func(ns))
-    except BgekitError as e:
-        print(f"bgekit: error: {e}", file=sys.stderr)
-        return 2
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_parser(build_parser, argv)
 
 
 if __name__ == "__main__":
