@@ -9,7 +9,7 @@ from bgekit.errors import (
     ModelNotFoundError,
 )
 from bgekit.index import Document, Index, IndexConfig
-from bgekit.models import KNOWN_MODELS, Embedder, EmbedderSettings, Reranker
+from bgekit.models import KNOWN_MODELS, Embedder, EmbedderSettings, LLMReranker, Reranker
 from bgekit.retrieval import HybridConfig, Pipeline
 from bgekit.scoring import (
     dense_pair_scores,
@@ -39,6 +39,7 @@ __all__ = [
     "Index",
     "IndexConfig",
     "InputError",
+    "LLMReranker",
     "MissingHeadError",
     "ModelFormatError",
     "ModelInfo",

@@ -1,7 +1,8 @@
-"""Model loading and the model kinds: embedders and rerankers."""
+"""Model loading and the model kinds: embedders, cross-encoder and LLM rerankers."""
 
 from bgekit.models.embedder import Embedder, EmbedderSettings
+from bgekit.models.llm_reranker import LLMReranker
 from bgekit.models.registry import KNOWN_MODELS
 from bgekit.models.reranker import Reranker
 
-__all__ = ["KNOWN_MODELS", "Embedder", "EmbedderSettings", "Reranker"]
+__all__ = ["KNOWN_MODELS", "Embedder", "EmbedderSettings", "LLMReranker", "Reranker"]
