@@ -347,3 +347,24 @@ def test_serve_options_read_environment_variables(monkeypatch: pytest.MonkeyPatc
 
     with pytest.raises(InputError, match="BGEKIT_PORT"):
         build_parser()
+
+
+def test_batcher_stop_finishes_queued_work_first() -> None:
+    def work(seqs: list[TokenSeq], options: list[None]) -> list[int]:
+        time.sleep(0.05)
+        return [s.ids[0] for s in seqs]
+
+    batcher: Batcher[None] = Batcher(work, max_batch_tokens=1, name="test")  # one job per run
+    batcher.start()
+
+    async def main() -> list[list[int]]:
+        jobs = [asyncio.ensure_future(batcher.submit([TokenSeq([i])], None)) for i in range(5)]
+        await asyncio.sleep(0.01)
+        stopping = asyncio.get_running_loop().run_in_executor(None, batcher.stop)
+        results = await asyncio.gather(*jobs)
+        await stopping
+        return list(results)
+
+    assert asyncio.run(main()) == [[0], [1], [2], [3], [4]]
+    with pytest.raises(RuntimeError, match="not running"):
+        asyncio.run(batcher.submit([TokenSeq([9])], None))
