@@ -256,17 +256,17 @@ def _loss_on(path: Path, examples: list[TrainExample], *, m3: bool) -> float:
 
 @pytest.mark.parametrize("m3", [False, True])
 def test_training_lowers_the_loss_and_saves_a_loadable_model(
-    bert_trainable: Path, bert_m3: Path, tmp_path: Path, m3: bool
+    bert_trainable: Path, tmp_path: Path, m3: bool
 ) -> None:
-    # Dense: a 0.02-init model learns fast; M3's heads need the spread-out random model.
-    start = bert_m3 if m3 else bert_trainable
-    data = _examples()
-    before = _loss_on(start, data, m3=m3)
+    # M3: exactly group_size - 1 negatives, all queries in one batch, so every step sees the
+    # batch the loss is measured on (the unified loss is too noisy on a tiny model otherwise).
+    data = _examples(2) if m3 else _examples()
+    before = _loss_on(bert_trainable, data, m3=m3)
     cfg = EmbedderTrainConfig(
-        batch_size=4,
+        batch_size=8 if m3 else 4,
         group_size=3,
-        epochs=10,
-        learning_rate=3e-3,
+        epochs=20 if m3 else 10,
+        learning_rate=1e-2 if m3 else 3e-3,
         warmup=0.0,
         temperature=0.05,
         query_max_length=16,
@@ -275,10 +275,10 @@ def test_training_lowers_the_loss_and_saves_a_loadable_model(
         progress=False,
         logging_steps=1,
     )
-    result = train_embedder(str(start), data, tmp_path / "out", cfg)
+    result = train_embedder(str(bert_trainable), data, tmp_path / "out", cfg)
     assert result.steps == 20 and result.output == tmp_path / "out"
     after = _loss_on(tmp_path / "out", data, m3=m3)
-    assert after < (0.93 if m3 else 0.7) * before, (before, after)
+    assert after < (0.8 if m3 else 0.7) * before, (before, after)
     loaded = Embedder.from_pretrained(str(tmp_path / "out"), engine=FAST)
     assert loaded.info.heads == (("dense", "sparse", "multivector") if m3 else ("dense",))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing half-written left
