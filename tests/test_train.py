@@ -316,28 +316,28 @@ def _reranker_loss_on(path: Path, examples: list[TrainExample]) -> tuple[float, 
     return loss, logits.reshape(len(items), 3)
 
 
-def test_reranker_training_loss_matches_reranker_scores_and_goes_down(
-    bert_reranker: Path, tmp_path: Path
-) -> None:
-    data = _examples()
-    before, logits = _reranker_loss_on(bert_reranker, data)
-    # The loss is cross-entropy over each group's logits as the inference Reranker computes them.
-    assert before == pytest.approx(-np.mean(_np_log_softmax(logits.astype(np.float64))[:, 0]), rel=1e-4)
-    cfg = RerankerTrainConfig(
-        batch_size=4,
-        group_size=3,
-        epochs=30,
-        learning_rate=1e-3,
-        warmup=0.0,
-        max_length=32,
-        query_max_length=24,
-        progress=False,
-        logging_steps=1,
-    )
-    result = train_reranker(str(bert_reranker), data, tmp_path / "rr", cfg)
-    assert result.steps == 60 and len([e for e in result.log if "loss" in e]) == 60
+def test_reranker_training_loss_is_cross_entropy_of_the_reranker_scores(bert_reranker: Path) -> None:
+    loss, logits = _reranker_loss_on(bert_reranker, _examples())
+    # The training loss is cross-entropy over each group's logits as the inference Reranker computes them.
+    assert loss == pytest.approx(-np.mean(_np_log_softmax(logits.astype(np.float64))[:, 0]), rel=1e-4)
+
+
+def test_reranker_training_lowers_the_loss(bert_trainable: Path, tmp_path: Path) -> None:
+    data = _examples(2)  # exactly group_size - 1 negatives, all queries in one batch: every step sees it
+    common = {"batch_size": 8, "group_size": 3, "warmup": 0.0, "max_length": 32, "query_max_length": 24}
+    # The same seeded fresh head, untouched (one step at a negligible rate), gives the loss before.
+    train_reranker(
+        str(bert_trainable),
+        data,
+        tmp_path / "r0",
+        RerankerTrainConfig(max_steps=1, learning_rate=1e-12, progress=False, **common),
+    )  # type: ignore[arg-type]
+    before, _ = _reranker_loss_on(tmp_path / "r0", data)
+    cfg = RerankerTrainConfig(epochs=20, learning_rate=1e-2, progress=False, logging_steps=1, **common)  # type: ignore[arg-type]
+    result = train_reranker(str(bert_trainable), data, tmp_path / "rr", cfg)
+    assert result.steps == 20 and len([e for e in result.log if "loss" in e]) == 20
     after, _ = _reranker_loss_on(tmp_path / "rr", data)
-    assert after < 0.93 * before, (before, after)
+    assert after < 0.8 * before, (before, after)
 
 
 def test_reranker_training_starts_from_an_encoder(bert_st_mean: Path, tmp_path: Path) -> None:
