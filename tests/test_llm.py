@@ -382,3 +382,10 @@ def test_layer_flops_formula() -> None:
 
     # projections: 2*T*h*d*(2*heads + 2*kv) = 2*3*8*4*6; MLP: 2*T*3*h*I = 2*3*3*8*16; attention: 4*heads*d*T(T+1)/2
     assert layer_flops(Cfg(), 3) == 2 * 3 * 8 * 4 * 6 + 2 * 3 * 3 * 8 * 16 + 4 * 2 * 4 * 6
+
+
+def test_pre_tokenised_scoring_matches_score(gemma: Path, costwise: Path) -> None:
+    """The server's batcher scores pre-tokenised pairs; that path gives the same numbers."""
+    for path in (gemma, costwise):
+        rr = Reranker.from_pretrained(str(path), engine=FAST)
+        np.testing.assert_allclose(rr.score_tokens(rr.tokenize(PAIRS)), rr.score(PAIRS), rtol=1e-5, atol=1e-5)
