@@ -389,3 +389,10 @@ def test_pre_tokenised_scoring_matches_score(gemma: Path, costwise: Path) -> Non
     for path in (gemma, costwise):
         rr = Reranker.from_pretrained(str(path), engine=FAST)
         np.testing.assert_allclose(rr.score_tokens(rr.tokenize(PAIRS)), rr.score(PAIRS), rtol=1e-5, atol=1e-5)
+
+
+def test_cli_info_knows_llm_rerankers(minicpm: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bgekit.cli.main import main
+
+    assert main(["info", str(minicpm)]) == 0
+    assert "reranker" in capsys.readouterr().out

@@ -31,11 +31,15 @@ def cmd_encode(ns: argparse.Namespace) -> int:
 
 
 def cmd_info(ns: argparse.Namespace) -> int:
+    from bgekit.models.llm_reranker import reranker_kind
     from bgekit.models.loading import read_folder, resolve_model_dir
+    from bgekit.models.registry import lookup
 
     name = model_path(ns.model)
-    meta = read_folder(resolve_model_dir(name))
-    if meta.is_cross_encoder:
+    path = resolve_model_dir(name)
+    meta = read_folder(path)
+    known = lookup(name, str(path))
+    if meta.is_cross_encoder or reranker_kind(meta, known[1].reranker_kind if known else None) is not None:
         from bgekit.models import Reranker
 
         info = Reranker.from_pretrained(name).info
