@@ -80,7 +80,7 @@ def main() -> None:
     ap.add_argument("--passage-max-length", type=int, default=256)
     ap.add_argument("--reranker-max-length", type=int, default=256)
     ap.add_argument("--reranker-epochs", type=float, default=1)
-    ap.add_argument("--reranker-lr", type=float, default=3e-5)
+    ap.add_argument("--reranker-lr", type=float, default=2e-4)
     ap.add_argument("--reranker-top", type=int, default=100)
     ap.add_argument("--m3-candidates", type=int, default=100, help="per mode, for multi-vector rescoring")
     args = ap.parse_args()
