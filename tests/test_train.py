@@ -333,9 +333,9 @@ def test_reranker_training_lowers_the_loss(bert_trainable: Path, tmp_path: Path)
         RerankerTrainConfig(max_steps=1, learning_rate=1e-12, progress=False, **common),
     )  # type: ignore[arg-type]
     before, _ = _reranker_loss_on(tmp_path / "r0", data)
-    cfg = RerankerTrainConfig(epochs=20, learning_rate=1e-2, progress=False, logging_steps=1, **common)  # type: ignore[arg-type]
+    cfg = RerankerTrainConfig(epochs=30, learning_rate=5e-3, progress=False, logging_steps=1, **common)  # type: ignore[arg-type]
     result = train_reranker(str(bert_trainable), data, tmp_path / "rr", cfg)
-    assert result.steps == 20 and len([e for e in result.log if "loss" in e]) == 20
+    assert result.steps == 30 and len([e for e in result.log if "loss" in e]) == 30
     after, _ = _reranker_loss_on(tmp_path / "rr", data)
     assert after < 0.8 * before, (before, after)
 
@@ -429,8 +429,12 @@ def test_teacher_scores_are_the_rerankers_logits(bert_reranker: Path) -> None:
     scored = add_teacher_scores(rr, ex)
     for e in scored:
         assert e.pos_scores is not None and e.neg_scores is not None
-        np.testing.assert_allclose(e.pos_scores, rr.score([(e.query, p) for p in e.pos]), rtol=1e-5)
-        np.testing.assert_allclose(e.neg_scores, rr.score([(e.query, n) for n in e.neg]), rtol=1e-5)
+        np.testing.assert_allclose(
+            e.pos_scores, rr.score([(e.query, p) for p in e.pos]), rtol=1e-4, atol=1e-4
+        )
+        np.testing.assert_allclose(
+            e.neg_scores, rr.score([(e.query, n) for n in e.neg]), rtol=1e-4, atol=1e-4
+        )
 
 
 def test_merge_is_the_weighted_average(bert_m3: Path, xlmr_m3: Path, tmp_path: Path) -> None:
