@@ -98,3 +98,32 @@ def test_rrf_hybrid_ranks_exact_text_first_and_deletes_work(
 def test_qdrant_refuses_weighted_fusion(qdrant: VectorDBIndex) -> None:
     with pytest.raises(InputError, match="RRF only"):
         qdrant.search(["cats"], 2, hybrid=HybridConfig(fusion="weighted"))
+
+
+def test_milvus_stores_texts_whose_sparse_vector_is_empty(bert_m3: Path, tmp_path: Path) -> None:
+    """Milvus refuses a sparse vector with no nonzero weight; such texts (every token weighted
+    0) must still be indexed, and their dense search is unchanged."""
+    import shutil
+
+    import torch
+
+    pytest.importorskip("pymilvus")
+    folder = tmp_path / "no-lexical-weights"
+    shutil.copytree(bert_m3, folder)
+    head = torch.load(folder / "sparse_linear.pt", weights_only=True)
+    torch.save(
+        {"weight": torch.zeros_like(head["weight"]), "bias": torch.full_like(head["bias"], -1.0)},
+        folder / "sparse_linear.pt",
+    )
+    model = Embedder.from_pretrained(str(folder))
+    assert all(
+        len(v) == 0 for v in model.encode([d.text for d in documents()], outputs=("sparse",)).sparse or []
+    )
+    local = Index(model, IndexConfig(outputs=("dense", "sparse")))
+    local.add(documents())
+    with VectorDBIndex(
+        model, MilvusBackend(str(tmp_path / "m.db")), IndexConfig(outputs=("dense", "sparse"))
+    ) as ix:
+        ix.add(documents())
+        same(ix.search(QUERIES, 3, mode="dense"), local.search(QUERIES, 3, mode="dense"))
+        assert all(h.score < 1e-20 for r in ix.search(QUERIES, 3, mode="sparse") for h in r)

@@ -15,9 +15,19 @@ from typing import Any
 from bgekit.errors import BgekitError, InputError
 from bgekit.index.documents import Chunk, Document
 from bgekit.retrieval.exact import HybridConfig
-from bgekit.types import Encoded, Hit, OutputKind
+from bgekit.types import Encoded, Hit, OutputKind, SparseVec
 
 _FIELDS = ["doc_id", "chunk", "title", "text", "metadata"]
+
+
+# Milvus refuses a sparse vector without a nonzero weight. An empty one (a text whose tokens
+# all got weight 0) is stored as a negligible weight on token 0, a special token that real
+# sparse vectors never hold, so it matches nothing that matters.
+_EMPTY_SPARSE = {0: 1e-30}
+
+
+def _milvus_sparse(vec: SparseVec) -> dict[int, float]:
+    return vec.to_dict() or dict(_EMPTY_SPARSE)
 
 
 def _in_filter(doc_ids: Sequence[str]) -> str:
@@ -82,7 +92,7 @@ class MilvusBackend:
             if enc.dense is not None:
                 row["dense"] = enc.dense[i].tolist()
             if enc.sparse is not None:
-                row["sparse"] = enc.sparse[i].to_dict() or {0: 0.0}
+                row["sparse"] = _milvus_sparse(enc.sparse[i])
             rows.append(row)
         self.client.insert(self.collection, rows)
         self.client.flush(self.collection)
@@ -103,7 +113,7 @@ class MilvusBackend:
         if q.dense is not None and "dense" in self.outputs:
             data["dense"] = [q.dense[qi].tolist()]
         if q.sparse is not None and "sparse" in self.outputs:
-            data["sparse"] = [q.sparse[qi].to_dict() or {0: 0.0}]
+            data["sparse"] = [_milvus_sparse(q.sparse[qi])]
         params = {"metric_type": "IP"}
         if mode in ("dense", "sparse"):
             res = self.client.search(
