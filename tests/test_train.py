@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from bgekit import Embedder, InputError, ModelFormatError, Reranker
+from bgekit import Embedder, EmbedderSettings, InputError, ModelFormatError, Reranker
 from bgekit.cli.main import main as cli
 from bgekit.engine import EngineConfig
 from bgekit.index.documents import Document
@@ -205,7 +205,11 @@ def test_training_refuses_unusable_data(bert_st_mean: Path, tmp_path: Path) -> N
 
 
 def _train_model(path: Path, *, m3: bool, group_size: int = 3, cross_device: bool = False) -> tuple:
-    emb = Embedder.from_pretrained(str(path), engine=EngineConfig(device="cpu", backend="transformers"))
+    emb = Embedder.from_pretrained(
+        str(path),
+        settings=EmbedderSettings(query_max_length=16, passage_max_length=24, query_instruction=""),
+        engine=EngineConfig(device="cpu", backend="transformers"),
+    )
     module = emb.torch_module()
     model = EmbedderTrainModel(
         module.backbone.model,  # type: ignore[union-attr]
@@ -219,7 +223,7 @@ def _train_model(path: Path, *, m3: bool, group_size: int = 3, cross_device: boo
         vocab_size=emb.tokenizer.vocab_size,
         cross_device_negatives=cross_device,
     ).eval()
-    collator = EmbedderCollator(emb.tokenizer, 16, 24, "")
+    collator = EmbedderCollator(emb)
     return emb, model, collator
 
 

@@ -21,11 +21,13 @@ from torch.utils.data import Dataset
 from bgekit.engine import EngineConfig, pad_batch
 from bgekit.errors import InputError, ModelFormatError
 from bgekit.io import atomic_dir
+from bgekit.models import Embedder, EmbedderSettings
 from bgekit.models.heads import EncoderWithHeads
 from bgekit.models.loading import read_folder, resolve_model_dir
 from bgekit.models.tokenizer import TextTokenizer
 from bgekit.train.data import TrainExample, check_for_training, load_train_data, sample_group
 from bgekit.train.modeling import EmbedderTrainModel, RerankerTrainModel, copy_metadata
+from bgekit.types import TokenSeq
 
 logger = logging.getLogger(__name__)
 Precision = Literal["fp32", "fp16", "bf16"]
@@ -147,23 +149,28 @@ def _teacher(items: Sequence[tuple[TrainExample, list[str], list[float] | None]]
 
 @dataclass(frozen=True)
 class EmbedderCollator:
-    """Tokenises a batch of groups: queries (instruction or the line's own prompt first) and
-    passages, each padded to its batch's longest."""
+    """Tokenises a batch of groups exactly as the embedder does at inference
+    (:meth:`Embedder.tokenize`): queries with the model's instruction and query format (a
+    line's own ``prompt`` replaces the instruction), passages plain; each side padded to its
+    batch's longest."""
 
-    tokenizer: TextTokenizer
-    query_max_length: int
-    passage_max_length: int
-    query_instruction: str
+    embedder: Embedder
 
     def __call__(self, items: Sequence[tuple[TrainExample, list[str], list[float] | None]]) -> dict[str, Any]:
-        queries = [
-            (ex.prompt if ex.prompt is not None else self.query_instruction) + ex.query for ex, _, _ in items
-        ]
-        passages = [p for _, group, _ in items for p in group]
-        pad = self.tokenizer.pad_id
+        emb = self.embedder
+        by_prompt: dict[str | None, list[int]] = {}
+        for i, (ex, _, _) in enumerate(items):
+            by_prompt.setdefault(ex.prompt, []).append(i)
+        queries: list[TokenSeq | None] = [None] * len(items)
+        for prompt, rows in by_prompt.items():
+            seqs = emb.tokenize([items[i][0].query for i in rows], kind="query", instruction=prompt)
+            for i, seq in zip(rows, seqs, strict=True):
+                queries[i] = seq
+        passages = emb.tokenize([p for _, group, _ in items for p in group])
+        pad = emb.tokenizer.pad_id
         return {
-            **_tensors("q_", self.tokenizer.encode(queries, self.query_max_length), pad),
-            **_tensors("p_", self.tokenizer.encode(passages, self.passage_max_length), pad),
+            **_tensors("q_", [q for q in queries if q is not None], pad),
+            **_tensors("p_", passages, pad),
             **_teacher(items),
         }
 
@@ -284,19 +291,25 @@ def train_embedder(
     config: EmbedderTrainConfig | None = None,
 ) -> TrainResult:
     """Fine-tune an embedder and save it to ``output`` (loadable with ``Embedder.from_pretrained``)."""
-    from bgekit.models import Embedder
-
     cfg = config or EmbedderTrainConfig()
     out = Path(output)
     _check_output(out, cfg.overwrite)
     examples = _examples(data)
     check_for_training(examples, cfg.group_size)
+    # The run's lengths and instruction become the embedder's settings, so that training
+    # tokenises as inference does (and the embedder checks them against the model).
+    settings = EmbedderSettings(
+        query_max_length=cfg.query_max_length,
+        passage_max_length=cfg.passage_max_length,
+        query_instruction=cfg.query_instruction,
+    )
     emb = Embedder.from_pretrained(
-        model, engine=EngineConfig(device="cpu", dtype="float32", backend="transformers", progress=False)
+        model,
+        settings=settings,
+        engine=EngineConfig(device="cpu", dtype="float32", backend="transformers", progress=False),
     )
     info = emb.info
     source = Path(info.path)
-    limit = read_folder(source).max_positions
     module = emb.torch_module()
     assert isinstance(module, EncoderWithHeads)
     encoder = module.backbone.model
@@ -331,12 +344,7 @@ def train_embedder(
         cross_device_negatives=cfg.cross_device_negatives,
         self_distill=cfg.self_distill,
     )
-    collator = EmbedderCollator(
-        emb.tokenizer,
-        _check_length("query max length", cfg.query_max_length or info.query_max_length, limit),
-        _check_length("passage max length", cfg.passage_max_length or info.passage_max_length, limit),
-        info.query_instruction if cfg.query_instruction is None else cfg.query_instruction,
-    )
+    collator = EmbedderCollator(emb)
 
     def save(folder: Path) -> None:
         train_model.save(folder)
