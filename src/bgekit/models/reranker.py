@@ -69,20 +69,32 @@ class Reranker(LoadedModel):
         query_max_length: int | None = None,
         engine: EngineConfig | None = None,
     ) -> Reranker:
-        """Load a cross-encoder. A pair holds at most ``max_length`` tokens (512, or the
-        model's limit when lower); the query keeps at most ``query_max_length`` (3/4 of
-        ``max_length`` unless given), the passage is cut to fit."""
+        """Load a cross-encoder, or an LLM reranker (yes/no, layer-wise, lightweight) as an
+        :class:`~bgekit.models.llm_reranker.LLMReranker`. A pair holds at most ``max_length``
+        tokens (512, or the model's limit when lower); the query keeps at most
+        ``query_max_length`` (3/4 of ``max_length`` unless given), the passage is cut to fit."""
         path = resolve_model_dir(name_or_path, revision)
         meta = read_folder(path)
         known = lookup(name_or_path, str(path))
         from bgekit.models.llm_reranker import LLMReranker, reranker_kind
 
         kind = reranker_kind(meta, known[1].reranker_kind if known else None)
+        if kind is None and not meta.is_cross_encoder:
+            raise ModelFormatError(
+                f"{name_or_path} is not a cross-encoder ({meta.architecture}); load it with Embedder"
+            )
+        config = meta.config
+        if kind is None and int(config.get("num_labels", len(config.get("id2label") or {0: 0}))) != 1:
+            raise ModelFormatError(f"{name_or_path}: a reranker needs one output logit (num_labels=1)")
+        positions = meta.max_positions
+        if max_length is None:
+            max_length = min(512, positions)
+        q_max = query_max_length if query_max_length is not None else max_length * 3 // 4
+        if not 4 <= max_length <= positions:
+            raise ModelFormatError(f"max_length {max_length} is outside 4..{positions} for this model")
+        if not 1 <= q_max < max_length:
+            raise ModelFormatError(f"query_max_length {q_max} must be in 1..{max_length - 1}")
         if kind is not None:
-            max_length = max_length if max_length is not None else 512
-            q_max = query_max_length if query_max_length is not None else max_length * 3 // 4
-            if not 1 <= q_max < max_length:
-                raise ModelFormatError(f"query_max_length {q_max} must be in 1..{max_length - 1}")
             return LLMReranker.from_folder(
                 name_or_path,
                 path,
@@ -93,21 +105,6 @@ class Reranker(LoadedModel):
                 known_as=known[0] if known else None,
                 engine=engine,
             )
-        if not meta.is_cross_encoder:
-            raise ModelFormatError(
-                f"{name_or_path} is not a cross-encoder ({meta.architecture}); load it with Embedder"
-            )
-        config = meta.config
-        if int(config.get("num_labels", len(config.get("id2label") or {0: 0}))) != 1:
-            raise ModelFormatError(f"{name_or_path}: a reranker needs one output logit (num_labels=1)")
-        positions = meta.max_positions
-        if max_length is None:
-            max_length = min(512, positions)
-        q_max = query_max_length if query_max_length is not None else max_length * 3 // 4
-        if not 4 <= max_length <= positions:
-            raise ModelFormatError(f"max_length {max_length} is outside 4..{positions} for this model")
-        if not 1 <= q_max < max_length:
-            raise ModelFormatError(f"query_max_length {q_max} must be in 1..{max_length - 1}")
         info = reranker_info(name_or_path, meta, "cls", q_max, max_length, known[0] if known else None)
         with_types = int(config.get("type_vocab_size", 0)) > 1
         tokenizer = TextTokenizer.from_folder(path, with_type_ids=with_types)
