@@ -21,7 +21,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -123,6 +123,16 @@ def _masks(mask: torch.Tensor, dtype: torch.dtype, window: int | None) -> tuple[
     return full, sliding[:, None]
 
 
+@dataclass(frozen=True)
+class ScoreSettings:
+    """What one scoring call asks of a layer-wise model: the layers to read (none: the
+    last), and passage compression before ``compress_layers`` (ratio 1: none)."""
+
+    cutoff_layers: tuple[int, ...] = ()
+    compress_ratio: int = 1
+    compress_layers: tuple[int, ...] = ()
+
+
 class DecoderScorer(nn.Module):
     """Runs a transformers decoder layer by layer: records the final-normed state at the
     requested cutoff layers, stops after the deepest one, and compresses passage tokens
@@ -147,10 +157,6 @@ class DecoderScorer(nn.Module):
         self.start_layer = start_layer
         self.layer_sep = layer_sep
         self.softcap = softcap
-        self.cutoff_layers: tuple[int, ...] = ()
-        self.compress_ratio = 1
-        self.compress_layers: tuple[int, ...] = ()
-        self.counter: FlopCounter | None = None
 
     @property
     def num_layers(self) -> int:
@@ -162,13 +168,16 @@ class DecoderScorer(nn.Module):
     def _cap(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(x / self.softcap) * self.softcap if self.softcap else x
 
-    def forward(self, batch: TokenBatch) -> torch.Tensor:
-        """``(rows, outputs)``: one score per requested layer (ascending), or the Yes logit."""
+    def forward(
+        self, batch: TokenBatch, settings: ScoreSettings | None = None, counter: FlopCounter | None = None
+    ) -> torch.Tensor:
+        """``(rows, outputs)``: one score per requested layer (ascending), or the Yes logit.
+        ``counter`` adds up the decoder FLOPs the layer loop spends."""
         if batch.padding_side != "right":
             raise ModelFormatError("LLM rerankers run on right-padded batches")
         if self.kind == "llm":
             return self._yes_no(batch)
-        return self._layerwise(batch)
+        return self._layerwise(batch, settings or ScoreSettings(), counter)
 
     def _yes_no(self, batch: TokenBatch) -> torch.Tensor:
         assert self.yes_row is not None
@@ -177,11 +186,13 @@ class DecoderScorer(nn.Module):
         last = hidden[torch.arange(hidden.shape[0]), batch.lengths.to(hidden.device) - 1]
         return self._cap(last @ self.yes_row)[:, None]
 
-    def _layerwise(self, batch: TokenBatch) -> torch.Tensor:
+    def _layerwise(
+        self, batch: TokenBatch, settings: ScoreSettings, counter: FlopCounter | None
+    ) -> torch.Tensor:
         assert self.heads is not None and batch.token_type_ids is not None
         base: Any = self.base
         cfg = base.config
-        cutoffs = sorted(set(self.cutoff_layers or (self.num_layers,)))
+        cutoffs = sorted(set(settings.cutoff_layers or (self.num_layers,)))
         deepest = cutoffs[-1]
         types = batch.token_type_ids
         mask = batch.attention_mask
@@ -191,15 +202,15 @@ class DecoderScorer(nn.Module):
         window = getattr(cfg, "sliding_window", None)
         layer_types = getattr(cfg, "layer_types", None)
         records: list[tuple[torch.Tensor, torch.Tensor]] = []
-        compress = self.compress_ratio not in (None, 1)
+        compress = settings.compress_ratio != 1
         fresh = True
         for idx in range(self.num_layers):
             if idx in cutoffs:
                 records.append((base.norm(hidden), mask))
             if idx == deepest:
                 break
-            if compress and idx in self.compress_layers and idx != 0:
-                hidden, mask = compress_tokens(hidden, mask, query_len, prompt_len, self.compress_ratio)
+            if compress and idx in settings.compress_layers and idx != 0:
+                hidden, mask = compress_tokens(hidden, mask, query_len, prompt_len, settings.compress_ratio)
                 fresh = True
             if fresh:  # positions restart at 0 and masks follow the (possibly new) layout
                 positions = torch.arange(hidden.shape[1], device=hidden.device)[None].expand(
@@ -217,8 +228,8 @@ class DecoderScorer(nn.Module):
             )
             if isinstance(hidden, tuple):  # older transformers return (hidden, ...)
                 hidden = hidden[0]
-            if self.counter is not None:
-                self.counter.add(cfg, mask.sum(dim=1).tolist())
+            if counter is not None:
+                counter.add(cfg, mask.sum(dim=1).tolist())
         if deepest == self.num_layers:
             records.append((base.norm(hidden), mask))
         scores = []
@@ -232,16 +243,21 @@ class DecoderScorer(nn.Module):
 
 
 class _ScoreRunner:
-    def __init__(self, model: DecoderScorer, device: torch.device):
+    def __init__(
+        self, model: DecoderScorer, device: torch.device, settings: ScoreSettings, counter: FlopCounter
+    ):
         self.model = model
         self._device = device
+        self.settings = settings
+        self.counter = counter
 
     @property
     def device(self) -> torch.device:
         return self._device
 
     def __call__(self, batch: TokenBatch) -> list[tuple[float, ...]]:
-        return [tuple(row) for row in self.model(batch).float().cpu().tolist()]
+        scores = self.model(batch, self.settings, self.counter)
+        return [tuple(row) for row in scores.float().cpu().tolist()]
 
 
 # -- loading ------------------------------------------------------------------------------------
@@ -453,37 +469,37 @@ class LLMReranker(Reranker):
     ) -> np.ndarray:
         """Scores, shape ``(pairs,)``, or ``(layers, pairs)`` when several ``cutoff_layers``
         are asked for (ascending order). Sigmoid when ``normalize``."""
-        scorer = self.scorer
-        layers = self._check_layers(scorer, cutoff_layers)
+        layers = self._check_layers(self.scorer, cutoff_layers)
         if compress_ratio != 1:
             if self.kind != "lightweight":
                 raise InputError("token compression (compress_ratio) needs the lightweight reranker")
             if compress_ratio < 1:
                 raise InputError(f"compress_ratio must be at least 1, got {compress_ratio}")
-        scorer.cutoff_layers, scorer.compress_ratio = layers, compress_ratio
-        scorer.compress_layers = tuple(int(c) for c in compress_layers)
-        scorer.counter = FlopCounter()
-        seqs = self.tokenize(pairs)
-        if not seqs:
-            return np.zeros((0,), dtype=np.float32)
-        runners = [_ScoreRunner(scorer, device) for _, device in self._replicas]
-        rows = self.engine.run(seqs, runners, pad_id=self.tokenizer.pad_id, desc="reranking")
-        self.last_flops = scorer.counter
-        out = np.asarray(rows, dtype=np.float32).T
+        settings = ScoreSettings(layers, compress_ratio, tuple(int(c) for c in compress_layers))
+        out = self._run(self.tokenize(pairs), settings).T
         if normalize:
             out = 1.0 / (1.0 + np.exp(-out))
         return out[0] if out.shape[0] == 1 else out
 
     def score_tokens(self, seqs: Sequence[TokenSeq], *, normalize: bool = False) -> np.ndarray:
-        scorer = self.scorer
-        scorer.cutoff_layers, scorer.compress_ratio, scorer.counter = (), 1, None
-        runners = [_ScoreRunner(scorer, device) for _, device in self._replicas]
-        if not seqs:
-            return np.zeros(0, dtype=np.float32)
-        out = np.asarray(
-            self.engine.run(list(seqs), runners, pad_id=self.tokenizer.pad_id), dtype=np.float32
-        )[:, -1]
+        """Pre-tokenised pairs (from :meth:`tokenize`), scored at the model's last layer."""
+        out = self._run(seqs, ScoreSettings())[:, -1]
         return 1.0 / (1.0 + np.exp(-out)) if normalize else out
+
+    def _run(self, seqs: Sequence[TokenSeq], settings: ScoreSettings) -> np.ndarray:
+        """``(pairs, outputs)`` float32 through the engine, one runner per replica;
+        ``last_flops`` holds what the call spent."""
+        counter = FlopCounter()
+        self.last_flops = counter
+        width = max(1, len(settings.cutoff_layers))
+        if not seqs:
+            return np.zeros((0, width), dtype=np.float32)
+        runners = [
+            _ScoreRunner(cast(DecoderScorer, model), device, settings, counter)
+            for model, device in self._replicas
+        ]
+        rows = self.engine.run(list(seqs), runners, pad_id=self.tokenizer.pad_id, desc="reranking")
+        return np.asarray(rows, dtype=np.float32)
 
     def _check_layers(self, scorer: DecoderScorer, cutoff_layers: Sequence[int] | None) -> tuple[int, ...]:
         if cutoff_layers is None:
