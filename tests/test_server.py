@@ -368,3 +368,14 @@ def test_batcher_stop_finishes_queued_work_first() -> None:
     assert asyncio.run(main()) == [[0], [1], [2], [3], [4]]
     with pytest.raises(RuntimeError, match="not running"):
         asyncio.run(batcher.submit([TokenSeq([9])], None))
+
+
+def test_without_a_model_the_packaged_one_is_served(minilm: Path) -> None:
+    app = create_app(ServerConfig(device="cpu"))
+
+    async def main() -> httpx.Response:
+        async with serving(app) as client:
+            return await client.get("/info")
+
+    info = run(main).json()
+    assert Path(info["model"]["path"]) == minilm.resolve() and info["outputs"] == ["dense"]

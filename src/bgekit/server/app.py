@@ -83,11 +83,14 @@ class ServerState:
         cfg = self.config
         engine = EngineConfig(device=cfg.device, dtype=cfg.dtype, progress=False)  # type: ignore[arg-type]
         limit = cfg.max_input_tokens
-        if self.embedder is None and (cfg.model or cfg.index):
-            settings = EmbedderSettings(query_max_length=limit, passage_max_length=limit)
-            from bgekit.cli.common import model_path
+        # With nothing named or passed in, the packaged model is served (as `bgekit serve` says).
+        nothing = not cfg.reranker and self.reranker is None
+        if self.embedder is None and (cfg.model or cfg.index or nothing):
+            from bgekit.models.packaged import packaged_model_dir
 
-            self.embedder = Embedder.from_pretrained(model_path(cfg.model), settings=settings, engine=engine)
+            settings = EmbedderSettings(query_max_length=limit, passage_max_length=limit)
+            name = cfg.model or str(packaged_model_dir())
+            self.embedder = Embedder.from_pretrained(name, settings=settings, engine=engine)
         if self.reranker is None and cfg.reranker:
             self.reranker = Reranker.from_pretrained(cfg.reranker, max_length=limit, engine=engine)
         if self.index is None and cfg.index:
