@@ -34,14 +34,19 @@ def atomic_write(path: Path) -> Iterator[IO[bytes]]:
         raise
 
 
+def check_output_dir(path: Path, *, overwrite: bool) -> None:
+    """Refuse an existing non-empty ``path`` (or a file there) unless ``overwrite``."""
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
+        raise InputError(f"{path} exists and is not empty; choose another output or overwrite it")
+
+
 @contextmanager
 def atomic_dir(path: Path, *, overwrite: bool = False) -> Iterator[Path]:
     """A temporary folder beside ``path`` that replaces ``path`` only when the block succeeds.
 
     An existing non-empty ``path`` is refused unless ``overwrite``; the old folder is removed
     only after the new one is in place."""
-    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not overwrite:
-        raise InputError(f"{path} exists and is not empty; choose another output or overwrite it")
+    check_output_dir(path, overwrite=overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from bgekit.engine import EngineConfig, pad_batch
 from bgekit.errors import InputError, ModelFormatError
-from bgekit.io import atomic_dir
+from bgekit.io import atomic_dir, check_output_dir
 from bgekit.models import Embedder, EmbedderSettings
 from bgekit.models.heads import EncoderWithHeads
 from bgekit.models.loading import read_folder, resolve_model_dir
@@ -278,12 +278,6 @@ def _run(
     )
 
 
-def _check_output(output: Path, overwrite: bool) -> None:
-    """Fail before training, not after, when the output folder is taken."""
-    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
-        raise InputError(f"{output} exists and is not empty; choose another output or overwrite it")
-
-
 def train_embedder(
     model: str,
     data: str | Path | Sequence[TrainExample],
@@ -293,7 +287,7 @@ def train_embedder(
     """Fine-tune an embedder and save it to ``output`` (loadable with ``Embedder.from_pretrained``)."""
     cfg = config or EmbedderTrainConfig()
     out = Path(output)
-    _check_output(out, cfg.overwrite)
+    check_output_dir(out, overwrite=cfg.overwrite)  # fail before training, not after
     examples = _examples(data)
     check_for_training(examples, cfg.group_size)
     # The run's lengths and instruction become the embedder's settings, so that training
@@ -365,7 +359,7 @@ def train_reranker(
 
     cfg = config or RerankerTrainConfig()
     out = Path(output)
-    _check_output(out, cfg.overwrite)
+    check_output_dir(out, overwrite=cfg.overwrite)  # fail before training, not after
     examples = _examples(data)
     check_for_training(examples, cfg.group_size)
     source = resolve_model_dir(model)
