@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bgekit import Embedder, EngineConfig
-from bgekit.models import backbones
+from bgekit.models import backbones, kernels
 from bgekit.models.backbones import PackedEncoder, TransformersBackbone, packed_unsupported
 
 TEXTS = [
@@ -23,9 +23,8 @@ TEXTS = [
 
 
 def encode(path: Path, backend: str) -> dict[str, object]:
-    model = Embedder.from_pretrained(
-        str(path), engine=EngineConfig(device="cpu", backend=backend, max_batch_tokens=512)
-    )
+    engine = EngineConfig(device="cpu", backend=backend, max_batch_tokens=512, dtype="float32")
+    model = Embedder.from_pretrained(str(path), engine=engine)
     kind = type(model._replicas[0][0].backbone)
     out = model.encode(TEXTS, outputs=model.info.heads)
     return {"kind": kind, "out": out}
@@ -38,7 +37,7 @@ def test_packed_equals_transformers(
 ) -> None:
     path = request.getfixturevalue(which)
     if not onednn:
-        monkeypatch.setattr(backbones, "_onednn_linear_ok", lambda: False)
+        monkeypatch.setattr(kernels, "onednn_linear_ok", lambda: False)
     packed, plain = encode(path, "auto"), encode(path, "transformers")
     assert packed["kind"] is PackedEncoder and plain["kind"] is TransformersBackbone
     a, b = packed["out"], plain["out"]
@@ -55,7 +54,7 @@ def test_onednn_fast_path_is_enabled_where_available() -> None:
 
     if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
         pytest.skip("this torch build has no oneDNN linear")
-    assert backbones._onednn_linear_ok()
+    assert kernels.onednn_linear_ok()
 
 
 def test_unsupported_models_keep_the_transformers_forward() -> None:

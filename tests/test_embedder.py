@@ -18,6 +18,7 @@ TEXTS = [
     "the quick brown fox jumps over the lazy dog the fox the fox",  # duplicate text
 ]
 ALL = ("dense", "sparse", "multivector")
+EXACT = EngineConfig(device="cpu", dtype="float32")  # compared with independent fp32 forwards
 
 
 @pytest.fixture(scope="module", params=["bert_m3", "xlmr_m3"])
@@ -26,7 +27,7 @@ def m3_case(request: pytest.FixtureRequest) -> tuple[Path, Embedder, PlainEncode
     model = Embedder.from_pretrained(
         str(path),
         settings=EmbedderSettings(passage_max_length=40, query_max_length=20),
-        engine=EngineConfig(device="cpu", max_batch_tokens=128),
+        engine=EngineConfig(device="cpu", max_batch_tokens=128, dtype="float32"),
     )
     return path, model, PlainEncoder(path)
 
@@ -96,7 +97,7 @@ def test_compute_score_matches_formulas(m3_case: tuple[Path, Embedder, PlainEnco
 
 
 def test_query_instruction_and_overrides(bge_named: Path) -> None:
-    model = Embedder.from_pretrained(str(bge_named), engine=EngineConfig(device="cpu"))
+    model = Embedder.from_pretrained(str(bge_named), engine=EXACT)
     assert model.info.known_as == "bge-small-en-v1.5"
     assert model.info.pooling == "cls" and model.info.query_instruction == EN_INSTRUCTION
     ref = PlainEncoder(bge_named)
@@ -109,7 +110,7 @@ def test_query_instruction_and_overrides(bge_named: Path) -> None:
     assert own.dense is not None
     np.testing.assert_allclose(own.dense[0], ref.dense("Find: cats and dogs", 128), atol=1e-5)
     plain = Embedder.from_pretrained(
-        str(bge_named), settings=EmbedderSettings(query_instruction="", pooling="mean")
+        str(bge_named), settings=EmbedderSettings(query_instruction="", pooling="mean"), engine=EXACT
     )
     assert plain.info.query_instruction == "" and plain.info.pooling == "mean"
     p = plain.encode_queries(["cats and dogs"])
@@ -118,7 +119,7 @@ def test_query_instruction_and_overrides(bge_named: Path) -> None:
 
 
 def test_sentence_transformers_metadata_is_read(bert_st_mean: Path) -> None:
-    model = Embedder.from_pretrained(str(bert_st_mean))
+    model = Embedder.from_pretrained(str(bert_st_mean), engine=EXACT)
     assert (model.info.pooling, model.info.normalize, model.info.passage_max_length) == ("mean", True, 24)
     ref = PlainEncoder(bert_st_mean)
     long_text = "the quick brown fox jumps over the lazy dog " * 5

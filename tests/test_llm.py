@@ -25,7 +25,8 @@ from tests.tiny_llms import (
 )
 from tests.tiny_models import CORPUS
 
-FAST = EngineConfig(device="cpu", progress=False)
+# exact fp32: the checks compare with transformers' own forward
+FAST = EngineConfig(device="cpu", progress=False, dtype="float32")
 TEXTS = list(dict.fromkeys(CORPUS))
 PAIRS = [(TEXTS[i], TEXTS[(i + 3) % len(TEXTS)] + " " + TEXTS[(i + 5) % len(TEXTS)]) for i in range(6)]
 
@@ -88,7 +89,7 @@ def test_decoder_embedder_batch_and_padding_side_independent(qwen: Path) -> None
     from bgekit.models.heads import EmbedRunner
 
     one = Embedder.from_pretrained(
-        str(qwen), engine=EngineConfig(device="cpu", progress=False, max_batch_size=1)
+        str(qwen), engine=EngineConfig(device="cpu", progress=False, max_batch_size=1, dtype="float32")
     )
     many = Embedder.from_pretrained(str(qwen), engine=FAST)
     np.testing.assert_allclose(one.encode(TEXTS).dense, many.encode(TEXTS).dense, atol=1e-5)
@@ -183,7 +184,7 @@ def test_yes_no_reranker_is_the_yes_logit_at_the_last_token(gemma: Path) -> None
     np.testing.assert_allclose(rr.score(PAIRS), want, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(rr.score(PAIRS, normalize=True), 1 / (1 + np.exp(-np.array(want))), rtol=1e-4)
     one = Reranker.from_pretrained(
-        str(gemma), engine=EngineConfig(device="cpu", progress=False, max_batch_size=1)
+        str(gemma), engine=EngineConfig(device="cpu", progress=False, max_batch_size=1, dtype="float32")
     )
     np.testing.assert_allclose(one.score(PAIRS), want, rtol=1e-4, atol=1e-4)
     with pytest.raises(InputError, match="layer-wise"):

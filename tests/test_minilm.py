@@ -37,7 +37,8 @@ def plain_mean_pooling(path: Path, texts: list[str]) -> np.ndarray:
 
 
 def test_vectors_equal_plain_transformers(minilm: Path) -> None:
-    model = Embedder.from_pretrained(str(minilm), engine=EngineConfig(device="cpu", max_batch_tokens=512))
+    exact = EngineConfig(device="cpu", max_batch_tokens=512, dtype="float32")
+    model = Embedder.from_pretrained(str(minilm), engine=exact)
     assert (model.info.pooling, model.info.normalize, model.info.passage_max_length) == ("mean", True, 256)
     got = model.encode(SENTENCES).dense
     assert got is not None and got.shape == (len(SENTENCES), 384)

@@ -40,7 +40,7 @@ def reference_logit(path: Path, query: str, passage: str, max_length: int) -> fl
 @pytest.mark.parametrize("which", ["bert_reranker", "xlmr_reranker"])
 def test_logits_match_reference(which: str, backend: str, request: pytest.FixtureRequest) -> None:
     path = request.getfixturevalue(which)
-    engine = EngineConfig(device="cpu", backend=backend)  # type: ignore[arg-type]
+    engine = EngineConfig(device="cpu", backend=backend, dtype="float32")  # type: ignore[arg-type]
     rr = Reranker.from_pretrained(str(path), max_length=32, engine=engine)
     assert rr.info.query_max_length == 24
     got = rr.score(PAIRS)

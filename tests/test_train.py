@@ -47,7 +47,7 @@ from bgekit.types import SparseVec
 from tests.tiny_models import CORPUS
 
 SENTENCES = list(dict.fromkeys(CORPUS))
-FAST = EngineConfig(device="cpu", progress=False)
+FAST = EngineConfig(device="cpu", progress=False, dtype="float32")  # exact: compared with training
 
 
 def _examples(n_neg: int = 4) -> list[TrainExample]:
@@ -208,7 +208,7 @@ def _train_model(path: Path, *, m3: bool, group_size: int = 3, cross_device: boo
     emb = Embedder.from_pretrained(
         str(path),
         settings=EmbedderSettings(query_max_length=16, passage_max_length=24, query_instruction=""),
-        engine=EngineConfig(device="cpu", backend="transformers"),
+        engine=EngineConfig(device="cpu", backend="transformers", dtype="float32"),
     )
     module = emb.torch_module()
     model = EmbedderTrainModel(

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bgekit.engine.batching import TokenBatch, pad_batch, plan_batches
-from bgekit.engine.device import DType
+from bgekit.engine.device import DTYPES, DType
 from bgekit.errors import BgekitError
 from bgekit.types import TokenSeq
 
@@ -41,6 +41,10 @@ class EngineConfig:
     by device: 2048 padded tokens on a CPU (small batches stay in cache: measured fastest
     in benchmarks/encode_throughput.py), 16384 on an accelerator. ``progress=None`` shows
     a bar only when stderr is a terminal and the input spans several batches.
+    ``dtype="auto"`` is fp16 on CUDA; on a CPU with AMX-BF16 or AVX512-BF16 it runs the
+    matrix products in bf16 (fp32 everywhere else) once a check against fp32 at load
+    passes, and exact fp32 otherwise; ``"float32"`` forces fp32, ``"int8"`` quantised
+    linear layers (CPU, on request only). See :func:`bgekit.engine.resolve_precision`.
     ``backend="auto"`` runs BERT / XLM-R encoders with bgekit's packed forward (no compute
     on padding) and everything else with transformers; ``"transformers"`` always uses the
     latter.
@@ -55,6 +59,8 @@ class EngineConfig:
     backend: Literal["auto", "transformers"] = "auto"
 
     def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise BgekitError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
             raise BgekitError(f"max_batch_tokens must be at least 1, got {self.max_batch_tokens}")
         if self.backend not in ("auto", "transformers"):

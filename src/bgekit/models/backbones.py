@@ -6,15 +6,17 @@ Two implementations:
 - :class:`PackedEncoder` runs BERT / XLM-RoBERTa encoders on packed tokens: the padding is
   removed before the first layer, so linear layers never compute on it; attention runs per
   run of equal-length inputs with no mask (the engine sorts by length, so runs are long);
-  the query, key and value projections are one fused matrix product. On CPUs the linear
-  layers go through oneDNN (PyTorch's own fp32 kernels for compiled CPU graphs, GELU
-  fused), which runs about twice as fast as the default BLAS on the AMD EPYC machines
-  measured here (benchmarks/RESULTS.md). Same maths as the transformers forward, in fp32.
+  the query, key and value projections are one fused matrix product. Same maths as the
+  transformers forward.
+
+Both implement :class:`~bgekit.models.kernels.FastPath`: on CPUs the linear layers run
+through :mod:`bgekit.models.kernels` (oneDNN fp32, which runs about twice as fast as the
+default BLAS on the AMD EPYC machines measured here; bf16 matrix products with fp32
+everywhere else; or int8), chosen when the model is placed (see ``runtime``).
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Literal, cast
 
 import torch
@@ -22,12 +24,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from bgekit.engine import TokenBatch
+from bgekit.engine.device import MatmulKind
+from bgekit.models.kernels import Kernel, make_kernel, patch_linears, plain_linear
 
 _PACKED_TYPES = {"bert": 0, "xlm-roberta": 1, "roberta": 1}  # value: positions offset by pad id
 
 
 class TransformersBackbone(nn.Module):
-    """The transformers model's own forward."""
+    """The transformers model's own forward; on CPUs its linear layers can run through
+    bgekit's kernels (the pooler, part of a cross-encoder's head, stays fp32)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -38,6 +43,12 @@ class TransformersBackbone(nn.Module):
         if batch.token_type_ids is not None:
             kwargs["token_type_ids"] = batch.token_type_ids
         return self.model(**kwargs).last_hidden_state
+
+    def hidden(self, batch: TokenBatch) -> torch.Tensor:
+        return self.forward(batch)
+
+    def set_matmul(self, kind: MatmulKind) -> int:
+        return patch_linears(self.model, kind, skip=("pooler",))
 
 
 def packed_unsupported(model: nn.Module) -> str | None:
@@ -56,28 +67,7 @@ def packed_unsupported(model: nn.Module) -> str | None:
     return None
 
 
-@functools.cache
-def _onednn_linear_ok() -> bool:
-    """oneDNN's fused linear exists in this torch build and agrees with ``F.linear``."""
-    op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
-    if op is None or not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        g = torch.Generator().manual_seed(0)
-        x, w, b = (torch.randn(s, generator=g) for s in ((7, 24), (40, 24), (40,)))
-        fast = op(x, w, b, "gelu", [], "none")
-        return bool(torch.allclose(fast, F.gelu(F.linear(x, w, b)), atol=1e-5, rtol=1e-5))
-    except RuntimeError:
-        return False
-
-
-def _linear(x: torch.Tensor, layer: nn.Linear, gelu: bool = False) -> torch.Tensor:
-    """``layer(x)``, then exact (erf) GELU when asked; oneDNN on CPU when it is usable."""
-    if x.device.type == "cpu" and x.dtype == torch.float32 and _onednn_linear_ok():
-        attr, algorithm = ("gelu", "none") if gelu else ("none", "")
-        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, attr, [], algorithm)
-    y = F.linear(x, layer.weight, layer.bias)
-    return F.gelu(y) if gelu else y
+_LINEARS = ("qkv", "attn_out", "ffn_in", "ffn_out")
 
 
 class _Layer(nn.Module):
@@ -95,6 +85,12 @@ class _Layer(nn.Module):
         self.ffn_in: nn.Linear = hf_layer.intermediate.dense
         self.ffn_out: nn.Linear = hf_layer.output.dense
         self.ffn_norm: nn.LayerNorm = hf_layer.output.LayerNorm
+        self.kernels: dict[str, Kernel] | None = None  # set by set_matmul (CPU)
+
+    def linear(self, name: str, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+        if self.kernels is None:
+            return plain_linear(x, getattr(self, name), gelu)
+        return self.kernels[name](x, gelu)
 
 
 class PackedEncoder(nn.Module):
@@ -113,8 +109,17 @@ class PackedEncoder(nn.Module):
         self.emb_norm = emb.LayerNorm
         self.layers = nn.ModuleList(_Layer(layer) for layer in model.encoder.layer)
         self.heads = int(cfg.num_attention_heads)
-        self.hidden = int(cfg.hidden_size)
+        self.dim = int(cfg.hidden_size)
         self.position_offset = int(cfg.pad_token_id) + 1 if _PACKED_TYPES[cfg.model_type] else 0
+
+    def set_matmul(self, kind: MatmulKind) -> int:
+        for module in self.layers:
+            layer = cast(_Layer, module)
+            layer.kernels = {name: make_kernel(getattr(layer, name), kind) for name in _LINEARS}
+        return len(self.layers) * len(_LINEARS)
+
+    def hidden(self, batch: TokenBatch) -> torch.Tensor:
+        return self.forward(batch)
 
     def forward(self, batch: TokenBatch) -> torch.Tensor:
         n, width = batch.input_ids.shape
@@ -141,17 +146,18 @@ class PackedEncoder(nn.Module):
                 runs.append((offset, 1, length))
             offset += length
 
-        d, h = self.hidden, self.heads
+        d, h = self.dim, self.heads
         for module in self.layers:
             layer = cast(_Layer, module)
-            qkv = _linear(x, layer.qkv)
-            ctx = torch.empty_like(x)
+            qkv = layer.linear("qkv", x)
+            ctx = torch.empty_like(qkv[:, :d])
             for first, count, length in runs:
                 span = slice(first, first + count * length)
                 q, k, v = qkv[span].view(count, length, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)
-                ctx[span] = _attention(q, k, v).transpose(1, 2).reshape(count * length, d)
-            x = layer.attn_norm(_linear(ctx, layer.attn_out) + x)
-            x = layer.ffn_norm(_linear(_linear(x, layer.ffn_in, gelu=True), layer.ffn_out) + x)
+                ctx[span] = _attention(q, k, v, x.dtype).transpose(1, 2).reshape(count * length, d)
+            # a bf16 kernel's output is promoted by the fp32 residual add
+            x = layer.attn_norm(x + layer.linear("attn_out", ctx))
+            x = layer.ffn_norm(x + layer.linear("ffn_out", layer.linear("ffn_in", x, gelu=True)))
 
         hidden = x.new_zeros(n * width, d)
         hidden[keep] = x
@@ -163,11 +169,16 @@ class PackedEncoder(nn.Module):
 _SHORT = 128
 
 
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Unmasked softmax attention over ``(inputs, heads, length, head_dim)``."""
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Unmasked softmax attention over ``(inputs, heads, length, head_dim)``.
+
+    The fused kernel keeps scores and softmax in fp32 whatever its inputs (bf16 ones come
+    from bf16 kernels); the short path computes in ``dtype``, the residual stream's.
+    """
     count, heads, length, dim = q.shape
     if q.device.type != "cpu" or length >= _SHORT:
         return F.scaled_dot_product_attention(q, k, v)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     qf = q.reshape(count * heads, length, dim) * dim**-0.5
     scores = torch.bmm(qf, k.reshape(count * heads, length, dim).transpose(1, 2))
     out = torch.bmm(torch.softmax(scores, dim=-1), v.reshape(count * heads, length, dim))

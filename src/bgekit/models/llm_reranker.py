@@ -28,8 +28,10 @@ import torch
 from torch import nn
 
 from bgekit.engine import EngineConfig, TokenBatch
+from bgekit.engine.device import MatmulKind
 from bgekit.errors import InputError, ModelFormatError
 from bgekit.inputs import check_pairs
+from bgekit.models.kernels import patch_linears
 from bgekit.models.loading import FolderMeta
 from bgekit.models.registry import RerankerKind
 from bgekit.models.reranker import Reranker, reranker_info
@@ -178,6 +180,13 @@ class DecoderScorer(nn.Module):
         if self.kind == "llm":
             return self._yes_no(batch)
         return self._layerwise(batch, settings or ScoreSettings(), counter)
+
+    def set_matmul(self, kind: MatmulKind) -> int:
+        return patch_linears(self.base, kind)
+
+    def hidden(self, batch: TokenBatch) -> torch.Tensor:
+        base: Any = self.base
+        return base(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
 
     def _yes_no(self, batch: TokenBatch) -> torch.Tensor:
         assert self.yes_row is not None

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from bgekit.engine import Engine, EngineConfig, resolve_device, resolve_dtype
+from bgekit.engine import Engine, EngineConfig, Precision, pad_batch, resolve_device, resolve_precision
 from bgekit.errors import ModelFormatError
-from bgekit.types import ModelInfo
+from bgekit.models.kernels import fast_paths
+from bgekit.types import ModelInfo, TokenSeq
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -52,8 +55,99 @@ def load_transformers_model(path: Path, *, cross_encoder: bool) -> nn.Module:
     return model.eval()
 
 
-def place_replicas(module: nn.Module, config: EngineConfig) -> list[tuple[nn.Module, torch.device]]:
-    """One replica per configured device, each in that device's dtype."""
+# Texts the automatic fast path is checked on when a model loads: short and long (past
+# 128 tokens, where attention takes the fused kernel), several scripts.
+CHECK_TEXTS = (
+    "what is the capital of france?",
+    "BGE-M3 gives dense, sparse and multi-vector outputs from one forward pass.",
+    "Der schnelle braune Fuchs springt über den faulen Hund.",
+    "深度学习模型在检索任务中表现出色。",
+    (
+        "Vitamin D supplementation was associated with a lower risk of fractures in older adults "
+        "living in care homes, but not in those living in the community; the effect depended on "
+        "the dose, on calcium taken with it and on the level measured at the start of the trial. "
+    )
+    * 3,
+)
+# The gates (issue 11): pooled vectors within 0.9999 cosine of fp32; each token's state
+# within 0.999 (what sparse weights and multi-vectors are computed from).
+CHECK_POOLED_COSINE = 0.9999
+CHECK_TOKEN_COSINE = 0.999
+
+
+@dataclasses.dataclass(frozen=True)
+class FastPathCheck:
+    """Lowest cosines to fp32 on :data:`CHECK_TEXTS`: of pooled vectors (first token, last
+    token, mean) and of single tokens' last hidden states."""
+
+    pooled: float
+    tokens: float
+
+    @property
+    def passed(self) -> bool:
+        return self.pooled >= CHECK_POOLED_COSINE and self.tokens >= CHECK_TOKEN_COSINE
+
+    def __str__(self) -> str:
+        return f"cosine to fp32: pooled {self.pooled:.6f}, tokens {self.tokens:.5f}"
+
+
+def check_against_fp32(module: nn.Module, seqs: Sequence[TokenSeq], pad_id: int, fast: str) -> FastPathCheck:
+    """Switch ``module``'s backbones to ``fast`` kernels, comparing them with fp32 on ``seqs``."""
+    device = next(module.parameters()).device
+    batch = pad_batch(list(seqs), pad_id, device)
+    mask = batch.attention_mask.bool()
+    rows, last = torch.arange(len(seqs)), batch.lengths - 1
+    pooled = tokens = 1.0
+    with torch.inference_mode():
+        for path in fast_paths(module):
+            path.set_matmul("float32")
+            ref = path.hidden(batch).float()
+            path.set_matmul(fast)  # type: ignore[arg-type]
+            got = path.hidden(batch).float()
+            m = mask.unsqueeze(-1)
+            for a, b in (
+                (ref[:, 0], got[:, 0]),
+                (ref[rows, last], got[rows, last]),
+                ((ref * m).sum(1), (got * m).sum(1)),
+            ):
+                pooled = min(pooled, float(F.cosine_similarity(a, b, dim=-1).min()))
+            tokens = min(tokens, float(F.cosine_similarity(ref[mask], got[mask], dim=-1).min()))
+    return FastPathCheck(pooled, tokens)
+
+
+def set_cpu_kernels(
+    module: nn.Module, precision: Precision, check: Sequence[TokenSeq] | None, pad_id: int
+) -> Precision:
+    """Switch a CPU replica's backbones to ``precision``'s kernels; an automatic choice is
+    kept only if it passes the check against fp32 (else fp32, with the reason)."""
+    kind = precision.matmul
+    paths = fast_paths(module)
+    if kind is None or not paths:
+        if kind not in (None, "float32"):
+            return Precision(torch.float32, None, f"{precision.label} not available for this model")
+        return precision
+    if precision.check and check:
+        result = check_against_fp32(module, check, pad_id, kind)
+        if not result.passed:
+            for path in paths:
+                path.set_matmul("float32")
+            why = f"{precision.reason}, but bf16 matmuls failed the check ({result})"
+            logger.info("%s; running float32", why)
+            return Precision(torch.float32, "float32", why)
+        return dataclasses.replace(precision, reason=f"{precision.reason}; checked at load, {result}")
+    for path in paths:
+        path.set_matmul(kind)
+    return precision
+
+
+def place_replicas(
+    module: nn.Module,
+    config: EngineConfig,
+    check: Sequence[TokenSeq] | None = None,
+    pad_id: int = 0,
+) -> list[tuple[nn.Module, torch.device, Precision]]:
+    """One replica per configured device, each at that device's precision (``check``: token
+    sequences an automatic CPU fast path is compared against fp32 on)."""
     names = config.devices or (config.device,)
     devices = [resolve_device(d) for d in names]
     if len(set(devices)) != len(devices):
@@ -61,10 +155,13 @@ def place_replicas(module: nn.Module, config: EngineConfig) -> list[tuple[nn.Mod
     out = []
     for i, dev in enumerate(devices):
         replica = module if i == 0 else copy.deepcopy(module)
-        replica.to(device=dev, dtype=resolve_dtype(config.dtype, dev))
+        precision = resolve_precision(config.dtype, dev)
+        replica.to(device=dev, dtype=precision.dtype)
         replica.eval()
-        out.append((replica, dev))
-    logger.debug("model placed on %s", ", ".join(str(d) for d in devices))
+        if dev.type == "cpu":
+            precision = set_cpu_kernels(replica, precision, check, pad_id)
+        out.append((replica, dev, precision))
+    logger.debug("model placed on %s", ", ".join(f"{d} ({p.label})" for _, d, p in out))
     return out
 
 
@@ -81,10 +178,21 @@ class LoadedModel:
         self.info = info
         self.tokenizer = tokenizer
         self.engine = Engine(engine or EngineConfig())
-        self._replicas = place_replicas(model, self.engine.config)
+        check = tokenizer.encode(list(CHECK_TEXTS), min(info.passage_max_length, 256))
+        placed = place_replicas(model, self.engine.config, check, tokenizer.pad_id)
+        self._replicas = [(m, d) for m, d, _ in placed]
+        self.precisions = [p for _, _, p in placed]
+
+    def compute(self) -> list[str]:
+        """How each replica runs and why, e.g. ``"cpu: bfloat16 matmuls (fp32 elsewhere) —
+        auto: this CPU has AVX512-BF16; checked against fp32 at load (cosine 0.999990)"``."""
+        names = [str(d) for _, d in self._replicas]
+        return [f"{n}: {p.label} — {p.reason}" for n, p in zip(names, self.precisions, strict=True)]
 
     def torch_module(self) -> nn.Module:
-        """The first replica's torch module (what training and inspection work on)."""
+        """The first replica's torch module (what training and inspection work on). bf16 and
+        int8 CPU kernels hold copies of the weights taken at load: train or edit a model
+        loaded with ``dtype="float32"``."""
         if not self._replicas:
             raise ModelFormatError(f"{self.info.name} was closed")
         return self._replicas[0][0]
