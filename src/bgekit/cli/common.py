@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from bgekit.engine import EngineConfig
+from bgekit.engine import DTYPES, EngineConfig
 from bgekit.errors import BgekitError
 from bgekit.types import OUTPUT_KINDS
 
@@ -15,7 +15,13 @@ def engine_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine")
     g.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda:0, ...")
     g.add_argument("--devices", default="", help="comma-separated devices for data parallel (cuda:0,cuda:1)")
-    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    g.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPES,
+        help="auto: fp16 on CUDA; on CPUs with AMX-BF16/AVX512-BF16 bf16 matmuls checked against "
+        "fp32 at load, else fp32. float32: exact. int8: quantised linear layers (CPU)",
+    )
     g.add_argument(
         "--max-batch-tokens",
         type=int,

@@ -39,21 +39,29 @@ def cmd_info(ns: argparse.Namespace) -> int:
     path = resolve_model_dir(name)
     meta = read_folder(path)
     known = lookup(name, str(path))
+    from bgekit.engine import cpu_features
+    from bgekit.models.runtime import LoadedModel
+
+    engine = engine_config(ns)
+    model: LoadedModel
     if meta.is_cross_encoder or reranker_kind(meta, known[1].reranker_kind if known else None) is not None:
         from bgekit.models import Reranker
 
-        info = Reranker.from_pretrained(name).info
+        model = Reranker.from_pretrained(name, engine=engine)
     else:
         from bgekit.models import Embedder
 
-        info = Embedder.from_pretrained(name).info
+        model = Embedder.from_pretrained(name, engine=engine)
+    cpu = cpu_features().describe()
     if ns.json:
         from dataclasses import asdict
 
-        print(json.dumps(asdict(info), indent=2, ensure_ascii=False))
+        out = {**asdict(model.info), "compute": model.compute(), "cpu": cpu}
+        print(json.dumps(out, indent=2, ensure_ascii=False))
     else:
-        width = max(len(k) for k, _ in info.describe())
-        for key, value in info.describe():
+        rows = [*model.info.describe(), ("cpu", cpu), *(("runs on", c) for c in model.compute())]
+        width = max(len(k) for k, _ in rows)
+        for key, value in rows:
             print(f"{key:<{width}}  {value}")
     return 0
 
@@ -103,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="what a model is and how bgekit runs it")
     p.add_argument("model", nargs="?", help="hub id or local folder (default: the packaged model)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    engine_args(p)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("similarity", help="encode a few texts and print their cosine similarities")

@@ -7,6 +7,7 @@ import argparse
 import os
 from typing import Any
 
+from bgekit.engine import DTYPES
 from bgekit.errors import InputError
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -90,9 +91,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--max-inputs-per-request", type=int, default=_env("max_inputs_per_request", 2048, int))
     p.add_argument("--device", default=_env("device", "auto"))
-    p.add_argument(
-        "--dtype", default=_env("dtype", "auto"), choices=["auto", "float32", "float16", "bfloat16"]
-    )
+    p.add_argument("--dtype", default=_env("dtype", "auto"), choices=DTYPES)
     p.add_argument(
         "--log-level", default=_env("log_level", "info"), choices=["debug", "info", "warning", "error"]
     )

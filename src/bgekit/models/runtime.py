@@ -184,10 +184,13 @@ class LoadedModel:
         self.precisions = [p for _, _, p in placed]
 
     def compute(self) -> list[str]:
-        """How each replica runs and why, e.g. ``"cpu: bfloat16 matmuls (fp32 elsewhere) —
-        auto: this CPU has AVX512-BF16; checked against fp32 at load (cosine 0.999990)"``."""
-        names = [str(d) for _, d in self._replicas]
-        return [f"{n}: {p.label} — {p.reason}" for n, p in zip(names, self.precisions, strict=True)]
+        """How each replica runs and why, e.g. ``"cpu, PackedEncoder: bfloat16 matmuls (fp32
+        elsewhere) — auto: this CPU has AVX512-BF16; checked at load, cosine to fp32: ..."``."""
+        out = []
+        for (module, device), p in zip(self._replicas, self.precisions, strict=True):
+            forward = ", ".join(sorted({type(f).__name__ for f in fast_paths(module)})) or "torch"
+            out.append(f"{device}, {forward}: {p.label} — {p.reason}")
+        return out
 
     def torch_module(self) -> nn.Module:
         """The first replica's torch module (what training and inspection work on). bf16 and

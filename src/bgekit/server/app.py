@@ -532,6 +532,10 @@ def create_app(
             "index": asdict(state.index.info()) if state.index else None,
             "auth": cfg.api_key is not None,
             "limits": limits,
+            "compute": {
+                "model": state.embedder.compute() if state.embedder else [],
+                "reranker": state.reranker.compute() if state.reranker else [],
+            },
         }
 
     return app
