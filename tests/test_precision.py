@@ -303,3 +303,19 @@ def test_bf16_scifact_meets_the_gate(minilm: Path) -> None:
     }
     assert abs(scores["float32"] - 64.51) <= 0.01
     assert abs(scores["bfloat16"] - scores["float32"]) <= 0.1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["auto", "bfloat16"])
+def test_cuda_half_precision_packed_forward(minilm: Path, dtype: str) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    texts = scifact_texts(40, 40)
+    exact = Embedder.from_pretrained(str(minilm), engine=_engine("float32")).encode(texts).dense
+    engine = EngineConfig(device="cuda", dtype=dtype, progress=False)  # type: ignore[arg-type]
+    model = Embedder.from_pretrained(str(minilm), engine=engine)
+    assert model.precisions[0].dtype == (torch.float16 if dtype == "auto" else torch.bfloat16)
+    assert "PackedEncoder" in model.compute()[0]  # padding-free on the GPU too
+    fast = model.encode(texts).dense
+    assert exact is not None and fast is not None
+    assert ((exact * fast).sum(axis=1) / np.linalg.norm(fast, axis=1)).min() >= 0.999

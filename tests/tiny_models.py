@@ -55,13 +55,14 @@ def _bert_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def _xlmr_tokenizer() -> PreTrainedTokenizerFast:
+def xlmr_tokenizer(corpus: list[str] = CORPUS, vocab_size: int = 200) -> PreTrainedTokenizerFast:
+    """An XLM-R-style Unigram tokenizer (``<s> A </s></s> B </s>``) trained on ``corpus``."""
     tok = Tokenizer(models.Unigram())
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
     specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
     tok.train_from_iterator(
-        CORPUS, trainers.UnigramTrainer(vocab_size=200, special_tokens=specials, unk_token="<unk>")
+        corpus, trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>")
     )
     tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
     return PreTrainedTokenizerFast(
@@ -123,7 +124,7 @@ def build_encoder(path: Path, family: str, *, m3_heads: bool, seed: int = 0, tra
     checking numbers); ``trainable`` (BERT only) uses the usual 0.02 init and no dropout, so
     that a few optimiser steps reliably lower a loss."""
     torch.manual_seed(seed)
-    tok = _bert_tokenizer() if family == "bert" else _xlmr_tokenizer()
+    tok = _bert_tokenizer() if family == "bert" else xlmr_tokenizer()
     if trainable:
         extra = {"initializer_range": 0.02, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
         config = _bert_config(len(tok), **extra)
@@ -140,7 +141,7 @@ def build_encoder(path: Path, family: str, *, m3_heads: bool, seed: int = 0, tra
 
 def build_reranker(path: Path, family: str, seed: int = 0) -> Path:
     torch.manual_seed(seed)
-    tok = _bert_tokenizer() if family == "bert" else _xlmr_tokenizer()
+    tok = _bert_tokenizer() if family == "bert" else xlmr_tokenizer()
     if family == "bert":
         model = BertForSequenceClassification(_bert_config(len(tok), num_labels=1))
     else:
