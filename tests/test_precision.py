@@ -167,13 +167,16 @@ def test_int8_kernel_is_dynamic_per_channel_quantisation() -> None:
     w, bias = layer.weight.detach().double(), layer.bias.detach().double()
     w_scale = w.abs().amax(dim=1) / 127
     qw = torch.round(w / w_scale[:, None]).clamp(-128, 127)
+    kernel = make_kernel(layer, "int8")
+    assert isinstance(kernel, Int8Kernel)
+    top = 127 if kernel.reduce_range else 255  # 7-bit activations only without VNNI / AMX
     lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
-    x_scale = (hi - lo) / 255
+    x_scale = (hi - lo) / top
     zero = round(-lo / x_scale)
-    qx = (torch.round(x.double() / x_scale) + zero).clamp(0, 255)
+    qx = (torch.round(x.double() / x_scale) + zero).clamp(0, top)
     expected = ((qx - zero) @ qw.T) * x_scale * w_scale[None, :] + bias
-    got = make_kernel(layer, "int8")(x)
-    assert isinstance(make_kernel(layer, "int8"), Int8Kernel) and got.dtype == torch.float32
+    got = kernel(x)
+    assert got.dtype == torch.float32
     np.testing.assert_allclose(got.double(), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -283,8 +286,9 @@ def test_int8_on_request(minilm: Path) -> None:
     fast = model.encode(texts).dense
     assert exact is not None and fast is not None
     cosine = (exact * fast).sum(axis=1)
-    # measured 0.988 min / 0.994 mean on 2,000 SciFact texts (benchmarks/RESULTS.md): lossy
-    assert 0.97 <= cosine.min() < 0.9999
+    # measured 0.988 min / 0.994 mean on 2,000 SciFact texts with VNNI (benchmarks/RESULTS.md):
+    # lossy; without VNNI / AMX-INT8 activations get 7 bits and lose more
+    assert (0.97 if cpu_features().int8 else 0.9) <= cosine.min() < 0.9999
 
 
 @pytest.mark.slow

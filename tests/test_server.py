@@ -294,6 +294,7 @@ def test_auth_health_ready_info_and_metrics(m3: Embedder) -> None:
     info = r["info"].json()
     assert info["outputs"] == list(ALL) and info["limits"]["over_token_limit"] == "413"
     assert info["limits"]["max_input_tokens"]["document"] == m3.info.passage_max_length
+    assert info["compute"]["model"] == m3.compute() and info["compute"]["reranker"] == []
     assert "/v1/embeddings" in r["docs"].json()["paths"]
     text = r["metrics"].text
     assert 'bgekit_requests_total{endpoint="/embed",status="401"} 2.0' in text
