@@ -43,7 +43,9 @@ def test_m3_outputs_match_independent_computation(m3_case: tuple[Path, Embedder,
         expected = ref.sparse(text, 40)
         got = out.sparse[i].to_dict()
         assert got.keys() == expected.keys()
-        np.testing.assert_allclose([got[k] for k in expected], list(expected.values()), rtol=1e-5, atol=1e-5)
+        # weights up to ~3 (the spread-out tiny model): fp32 summation order differs between
+        # oneDNN and transformers by up to ~2e-5 there (seen once in CI at rtol 1e-5)
+        np.testing.assert_allclose([got[k] for k in expected], list(expected.values()), rtol=1e-4, atol=1e-5)
         mv = ref.multivector(text, 40)
         assert out.multivector[i].shape == mv.shape
         np.testing.assert_allclose(out.multivector[i], mv, atol=1e-5)
