@@ -337,9 +337,11 @@ def test_reranker_training_lowers_the_loss(bert_trainable: Path, tmp_path: Path)
         RerankerTrainConfig(max_steps=1, learning_rate=1e-12, progress=False, **common),
     )  # type: ignore[arg-type]
     before, _ = _reranker_loss_on(tmp_path / "r0", data)
-    cfg = RerankerTrainConfig(epochs=30, learning_rate=5e-3, progress=False, logging_steps=1, **common)  # type: ignore[arg-type]
+    # 100 steps: after / before measured 0.01-0.58 over 10 tokenizer builds (30 steps gave
+    # 0.59-0.83, and failed 0.8 once in a clean run)
+    cfg = RerankerTrainConfig(epochs=100, learning_rate=5e-3, progress=False, logging_steps=1, **common)  # type: ignore[arg-type]
     result = train_reranker(str(bert_trainable), data, tmp_path / "rr", cfg)
-    assert result.steps == 30 and len([e for e in result.log if "loss" in e]) == 30
+    assert result.steps == 100 and len([e for e in result.log if "loss" in e]) == 100
     after, _ = _reranker_loss_on(tmp_path / "rr", data)
     assert after < 0.8 * before, (before, after)
 
