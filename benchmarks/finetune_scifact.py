@@ -33,7 +33,7 @@ from bgekit.eval import RetrievalEvalConfig, compute_metrics, evaluate_retrieval
 from bgekit.eval.retrieval import to_run  # noqa: E402
 from bgekit.index.documents import read_source  # noqa: E402
 from bgekit.models.packaged import packaged_model_dir  # noqa: E402
-from bgekit.retrieval.exact import search  # noqa: E402
+from bgekit.retrieval import Corpus, search  # noqa: E402
 from bgekit.train import (  # noqa: E402
     EmbedderTrainConfig,
     RerankerTrainConfig,
@@ -166,14 +166,15 @@ def main() -> None:
         scores = {}
         # Dense and sparse search every document; multi-vector modes rescore the union of the
         # dense and sparse top --m3-candidates (as bgekit's index and BGE-M3's usage do).
-        for name, weights in {
-            "dense": (1, 0, 0),
-            "sparse": (0, 1, 0),
-            "multivector": (0, 0, 1),
-            "dense+sparse+multivector (0.4/0.2/0.4)": (0.4, 0.2, 0.4),
+        corpus = Corpus.from_encoded(docs)
+        cfg = HybridConfig(weights=(0.4, 0.2, 0.4), candidates=args.m3_candidates)
+        for name, mode in {
+            "dense": "dense",
+            "sparse": "sparse",
+            "multivector": "multivector",
+            "dense+sparse+multivector (0.4/0.2/0.4)": "hybrid",
         }.items():
-            cfg = HybridConfig(weights=weights, candidates=args.m3_candidates)
-            hits = search(queries, docs, 100, cfg)
+            hits = search(corpus, queries, 100, mode=mode, config=cfg)  # type: ignore[arg-type]
             scores[name] = round(100 * compute_metrics(ds.qrels, to_run(ds, hits))["ndcg@10"], 2)
         record(
             work,

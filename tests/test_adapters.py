@@ -57,7 +57,7 @@ def test_qdrant_matches_embedded_index(qdrant: VectorDBIndex, m3: Embedder) -> N
             qdrant.search(QUERIES, 4, mode=mode),
             local.search(QUERIES, 4, mode=mode, hybrid=HybridConfig(candidates=None)),
         )  # type: ignore[arg-type]
-    rerank = HybridConfig(candidates=2)  # MaxSim over the dense and sparse top 2
+    rerank = HybridConfig(candidates=2)  # MaxSim over the dense and sparse top max(2, rows asked for)
     same(
         qdrant.search(QUERIES, 4, mode="multivector", hybrid=rerank),
         local.search(QUERIES, 4, mode="multivector", hybrid=rerank),

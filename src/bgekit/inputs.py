@@ -39,3 +39,8 @@ def check_pairs(pairs: object) -> tuple[list[str], list[str]]:
         queries.append(_check_one(p[0], f"pairs[{i}][0] (query)"))
         passages.append(_check_one(p[1], f"pairs[{i}][1] (passage)"))
     return queries, passages
+
+
+def passage_text(title: str, text: str) -> str:
+    """What is encoded and reranked for a passage: its title, then its text."""
+    return f"{title} {text}".strip() if title else text

@@ -12,6 +12,11 @@ Kind = Literal["query", "document"]
 OutputKind = Literal["dense", "sparse", "multivector"]
 OUTPUT_KINDS: tuple[OutputKind, ...] = ("dense", "sparse", "multivector")
 KINDS: tuple[Kind, ...] = ("query", "document")
+# How an index or corpus is searched: one output, BM25 over the texts, or a hybrid of them.
+SearchMode = Literal["dense", "sparse", "multivector", "hybrid", "bm25"]
+SEARCH_MODES: tuple[SearchMode, ...] = ("dense", "sparse", "multivector", "hybrid", "bm25")
+# The scorers a search combines (``hybrid`` is a mix of these).
+Scorer = Literal["dense", "sparse", "bm25", "multivector"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -105,10 +110,12 @@ class PairScores:
 
 @dataclass(frozen=True, eq=False)
 class Ranking:
-    """One query's hits: document positions and scores, best first."""
+    """One query's hits: row positions and scores, best first; ``modes`` holds each
+    scorer's own score of the same rows (for a hybrid, the scores that were fused)."""
 
     indices: np.ndarray  # int64
     scores: np.ndarray  # float32
+    modes: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])

@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from bgekit.engine import DTYPES, EngineConfig
 from bgekit.errors import BgekitError
-from bgekit.types import OUTPUT_KINDS
+from bgekit.types import OUTPUT_KINDS, SEARCH_MODES
+
+if TYPE_CHECKING:
+    from bgekit.retrieval import HybridConfig
 
 
 def engine_args(p: argparse.ArgumentParser) -> None:
@@ -65,3 +69,58 @@ def run_parser(build: Callable[[], argparse.ArgumentParser], argv: Sequence[str]
     except BgekitError as e:
         print(f"bgekit: error: {e}", file=sys.stderr)
         return 2
+
+
+def weights_arg(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"weights must be three numbers like 0.4,0.2,0.4; got {text!r}"
+        ) from None
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(
+            f"weights must be three numbers (dense, sparse, multivector); got {text!r}"
+        )
+    return parts
+
+
+def candidates_arg(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"candidates must be a number or 'all'; got {text!r}") from None
+
+
+def search_args(p: argparse.ArgumentParser, *, default_mode: str) -> None:
+    """The search options (mode, weights, candidates, fusion) of every command that searches."""
+    from bgekit.retrieval import DEFAULT_CANDIDATES
+
+    g = p.add_argument_group("search")
+    g.add_argument("--mode", default=default_mode, choices=SEARCH_MODES)
+    g.add_argument(
+        "--weights",
+        type=weights_arg,
+        default=(0.4, 0.2, 0.4),
+        help="dense,lexical,multivector weights for hybrid (lexical: sparse head, or BM25); default 0.4,0.2,0.4",
+    )
+    g.add_argument(
+        "--candidates",
+        type=candidates_arg,
+        default=DEFAULT_CANDIDATES,
+        help=f"rows each first-stage scorer gives hybrid / multi-vector search, or 'all' (default {DEFAULT_CANDIDATES})",
+    )
+    g.add_argument(
+        "--fusion",
+        default="auto",
+        choices=["auto", "weighted", "rrf"],
+        help="auto: RRF when BM25 takes part, else the weighted sum",
+    )
+
+
+def hybrid_config(ns: argparse.Namespace) -> HybridConfig:
+    from bgekit.retrieval import HybridConfig
+
+    return HybridConfig(weights=ns.weights, candidates=ns.candidates, fusion=ns.fusion)

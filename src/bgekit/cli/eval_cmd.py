@@ -7,31 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bgekit.cli.common import engine_args, engine_config, model_path
+from bgekit.cli.common import engine_args, engine_config, hybrid_config, model_path, search_args
 from bgekit.io import atomic_write
-
-
-def weights_arg(text: str) -> tuple[float, float, float]:
-    try:
-        parts = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"weights must be three numbers like 0.4,0.2,0.4; got {text!r}"
-        ) from None
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(
-            f"weights must be three numbers (dense, sparse, multivector); got {text!r}"
-        )
-    return parts
-
-
-def candidates_arg(text: str) -> int | None:
-    if text == "all":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"candidates must be a number or 'all'; got {text!r}") from None
 
 
 def _write_json(path: str | None, data: dict[str, Any]) -> None:
@@ -53,13 +30,12 @@ def _table(rows: dict[str, dict[str, float]]) -> str:
 def cmd_retrieval(ns: argparse.Namespace) -> int:
     from bgekit.eval import RetrievalEvalConfig, evaluate_retrieval, load_beir
     from bgekit.models import Embedder, Reranker
-    from bgekit.retrieval import HybridConfig
 
     dataset = load_beir(ns.data_dir, ns.split)
     config = RetrievalEvalConfig(
         mode=ns.mode,
         k=ns.k,
-        hybrid=HybridConfig(weights=ns.weights, candidates=ns.candidates, fusion=ns.fusion),
+        hybrid=hybrid_config(ns),
         rerank_top=ns.rerank_top,
         cache_dir=Path(ns.cache_dir) if ns.cache_dir else None,
         progress=not ns.no_progress,
@@ -106,17 +82,7 @@ def register(sub: Any) -> None:
     p.add_argument("data_dir", help="folder with corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
     p.add_argument("--model", help="hub id or local folder (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument("--split", default="test")
-    p.add_argument("--mode", default="dense", choices=["dense", "sparse", "multivector", "hybrid", "bm25"])
-    p.add_argument(
-        "--weights", type=weights_arg, default=(0.4, 0.2, 0.4), help="dense,sparse,multivector for hybrid"
-    )
-    p.add_argument(
-        "--candidates",
-        type=candidates_arg,
-        default=1000,
-        help="per-query candidates for multi-vector scoring, or 'all'",
-    )
-    p.add_argument("--fusion", default="weighted", choices=["weighted", "rrf"])
+    search_args(p, default_mode="dense")
     p.add_argument("-k", type=int, default=1000, help="hits kept per query")
     p.add_argument("--reranker", help="cross-encoder for a second stage")
     p.add_argument("--rerank-top", type=int, default=100)

@@ -9,8 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bgekit.cli.common import engine_args, engine_config, model_path, outputs_arg
-from bgekit.cli.eval_cmd import candidates_arg, weights_arg
+from bgekit.cli.common import engine_args, engine_config, hybrid_config, model_path, outputs_arg, search_args
 from bgekit.errors import InputError
 
 
@@ -89,20 +88,14 @@ def _hit_dict(h: Any) -> dict[str, Any]:
 def cmd_search(ns: argparse.Namespace) -> int:
     from bgekit.index import Index
     from bgekit.models import Reranker
-    from bgekit.retrieval import HybridConfig, Pipeline
+    from bgekit.retrieval import Pipeline
 
     if not ns.query.strip():
         raise InputError("the query is empty")
     if ns.k < 1:
         raise InputError(f"-k must be at least 1, got {ns.k}")
     index = Index.load(ns.index)
-    hybrid = None
-    if ns.weights or ns.fusion or ns.candidates != 50:
-        hybrid = HybridConfig(
-            weights=ns.weights or (0.4, 0.2, 0.4),
-            candidates=ns.candidates,
-            fusion=ns.fusion or ("weighted" if "sparse" in index.outputs else "rrf"),
-        )
+    hybrid = hybrid_config(ns)
     reranker = Reranker.from_pretrained(ns.reranker, engine=engine_config(ns)) if ns.reranker else None
     pipe = Pipeline(None, index, reranker, retrieve=ns.rerank_top, mode=ns.mode, hybrid=hybrid)
     start = time.perf_counter()
@@ -166,19 +159,7 @@ def register(sub: Any) -> None:
     p.add_argument("index")
     p.add_argument("query")
     p.add_argument("-k", type=int, default=10)
-    p.add_argument("--mode", default="hybrid", choices=["dense", "sparse", "multivector", "hybrid", "bm25"])
-    p.add_argument(
-        "--weights", type=weights_arg, default=None, help="dense,lexical,multivector (default 0.4,0.2,0.4)"
-    )
-    p.add_argument(
-        "--fusion", choices=["weighted", "rrf"], default=None, help="default: weighted, or rrf with BM25"
-    )
-    p.add_argument(
-        "--candidates",
-        type=candidates_arg,
-        default=50,
-        help="per-mode candidates for hybrid / multi-vector",
-    )
+    search_args(p, default_mode="hybrid")
     p.add_argument("--reranker", help="cross-encoder for a second stage")
     p.add_argument("--rerank-top", type=int, default=100)
     p.add_argument("--json", action="store_true", help="print JSON")

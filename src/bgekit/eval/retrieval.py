@@ -5,9 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-import numpy as np
+from typing import Any
 
 from bgekit.errors import InputError
 from bgekit.eval.cache import cache_key, cached_encode
@@ -15,12 +13,9 @@ from bgekit.eval.data import RetrievalDataset
 from bgekit.eval.metrics import compute_metrics
 from bgekit.io import atomic_write
 from bgekit.models import Embedder, Reranker
-from bgekit.retrieval import Bm25, HybridConfig, search
-from bgekit.types import OUTPUT_KINDS, OutputKind, Ranking
-
-Mode = Literal["dense", "sparse", "multivector", "hybrid", "bm25"]
-MODES: tuple[Mode, ...] = ("dense", "sparse", "multivector", "hybrid", "bm25")
-_SINGLE = {"dense": (1.0, 0.0, 0.0), "sparse": (0.0, 1.0, 0.0), "multivector": (0.0, 0.0, 1.0)}
+from bgekit.retrieval import Corpus, HybridConfig, available_scorers, query_outputs, search
+from bgekit.retrieval.rerank import rerank_rankings
+from bgekit.types import SEARCH_MODES, Encoded, Ranking, SearchMode
 
 Run = dict[str, dict[str, float]]
 
@@ -28,9 +23,10 @@ Run = dict[str, dict[str, float]]
 @dataclass(frozen=True, kw_only=True)
 class RetrievalEvalConfig:
     """``k`` hits per query are kept (1000: enough for Recall@1000). ``hybrid`` holds the
-    weights, candidate count and fusion for ``hybrid`` and ``multivector`` modes."""
+    weights, candidate count and fusion for ``hybrid`` and ``multivector`` modes (the same
+    search core and defaults as the index: :func:`bgekit.retrieval.search`)."""
 
-    mode: Mode = "dense"
+    mode: SearchMode = "dense"
     k: int = 1000
     hybrid: HybridConfig = field(default_factory=HybridConfig)
     rerank_top: int = 100
@@ -38,8 +34,8 @@ class RetrievalEvalConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise InputError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode not in SEARCH_MODES:
+            raise InputError(f"mode must be one of {', '.join(SEARCH_MODES)}, got {self.mode!r}")
         if self.k < 1 or self.rerank_top < 1:
             raise InputError("k and rerank_top must be at least 1")
 
@@ -64,17 +60,6 @@ class RetrievalReport:
         return asdict(self)
 
 
-def _weights(cfg: RetrievalEvalConfig) -> tuple[float, float, float]:
-    return _SINGLE.get(cfg.mode, cfg.hybrid.weights)
-
-
-def _outputs(embedder: Embedder, cfg: RetrievalEvalConfig) -> tuple[OutputKind, ...]:
-    wanted = {m for m, w in zip(OUTPUT_KINDS, _weights(cfg), strict=True) if w > 0}
-    if "multivector" in wanted and cfg.hybrid.candidates is not None:
-        wanted |= {m for m in ("dense", "sparse") if m in embedder.info.heads}  # candidate lists
-    return tuple(m for m in OUTPUT_KINDS if m in wanted)
-
-
 def to_run(dataset: RetrievalDataset, rankings: list[Ranking]) -> Run:
     """``{query id: {doc id: score}}`` for pytrec_eval."""
     ids = dataset.doc_ids
@@ -87,44 +72,36 @@ def to_run(dataset: RetrievalDataset, rankings: list[Ranking]) -> Run:
 def first_stage(
     dataset: RetrievalDataset, embedder: Embedder | None, cfg: RetrievalEvalConfig, timings: dict[str, float]
 ) -> list[Ranking]:
-    start = time.perf_counter()
-    if cfg.mode == "bm25":
-        bm25 = Bm25(dataset.docs, progress=cfg.progress)
-        timings["index"] = time.perf_counter() - start
-        start = time.perf_counter()
-        hits = bm25.search(dataset.queries, cfg.k)
-        timings["search"] = time.perf_counter() - start
-        return hits
-    if embedder is None:
+    """Encode what the mode needs (cached per model, dataset and outputs) and search."""
+    if embedder is None and cfg.mode != "bm25":
         raise InputError(f"mode {cfg.mode} needs a model")
-    outputs = _outputs(embedder, cfg)
-    for o in outputs:
-        if o not in embedder.info.heads:
-            raise InputError(f"mode {cfg.mode} needs {o} output, which {embedder.info.name} has no head for")
-    info, fp = embedder.info, dataset.fingerprint
-    docs = cached_encode(
-        cfg.cache_dir,
-        cache_key(info, dataset.name, fp, "corpus", outputs),
-        f"{dataset.name}-corpus",
-        lambda: embedder.encode(dataset.docs, kind="document", outputs=outputs),
-    )
-    timings["encode_corpus"] = time.perf_counter() - start
+    heads = embedder.info.heads if embedder is not None else ()
+    outputs = query_outputs(cfg.mode, available_scorers(heads, texts=True), cfg.hybrid)
+    docs = queries = Encoded()
     start = time.perf_counter()
-    queries = cached_encode(
-        cfg.cache_dir,
-        cache_key(info, dataset.name, fp, f"queries-{dataset.split}", outputs),
-        f"{dataset.name}-{dataset.split}-queries",
-        lambda: embedder.encode(dataset.queries, kind="query", outputs=outputs),
+    if outputs:
+        assert embedder is not None
+        info, fp = embedder.info, dataset.fingerprint
+        docs = cached_encode(
+            cfg.cache_dir,
+            cache_key(info, dataset.name, fp, "corpus", outputs),
+            f"{dataset.name}-corpus",
+            lambda: embedder.encode(dataset.docs, kind="document", outputs=outputs),
+        )
+        timings["encode_corpus"] = time.perf_counter() - start
+        start = time.perf_counter()
+        queries = cached_encode(
+            cfg.cache_dir,
+            cache_key(info, dataset.name, fp, f"queries-{dataset.split}", outputs),
+            f"{dataset.name}-{dataset.split}-queries",
+            lambda: embedder.encode(dataset.queries, kind="query", outputs=outputs),
+        )
+        timings["encode_queries"] = time.perf_counter() - start
+        start = time.perf_counter()
+    corpus = Corpus.from_encoded(docs, texts=dataset.docs)
+    hits = search(
+        corpus, queries, cfg.k, mode=cfg.mode, config=cfg.hybrid, texts=dataset.queries, progress=cfg.progress
     )
-    timings["encode_queries"] = time.perf_counter() - start
-    start = time.perf_counter()
-    hybrid = HybridConfig(
-        weights=_weights(cfg),
-        candidates=cfg.hybrid.candidates,
-        fusion=cfg.hybrid.fusion,
-        rrf_k=cfg.hybrid.rrf_k,
-    )
-    hits = search(queries, docs, cfg.k, hybrid, progress=cfg.progress)
     timings["search"] = time.perf_counter() - start
     return hits
 
@@ -132,27 +109,9 @@ def first_stage(
 def rerank_stage(
     dataset: RetrievalDataset, hits: list[Ranking], reranker: Reranker, top: int
 ) -> list[Ranking]:
-    """The ``top`` first-stage hits rescored by ``reranker``; hits below ``top`` follow in
-    their first-stage order (so Recall@1000 stays comparable between stages)."""
-    pairs = [(dataset.queries[q], dataset.docs[int(d)]) for q, r in enumerate(hits) for d in r.indices[:top]]
-    scores = reranker.score(pairs) if pairs else np.zeros(0, np.float32)
-    out = []
-    pos = 0
-    for r in hits:
-        n = min(top, len(r))
-        s = scores[pos : pos + n]
-        pos += n
-        order = np.argsort(-s, kind="stable")
-        head_idx, head_val = r.indices[:n][order], s[order]
-        tail_idx = r.indices[n:]
-        floor = float(head_val.min()) if n else 0.0
-        tail_val = floor - 1.0 - np.arange(len(tail_idx), dtype=np.float32)
-        out.append(
-            Ranking(
-                np.concatenate([head_idx, tail_idx]), np.concatenate([head_val, tail_val]).astype(np.float32)
-            )
-        )
-    return out
+    """The ``top`` first-stage hits rescored by ``reranker`` (see
+    :func:`bgekit.retrieval.rerank.rerank_rankings`: the rest follow in first-stage order)."""
+    return rerank_rankings(reranker, dataset.queries, hits, lambda qi, d: dataset.docs[d], top)
 
 
 def write_trec_run(path: Path, run: Run, name: str) -> None:
@@ -197,9 +156,10 @@ def evaluate_retrieval(
     settings: dict[str, Any] = {"k": cfg.k}
     if cfg.mode in ("hybrid", "multivector"):
         settings |= {
-            "weights": list(_weights(cfg)),
+            "weights": list(cfg.hybrid.weights),
             "candidates": cfg.hybrid.candidates,
             "fusion": cfg.hybrid.fusion,
+            "scorers": sorted({m for r in hits[:1] for m in r.modes}),
         }
     if embedder is not None and cfg.mode != "bm25":
         settings |= {

@@ -2,7 +2,8 @@
 
 from bgekit.index.documents import Chunk, Document, chunk_documents, read_source
 from bgekit.index.storage import IndexFormatError
-from bgekit.index.store import SEARCH_MODES, Index, IndexConfig, IndexInfo
+from bgekit.index.store import Index, IndexConfig, IndexInfo
+from bgekit.types import SEARCH_MODES
 
 __all__ = [
     "SEARCH_MODES",

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bgekit.errors import InputError
+from bgekit.inputs import passage_text
 from bgekit.io import iter_jsonl
 from bgekit.models.tokenizer import TextTokenizer
 from bgekit.types import Encoded, Hit, OutputKind
@@ -125,7 +126,7 @@ def chunk_documents(
 
 def encoding_text(doc: Document, chunk_text: str) -> str:
     """What gets encoded for a chunk: its document's title, then the chunk."""
-    return f"{doc.title} {chunk_text}".strip() if doc.title else chunk_text
+    return passage_text(doc.title, chunk_text)
 
 
 def encode_chunks(

@@ -3,8 +3,6 @@ searched in any mode or a hybrid of them, with deletes, incremental adds and saf
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -12,7 +10,6 @@ from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
 from bgekit.errors import InputError
 from bgekit.index import storage
@@ -25,15 +22,12 @@ from bgekit.index.documents import (
     encoding_text,
 )
 from bgekit.inputs import check_texts
-from bgekit.models import Embedder
-from bgekit.retrieval.bm25 import Bm25
-from bgekit.retrieval.exact import HybridConfig, fuse, top_k
-from bgekit.scoring import maxsim_packed, segment_rows, sparse_postings_scores
+from bgekit.models import Embedder, model_fingerprint
+from bgekit.retrieval.core import HybridConfig, query_outputs, search
+from bgekit.retrieval.corpus import Corpus, Hnsw, available_scorers
+from bgekit.scoring import segment_rows
 from bgekit.scoring.sparse import to_csr
-from bgekit.types import OUTPUT_KINDS, Encoded, Hit, OutputKind
-
-SearchMode = Literal["dense", "sparse", "multivector", "hybrid", "bm25"]
-SEARCH_MODES: tuple[SearchMode, ...] = ("dense", "sparse", "multivector", "hybrid", "bm25")
+from bgekit.types import OUTPUT_KINDS, Encoded, Hit, OutputKind, Ranking, Scorer, SearchMode
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,31 +50,6 @@ class IndexConfig:
             raise InputError(f"outputs must be from {', '.join(OUTPUT_KINDS)}, got {list(self.outputs)}")
         if self.dense_index not in ("flat", "hnsw"):
             raise InputError(f"dense_index must be 'flat' or 'hnsw', got {self.dense_index!r}")
-
-
-def model_fingerprint(embedder: Embedder) -> str:
-    """Changes when the weights, heads or encoding settings change; not when the folder moves."""
-    info = embedder.info
-    root = Path(info.path)
-    h = hashlib.sha256()
-    if (root / "config.json").is_file():
-        h.update((root / "config.json").read_bytes())
-    for name in ("colbert_linear.pt", "sparse_linear.pt"):
-        if (root / name).is_file():  # the weights, not the file bytes (torch.save adds a random id)
-            state = torch.load(root / name, map_location="cpu", weights_only=True)
-            for key in sorted(state):
-                h.update(name.encode() + key.encode() + state[key].float().numpy().tobytes())
-    for p in sorted([*root.glob("*.safetensors"), *root.glob("pytorch_model*.bin")]):
-        h.update(f"{p.name}:{p.stat().st_size}".encode())
-    settings = [
-        info.pooling,
-        info.normalize,
-        info.query_instruction,
-        info.query_max_length,
-        info.passage_max_length,
-    ]
-    h.update(json.dumps(settings).encode())
-    return h.hexdigest()[:24]
 
 
 @dataclass(frozen=True)
@@ -197,42 +166,35 @@ class Index:
 
     # -- search ---------------------------------------------------------------------------
 
-    def _faiss(self) -> Any:
-        if "faiss" not in self._cache:
-            import faiss
-
-            assert self._dense is not None
-            d = self._dense.shape[1]
-            index: Any
+    def corpus(self) -> Corpus:
+        """The chunks as the search core reads them (BM25 over ``title + " " + chunk``)."""
+        if "corpus" not in self._cache:
+            hnsw = None
             if self.config.dense_index == "hnsw":
-                index = faiss.IndexHNSWFlat(d, self.config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-                index.hnsw.efSearch = self.config.hnsw_ef_search
-            else:
-                index = faiss.IndexFlatIP(d)
-            index.add(np.ascontiguousarray(self._dense, dtype=np.float32))
-            self._cache["faiss"] = index
-        return self._cache["faiss"]
+                hnsw = Hnsw(m=self.config.hnsw_m, ef_search=self.config.hnsw_ef_search)
+            self._cache["corpus"] = Corpus(
+                dense=self._dense,
+                sparse=self._sparse,
+                multivector=self._mv,
+                multivector_offsets=self._mv_offsets if self._mv is not None else None,
+                texts=self.chunk_texts,
+                hnsw=hnsw,
+                n_rows=self.num_chunks,
+            )
+        corpus: Corpus = self._cache["corpus"]
+        return corpus
 
-    def _bm25(self) -> Bm25:
-        if "bm25" not in self._cache:
-            texts = [
-                encoding_text(self._docs[int(d)], t)
-                for d, t in zip(self._chunk_doc, self._chunk_text, strict=True)
-            ]
-            self._cache["bm25"] = Bm25(texts)
-        bm25: Bm25 = self._cache["bm25"]
-        return bm25
+    def chunk_texts(self) -> list[str]:
+        """What each chunk was encoded from: its document's title, then the chunk."""
+        return [
+            encoding_text(self._docs[int(d)], t)
+            for d, t in zip(self._chunk_doc, self._chunk_text, strict=True)
+        ]
 
-    def _postings(self) -> sp.csr_matrix:
-        """The inverted index: token -> (chunks, weights), built from the rows once."""
-        if "postings" not in self._cache:
-            assert self._sparse is not None
-            self._cache["postings"] = self._sparse.T.tocsr()
-        postings: sp.csr_matrix = self._cache["postings"]
-        return postings
-
-    def _lexical(self) -> Literal["sparse", "bm25"]:
-        return "sparse" if "sparse" in self.outputs else "bm25"
+    @property
+    def scorers(self) -> tuple[Scorer, ...]:
+        """The indexed outputs, plus BM25 over the chunk texts."""
+        return available_scorers(self.outputs, texts=True)
 
     def search(
         self,
@@ -242,23 +204,19 @@ class Index:
         mode: SearchMode = "hybrid",
         hybrid: HybridConfig | None = None,
     ) -> list[list[Hit]]:
-        """The ``k`` best documents per query (each shown with its best chunk).
-
-        ``hybrid`` mixes dense, lexical (the sparse head, or BM25 for models without one)
-        and multi-vector (when indexed) over the union of the dense and lexical top
-        ``candidates`` (50 by default). Its default fusion is the weighted sum (0.4, 0.2, 0.4) when every mode
-        is a model output, and RRF when BM25 takes part (BM25 scores are not on the same scale).
-        """
-        texts = list(queries)
-        return self.search_encoded(self.encode_queries(texts, mode), texts, k, mode=mode, hybrid=hybrid)
-
-    def encode_queries(self, queries: Sequence[str], mode: SearchMode = "hybrid") -> Encoded:
-        """The query encodings ``mode`` needs (none for BM25)."""
+        """The ``k`` best documents per query (each shown with its best chunk), searched by
+        :func:`bgekit.retrieval.search` (a hybrid is dense + lexical — the sparse head, or
+        BM25 for models without one — + multi-vector when indexed)."""
         texts = check_texts(queries, "queries")
-        modes = set(self._modes(mode))
-        if "multivector" in modes:  # its candidates come from the dense and sparse lists
-            modes |= {"dense", "sparse"}
-        wanted = tuple(o for o in self.outputs if o in modes)
+        q = self.encode_queries(texts, mode, hybrid)
+        return self.search_encoded(q, texts, k, mode=mode, hybrid=hybrid)
+
+    def encode_queries(
+        self, queries: Sequence[str], mode: SearchMode = "hybrid", hybrid: HybridConfig | None = None
+    ) -> Encoded:
+        """The query encodings a search in ``mode`` needs (none for BM25)."""
+        texts = check_texts(queries, "queries")
+        wanted = query_outputs(mode, self.scorers, hybrid)
         return self.embedder.encode(texts, kind="query", outputs=wanted) if wanted and texts else Encoded()
 
     def search_encoded(
@@ -273,77 +231,25 @@ class Index:
         """:meth:`search` for queries already encoded with :meth:`encode_queries`."""
         if k < 1:
             raise InputError(f"k must be at least 1, got {k}")
-        modes = self._modes(mode)
-        if len(self._docs) == 0 or not texts:
-            return [[] for _ in texts]
-        cfg = hybrid or HybridConfig(
-            candidates=50, fusion="rrf" if "bm25" in modes and len(modes) > 1 else "weighted"
-        )
-        slot = {"dense": 0, "sparse": 1, "bm25": 1, "multivector": 2}
-        weights = [cfg.weights[slot[m]] for m in modes]
-        if len(modes) > 1 and cfg.fusion == "weighted" and sum(weights) <= 0:
-            raise InputError("the hybrid weights give every indexed mode zero weight")
-        n_chunks = min(self.num_chunks, max(4 * k, k + 50))
-        out = []
-        for qi, text in enumerate(texts):
-            one = _QueryScorer(self, q, qi, text)
-            if len(modes) == 1:
-                m = modes[0]
-                if m == "multivector" and cfg.candidates is not None:
-                    first = [x for x in ("dense", self._lexical()) if x in self._available()]
-                    cand = np.unique(np.concatenate([one.top(x, cfg.candidates) for x in first]))
-                    scores = one.scores(m, cand)
-                    pick, vals = top_k(scores[None, :], n_chunks)
-                    rows, per_mode = cand[pick[0]], {m: vals[0]}
-                    fused = vals[0]
-                else:
-                    rows = one.top(m, n_chunks)
-                    fused = one.scores(m, rows)
-                    if m in ("sparse", "bm25"):  # sharing no term with the query is no match
-                        rows, fused = rows[fused > 0], fused[fused > 0]
-                    per_mode = {m: fused}
-            else:
-                c = self.num_chunks if cfg.candidates is None else cfg.candidates
-                first = [x for x in modes if x in ("dense", "sparse", "bm25")]
-                cand = np.unique(np.concatenate([one.top(x, min(c, self.num_chunks)) for x in first]))
-                per_cand = [one.scores(m, cand) for m in modes]
-                scores = fuse(per_cand, weights, cfg)
-                pick, _ = top_k(scores[None, :], n_chunks)
-                rows = cand[pick[0]]
-                fused = scores[pick[0]]
-                per_mode = {m: s[pick[0]] for m, s in zip(modes, per_cand, strict=True)}
-            out.append(self._collapse(rows, fused, per_mode, k))
-        return out
+        # a document may own several of the best chunks: rank more chunks than documents asked
+        rows = min(self.num_chunks, max(4 * k, k + 50)) if self.num_chunks else 1
+        rankings = search(self.corpus(), q, rows, mode=mode, config=hybrid, texts=list(texts))
+        return [self._collapse(r, k) for r in rankings]
 
-    def _available(self) -> list[str]:
-        return [*self.outputs, *(["bm25"] if "sparse" not in self.outputs else [])]
-
-    def _modes(self, mode: SearchMode) -> list[str]:
-        if mode not in SEARCH_MODES:
-            raise InputError(f"mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
-        if mode == "hybrid":
-            return [m for m in ("dense", self._lexical(), "multivector") if m in self._available()]
-        if mode != "bm25" and mode not in self.outputs:
-            raise InputError(f"this index holds no {mode} vectors (it holds: {', '.join(self.outputs)})")
-        return [mode]
-
-    def _collapse(
-        self, rows: np.ndarray, fused: np.ndarray, per_mode: dict[str, np.ndarray], k: int
-    ) -> list[Hit]:
+    def _collapse(self, ranking: Ranking, k: int) -> list[Hit]:
         """Chunk hits → document hits: each document keeps its best chunk."""
 
         def chunk_hits() -> Iterator[Hit]:
-            for j in np.argsort(-fused, kind="stable"):
-                row = int(rows[j])
+            for j, row in enumerate(ranking.indices.tolist()):
                 d = self._docs[int(self._chunk_doc[row])]
                 yield Hit(
                     id=d.id,
-                    score=float(fused[j]),
+                    score=float(ranking.scores[j]),
                     text=self._chunk_text[row],
                     title=d.title,
                     chunk=int(self._chunk_no[row]),
                     metadata=d.metadata,
-                    scores={m: float(s[j]) for m, s in per_mode.items()},
+                    scores={m: float(s[j]) for m, s in ranking.modes.items()},
                 )
 
         return best_chunk_per_document(chunk_hits(), k)
@@ -445,52 +351,3 @@ class Index:
             config=asdict(self.config),
             disk_bytes=disk,
         )
-
-
-class _QueryScorer:
-    """One query's scores against an index; full score vectors are computed once per mode."""
-
-    def __init__(self, index: Index, q: Encoded, qi: int, text: str):
-        self.index, self.q, self.qi, self.text = index, q, qi, text
-        self._full: dict[str, np.ndarray] = {}
-
-    def full(self, mode: str) -> np.ndarray:
-        """Scores against every chunk (dense, sparse postings, BM25 or exhaustive MaxSim)."""
-        if mode not in self._full:
-            ix, q, qi = self.index, self.q, self.qi
-            if mode == "dense":
-                assert q.dense is not None and ix._dense is not None
-                out = np.asarray(ix._dense @ q.dense[qi], dtype=np.float32)
-            elif mode == "sparse":
-                assert q.sparse is not None
-                out = sparse_postings_scores(ix._postings(), q.sparse[qi])
-            elif mode == "bm25":
-                out = ix._bm25().scores(self.text)
-            else:
-                assert q.multivector is not None and ix._mv is not None
-                out = maxsim_packed(q.multivector[qi], ix._mv, ix._mv_offsets, np.arange(ix.num_chunks))
-            self._full[mode] = out
-        return self._full[mode]
-
-    def top(self, mode: str, n: int) -> np.ndarray:
-        """The ``n`` best chunks; lexical modes leave out chunks sharing no term."""
-        ix, q = self.index, self.q
-        if mode == "dense" and (ix.config.dense_index == "hnsw" or ix.num_chunks > 4096):
-            assert q.dense is not None
-            _, idx = ix._faiss().search(np.ascontiguousarray(q.dense[self.qi : self.qi + 1]), n)
-            return np.asarray(idx[0][idx[0] >= 0], dtype=np.int64)
-        idx, val = top_k(self.full(mode)[None, :], n)
-        if mode in ("sparse", "bm25"):
-            return idx[0][val[0] > 0]
-        return idx[0]
-
-    def scores(self, mode: str, cand: np.ndarray) -> np.ndarray:
-        """Scores of the chunks ``cand``."""
-        if mode in self._full or mode in ("sparse", "bm25"):
-            return self.full(mode)[cand]
-        ix, q = self.index, self.q
-        if mode == "dense":
-            assert q.dense is not None and ix._dense is not None
-            return np.asarray(ix._dense[cand] @ q.dense[self.qi], dtype=np.float32)
-        assert q.multivector is not None and ix._mv is not None
-        return maxsim_packed(q.multivector[self.qi], ix._mv, ix._mv_offsets, cand)

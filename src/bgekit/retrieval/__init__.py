@@ -1,7 +1,28 @@
-"""Retrieval: exact search over encoded corpora in every mode, BM25, and hybrids."""
+"""Retrieval: the one search core over encoded rows (every mode, hybrids), BM25, and the
+retrieve → rerank stage."""
 
 from bgekit.retrieval.bm25 import Bm25
-from bgekit.retrieval.exact import HybridConfig, search, search_dense, search_sparse, top_k
+from bgekit.retrieval.core import (
+    DEFAULT_CANDIDATES,
+    HybridConfig,
+    query_outputs,
+    scorers_for,
+    search,
+    top_k,
+)
+from bgekit.retrieval.corpus import Corpus, Hnsw, available_scorers
 from bgekit.retrieval.pipeline import Pipeline
 
-__all__ = ["Bm25", "HybridConfig", "Pipeline", "search", "search_dense", "search_sparse", "top_k"]
+__all__ = [
+    "DEFAULT_CANDIDATES",
+    "Bm25",
+    "Corpus",
+    "Hnsw",
+    "HybridConfig",
+    "Pipeline",
+    "available_scorers",
+    "query_outputs",
+    "scorers_for",
+    "search",
+    "top_k",
+]

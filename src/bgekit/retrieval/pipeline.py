@@ -1,39 +1,55 @@
-"""Retrieve → rerank: the two-stage search RAG systems use."""
+"""Retrieve → rerank: the two-stage search RAG systems use (the library and ``/search``)."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from bgekit.errors import InputError
-from bgekit.retrieval.exact import HybridConfig
-from bgekit.types import Hit
+from bgekit.inputs import passage_text
+from bgekit.retrieval.core import HybridConfig
+from bgekit.retrieval.rerank import rerank_rankings
+from bgekit.types import Hit, Ranking, SearchMode
 
 if TYPE_CHECKING:
-    from bgekit.index import Index
-    from bgekit.index.store import SearchMode
     from bgekit.models import Embedder, Reranker
+
+
+class Searchable(Protocol):
+    """What a pipeline's first stage needs: an index (embedded or a vector database)."""
+
+    embedder: Embedder
+
+    def search(
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        *,
+        mode: SearchMode = "hybrid",
+        hybrid: HybridConfig | None = None,
+    ) -> list[list[Hit]]: ...
 
 
 class Pipeline:
     """Retrieve ``retrieve`` documents per query from ``index``, rescore them with
-    ``reranker`` (when given), return the best ``k``. Each hit keeps every stage's scores:
-    the index's modes, ``"retrieval"`` (the fused first-stage score) and ``"rerank"``."""
+    ``reranker`` (when given) on the text the index encoded (``title + " " + chunk``), return
+    the best ``k``. Each hit keeps every stage's scores: the index's scorers,
+    ``"retrieval"`` (the fused first-stage score) and ``"rerank"``."""
 
     def __init__(
         self,
         embedder: Embedder | None,
-        index: Index,
+        index: Searchable,
         reranker: Reranker | None = None,
         *,
         retrieve: int = 100,
         mode: SearchMode = "hybrid",
         hybrid: HybridConfig | None = None,
     ):
-        from bgekit.index.store import model_fingerprint
+        from bgekit.models import model_fingerprint
 
         if embedder is not None and model_fingerprint(embedder) != model_fingerprint(index.embedder):
             raise InputError(f"the index was built with {index.embedder.info.name}, not {embedder.info.name}")
@@ -55,21 +71,27 @@ class Pipeline:
                 [dataclasses.replace(h, scores={**h.scores, "retrieval": h.score}) for h in hits]
                 for hits in first
             ]
-        pairs = [
-            (q, f"{h.title} {h.text}".strip()) for q, hits in zip(queries, first, strict=True) for h in hits
+        rankings = [
+            Ranking(np.arange(len(hits), dtype=np.int64), np.array([h.score for h in hits], np.float32))
+            for hits in first
         ]
-        scores = self.reranker.score(pairs) if pairs else np.zeros(0, np.float32)
+        reranked = rerank_rankings(
+            self.reranker,
+            list(queries),
+            rankings,
+            lambda qi, j: passage_text(first[qi][j].title, first[qi][j].text),
+            self.retrieve,
+        )
         out = []
-        pos = 0
-        for hits in first:
-            s = scores[pos : pos + len(hits)]
-            pos += len(hits)
-            ranked = [
-                dataclasses.replace(
-                    h, score=float(v), scores={**h.scores, "retrieval": h.score, "rerank": float(v)}
+        for hits, r in zip(first, reranked, strict=True):
+            ranked = []
+            for pos, j in enumerate(r.indices[:k].tolist()):
+                h = hits[j]
+                stage = {"retrieval": h.score}
+                if not np.isnan(r.modes["rerank"][pos]):
+                    stage["rerank"] = float(r.modes["rerank"][pos])
+                ranked.append(
+                    dataclasses.replace(h, score=float(r.scores[pos]), scores={**h.scores, **stage})
                 )
-                for h, v in zip(hits, s, strict=True)
-            ]
-            ranked.sort(key=lambda h: -h.score)
-            out.append(ranked[:k])
+            out.append(ranked)
         return out

@@ -461,35 +461,21 @@ def create_app(
 
     @app.post("/search", response_model=SearchResponse, dependencies=protected)
     async def search(body: SearchRequest, request: Request) -> SearchResponse:
-        from bgekit.retrieval import HybridConfig
+        from bgekit.retrieval import HybridConfig, Pipeline
 
         if state.index is None:
             raise HTTPException(404, "this server has no index (start it with --index)")
-        if body.rerank:
-            state.need_reranker()
-        hybrid = None
-        if body.weights is not None or body.candidates is not None:
-            defaults = HybridConfig()
-            hybrid = HybridConfig(weights=body.weights or defaults.weights, candidates=body.candidates or 50)
-        index = state.index
-        k = max(body.k, body.rerank_top) if body.rerank else body.k
-        hits = (await run_in_threadpool(index.search, [body.query], k, mode=body.mode, hybrid=hybrid))[0]
-        if body.rerank and hits:
-            top = hits[: body.rerank_top]
-            scores, _ = await rerank_scores(request, body.query, [h.text for h in top])
-            order = sorted(range(len(top)), key=lambda i: (-scores[i], i))
-            hits = [
-                type(top[i])(
-                    **{
-                        **asdict(top[i]),
-                        "score": float(scores[i]),
-                        "scores": {**top[i].scores, "rerank": float(scores[i])},
-                    }
-                )
-                for i in order
-            ]
-        out = [SearchHit(**{k2: v for k2, v in asdict(h).items()}) for h in hits[: body.k]]
-        return SearchResponse(hits=out, model=index.embedder.info.name)
+        reranker = state.need_reranker() if body.rerank else None
+        defaults = HybridConfig()
+        hybrid = HybridConfig(
+            weights=body.weights or defaults.weights,
+            candidates=body.candidates or defaults.candidates,
+            fusion=body.fusion,
+        )
+        pipe = Pipeline(None, state.index, reranker, retrieve=body.rerank_top, mode=body.mode, hybrid=hybrid)
+        hits = (await run_in_threadpool(pipe.search, [body.query], body.k))[0]
+        out = [SearchHit(**{k2: v for k2, v in asdict(h).items()}) for h in hits]
+        return SearchResponse(hits=out, model=state.index.embedder.info.name)
 
     # -- service endpoints ----------------------------------------------------------------------------
 

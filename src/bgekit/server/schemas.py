@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from bgekit.types import Kind, OutputKind
+from bgekit.types import Kind, OutputKind, SearchMode
 
 Texts = str | list[str]
 
@@ -147,9 +147,10 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     query: Query
     k: int = Field(default=10, ge=1, le=1000)
-    mode: Literal["dense", "sparse", "multivector", "bm25", "hybrid"] = "hybrid"
+    mode: SearchMode = "hybrid"
     weights: tuple[float, float, float] | None = None
     candidates: int | None = Field(default=None, ge=1)
+    fusion: Literal["auto", "weighted", "rrf"] = "auto"
     rerank: bool = False
     rerank_top: int = Field(default=50, ge=1, le=1000)
 

@@ -6,22 +6,24 @@ instead of a local file/folder; nothing else changes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
 
 from bgekit.errors import InputError
 from bgekit.index.documents import Chunk, Document, best_chunk_per_document, check_documents, encode_chunks
-from bgekit.index.store import SEARCH_MODES, IndexConfig, SearchMode
+from bgekit.index.store import IndexConfig
 from bgekit.inputs import check_texts
 from bgekit.models import Embedder
-from bgekit.retrieval.exact import HybridConfig
-from bgekit.types import Encoded, Hit, OutputKind
+from bgekit.retrieval.core import HybridConfig
+from bgekit.types import SEARCH_MODES, Encoded, Hit, OutputKind, SearchMode
 
 
 class Backend(Protocol):
     """A vector database collection holding one row per chunk."""
 
     modes: tuple[str, ...]
+    fusions: tuple[str, ...]  # what its hybrid search can fuse by; the first one stands in for "auto"
 
     def create(self, outputs: tuple[OutputKind, ...], dims: dict[str, int]) -> None: ...
 
@@ -90,7 +92,12 @@ class VectorDBIndex:
         if k < 1:
             raise InputError(f"k must be at least 1, got {k}")
         texts = check_texts(queries, "queries")
-        cfg = hybrid or HybridConfig(candidates=50, fusion="rrf")
+        cfg = hybrid or HybridConfig()
+        if mode == "hybrid":
+            fusion = cfg.fusion_for(self.outputs)
+            if cfg.fusion == "auto" and fusion not in self.backend.fusions:
+                fusion = self.backend.fusions[0]  # type: ignore[assignment]
+            cfg = dataclasses.replace(cfg, fusion=fusion)
         q = self.embedder.encode(texts, kind="query", outputs=self.outputs)
         limit = max(4 * k, k + 50)
         return [

@@ -14,7 +14,7 @@ from typing import Any
 
 from bgekit.errors import BgekitError, InputError
 from bgekit.index.documents import Chunk, Document
-from bgekit.retrieval.exact import HybridConfig
+from bgekit.retrieval.core import HybridConfig
 from bgekit.types import Encoded, Hit, OutputKind, SparseVec
 
 _FIELDS = ["doc_id", "chunk", "title", "text", "metadata"]
@@ -37,6 +37,7 @@ def _in_filter(doc_ids: Sequence[str]) -> str:
 
 class MilvusBackend:
     modes = ("dense", "sparse", "hybrid")
+    fusions = ("weighted", "rrf")
 
     def __init__(self, uri: str, collection: str = "bgekit", *, token: str = "", dense_index: str = "FLAT"):
         try:

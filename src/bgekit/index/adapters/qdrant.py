@@ -16,7 +16,7 @@ from typing import Any
 
 from bgekit.errors import BgekitError, InputError
 from bgekit.index.documents import Chunk, Document
-from bgekit.retrieval.exact import HybridConfig
+from bgekit.retrieval.core import HybridConfig
 from bgekit.types import Encoded, Hit, OutputKind
 
 _NS = uuid.UUID("6f1d8a52-0c8e-4a4e-9f57-6b1a3c2e9d10")
@@ -24,6 +24,7 @@ _NS = uuid.UUID("6f1d8a52-0c8e-4a4e-9f57-6b1a3c2e9d10")
 
 class QdrantBackend:
     modes = ("dense", "sparse", "multivector", "hybrid")
+    fusions = ("rrf",)
 
     def __init__(self, location: str, collection: str = "bgekit", *, api_key: str | None = None):
         try:
@@ -137,9 +138,8 @@ class QdrantBackend:
         if mode == "multivector" and hybrid.candidates is not None:
             # rescore the dense / sparse candidates by MaxSim, as bgekit's index does
             first = [m for m in ("dense", "sparse") if m in self.outputs]
-            prefetch = [
-                models.Prefetch(query=self._query(q, qi, m), using=m, limit=hybrid.candidates) for m in first
-            ]
+            each = max(limit, hybrid.candidates)  # as the search core: at least the rows asked for
+            prefetch = [models.Prefetch(query=self._query(q, qi, m), using=m, limit=each) for m in first]
         res = self.client.query_points(
             self.collection,
             prefetch=prefetch,

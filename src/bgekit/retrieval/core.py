@@ -1,0 +1,282 @@
+"""The one search core: which scorers a mode uses, candidate selection, per-scorer scores
+(through :mod:`bgekit.scoring`) and fusion. The embedded index, evaluation and the server
+all search through :func:`search`.
+
+- ``dense``, ``sparse``, ``bm25``: every row is scored; lexical scorers leave out rows that
+  share no term with the query.
+- ``multivector`` and ``hybrid``: the union of each first-stage scorer's top
+  ``max(candidates, k)`` rows (dense and lexical: the sparse head, or BM25 when there is
+  none) is scored by every scorer in use, then fused — by the weighted sum divided by the
+  sum of the weights (BGE-M3's rule), or by reciprocal-rank fusion, the automatic choice
+  when BM25 takes part because its scores are on another scale. ``candidates=None``
+  scores every row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from bgekit.errors import InputError
+from bgekit.retrieval.corpus import Corpus
+from bgekit.scoring import (
+    dense_scores,
+    maxsim_packed,
+    reciprocal_rank_fusion,
+    sparse_postings_scores,
+    weighted_fusion,
+)
+from bgekit.types import OUTPUT_KINDS, SEARCH_MODES, Encoded, OutputKind, Ranking, Scorer, SearchMode
+
+# Candidates per first-stage scorer, measured on SciFact (benchmarks/RESULTS.md, issue 12).
+DEFAULT_CANDIDATES = 100
+# Entries of one (queries x rows) dense score block: 64 MB of float32.
+BLOCK = 1 << 24
+_SLOT = {"dense": 0, "sparse": 1, "bm25": 1, "multivector": 2}
+Fusion = Literal["auto", "weighted", "rrf"]
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the ``k`` best columns and their scores, best first (ties: lower column).
+
+    >>> idx, val = top_k(np.array([[0.1, 0.9, 0.5], [3.0, 1.0, 2.0]]), 2)
+    >>> idx.tolist(), val.tolist()
+    ([[1, 2], [0, 2]], [[0.9, 0.5], [3.0, 2.0]])
+    """
+    k = min(k, scores.shape[1])
+    if k < scores.shape[1]:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    else:
+        part = np.tile(np.arange(scores.shape[1]), (scores.shape[0], 1))
+    vals = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -vals), axis=1)
+    idx = np.take_along_axis(part, order, axis=1)
+    return idx, np.take_along_axis(vals, order, axis=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HybridConfig:
+    """How scorers are mixed. ``weights`` are (dense, lexical, multi-vector) — lexical is
+    the sparse head, or BM25 for models without one; a zero weight leaves a scorer out of a
+    hybrid. ``candidates``: rows each first-stage scorer contributes (at least ``k``);
+    ``None`` scores every row. ``fusion``: ``"weighted"``, ``"rrf"``, or ``"auto"`` (RRF
+    when BM25 takes part, else weighted)."""
+
+    weights: tuple[float, float, float] = (0.4, 0.2, 0.4)
+    candidates: int | None = DEFAULT_CANDIDATES
+    fusion: Fusion = "auto"
+    rrf_k: float = 60.0
+
+    def __post_init__(self) -> None:
+        if len(self.weights) != 3 or any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+            raise InputError(
+                f"weights must be three non-negative numbers with a positive sum, got {self.weights}"
+            )
+        if self.candidates is not None and self.candidates < 1:
+            raise InputError(f"candidates must be at least 1 (or None for all), got {self.candidates}")
+        if self.fusion not in ("auto", "weighted", "rrf"):
+            raise InputError(f"fusion must be 'auto', 'weighted' or 'rrf', got {self.fusion!r}")
+
+    def fusion_for(self, scorers: Sequence[Scorer]) -> Literal["weighted", "rrf"]:
+        if self.fusion != "auto":
+            return self.fusion
+        return "rrf" if "bm25" in scorers and len(scorers) > 1 else "weighted"
+
+
+def _lexical(available: Sequence[Scorer]) -> Scorer | None:
+    return "sparse" if "sparse" in available else "bm25" if "bm25" in available else None
+
+
+def scorers_for(mode: SearchMode, available: Sequence[Scorer], config: HybridConfig) -> list[Scorer]:
+    """The scorers ``mode`` uses on a corpus that offers ``available``."""
+    if mode not in SEARCH_MODES:
+        raise InputError(f"mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
+    if mode == "hybrid":
+        w = config.weights
+        picks = [(s, wt) for s, wt in (("dense", w[0]), (_lexical(available), w[1]), ("multivector", w[2]))]
+        scorers: list[Scorer] = [s for s, wt in picks if s is not None and s in available and wt > 0]
+        if not scorers:
+            raise InputError(
+                f"the hybrid weights {w} give every scorer this corpus has ({', '.join(available)}) zero weight"
+            )
+        return scorers
+    if mode not in available:
+        if mode == "bm25":
+            raise InputError("bm25 needs the texts of the rows (none were given)")
+        held = ", ".join(s for s in available if s != "bm25") or "no vectors"
+        raise InputError(f"this index holds no {mode} vectors (it holds: {held})")
+    return [mode]
+
+
+def _first_stage(scorers: Sequence[Scorer], available: Sequence[Scorer]) -> list[Scorer]:
+    """Scorers whose top lists make the candidates: the dense and lexical ones in use or,
+    when only MaxSim is, the dense and lexical ones the corpus has."""
+    first: list[Scorer] = [s for s in scorers if s != "multivector"]
+    if first:
+        return first
+    lexical = _lexical(available)
+    return [s for s in available if s == "dense" or s == lexical]
+
+
+def query_outputs(
+    mode: SearchMode, available: Sequence[Scorer], config: HybridConfig | None = None
+) -> tuple[OutputKind, ...]:
+    """The query encodings a search in ``mode`` needs (none for BM25 alone)."""
+    cfg = config or HybridConfig()
+    scorers = scorers_for(mode, available, cfg)
+    need = set(scorers)
+    if "multivector" in need and cfg.candidates is not None:
+        need |= set(_first_stage(scorers, available))
+    return tuple(o for o in OUTPUT_KINDS if o in need)
+
+
+class _OneQuery:
+    """One query's scores against the corpus; a scorer's full vector is computed once."""
+
+    def __init__(self, corpus: Corpus, q: Encoded, qi: int, text: str | None, dense: np.ndarray | None):
+        self.corpus, self.q, self.qi, self.text = corpus, q, qi, text
+        self._full: dict[str, np.ndarray] = {}
+        if dense is not None:
+            self._full["dense"] = np.asarray(dense, dtype=np.float32)
+
+    def full(self, scorer: Scorer) -> np.ndarray:
+        if scorer not in self._full:
+            c, q, qi = self.corpus, self.q, self.qi
+            if scorer == "dense":
+                assert q.dense is not None and c.dense is not None
+                out = dense_scores(q.dense[qi : qi + 1], c.dense)[0]
+            elif scorer == "sparse":
+                assert q.sparse is not None
+                out = sparse_postings_scores(c.postings(), q.sparse[qi])
+            elif scorer == "bm25":
+                assert self.text is not None
+                out = c.bm25().scores(self.text)
+            else:
+                out = self.at("multivector", np.arange(c.n_rows))
+            self._full[scorer] = np.asarray(out, dtype=np.float32)
+        return self._full[scorer]
+
+    def top(self, scorer: Scorer, n: int) -> np.ndarray:
+        """The ``n`` best rows; lexical scorers leave out rows sharing no term."""
+        c, q = self.corpus, self.q
+        if scorer == "dense" and c.hnsw is not None and "dense" not in self._full:
+            assert q.dense is not None
+            _, idx = c.ann().search(np.ascontiguousarray(q.dense[self.qi : self.qi + 1], dtype=np.float32), n)
+            return np.asarray(idx[0][idx[0] >= 0], dtype=np.int64)
+        idx, val = top_k(self.full(scorer)[None, :], n)
+        if scorer in ("sparse", "bm25"):
+            return idx[0][val[0] > 0]
+        return idx[0]
+
+    def at(self, scorer: Scorer, rows: np.ndarray) -> np.ndarray:
+        """Scores of ``rows``."""
+        if scorer in self._full or scorer in ("sparse", "bm25"):
+            return self.full(scorer)[rows]
+        c, q = self.corpus, self.q
+        if scorer == "dense":
+            assert q.dense is not None and c.dense is not None
+            return dense_scores(q.dense[self.qi : self.qi + 1], c.dense[rows])[0].astype(np.float32)
+        assert q.multivector is not None and c.multivector is not None and c.multivector_offsets is not None
+        return maxsim_packed(q.multivector[self.qi], c.multivector, c.multivector_offsets, rows)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one search call does for every query."""
+
+    scorers: list[Scorer]
+    first: list[Scorer]  # candidate lists (empty: a single exhaustive scorer)
+    exhaustive: bool  # a fused search over every row
+    depth: int
+    k: int
+    weights: list[float]
+    fusion: Literal["weighted", "rrf"]
+    rrf_k: float
+
+    def rank(self, one: _OneQuery) -> Ranking:
+        if not self.first and not self.exhaustive:
+            s = self.scorers[0]
+            rows = one.top(s, self.k)
+            scores = one.at(s, rows)
+            return Ranking(rows.astype(np.int64), scores, {s: scores})
+        if self.exhaustive:
+            cand = np.arange(one.corpus.n_rows, dtype=np.int64)
+        else:
+            cand = np.unique(np.concatenate([one.top(s, self.depth) for s in self.first]))
+        per = [one.at(s, cand) for s in self.scorers]
+        if len(per) == 1:
+            fused = per[0]
+        elif self.fusion == "weighted":
+            fused = weighted_fusion(per, self.weights)
+        else:
+            fused = reciprocal_rank_fusion(per, k=self.rrf_k)
+        pick, vals = top_k(np.asarray(fused, dtype=np.float32)[None, :], self.k)
+        chosen = pick[0]
+        modes: dict[str, np.ndarray] = {
+            s: p[chosen].astype(np.float32) for s, p in zip(self.scorers, per, strict=True)
+        }
+        return Ranking(cand[chosen].astype(np.int64), vals[0].astype(np.float32), modes)
+
+
+def search(
+    corpus: Corpus,
+    queries: Encoded,
+    k: int,
+    *,
+    mode: SearchMode = "hybrid",
+    config: HybridConfig | None = None,
+    texts: Sequence[str] | None = None,
+    progress: bool = False,
+) -> list[Ranking]:
+    """The ``k`` best rows of ``corpus`` per query (see the module docstring).
+
+    ``queries`` holds the encodings :func:`query_outputs` names; ``texts`` (the query
+    texts) is needed when BM25 takes part. Rankings carry every scorer's score in ``modes``.
+    """
+    cfg = config or HybridConfig()
+    if k < 1:
+        raise InputError(f"k must be at least 1, got {k}")
+    scorers = scorers_for(mode, corpus.scorers, cfg)
+    if "bm25" in scorers and texts is None:
+        raise InputError("bm25 needs the query texts")
+    n_queries = len(texts) if texts is not None else len(queries)
+    missing = [o for o in query_outputs(mode, corpus.scorers, cfg) if o not in queries.outputs]
+    if missing and n_queries:
+        raise InputError(f"the query encodings hold no {', '.join(missing)} (the {mode} search needs it)")
+    n = corpus.n_rows
+    if n == 0 or n_queries == 0:
+        return [Ranking(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in range(n_queries)]
+    single = len(scorers) == 1 and scorers[0] != "multivector"
+    first = [] if single else _first_stage(scorers, corpus.scorers)
+    plan = _Plan(
+        scorers=scorers,
+        first=first,
+        exhaustive=not single and (cfg.candidates is None or not first),
+        depth=n if cfg.candidates is None else min(n, max(cfg.candidates, k)),
+        k=k,
+        weights=[cfg.weights[_SLOT[s]] for s in scorers],
+        fusion=cfg.fusion_for(scorers),
+        rrf_k=cfg.rrf_k,
+    )
+    # Dense scores of every row, for a block of queries at a time (one matrix product).
+    ranked_by = plan.first if plan.first and not plan.exhaustive else plan.scorers
+    dense_full = "dense" in ranked_by and corpus.hnsw is None
+    step = max(1, BLOCK // n) if dense_full else n_queries
+    out: list[Ranking] = []
+    with tqdm(total=n_queries, desc="search", unit="query", disable=not progress) as bar:
+        for start in range(0, n_queries, step):
+            block = range(start, min(n_queries, start + step))
+            dense = None
+            if dense_full:
+                assert queries.dense is not None and corpus.dense is not None
+                dense = dense_scores(queries.dense[block.start : block.stop], corpus.dense)
+            for j, qi in enumerate(block):
+                text = texts[qi] if texts is not None else None
+                row = dense[j] if dense is not None else None
+                out.append(plan.rank(_OneQuery(corpus, queries, qi, text, row)))
+            bar.update(len(block))
+    return out

@@ -1,0 +1,137 @@
+"""The rows a search reads: a dense matrix, sparse rows with their inverted index, packed
+multi-vectors, and BM25 over the rows' texts — built once, derived structures cached."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from bgekit.retrieval.bm25 import Bm25
+from bgekit.scoring.sparse import to_csr
+from bgekit.types import Encoded, OutputKind, Scorer
+
+
+def available_scorers(outputs: Sequence[OutputKind], texts: bool) -> tuple[Scorer, ...]:
+    """The scorers of rows holding ``outputs`` (and their texts, for BM25), in hybrid order.
+
+    >>> available_scorers(("dense", "multivector"), texts=True)
+    ('dense', 'bm25', 'multivector')
+    """
+    have: list[Scorer] = [o for o in ("dense", "sparse") if o in outputs]
+    if texts:
+        have.append("bm25")
+    if "multivector" in outputs:
+        have.append("multivector")
+    return tuple(have)
+
+
+@dataclass(frozen=True)
+class Hnsw:
+    """Approximate dense search (faiss HNSW) instead of the exact product."""
+
+    m: int = 32
+    ef_search: int = 128
+
+
+class Corpus:
+    """Searchable rows (documents, or chunks of them). Any output may be absent; BM25 is
+    available when the rows' texts are (given as a list or a function that makes one,
+    called the first time BM25 is needed)."""
+
+    def __init__(
+        self,
+        *,
+        dense: np.ndarray | None = None,
+        sparse: sp.csr_matrix | None = None,
+        multivector: np.ndarray | None = None,
+        multivector_offsets: np.ndarray | None = None,
+        texts: Sequence[str] | Callable[[], Sequence[str]] | None = None,
+        hnsw: Hnsw | None = None,
+        n_rows: int | None = None,
+    ):
+        sizes = set()
+        if dense is not None:
+            sizes.add(int(dense.shape[0]))
+        if sparse is not None:
+            sizes.add(int(sparse.shape[0]))
+        if multivector is not None:
+            if multivector_offsets is None:
+                raise ValueError("packed multi-vectors need their offsets")
+            sizes.add(len(multivector_offsets) - 1)
+        if n_rows is not None:
+            sizes.add(n_rows)
+        if isinstance(texts, Sequence):
+            sizes.add(len(texts))
+        if len(sizes) > 1:
+            raise ValueError(f"the corpus outputs disagree on the number of rows: {sorted(sizes)}")
+        self.n_rows = sizes.pop() if sizes else 0
+        self.dense = dense
+        self.sparse = sparse
+        self.multivector = multivector
+        self.multivector_offsets = multivector_offsets
+        self._texts = texts
+        self.hnsw = hnsw
+        self._cache: dict[str, Any] = {}
+
+    @classmethod
+    def from_encoded(cls, enc: Encoded, texts: Sequence[str] | None = None) -> Corpus:
+        """Rows from one encode call (multi-vectors packed back to back)."""
+        sparse = mv = offsets = None
+        if enc.sparse is not None:
+            vocab = 1 + max((int(v.indices[-1]) for v in enc.sparse if len(v)), default=0)
+            sparse = to_csr(enc.sparse, vocab)
+        if enc.multivector is not None:
+            counts = np.array([m.shape[0] for m in enc.multivector], dtype=np.int64)
+            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            width = enc.multivector[0].shape[1] if enc.multivector else 0
+            mv = np.concatenate(enc.multivector) if enc.multivector else np.zeros((0, width), np.float32)
+        return cls(
+            dense=enc.dense,
+            sparse=sparse,
+            multivector=mv,
+            multivector_offsets=offsets,
+            texts=texts,
+            n_rows=len(enc) if enc.outputs else None,
+        )
+
+    @property
+    def scorers(self) -> tuple[Scorer, ...]:
+        """What this corpus can be scored with, in the order hybrids list them."""
+        have = [
+            o
+            for o, v in (("dense", self.dense), ("sparse", self.sparse), ("multivector", self.multivector))
+            if v is not None
+        ]
+        return available_scorers(have, self._texts is not None)  # type: ignore[arg-type]
+
+    def postings(self) -> sp.csr_matrix:
+        """The inverted index: token -> (rows, weights)."""
+        if "postings" not in self._cache:
+            assert self.sparse is not None
+            self._cache["postings"] = self.sparse.T.tocsr()
+        postings: sp.csr_matrix = self._cache["postings"]
+        return postings
+
+    def bm25(self) -> Bm25:
+        if "bm25" not in self._cache:
+            assert self._texts is not None
+            texts = self._texts() if callable(self._texts) else self._texts
+            self._cache["bm25"] = Bm25(texts)
+        bm25: Bm25 = self._cache["bm25"]
+        return bm25
+
+    def ann(self) -> Any:
+        """The faiss HNSW index over the dense rows (``hnsw`` set)."""
+        if "ann" not in self._cache:
+            import faiss
+
+            assert self.dense is not None and self.hnsw is not None
+            index = faiss.IndexHNSWFlat(self.dense.shape[1], self.hnsw.m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efSearch = self.hnsw.ef_search
+            index.add(np.ascontiguousarray(self.dense, dtype=np.float32))
+            self._cache["ann"] = index
+        return self._cache["ann"]
