@@ -111,7 +111,7 @@ def main() -> None:
     ap.add_argument("--texts", type=int, default=1000)
     ap.add_argument("--clients", default="1,8,64")
     ap.add_argument("--max-seconds", type=float, default=120)
-    ap.add_argument("--max-batch-tokens", type=int, default=16384)
+    ap.add_argument("--gather-tokens", type=int, default=16384, help="the server's --gather-tokens")
     ap.add_argument(
         "--texts-per-request", default="1", help="comma-separated; each value is a separate series"
     )
@@ -147,8 +147,8 @@ def main() -> None:
         model,
         "--port",
         str(port),
-        "--max-batch-tokens",
-        str(args.max_batch_tokens),
+        "--gather-tokens",
+        str(args.gather_tokens),
         "--device",
         "cpu",
     ]

@@ -316,7 +316,7 @@ def test_batcher_drops_a_cancelled_job_that_has_not_started() -> None:
         seen.append([s.ids[0] for s in seqs])
         return [s.ids[0] * 10 for s in seqs]
 
-    batcher: Batcher[None] = Batcher(work, max_batch_tokens=100, name="test")
+    batcher: Batcher[None] = Batcher(work, gather_tokens=100, name="test")
     batcher.start()
 
     async def main() -> tuple[list[int], list[int]]:
@@ -341,8 +341,15 @@ def test_serve_options_read_environment_variables(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("BGEKIT_MAX_BATCH_TOKENS", "4096")
     monkeypatch.setenv("BGEKIT_TRUNCATE", "true")
     monkeypatch.setenv("BGEKIT_API_KEY", "from-env")
-    ns = build_parser().parse_args(["serve", "--port", "9000"])
+    ns = build_parser().parse_args(
+        ["serve", "--port", "9000", "--gather-tokens", "512", "--max-batch-size", "8"]
+    )
     assert (ns.max_batch_tokens, ns.truncate, ns.api_key, ns.port) == (4096, True, "from-env", 9000)
+    # one meaning for max_batch_tokens: the engine's padded budget, as in every command
+    from bgekit.cli.common import engine_config
+
+    assert engine_config(ns) == EngineConfig(max_batch_tokens=4096, max_batch_size=8)
+    assert ns.gather_tokens == 512
     monkeypatch.setenv("BGEKIT_PORT", "eighty")
     from bgekit.errors import InputError
 
@@ -355,7 +362,7 @@ def test_batcher_stop_finishes_queued_work_first() -> None:
         time.sleep(0.05)
         return [s.ids[0] for s in seqs]
 
-    batcher: Batcher[None] = Batcher(work, max_batch_tokens=1, name="test")  # one job per run
+    batcher: Batcher[None] = Batcher(work, gather_tokens=1, name="test")  # one job per run
     batcher.start()
 
     async def main() -> list[list[int]]:
@@ -372,7 +379,7 @@ def test_batcher_stop_finishes_queued_work_first() -> None:
 
 
 def test_without_a_model_the_packaged_one_is_served(minilm: Path) -> None:
-    app = create_app(ServerConfig(device="cpu"))
+    app = create_app(ServerConfig(engine=EngineConfig(device="cpu")))
 
     async def main() -> httpx.Response:
         async with serving(app) as client:
@@ -380,3 +387,19 @@ def test_without_a_model_the_packaged_one_is_served(minilm: Path) -> None:
 
     info = run(main).json()
     assert Path(info["model"]["path"]) == minilm.resolve() and info["outputs"] == ["dense"]
+
+
+def test_the_served_models_run_on_the_configured_engine(bert_m3: Path, bert_reranker: Path) -> None:
+    engine = EngineConfig(device="cpu", max_batch_tokens=64, max_batch_size=3, dtype="float32")
+    app = create_app(ServerConfig(model=str(bert_m3), reranker=str(bert_reranker), engine=engine))
+
+    async def main() -> dict[str, Any]:
+        async with serving(app) as client:
+            return (await client.get("/info")).json()
+
+    info = run(main)
+    state = app.state.bgekit
+    for model in (state.embedder, state.reranker):
+        assert model.engine.config.max_batch_tokens == 64 and model.engine.config.max_batch_size == 3
+        assert model.engine.config.progress is False
+    assert info["engine"]["max_batch_tokens"] == 64 and info["limits"]["gather_tokens"] == 16384

@@ -54,6 +54,15 @@ class SparseVec:
 
 
 @dataclass(frozen=True)
+class EmbeddingRow:
+    """One input's outputs as the engine returns them (``None``: not asked for)."""
+
+    dense: np.ndarray | None = None
+    sparse: SparseVec | None = None
+    multivector: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
 class Encoded:
     """What one encode call returns; an output that was not asked for is ``None``.
 
@@ -70,6 +79,21 @@ class Encoded:
             if part is not None:
                 return len(part)
         return 0
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[EmbeddingRow], outputs: Sequence[OutputKind], dim: int = 0) -> Encoded:
+        """Stack per-input rows; ``dim`` shapes an empty dense matrix."""
+        dense = None
+        if "dense" in outputs:
+            vecs = [r.dense for r in rows if r.dense is not None]
+            dense = np.stack(vecs) if vecs else np.zeros((0, dim), np.float32)
+        return cls(
+            dense=dense,
+            sparse=[r.sparse for r in rows if r.sparse is not None] if "sparse" in outputs else None,
+            multivector=[r.multivector for r in rows if r.multivector is not None]
+            if "multivector" in outputs
+            else None,
+        )
 
     @property
     def outputs(self) -> tuple[OutputKind, ...]:

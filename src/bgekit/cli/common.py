@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bgekit.engine import DTYPES, EngineConfig
 from bgekit.errors import BgekitError
@@ -15,13 +15,30 @@ if TYPE_CHECKING:
     from bgekit.retrieval import HybridConfig
 
 
-def engine_args(p: argparse.ArgumentParser) -> None:
+Default = Callable[..., Any]
+
+
+def _given(name: str, value: Any, kind: type = str) -> Any:
+    return value
+
+
+def engine_args(p: argparse.ArgumentParser, default: Default = _given) -> None:
+    """The engine options every command that loads a model takes (``default(name, value,
+    kind)`` gives each its default: ``bgekit serve`` reads ``BGEKIT_<OPTION>``)."""
     g = p.add_argument_group("engine")
-    g.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda:0, ...")
-    g.add_argument("--devices", default="", help="comma-separated devices for data parallel (cuda:0,cuda:1)")
+    g.add_argument(
+        "--device",
+        default=default("device", "auto"),
+        help="auto (CUDA, then MPS, then CPU), cpu, cuda:0, ...",
+    )
+    g.add_argument(
+        "--devices",
+        default=default("devices", ""),
+        help="comma-separated devices for data parallel (cuda:0,cuda:1)",
+    )
     g.add_argument(
         "--dtype",
-        default="auto",
+        default=default("dtype", "auto"),
         choices=DTYPES,
         help="auto: fp16 on CUDA; on CPUs with AMX-BF16/AVX512-BF16 bf16 matmuls checked against "
         "fp32 at load, else fp32. float32: exact. int8: quantised linear layers (CPU)",
@@ -29,10 +46,21 @@ def engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--max-batch-tokens",
         type=int,
-        default=None,
-        help="padded tokens per batch (default: 2048 on CPU, 16384 on GPU)",
+        default=default("max_batch_tokens", None, int),
+        help="padded tokens per forward batch (default: 2048 on CPU, 16384 on GPU)",
     )
-    g.add_argument("--max-batch-size", type=int, default=256, help="inputs per batch at most")
+    g.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=default("max_batch_size", 256, int),
+        help="inputs per batch at most",
+    )
+    g.add_argument(
+        "--backend",
+        default=default("backend", "auto"),
+        choices=["auto", "transformers"],
+        help="auto: bgekit's packed forward for BERT / XLM-R; transformers: always transformers' own",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -43,6 +71,7 @@ def engine_config(ns: argparse.Namespace) -> EngineConfig:
         dtype=ns.dtype,
         max_batch_tokens=ns.max_batch_tokens,
         max_batch_size=ns.max_batch_size,
+        backend=ns.backend,
         progress=False if ns.no_progress else None,
     )
 

@@ -40,7 +40,7 @@ def cmd_build(ns: argparse.Namespace) -> int:
 def cmd_add(ns: argparse.Namespace) -> int:
     from bgekit.index import Index, read_source
 
-    index = Index.load(ns.index, mmap=False)
+    index = Index.load(ns.index, mmap=False, engine=engine_config(ns))
     docs = read_source(ns.source)
     start = time.perf_counter()
     chunks = index.add(docs)
@@ -94,7 +94,7 @@ def cmd_search(ns: argparse.Namespace) -> int:
         raise InputError("the query is empty")
     if ns.k < 1:
         raise InputError(f"-k must be at least 1, got {ns.k}")
-    index = Index.load(ns.index)
+    index = Index.load(ns.index, engine=engine_config(ns))
     hybrid = hybrid_config(ns)
     reranker = Reranker.from_pretrained(ns.reranker, engine=engine_config(ns)) if ns.reranker else None
     pipe = Pipeline(None, index, reranker, retrieve=ns.rerank_top, mode=ns.mode, hybrid=hybrid)
@@ -148,6 +148,7 @@ def register(sub: Any) -> None:
     p = ixsub.add_parser("add", help="add documents to an index (same model)")
     p.add_argument("source")
     p.add_argument("--index", required=True)
+    engine_args(p)
     p.set_defaults(func=cmd_add)
 
     p = ixsub.add_parser("info", help="counts, model, outputs and sizes on disk")

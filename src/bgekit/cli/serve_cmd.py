@@ -1,5 +1,6 @@
 """``bgekit serve``: every option also reads ``BGEKIT_<OPTION>`` from the environment
-(e.g. ``BGEKIT_API_KEY``, ``BGEKIT_MAX_BATCH_TOKENS``); a command-line value wins."""
+(e.g. ``BGEKIT_API_KEY``, ``BGEKIT_MAX_BATCH_TOKENS``); a command-line value wins. The
+engine options are the ones every command takes."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import argparse
 import os
 from typing import Any
 
-from bgekit.engine import DTYPES
+from bgekit.cli.common import engine_args, engine_config
 from bgekit.errors import InputError
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -40,13 +41,12 @@ def cmd_serve(ns: argparse.Namespace) -> int:
         host=ns.host,
         port=ns.port,
         api_key=ns.api_key,
-        max_batch_tokens=ns.max_batch_tokens,
+        gather_tokens=ns.gather_tokens,
         max_concurrent_requests=ns.max_concurrent_requests,
         max_input_tokens=ns.max_input_tokens,
         truncate=ns.truncate,
         max_inputs_per_request=ns.max_inputs_per_request,
-        device=ns.device,
-        dtype=ns.dtype,
+        engine=engine_config(ns),
     )
     app = create_app(config)
     uvicorn.run(app, host=config.host, port=config.port, log_level=ns.log_level, timeout_graceful_shutdown=30)
@@ -66,10 +66,10 @@ def register(sub: Any) -> None:
     p.add_argument("--port", type=int, default=_env("port", 8080, int))
     p.add_argument("--api-key", default=_env("api_key", None), help="require 'Authorization: Bearer KEY'")
     p.add_argument(
-        "--max-batch-tokens",
+        "--gather-tokens",
         type=int,
-        default=_env("max_batch_tokens", 16384, int),
-        help="tokens grouped into one model run",
+        default=_env("gather_tokens", 16384, int),
+        help="tokens of queued requests gathered into one engine run",
     )
     p.add_argument(
         "--max-concurrent-requests",
@@ -90,8 +90,7 @@ def register(sub: Any) -> None:
         help="cut inputs over the limit instead of answering 413",
     )
     p.add_argument("--max-inputs-per-request", type=int, default=_env("max_inputs_per_request", 2048, int))
-    p.add_argument("--device", default=_env("device", "auto"))
-    p.add_argument("--dtype", default=_env("dtype", "auto"), choices=DTYPES)
+    engine_args(p, _env)
     p.add_argument(
         "--log-level", default=_env("log_level", "info"), choices=["debug", "info", "warning", "error"]
     )

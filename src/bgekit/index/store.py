@@ -11,6 +11,7 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse as sp
 
+from bgekit.engine import EngineConfig
 from bgekit.errors import InputError
 from bgekit.index import storage
 from bgekit.index.documents import (
@@ -298,15 +299,22 @@ class Index:
         return dims
 
     @classmethod
-    def load(cls, path: str | Path, embedder: Embedder | None = None, *, mmap: bool = True) -> Index:
-        """Open a saved index. Without ``embedder`` the recorded model is loaded; with one,
-        it must be the model the index was built with."""
+    def load(
+        cls,
+        path: str | Path,
+        embedder: Embedder | None = None,
+        *,
+        mmap: bool = True,
+        engine: EngineConfig | None = None,
+    ) -> Index:
+        """Open a saved index. Without ``embedder`` the recorded model is loaded (on
+        ``engine``); with one, it must be the model the index was built with."""
         root = Path(path)
         manifest = storage.read_manifest(root)
         recorded = manifest["model"]
         if embedder is None:
             source = recorded["path"] if Path(recorded["path"]).is_dir() else recorded["name"]
-            embedder = Embedder.from_pretrained(source)
+            embedder = Embedder.from_pretrained(source, engine=engine)
         if model_fingerprint(embedder) != recorded["fingerprint"]:
             raise InputError(
                 f"{root} was built with {recorded['name']}; {embedder.info.name} is a different model "

@@ -13,7 +13,7 @@ from bgekit.engine import EngineConfig
 from bgekit.errors import InputError, MissingHeadError, ModelFormatError
 from bgekit.inputs import check_pairs, check_texts
 from bgekit.models.backbones import make_backbone
-from bgekit.models.heads import POOLINGS, EmbedRunner, EncoderWithHeads, Row, load_linear
+from bgekit.models.heads import POOLINGS, EmbedRunner, EncoderWithHeads, load_linear
 from bgekit.models.loading import read_folder, resolve_model_dir
 from bgekit.models.registry import DECODER_TYPES, LLM_FORMAT, PREFIX_FORMAT, lookup
 from bgekit.models.runtime import LoadedModel, load_transformers_model
@@ -24,7 +24,17 @@ from bgekit.scoring import (
     sparse_pair_scores,
     weighted_fusion,
 )
-from bgekit.types import KINDS, OUTPUT_KINDS, Encoded, Kind, ModelInfo, OutputKind, PairScores, TokenSeq
+from bgekit.types import (
+    KINDS,
+    OUTPUT_KINDS,
+    EmbeddingRow,
+    Encoded,
+    Kind,
+    ModelInfo,
+    OutputKind,
+    PairScores,
+    TokenSeq,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,7 +178,9 @@ class Embedder(LoadedModel):
 
     # -- encoding -------------------------------------------------------------------------
 
-    def _check_outputs(self, outputs: Sequence[str]) -> tuple[OutputKind, ...]:
+    def check_outputs(self, outputs: Sequence[str]) -> tuple[OutputKind, ...]:
+        """``outputs`` in canonical order, or an error naming an unknown kind or a missing head
+        (the one check every entry point runs: library calls, CLI, HTTP)."""
         if isinstance(outputs, str):
             outputs = (outputs,)
         wanted = tuple(dict.fromkeys(outputs))
@@ -194,7 +206,7 @@ class Embedder(LoadedModel):
         instruction: str | None = None,
     ) -> Encoded:
         """Encode texts; queries get the query instruction (or ``instruction``) prefixed."""
-        wanted = self._check_outputs(outputs)
+        wanted = self.check_outputs(outputs)
         seqs = self.tokenize(texts, kind=kind, instruction=instruction)
         cut = sum(s.truncated for s in seqs)
         if cut:
@@ -244,13 +256,17 @@ class Embedder(LoadedModel):
         self, seqs: Sequence[TokenSeq], *, outputs: Sequence[OutputKind] = ("dense",)
     ) -> Encoded:
         """Encode already tokenised inputs (from :meth:`tokenize`) in one engine run."""
-        wanted = self._check_outputs(outputs)
+        wanted = self.check_outputs(outputs)
+        return Encoded.from_rows(self.encode_rows(seqs, outputs=wanted), wanted, self.info.hidden_size)
+
+    def encode_rows(
+        self, seqs: Sequence[TokenSeq], *, outputs: Sequence[OutputKind] = ("dense",)
+    ) -> list[EmbeddingRow]:
+        """One row per tokenised input, as the engine returns them (the server hands each
+        request its own rows)."""
+        wanted = self.check_outputs(outputs)
         if not seqs:
-            return Encoded(
-                dense=np.zeros((0, self.info.hidden_size), np.float32) if "dense" in wanted else None,
-                sparse=[] if "sparse" in wanted else None,
-                multivector=[] if "multivector" in wanted else None,
-            )
+            return []
         runners = [
             EmbedRunner(
                 cast(EncoderWithHeads, model),
@@ -262,12 +278,8 @@ class Embedder(LoadedModel):
             )
             for model, device in self._replicas
         ]
-        rows: list[Row] = self.engine.run(list(seqs), runners, pad_id=self.tokenizer.pad_id)
-        return Encoded(
-            dense=np.stack([r.dense for r in rows]) if "dense" in wanted else None,  # type: ignore[misc]
-            sparse=[r.sparse for r in rows] if "sparse" in wanted else None,  # type: ignore[misc]
-            multivector=[r.multivector for r in rows] if "multivector" in wanted else None,  # type: ignore[misc]
-        )
+        rows: list[EmbeddingRow] = self.engine.run(list(seqs), runners, pad_id=self.tokenizer.pad_id)
+        return rows
 
     def encode_queries(
         self,

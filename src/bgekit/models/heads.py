@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from torch import nn
 
 from bgekit.engine import TokenBatch
 from bgekit.errors import ModelFormatError
-from bgekit.types import OutputKind, SparseVec
+from bgekit.types import EmbeddingRow, OutputKind, SparseVec
 
 POOLINGS = ("cls", "mean", "last_token")
 
@@ -55,15 +54,6 @@ def pool(hidden: torch.Tensor, batch: TokenBatch, pooling: str) -> torch.Tensor:
     raise ModelFormatError(f"unknown pooling {pooling!r}; bgekit supports {', '.join(POOLINGS)}")
 
 
-@dataclass(frozen=True)
-class Row:
-    """One input's outputs as they leave the engine."""
-
-    dense: np.ndarray | None
-    sparse: SparseVec | None
-    multivector: np.ndarray | None
-
-
 def sparse_rows(
     weights: np.ndarray, input_ids: np.ndarray, lengths: np.ndarray, special_ids: frozenset[int]
 ) -> list[SparseVec]:
@@ -102,7 +92,7 @@ class EncoderWithHeads(nn.Module):
 
 
 class EmbedRunner:
-    """Runs one replica and turns hidden states into :class:`Row` values."""
+    """Runs one replica and turns hidden states into :class:`EmbeddingRow` values."""
 
     def __init__(
         self,
@@ -125,7 +115,7 @@ class EmbedRunner:
     def device(self) -> torch.device:
         return self._device
 
-    def __call__(self, batch: TokenBatch) -> list[Row]:
+    def __call__(self, batch: TokenBatch) -> list[EmbeddingRow]:
         hidden = self.model.hidden(batch)
         n = hidden.shape[0]
         lengths = batch.lengths.numpy()
@@ -157,4 +147,4 @@ class EmbedRunner:
             vecs = F.normalize(vecs, dim=-1).float().cpu().numpy()
             # Positions after the first (CLS), up to and including the end token.
             multi = [vecs[i, : lengths[i] - 1].copy() for i in range(n)]
-        return [Row(d, s, m) for d, s, m in zip(dense, sparse, multi, strict=True)]
+        return [EmbeddingRow(d, s, m) for d, s, m in zip(dense, sparse, multi, strict=True)]

@@ -1,6 +1,6 @@
 """Pure, vectorised scoring functions for every retrieval mode."""
 
-from bgekit.scoring.dense import dense_pair_scores, dense_scores
+from bgekit.scoring.dense import dense_pair_scores, dense_scores, truncate_dimensions
 from bgekit.scoring.fusion import reciprocal_rank_fusion, weighted_fusion
 from bgekit.scoring.maxsim import maxsim_packed, maxsim_pair_scores, maxsim_scores
 from bgekit.scoring.segments import segment_rows
@@ -18,5 +18,6 @@ __all__ = [
     "sparse_postings_scores",
     "sparse_scores",
     "to_csr",
+    "truncate_dimensions",
     "weighted_fusion",
 ]

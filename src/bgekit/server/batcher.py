@@ -1,7 +1,7 @@
 """The request batcher: concurrent requests' token sequences are queued and run together.
 
 Handlers tokenise their input and ``await submit(...)``. One worker thread takes queued
-jobs in arrival order until their tokens reach ``max_batch_tokens`` (always at least one
+jobs in arrival order until their tokens reach ``gather_tokens`` (always at least one
 job), runs them as one call of the model's engine (which plans its own padded batches),
 and hands each job exactly its own rows back on the event loop. A job whose client went
 away before its turn is dropped unrun.
@@ -55,14 +55,14 @@ class Batcher(Generic[Opt]):
         self,
         run: Callable[[list[TokenSeq], list[Opt]], Sequence[Any]],
         *,
-        max_batch_tokens: int,
+        gather_tokens: int,
         name: str,
         on_batch: Callable[[BatchStats], None] | None = None,
     ):
-        if max_batch_tokens < 1:
-            raise ValueError("max_batch_tokens must be at least 1")
+        if gather_tokens < 1:
+            raise ValueError("gather_tokens must be at least 1")
         self._run = run
-        self.max_batch_tokens = max_batch_tokens
+        self.gather_tokens = gather_tokens
         self.name = name
         self._on_batch = on_batch
         self._queue: deque[_Job[Opt]] = deque()
@@ -117,7 +117,7 @@ class Batcher(Generic[Opt]):
                 if job.future.cancelled():
                     self._queue.popleft()
                     continue
-                if jobs and tokens + job.tokens > self.max_batch_tokens:
+                if jobs and tokens + job.tokens > self.gather_tokens:
                     break
                 jobs.append(self._queue.popleft())
                 tokens += job.tokens

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
+from bgekit.engine import EngineConfig
 from bgekit.errors import InputError
 
 
@@ -11,10 +13,13 @@ from bgekit.errors import InputError
 class ServerConfig:
     """What ``bgekit serve`` runs and its limits.
 
-    ``max_batch_tokens``: tokens the batcher hands to the model per run (requests are
-    grouped up to it). ``max_concurrent_requests``: requests in flight before new ones get
-    429. ``max_input_tokens``: the longest input accepted (default: the model's limit);
-    a longer one gets 413, or is cut to it when ``truncate``.
+    ``engine`` is the one :class:`bgekit.EngineConfig` every served model runs on, with the
+    meaning it has everywhere (``max_batch_tokens``: the padded-token budget of one forward
+    batch); the server turns its progress bar off. ``gather_tokens``: tokens of queued requests gathered into one
+    engine run (which then pads them in batches by length). ``max_concurrent_requests``:
+    requests in flight before new ones get 429. ``max_input_tokens``: the longest input
+    accepted (default: the model's limit); a longer one gets 413, or is cut to it when
+    ``truncate``.
     """
 
     model: str | None = None
@@ -23,16 +28,15 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     api_key: str | None = None
-    max_batch_tokens: int = 16384
+    gather_tokens: int = 16384
     max_concurrent_requests: int = 512
     max_input_tokens: int | None = None
     truncate: bool = False
     max_inputs_per_request: int = 2048
-    device: str = "auto"
-    dtype: str = "auto"
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_tokens", "max_concurrent_requests", "max_inputs_per_request"):
+        for name in ("gather_tokens", "max_concurrent_requests", "max_inputs_per_request"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_input_tokens is not None and self.max_input_tokens < 3:
@@ -41,3 +45,7 @@ class ServerConfig:
             raise InputError(f"port must be in 0..65535, got {self.port}")
         if self.api_key is not None and not self.api_key.strip():
             raise InputError("api_key is empty; leave it unset to serve without a key")
+
+    def served_engine(self) -> EngineConfig:
+        """``engine`` as the served models run it (no progress bar)."""
+        return dataclasses.replace(self.engine, progress=False)

@@ -1,0 +1,145 @@
+"""What a running server holds: its models, their request batchers and its counters."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from starlette.exceptions import HTTPException
+
+from bgekit.server.batcher import Batcher
+from bgekit.server.config import ServerConfig
+from bgekit.server.metrics import Metrics
+from bgekit.types import OUTPUT_KINDS, EmbeddingRow, OutputKind, TokenSeq
+
+if TYPE_CHECKING:
+    from bgekit.index import Index
+    from bgekit.models import Embedder, Reranker
+
+logger = logging.getLogger(__name__)
+
+
+class ServerState:
+    """The models, their batchers and the server's counters."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        embedder: Embedder | None,
+        reranker: Reranker | None,
+        index: Index | None,
+    ):
+        self.config = config
+        self.embedder = embedder
+        self.reranker = reranker
+        self.index = index
+        self.metrics = Metrics()
+        self.ready = False
+        self.in_flight = 0
+        self.embed_batcher: Batcher[frozenset[OutputKind]] | None = None
+        self.rerank_batcher: Batcher[None] | None = None
+
+    # -- start and stop ------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load what the config names and was not passed in (runs once, at start-up), every
+        model on the engine the config describes."""
+        from bgekit.models import Embedder, EmbedderSettings, Reranker
+
+        cfg = self.config
+        engine = cfg.served_engine()
+        limit = cfg.max_input_tokens
+        if self.index is None and cfg.index and self.embedder is None and not cfg.model:
+            from bgekit.index import Index
+
+            self.index = Index.load(cfg.index, engine=engine)  # the model the index was built with
+            self.embedder = self.index.embedder
+        # With nothing named or passed in, the packaged model is served (as `bgekit serve` says).
+        nothing = not cfg.reranker and self.reranker is None
+        if self.embedder is None and (cfg.model or nothing):
+            from bgekit.models.packaged import packaged_model_dir
+
+            settings = EmbedderSettings(query_max_length=limit, passage_max_length=limit)
+            name = cfg.model or str(packaged_model_dir())
+            self.embedder = Embedder.from_pretrained(name, settings=settings, engine=engine)
+        if self.reranker is None and cfg.reranker:
+            self.reranker = Reranker.from_pretrained(cfg.reranker, max_length=limit, engine=engine)
+        if self.index is None and cfg.index:
+            from bgekit.index import Index
+
+            self.index = Index.load(cfg.index, self.embedder)
+
+    def start(self) -> None:
+        budget = self.config.gather_tokens
+        if self.embedder is not None:
+            self.embed_batcher = Batcher(
+                self._run_embed,
+                gather_tokens=budget,
+                name="embedder",
+                on_batch=self.metrics.batch_observer("embedder"),
+            )
+            self.embed_batcher.start()
+        if self.reranker is not None:
+            self.rerank_batcher = Batcher(
+                self._run_rerank,
+                gather_tokens=budget,
+                name="reranker",
+                on_batch=self.metrics.batch_observer("reranker"),
+            )
+            self.rerank_batcher.start()
+
+    def stop(self) -> None:
+        for b in (self.embed_batcher, self.rerank_batcher):
+            if b is not None:
+                b.stop()
+
+    async def warm_up(self) -> None:
+        """One tiny request through every model, so the first client does not pay for it."""
+        if self.embedder is not None and self.embed_batcher is not None:
+            seqs = self.embedder.tokenize(["warm up"])
+            await self.embed_batcher.submit(seqs, frozenset(self.embedder.info.heads))
+        if self.reranker is not None and self.rerank_batcher is not None:
+            await self.rerank_batcher.submit(self.reranker.tokenize([("warm", "up")]), None)
+
+    # -- model runs (on the batcher threads) ---------------------------------------------
+
+    def _run_embed(self, seqs: list[TokenSeq], options: list[frozenset[OutputKind]]) -> list[EmbeddingRow]:
+        """One engine run for every queued request: the union of the outputs they asked for
+        (each was checked before it was queued); each request keeps only its own."""
+        assert self.embedder is not None
+        wanted = set().union(*options)
+        return self.embedder.encode_rows(seqs, outputs=tuple(o for o in OUTPUT_KINDS if o in wanted))
+
+    def _run_rerank(self, seqs: list[TokenSeq], options: list[None]) -> list[float]:
+        assert self.reranker is not None
+        return self.reranker.score_tokens(seqs).tolist()
+
+    # -- helpers for the handlers --------------------------------------------------------
+
+    def need_embedder(self) -> Embedder:
+        if self.embedder is None:
+            raise HTTPException(404, "this server runs no embedder")
+        return self.embedder
+
+    def need_reranker(self) -> Reranker:
+        if self.reranker is None:
+            raise HTTPException(404, "this server runs no reranker (start it with --reranker)")
+        return self.reranker
+
+    def check_lengths(self, seqs: Sequence[TokenSeq], limit: int, what: str) -> None:
+        if self.config.truncate:
+            return
+        for i, s in enumerate(seqs):
+            if s.truncated:
+                raise HTTPException(
+                    413,
+                    f"{what} {i} is longer than {limit} tokens (the server is set to refuse, not truncate)",
+                )
+
+    def check_count(self, n: int, field: str) -> None:
+        if n > self.config.max_inputs_per_request:
+            raise HTTPException(
+                413,
+                f"{field} holds {n} items; this server takes at most {self.config.max_inputs_per_request}",
+            )
