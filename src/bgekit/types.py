@@ -181,7 +181,14 @@ class TokenSeq:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a loaded model is and how bgekit will run it."""
+    """What a loaded model is and how bgekit will run it.
+
+    Embedders: a query holds at most ``query_max_length`` tokens, a passage
+    ``passage_max_length``. Rerankers: a (query, passage) pair holds at most
+    ``pair_max_length`` tokens, the query at most ``query_max_length``, and the passage is
+    cut to fit (``passage_max_length`` is then the same as ``pair_max_length``: the most a
+    passage can get, next to a short query).
+    """
 
     name: str
     path: str
@@ -198,6 +205,7 @@ class ModelInfo:
     multivector_dim: int | None = None
     known_as: str | None = None
     query_format: str = "{}{}"
+    pair_max_length: int | None = None
 
     def describe(self) -> Iterator[tuple[str, str]]:
         """Readable (label, value) rows, for ``bgekit info``."""
@@ -228,7 +236,7 @@ class ModelInfo:
             yield (
                 "max length",
                 (
-                    f"{self.passage_max_length} tokens per pair; the query keeps at most "
+                    f"{self.pair_max_length} tokens per pair; the query keeps at most "
                     f"{self.query_max_length}, the passage is truncated to fit"
                 ),
             )

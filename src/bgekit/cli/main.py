@@ -31,9 +31,9 @@ def cmd_encode(ns: argparse.Namespace) -> int:
 
 
 def cmd_info(ns: argparse.Namespace) -> int:
-    from bgekit.models.llm_reranker import reranker_kind
     from bgekit.models.loading import read_folder, resolve_model_dir
     from bgekit.models.registry import lookup
+    from bgekit.models.reranker import reranker_variant
 
     name = model_path(ns.model)
     path = resolve_model_dir(name)
@@ -44,7 +44,7 @@ def cmd_info(ns: argparse.Namespace) -> int:
 
     engine = engine_config(ns)
     model: LoadedModel
-    if meta.is_cross_encoder or reranker_kind(meta, known[1].reranker_kind if known else None) is not None:
+    if reranker_variant(meta, known[1].reranker_variant if known else None) is not None:
         from bgekit.models import Reranker
 
         model = Reranker.from_pretrained(name, engine=engine)

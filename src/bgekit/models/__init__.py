@@ -4,6 +4,14 @@ from bgekit.models.embedder import Embedder, EmbedderSettings
 from bgekit.models.fingerprint import model_fingerprint
 from bgekit.models.llm_reranker import LLMReranker
 from bgekit.models.registry import KNOWN_MODELS
-from bgekit.models.reranker import Reranker
+from bgekit.models.reranker import Reranker, load_reranker
 
-__all__ = ["KNOWN_MODELS", "Embedder", "EmbedderSettings", "LLMReranker", "Reranker", "model_fingerprint"]
+__all__ = [
+    "KNOWN_MODELS",
+    "Embedder",
+    "EmbedderSettings",
+    "LLMReranker",
+    "Reranker",
+    "load_reranker",
+    "model_fingerprint",
+]

@@ -9,10 +9,9 @@ logit (yes/no), or a per-layer head on the final-normed hidden state after ``c``
 layers (layer-wise). Token segments (query+separator / passage / separator+prompt) travel
 as the token type ids of each sequence, so batches carry them through the engine.
 
-The backbones are transformers' own decoder layers: Gemma / Gemma-2 / Llama-family models
-load as they are; MiniCPM (which transformers lacks) is a Llama whose embedding and residual
-scalings (``scale_emb``, ``scale_depth / sqrt(layers)``) are folded into the embedding and
-output-projection weights, which is exact; the lightweight checkpoint is a Gemma-2.
+The backbones are transformers' own decoder layers (:mod:`bgekit.models.llm_checkpoints`
+loads them). The two scorers are :class:`YesNoScorer` and :class:`LayerwiseScorer` (the
+lightweight model is a layer-wise scorer that also compresses passage tokens).
 """
 
 from __future__ import annotations
@@ -32,12 +31,12 @@ from bgekit.engine.device import MatmulKind
 from bgekit.errors import InputError, ModelFormatError
 from bgekit.inputs import check_pairs
 from bgekit.models.kernels import patch_linears
+from bgekit.models.llm_checkpoints import costwise_as_gemma2, minicpm_as_llama, yes_no_model
 from bgekit.models.loading import FolderMeta
-from bgekit.models.registry import RerankerKind
-from bgekit.models.reranker import Reranker, reranker_info
-from bgekit.models.runtime import quiet_hf_bars
+from bgekit.models.registry import RerankerVariant
+from bgekit.models.reranker import Reranker, register_reranker_builder
 from bgekit.models.tokenizer import TextTokenizer
-from bgekit.types import TokenSeq
+from bgekit.types import ModelInfo, TokenSeq
 
 YES_NO_PROMPT = (
     "Given a query A and a passage B, determine whether the passage contains an answer to the query "
@@ -135,51 +134,19 @@ class ScoreSettings:
     compress_layers: tuple[int, ...] = ()
 
 
-class DecoderScorer(nn.Module):
-    """Runs a transformers decoder layer by layer: records the final-normed state at the
-    requested cutoff layers, stops after the deepest one, and compresses passage tokens
-    before the layers in ``compress_layers`` (lightweight)."""
+class _DecoderScorer(nn.Module):
+    """A transformers decoder and the cap on its scores; switchable CPU kernels (FastPath)."""
 
-    def __init__(
-        self,
-        base: nn.Module,
-        kind: RerankerKind,
-        *,
-        yes_row: torch.Tensor | None = None,
-        heads: torch.Tensor | None = None,
-        start_layer: int = 0,
-        layer_sep: int = 1,
-        softcap: float | None = None,
-    ):
+    layerwise = False
+    compresses = False
+
+    def __init__(self, base: nn.Module, softcap: float | None):
         super().__init__()
         self.base = base
-        self.kind = kind
-        self.yes_row = nn.Parameter(yes_row, requires_grad=False) if yes_row is not None else None
-        self.heads = nn.Parameter(heads, requires_grad=False) if heads is not None else None
-        self.start_layer = start_layer
-        self.layer_sep = layer_sep
         self.softcap = softcap
-
-    @property
-    def num_layers(self) -> int:
-        return int(getattr(self.base, "config").num_hidden_layers)  # noqa: B009
-
-    def allowed_cutoffs(self) -> list[int]:
-        return list(range(self.start_layer, self.num_layers + 1, self.layer_sep))
 
     def _cap(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(x / self.softcap) * self.softcap if self.softcap else x
-
-    def forward(
-        self, batch: TokenBatch, settings: ScoreSettings | None = None, counter: FlopCounter | None = None
-    ) -> torch.Tensor:
-        """``(rows, outputs)``: one score per requested layer (ascending), or the Yes logit.
-        ``counter`` adds up the decoder FLOPs the layer loop spends."""
-        if batch.padding_side != "right":
-            raise ModelFormatError("LLM rerankers run on right-padded batches")
-        if self.kind == "llm":
-            return self._yes_no(batch)
-        return self._layerwise(batch, settings or ScoreSettings(), counter)
 
     def set_matmul(self, kind: MatmulKind) -> int:
         return patch_linears(self.base, kind)
@@ -188,17 +155,71 @@ class DecoderScorer(nn.Module):
         base: Any = self.base
         return base(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
 
-    def _yes_no(self, batch: TokenBatch) -> torch.Tensor:
-        assert self.yes_row is not None
-        base: Any = self.base
-        hidden = base(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+
+class YesNoScorer(_DecoderScorer):
+    """The "Yes" logit at the last real token (bge-reranker-v2-gemma, any causal LM): only
+    that row of the LM head is computed."""
+
+    def __init__(self, base: nn.Module, yes_row: torch.Tensor, softcap: float | None = None):
+        super().__init__(base, softcap)
+        self.yes_row = nn.Parameter(yes_row, requires_grad=False)
+
+    def forward(
+        self, batch: TokenBatch, settings: ScoreSettings | None = None, counter: FlopCounter | None = None
+    ) -> torch.Tensor:
+        """``(rows, 1)``: the Yes logit."""
+        if batch.padding_side != "right":
+            raise ModelFormatError("LLM rerankers run on right-padded batches")
+        hidden = self.hidden(batch)
         last = hidden[torch.arange(hidden.shape[0]), batch.lengths.to(hidden.device) - 1]
         return self._cap(last @ self.yes_row)[:, None]
 
-    def _layerwise(
-        self, batch: TokenBatch, settings: ScoreSettings, counter: FlopCounter | None
+
+class LayerwiseScorer(_DecoderScorer):
+    """Runs the decoder layer by layer: records the final-normed state at the requested
+    cutoff layers, stops after the deepest one, and — when ``compresses`` (the lightweight
+    model) — mean-pools passage tokens before the layers in ``compress_layers``.
+
+    ``head_per_request``: the reference reads head ``c - start_layer`` for cutoff ``c``
+    (layer-wise MiniCPM) but, for the lightweight model, the i-th head for the i-th
+    requested layer; published scores depend on it."""
+
+    layerwise = True
+
+    def __init__(
+        self,
+        base: nn.Module,
+        heads: torch.Tensor,
+        *,
+        start_layer: int,
+        layer_sep: int = 1,
+        softcap: float | None = None,
+        compresses: bool = False,
+        head_per_request: bool = False,
+    ):
+        super().__init__(base, softcap)
+        self.heads = nn.Parameter(heads, requires_grad=False)
+        self.start_layer = start_layer
+        self.layer_sep = layer_sep
+        self.compresses = compresses
+        self.head_per_request = head_per_request
+
+    @property
+    def num_layers(self) -> int:
+        return int(getattr(self.base, "config").num_hidden_layers)  # noqa: B009
+
+    def allowed_cutoffs(self) -> list[int]:
+        return list(range(self.start_layer, self.num_layers + 1, self.layer_sep))
+
+    def forward(
+        self, batch: TokenBatch, settings: ScoreSettings | None = None, counter: FlopCounter | None = None
     ) -> torch.Tensor:
-        assert self.heads is not None and batch.token_type_ids is not None
+        """``(rows, layers)``: one score per requested layer (ascending; none asked: the last).
+        ``counter`` adds up the decoder FLOPs the layer loop spends."""
+        if batch.padding_side != "right":
+            raise ModelFormatError("LLM rerankers run on right-padded batches")
+        assert batch.token_type_ids is not None
+        settings = settings or ScoreSettings()
         base: Any = self.base
         cfg = base.config
         cutoffs = sorted(set(settings.cutoff_layers or (self.num_layers,)))
@@ -244,16 +265,21 @@ class DecoderScorer(nn.Module):
         scores = []
         for i, (state, m) in enumerate(records):
             last = state[torch.arange(state.shape[0]), m.sum(dim=1) - 1]
-            # The reference picks head c - start_layer (layer-wise) but, for the lightweight
-            # model, the i-th head for the i-th requested layer; published scores depend on it.
-            head = cutoffs[i] - self.start_layer if self.kind == "layerwise" else i
+            head = i if self.head_per_request else cutoffs[i] - self.start_layer
             scores.append(self._cap(last @ self.heads[head]))
         return torch.stack(scores, dim=1)
 
 
+DecoderScorer = YesNoScorer | LayerwiseScorer
+
+
 class _ScoreRunner:
     def __init__(
-        self, model: DecoderScorer, device: torch.device, settings: ScoreSettings, counter: FlopCounter
+        self,
+        model: YesNoScorer | LayerwiseScorer,
+        device: torch.device,
+        settings: ScoreSettings,
+        counter: FlopCounter,
     ):
         self.model = model
         self._device = device
@@ -269,175 +295,18 @@ class _ScoreRunner:
         return [tuple(row) for row in scores.float().cpu().tolist()]
 
 
-# -- loading ------------------------------------------------------------------------------------
-
-
-def _state_dict(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    files = sorted(path.glob("*.safetensors"))
-    state: dict[str, torch.Tensor] = {}
-    if files:
-        for f in files:
-            state.update(load_file(str(f)))
-        return state
-    for f in sorted(path.glob("pytorch_model*.bin")):
-        state.update(torch.load(f, map_location="cpu", weights_only=True))
-    if not state:
-        raise ModelFormatError(f"{path} holds no weights (*.safetensors or pytorch_model*.bin)")
-    return state
-
-
-def _heads(state: dict[str, torch.Tensor]) -> torch.Tensor:
-    keys = sorted(
-        (k for k in state if k.startswith("lm_head.") and k.endswith(".linear_head.weight")),
-        key=lambda k: int(k.split(".")[1]),
-    )
-    if not keys:
-        raise ModelFormatError("no per-layer heads (lm_head.N.linear_head.weight) in the checkpoint")
-    return torch.cat([state[k] for k in keys], dim=0).float()
-
-
-def _base_from_state(base: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    weights = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
-    missing, unexpected = base.load_state_dict(weights, strict=False)
-    missing = [m for m in missing if "rotary" not in m]
-    if missing or unexpected:
-        raise ModelFormatError(
-            f"checkpoint does not fit the backbone: missing {missing[:3]}, unexpected {unexpected[:3]}"
-        )
-
-
-def _minicpm_as_llama(path: Path, config: dict[str, Any]) -> tuple[nn.Module, torch.Tensor]:
-    from transformers import LlamaConfig, LlamaModel
-
-    layers = int(config["num_hidden_layers"])
-    llama = LlamaConfig(
-        vocab_size=config["vocab_size"],
-        hidden_size=config["hidden_size"],
-        intermediate_size=config["intermediate_size"],
-        num_hidden_layers=layers,
-        num_attention_heads=config["num_attention_heads"],
-        num_key_value_heads=config.get("num_key_value_heads") or config["num_attention_heads"],
-        max_position_embeddings=config.get("max_position_embeddings", 4096),
-        rms_norm_eps=config.get("rms_norm_eps", 1e-6),
-        rope_parameters={
-            **(config.get("rope_scaling") or {}),
-            "rope_type": (config.get("rope_scaling") or {}).get("rope_type", "default"),
-            "rope_theta": config.get("rope_theta", 10000.0),
-        },
-        hidden_act=config.get("hidden_act", "silu"),
-        attention_bias=config.get("attention_bias", False),
-        pad_token_id=config.get("pad_token_id"),
-    )
-    with quiet_hf_bars():
-        base = LlamaModel(llama).float()
-    state = _state_dict(path)
-    _base_from_state(base, state)
-    residual = float(config.get("scale_depth", 1.0)) / math.sqrt(layers)
-    with torch.no_grad():
-        base.embed_tokens.weight.mul_(float(config.get("scale_emb", 1.0)))
-        for layer in base.layers:
-            layer.self_attn.o_proj.weight.mul_(residual)
-            layer.mlp.down_proj.weight.mul_(residual)
-    return base.eval(), _heads(state)
-
-
-def _costwise_as_gemma2(path: Path, config: dict[str, Any]) -> tuple[nn.Module, torch.Tensor]:
-    from transformers import Gemma2Config, Gemma2Model
-
-    keep = {
-        k: v
-        for k, v in config.items()
-        if k
-        not in (
-            "model_type",
-            "architectures",
-            "auto_map",
-            "start_layer",
-            "layer_sep",
-            "layer_wise",
-            "transformers_version",
-        )
-    }
-    keep["attn_implementation"] = "eager"
-    with quiet_hf_bars():
-        base = Gemma2Model(Gemma2Config(**keep)).float()
-    state = _state_dict(path)
-    _base_from_state(base, state)
-    return base.eval(), _heads(state)
-
-
-def _yes_no_model(path: Path) -> tuple[nn.Module, Any]:
-    from transformers import AutoModelForCausalLM
-
-    try:
-        with quiet_hf_bars():
-            lm = AutoModelForCausalLM.from_pretrained(
-                str(path), dtype=torch.float32, attn_implementation="eager"
-            )
-    except (OSError, ValueError, KeyError) as e:
-        raise ModelFormatError(f"cannot load {path} as a causal LM: {e}") from None
-    return lm.get_decoder().eval(), lm.get_output_embeddings()
-
-
 class LLMReranker(Reranker):
     """Scores pairs with a decoder LLM (see the module docstring). ``score`` takes
     ``cutoff_layers`` (layer-wise models: one score list per layer), and ``compress_ratio``
-    / ``compress_layers`` (lightweight model)."""
+    / ``compress_layers`` (lightweight model). Loaded by :func:`bgekit.models.reranker.load_reranker`."""
 
-    kind: RerankerKind = "llm"
     prompt: str = YES_NO_PROMPT
     last_flops: FlopCounter | None = None
 
-    @classmethod
-    def from_folder(
-        cls,
-        name: str,
-        path: Path,
-        meta: FolderMeta,
-        kind: RerankerKind,
-        *,
-        max_length: int,
-        query_max_length: int,
-        known_as: str | None,
-        engine: EngineConfig | None,
-        prompt: str | None = None,
-    ) -> LLMReranker:
-        config = meta.config
-        tokenizer = TextTokenizer.from_folder(path, with_type_ids=True)
-        if kind == "layerwise":
-            base, heads = _minicpm_as_llama(path, config)
-            scorer = DecoderScorer(base, kind, heads=heads, start_layer=int(config.get("start_layer", 8)))
-        elif kind == "lightweight":
-            base, heads = _costwise_as_gemma2(path, config)
-            scorer = DecoderScorer(
-                base,
-                kind,
-                heads=heads,
-                start_layer=int(config.get("start_layer", 8)),
-                layer_sep=int(config.get("layer_sep", 1)),
-                softcap=config.get("final_logit_softcapping"),
-            )
-        else:
-            base, lm_head = _yes_no_model(path)
-            yes = tokenizer.ids(["Yes"])[0]
-            if not yes:
-                raise ModelFormatError(f"{name}: the tokenizer has no token for 'Yes'")
-            row = lm_head.weight[yes[0]].detach().float().clone()
-            scorer = DecoderScorer(base, kind, yes_row=row, softcap=config.get("final_logit_softcapping"))
-        info = reranker_info(name, meta, "last_token", query_max_length, max_length, known_as)
-        model = cls(scorer, tokenizer, info, engine)
-        model.kind = kind
-        model.prompt = (
-            prompt if prompt is not None else (LIGHTWEIGHT_PROMPT if kind == "lightweight" else YES_NO_PROMPT)
-        )
-        return model
-
     @property
-    def scorer(self) -> DecoderScorer:
+    def scorer(self) -> YesNoScorer | LayerwiseScorer:
         module = self.torch_module()
-        assert isinstance(module, DecoderScorer)
+        assert isinstance(module, YesNoScorer | LayerwiseScorer)
         return module
 
     def tokenize(self, pairs: Sequence[tuple[str, str]]) -> list[TokenSeq]:
@@ -446,16 +315,17 @@ class LLMReranker(Reranker):
         sep = tok.ids(["\n"])[0]
         prompt = tok.ids([self.prompt])[0]
         bos: list[int] = []
-        if tok.bos_id is not None and (self.kind != "llm" or tok.bos_id != tok.pad_id):
+        # yes/no models get BOS unless it doubles as padding (the reference tokenizer's rule)
+        if tok.bos_id is not None and (self.scorer.layerwise or tok.bos_id != tok.pad_id):
             bos = [tok.bos_id]
-        limit = self.info.passage_max_length + len(sep) + len(prompt)
+        limit = self.max_pair_length + len(sep) + len(prompt)
         out = []
         q_ids = tok.ids(["A: " + q for q in queries])
         p_ids = tok.ids(["B: " + p for p in passages])
         for q, p in zip(q_ids, p_ids, strict=True):
-            cut = len(q) > self.info.query_max_length or len(p) > self.info.passage_max_length
+            cut = len(q) > self.info.query_max_length or len(p) > self.max_pair_length
             first = bos + q[: self.info.query_max_length]
-            second = sep + p[: self.info.passage_max_length]
+            second = sep + p[: self.max_pair_length]
             over = len(first) + len(second) - limit
             if 0 < over < len(second):  # like transformers' only-second truncation (none when it cannot fit)
                 second = second[:-over]
@@ -480,7 +350,7 @@ class LLMReranker(Reranker):
         are asked for (ascending order). Sigmoid when ``normalize``."""
         layers = self._check_layers(self.scorer, cutoff_layers)
         if compress_ratio != 1:
-            if self.kind != "lightweight":
+            if not self.scorer.compresses:
                 raise InputError("token compression (compress_ratio) needs the lightweight reranker")
             if compress_ratio < 1:
                 raise InputError(f"compress_ratio must be at least 1, got {compress_ratio}")
@@ -504,16 +374,18 @@ class LLMReranker(Reranker):
         if not seqs:
             return np.zeros((0, width), dtype=np.float32)
         runners = [
-            _ScoreRunner(cast(DecoderScorer, model), device, settings, counter)
+            _ScoreRunner(cast(YesNoScorer | LayerwiseScorer, model), device, settings, counter)
             for model, device in self._replicas
         ]
         rows = self.engine.run(list(seqs), runners, pad_id=self.tokenizer.pad_id, desc="reranking")
         return np.asarray(rows, dtype=np.float32)
 
-    def _check_layers(self, scorer: DecoderScorer, cutoff_layers: Sequence[int] | None) -> tuple[int, ...]:
+    def _check_layers(
+        self, scorer: YesNoScorer | LayerwiseScorer, cutoff_layers: Sequence[int] | None
+    ) -> tuple[int, ...]:
         if cutoff_layers is None:
             return ()
-        if self.kind == "llm":
+        if not isinstance(scorer, LayerwiseScorer):
             raise InputError("cutoff_layers needs a layer-wise reranker")
         allowed = scorer.allowed_cutoffs()
         layers = tuple(sorted({int(c) for c in cutoff_layers}))
@@ -525,15 +397,42 @@ class LLMReranker(Reranker):
         return layers
 
 
-def reranker_kind(meta: FolderMeta, known: RerankerKind | None) -> RerankerKind | None:
-    """Which LLM reranker a folder holds (None: not an LLM reranker)."""
-    if known is not None and known != "cross_encoder":
-        return known
-    model_type = str(meta.config.get("model_type", ""))
-    if model_type == "minicpm":
-        return "layerwise"
-    if model_type == "cost_wise_gemma":
-        return "lightweight"
-    if meta.architecture.endswith("ForCausalLM"):
-        return "llm"
-    return None
+def build_llm_reranker(
+    name: str,
+    path: Path,
+    meta: FolderMeta,
+    variant: RerankerVariant,
+    info: ModelInfo,
+    engine: EngineConfig | None,
+) -> LLMReranker:
+    """An LLM reranker of ``variant`` from its folder (registered with the reranker loader)."""
+    config = meta.config
+    tokenizer = TextTokenizer.from_folder(path, with_type_ids=True)
+    scorer: YesNoScorer | LayerwiseScorer
+    if variant == "layerwise":
+        base, heads = minicpm_as_llama(path, config)
+        scorer = LayerwiseScorer(base, heads, start_layer=int(config.get("start_layer", 8)))
+    elif variant == "lightweight":
+        base, heads = costwise_as_gemma2(path, config)
+        scorer = LayerwiseScorer(
+            base,
+            heads,
+            start_layer=int(config.get("start_layer", 8)),
+            layer_sep=int(config.get("layer_sep", 1)),
+            softcap=config.get("final_logit_softcapping"),
+            compresses=True,
+            head_per_request=True,
+        )
+    else:
+        base, lm_head = yes_no_model(path)
+        yes = tokenizer.ids(["Yes"])[0]
+        if not yes:
+            raise ModelFormatError(f"{name}: the tokenizer has no token for 'Yes'")
+        row = lm_head.weight[yes[0]].detach().float().clone()
+        scorer = YesNoScorer(base, row, softcap=config.get("final_logit_softcapping"))
+    model = LLMReranker(scorer, tokenizer, info, engine)
+    model.prompt = LIGHTWEIGHT_PROMPT if variant == "lightweight" else YES_NO_PROMPT
+    return model
+
+
+register_reranker_builder(("yes_no", "layerwise", "lightweight"), build_llm_reranker)

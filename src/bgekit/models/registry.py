@@ -29,7 +29,7 @@ DECODER_TYPES = frozenset(
         "cost_wise_gemma",
     }
 )
-RerankerKind = Literal["cross_encoder", "llm", "layerwise", "lightweight"]
+RerankerVariant = Literal["cross_encoder", "yes_no", "layerwise", "lightweight"]
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class KnownModel:
     passage_max_length: int = 512
     query_format: str = PREFIX_FORMAT
     icl: bool = False
-    reranker_kind: RerankerKind = "cross_encoder"
+    reranker_variant: RerankerVariant = "cross_encoder"
 
 
 def _table() -> dict[str, KnownModel]:
@@ -60,13 +60,15 @@ def _table() -> dict[str, KnownModel]:
     )
     table["bge-en-icl"] = KnownModel("embedder", pooling="last_token", query_format=BGE_LLM_FORMAT, icl=True)
     table["e5-mistral-7b-instruct"] = KnownModel("embedder", pooling="last_token", query_format=LLM_FORMAT)
-    kinds: tuple[tuple[str, RerankerKind], ...] = (
-        ("bge-reranker-v2-gemma", "llm"),
+    variants: tuple[tuple[str, RerankerVariant], ...] = (
+        ("bge-reranker-v2-gemma", "yes_no"),
         ("bge-reranker-v2-minicpm-layerwise", "layerwise"),
         ("bge-reranker-v2.5-gemma2-lightweight", "lightweight"),
     )
-    for name, kind in kinds:
-        table[name] = KnownModel("reranker", query_max_length=384, passage_max_length=512, reranker_kind=kind)
+    for name, variant in variants:
+        table[name] = KnownModel(
+            "reranker", query_max_length=384, passage_max_length=512, reranker_variant=variant
+        )
     return table
 
 

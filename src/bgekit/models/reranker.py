@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,7 +15,7 @@ from bgekit.errors import InputError, ModelFormatError
 from bgekit.inputs import check_pairs, check_texts
 from bgekit.models.backbones import CrossEncoderForward
 from bgekit.models.loading import FolderMeta, read_folder, resolve_model_dir
-from bgekit.models.registry import lookup
+from bgekit.models.registry import RerankerVariant, lookup
 from bgekit.models.runtime import LoadedModel, load_transformers_model
 from bgekit.models.tokenizer import TextTokenizer
 from bgekit.types import ModelInfo, RerankResult, TokenSeq
@@ -35,10 +36,37 @@ class _LogitRunner:
         return self.model(batch).float().cpu().numpy().tolist()
 
 
+Builder = Callable[[str, Path, FolderMeta, RerankerVariant, ModelInfo, "EngineConfig | None"], "Reranker"]
+_BUILDERS: dict[str, Builder] = {}
+
+
+def register_reranker_builder(variants: Sequence[RerankerVariant], builder: Builder) -> None:
+    """Make :func:`load_reranker` build ``variants`` with ``builder`` (the LLM rerankers
+    register themselves; the loader never imports its subclasses)."""
+    for v in variants:
+        _BUILDERS[v] = builder
+
+
+def reranker_variant(meta: FolderMeta, known: RerankerVariant | None) -> RerankerVariant | None:
+    """Which reranker a folder holds, or ``None`` when it is not one."""
+    if known is not None and known != "cross_encoder":
+        return known
+    model_type = str(meta.config.get("model_type", ""))
+    if model_type == "minicpm":
+        return "layerwise"
+    if model_type == "cost_wise_gemma":
+        return "lightweight"
+    if meta.architecture.endswith("ForCausalLM"):
+        return "yes_no"
+    if meta.is_cross_encoder:
+        return "cross_encoder"
+    return None
+
+
 def reranker_info(
     name: str, meta: FolderMeta, pooling: str, query_max_length: int, max_length: int, known_as: str | None
 ) -> ModelInfo:
-    """What a loaded reranker is (every reranker kind)."""
+    """What a loaded reranker is (every variant)."""
     return ModelInfo(
         name=name,
         path=str(meta.path),
@@ -53,11 +81,76 @@ def reranker_info(
         passage_max_length=max_length,
         heads=(),
         known_as=known_as,
+        pair_max_length=max_length,
     )
+
+
+def load_reranker(
+    name_or_path: str,
+    *,
+    revision: str | None = None,
+    max_length: int | None = None,
+    query_max_length: int | None = None,
+    engine: EngineConfig | None = None,
+) -> Reranker:
+    """The one reranker loader: finds the folder, detects the variant (cross-encoder, yes/no,
+    layer-wise, lightweight), resolves the lengths, then builds it. A pair holds at most
+    ``max_length`` tokens (512, or the model's limit when lower); the query keeps at most
+    ``query_max_length`` (3/4 of ``max_length`` unless given), the passage is cut to fit."""
+    path = resolve_model_dir(name_or_path, revision)
+    meta = read_folder(path)
+    known = lookup(name_or_path, str(path))
+    variant = reranker_variant(meta, known[1].reranker_variant if known else None)
+    if variant is None:
+        raise ModelFormatError(
+            f"{name_or_path} is not a cross-encoder ({meta.architecture}); load it with Embedder"
+        )
+    config = meta.config
+    if (
+        variant == "cross_encoder"
+        and int(config.get("num_labels", len(config.get("id2label") or {0: 0}))) != 1
+    ):
+        raise ModelFormatError(f"{name_or_path}: a reranker needs one output logit (num_labels=1)")
+    positions = meta.max_positions
+    if max_length is None:
+        max_length = min(512, positions)
+    q_max = query_max_length if query_max_length is not None else max_length * 3 // 4
+    if not 4 <= max_length <= positions:
+        raise ModelFormatError(f"max_length {max_length} is outside 4..{positions} for this model")
+    if not 1 <= q_max < max_length:
+        raise ModelFormatError(f"query_max_length {q_max} must be in 1..{max_length - 1}")
+    pooling = "cls" if variant == "cross_encoder" else "last_token"
+    info = reranker_info(name_or_path, meta, pooling, q_max, max_length, known[0] if known else None)
+    build = _BUILDERS.get(variant)
+    if build is None:
+        raise ModelFormatError(f"{name_or_path}: no loader for {variant} rerankers in this installation")
+    return build(name_or_path, path, meta, variant, info, engine)
+
+
+def _build_cross_encoder(
+    name: str,
+    path: Path,
+    meta: FolderMeta,
+    variant: RerankerVariant,
+    info: ModelInfo,
+    engine: EngineConfig | None,
+) -> Reranker:
+    with_types = int(meta.config.get("type_vocab_size", 0)) > 1
+    tokenizer = TextTokenizer.from_folder(path, with_type_ids=with_types)
+    engine = engine or EngineConfig()
+    model = CrossEncoderForward(load_transformers_model(path, cross_encoder=True), engine.backend)
+    return Reranker(model, tokenizer, info, engine)
 
 
 class Reranker(LoadedModel):
     """Scores (query, passage) pairs with a cross-encoder; higher is more relevant."""
+
+    @property
+    def max_pair_length(self) -> int:
+        """Tokens a (query, passage) pair holds at most."""
+        n = self.info.pair_max_length
+        assert n is not None, "a reranker's info sets pair_max_length"
+        return n
 
     @classmethod
     def from_pretrained(
@@ -69,48 +162,15 @@ class Reranker(LoadedModel):
         query_max_length: int | None = None,
         engine: EngineConfig | None = None,
     ) -> Reranker:
-        """Load a cross-encoder, or an LLM reranker (yes/no, layer-wise, lightweight) as an
-        :class:`~bgekit.models.llm_reranker.LLMReranker`. A pair holds at most ``max_length``
-        tokens (512, or the model's limit when lower); the query keeps at most
-        ``query_max_length`` (3/4 of ``max_length`` unless given), the passage is cut to fit."""
-        path = resolve_model_dir(name_or_path, revision)
-        meta = read_folder(path)
-        known = lookup(name_or_path, str(path))
-        from bgekit.models.llm_reranker import LLMReranker, reranker_kind
-
-        kind = reranker_kind(meta, known[1].reranker_kind if known else None)
-        if kind is None and not meta.is_cross_encoder:
-            raise ModelFormatError(
-                f"{name_or_path} is not a cross-encoder ({meta.architecture}); load it with Embedder"
-            )
-        config = meta.config
-        if kind is None and int(config.get("num_labels", len(config.get("id2label") or {0: 0}))) != 1:
-            raise ModelFormatError(f"{name_or_path}: a reranker needs one output logit (num_labels=1)")
-        positions = meta.max_positions
-        if max_length is None:
-            max_length = min(512, positions)
-        q_max = query_max_length if query_max_length is not None else max_length * 3 // 4
-        if not 4 <= max_length <= positions:
-            raise ModelFormatError(f"max_length {max_length} is outside 4..{positions} for this model")
-        if not 1 <= q_max < max_length:
-            raise ModelFormatError(f"query_max_length {q_max} must be in 1..{max_length - 1}")
-        if kind is not None:
-            return LLMReranker.from_folder(
-                name_or_path,
-                path,
-                meta,
-                kind,
-                max_length=max_length,
-                query_max_length=q_max,
-                known_as=known[0] if known else None,
-                engine=engine,
-            )
-        info = reranker_info(name_or_path, meta, "cls", q_max, max_length, known[0] if known else None)
-        with_types = int(config.get("type_vocab_size", 0)) > 1
-        tokenizer = TextTokenizer.from_folder(path, with_type_ids=with_types)
-        engine = engine or EngineConfig()
-        model = CrossEncoderForward(load_transformers_model(path, cross_encoder=True), engine.backend)
-        return cls(model, tokenizer, info, engine)
+        """:func:`load_reranker`: a cross-encoder, or an LLM reranker (yes/no, layer-wise,
+        lightweight) as an :class:`~bgekit.models.llm_reranker.LLMReranker`."""
+        return load_reranker(
+            name_or_path,
+            revision=revision,
+            max_length=max_length,
+            query_max_length=query_max_length,
+            engine=engine,
+        )
 
     def score(self, pairs: Sequence[tuple[str, str]], *, normalize: bool = False) -> np.ndarray:
         """One float32 score per pair: the logit, or its sigmoid when ``normalize``."""
@@ -121,7 +181,7 @@ class Reranker(LoadedModel):
                 "%d of %d pairs exceed %d tokens and were truncated",
                 cut,
                 len(seqs),
-                self.info.passage_max_length,
+                self.max_pair_length,
             )
         return self.score_tokens(seqs, normalize=normalize)
 
@@ -131,7 +191,7 @@ class Reranker(LoadedModel):
         if not queries:
             return []
         return self.tokenizer.encode_pairs(
-            queries, passages, self.info.passage_max_length, self.info.query_max_length
+            queries, passages, self.max_pair_length, self.info.query_max_length
         )
 
     def score_tokens(self, seqs: Sequence[TokenSeq], *, normalize: bool = False) -> np.ndarray:
@@ -160,3 +220,6 @@ class Reranker(LoadedModel):
         scores = self.score([(query, p) for p in items], normalize=normalize)
         order = np.argsort(-scores, kind="stable")[:top_k]
         return [RerankResult(int(i), float(scores[i])) for i in order]
+
+
+register_reranker_builder(("cross_encoder",), _build_cross_encoder)

@@ -107,7 +107,7 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         texts = body.texts()
         state.check_count(len(texts), "documents")
         seqs = rr.tokenize([(body.query, t) for t in texts])
-        state.check_lengths(seqs, rr.info.passage_max_length, "document")
+        state.check_lengths(seqs, rr.max_pair_length, "document")
         assert state.rerank_batcher is not None
         scores = await wait_or_drop(request, state.rerank_batcher.submit(seqs, None))
         tokens = sum(len(s) for s in seqs)
@@ -178,7 +178,7 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
                 "document": state.embedder.info.passage_max_length,
             }
         if state.reranker is not None:
-            limits["max_pair_tokens"] = state.reranker.info.passage_max_length
+            limits["max_pair_tokens"] = state.reranker.max_pair_length
         return {
             "version": __version__,
             "model": asdict(state.embedder.info) if state.embedder else None,
