@@ -16,6 +16,7 @@ from bgekit import Embedder, EmbedderSettings, InputError, ModelFormatError, Rer
 from bgekit.cli.main import main as cli
 from bgekit.engine import EngineConfig
 from bgekit.index.documents import Document
+from bgekit.models.heads import EncoderWithHeads
 from bgekit.scoring import maxsim_pair_scores, sparse_pair_scores
 from bgekit.train import (
     EmbedderTrainConfig,
@@ -33,12 +34,12 @@ from bgekit.train import (
 from bgekit.train.losses import (
     contrastive_loss,
     embedder_loss,
+    lexical_similarities,
     local_scores,
     m3_unified_loss,
-    multivector_scores,
+    multivector_similarities,
     reranker_loss,
     soft_cross_entropy,
-    sparse_scores,
     sparse_vocab_vectors,
 )
 from bgekit.train.modeling import EmbedderTrainModel
@@ -111,7 +112,7 @@ def test_sparse_vocab_vectors_keep_max_drop_specials_and_match_inference_scoring
     assert vocab[0].nonzero().flatten().tolist() == [5, 7]
     assert vocab[0, 5].item() == pytest.approx(0.8) and vocab[0, 7].item() == pytest.approx(0.2)
     assert vocab[1, 7].item() == pytest.approx(0.6) and vocab[1, 9].item() == pytest.approx(0.4)
-    got = sparse_scores(vocab, vocab).detach().numpy()
+    got = lexical_similarities(vocab, vocab).detach().numpy()
     vecs = [SparseVec.from_dict({5: 0.8, 7: 0.2}), SparseVec.from_dict({7: 0.6, 9: 0.4})]
     want = np.array([[sparse_pair_scores([a], [b])[0] for b in vecs] for a in vecs])
     np.testing.assert_allclose(got, want, rtol=1e-6)
@@ -126,7 +127,7 @@ def test_multivector_scores_match_inference_maxsim() -> None:
     p = torch.nn.functional.normalize(torch.randn(3, 5, 8, generator=g), dim=-1)
     q_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
     q = q * q_mask[:, :, None]
-    got = multivector_scores(q, p, q_mask).numpy()
+    got = multivector_similarities(q, p, q_mask).numpy()
     q_list = [q[0].numpy(), q[1, :2].numpy()]
     want = np.array([[maxsim_pair_scores([a], [b.numpy()])[0] for b in p] for a in q_list])
     np.testing.assert_allclose(got, want, rtol=1e-5)
@@ -211,14 +212,15 @@ def _train_model(path: Path, *, m3: bool, group_size: int = 3, cross_device: boo
         engine=EngineConfig(device="cpu", backend="transformers", dtype="float32"),
     )
     module = emb.torch_module()
+    assert isinstance(module, EncoderWithHeads)
+    if not m3:
+        module = EncoderWithHeads(module.backbone, None, None)
     model = EmbedderTrainModel(
-        module.backbone.model,  # type: ignore[union-attr]
+        module,
         pooling=emb.info.pooling,
         normalize=emb.info.normalize,
         temperature=0.05,
         group_size=group_size,
-        colbert_linear=module.colbert_linear if m3 else None,  # type: ignore[arg-type]
-        sparse_linear=module.sparse_linear if m3 else None,  # type: ignore[arg-type]
         special_ids=emb.tokenizer.special_ids,
         vocab_size=emb.tokenizer.vocab_size,
         cross_device_negatives=cross_device,
@@ -302,16 +304,16 @@ def test_m3_training_adds_heads_to_a_plain_model(bert_st_mean: Path, tmp_path: P
 
 def _reranker_loss_on(path: Path, examples: list[TrainExample]) -> tuple[float, np.ndarray]:
     """The training loss on a fixed batch, and the same pairs' logits from ``Reranker``."""
-    from transformers import AutoModelForSequenceClassification
-
-    from bgekit.models.tokenizer import TextTokenizer
+    from bgekit.models.backbones import CrossEncoderForward
     from bgekit.train.modeling import RerankerTrainModel
     from bgekit.train.trainer import RerankerCollator
 
-    model = RerankerTrainModel(
-        AutoModelForSequenceClassification.from_pretrained(str(path)), group_size=3
-    ).eval()
-    collator = RerankerCollator(TextTokenizer.from_folder(path, with_type_ids=True), 32, 24)
+    engine = EngineConfig(device="cpu", dtype="float32", backend="transformers", progress=False)
+    trained = Reranker.from_pretrained(str(path), max_length=32, query_max_length=24, engine=engine)
+    module = trained.torch_module()
+    assert isinstance(module, CrossEncoderForward)
+    model = RerankerTrainModel(module, group_size=3).eval()
+    collator = RerankerCollator(trained)
     items = [GroupDataset(examples, 3, seed=0)[i] for i in range(len(examples))]
     with torch.no_grad():
         loss = float(model(**collator(items))["loss"])

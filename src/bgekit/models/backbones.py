@@ -50,6 +50,16 @@ class TransformersBackbone(nn.Module):
     def set_matmul(self, kind: MatmulKind) -> int:
         return patch_linears(self.model, kind, skip=("pooler",))
 
+    # -- training (the transformers model can be trained and saved as it is) ---------------
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[operator]
+
+    def save_pretrained(self, folder: str) -> None:
+        """The weights as a Hugging Face folder (what ``from_pretrained`` loads)."""
+        state = {k: v.detach().cpu().clone().contiguous() for k, v in self.model.state_dict().items()}
+        self.model.save_pretrained(folder, state_dict=state)  # type: ignore[operator]
+
 
 def packed_unsupported(model: nn.Module) -> str | None:
     """Why :class:`PackedEncoder` cannot run ``model``, or ``None`` when it can."""
@@ -202,12 +212,23 @@ class CrossEncoderForward(nn.Module):
 
     def __init__(self, model: Any, backend: Literal["auto", "transformers"]):
         super().__init__()
+        # the whole transformers model, for saving (not a submodule: its parameters are ours)
+        object.__setattr__(self, "_hf_model", model)
         base = getattr(model, model.base_model_prefix)
         self.backbone = make_backbone(base, backend)
         self.classifier: nn.Module = model.classifier
         self.pooler: nn.Module | None = getattr(base, "pooler", None)
         if isinstance(self.classifier, nn.Linear) and self.pooler is None:
             raise ValueError("a linear classifier needs the model's pooler")
+
+    def save_pretrained(self, folder: str) -> None:
+        """The sequence-classification model as a Hugging Face folder (trained with the
+        transformers backbone, whose parameters are the model's own)."""
+        if not isinstance(self.backbone, TransformersBackbone):
+            raise ValueError("only a cross-encoder on the transformers backbone saves its weights")
+        model = self.__dict__["_hf_model"]
+        state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+        model.save_pretrained(folder, state_dict=state)
 
     def forward(self, batch: TokenBatch) -> torch.Tensor:
         hidden = self.backbone(batch)

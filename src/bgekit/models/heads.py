@@ -79,7 +79,8 @@ def sparse_rows(
 
 
 class EncoderWithHeads(nn.Module):
-    """An encoder backbone (see :mod:`bgekit.models.backbones`) plus the optional BGE-M3 heads."""
+    """An encoder backbone (see :mod:`bgekit.models.backbones`) plus the optional BGE-M3
+    heads: what inference runs and what training trains (same modules, same functions)."""
 
     def __init__(self, backbone: nn.Module, colbert: nn.Linear | None, sparse: nn.Linear | None):
         super().__init__()
@@ -89,6 +90,26 @@ class EncoderWithHeads(nn.Module):
 
     def hidden(self, batch: TokenBatch) -> torch.Tensor:
         return self.backbone(batch)
+
+    def dense(self, hidden: torch.Tensor, batch: TokenBatch, pooling: str, normalize: bool) -> torch.Tensor:
+        """One vector per row: pooled, L2-normalised when ``normalize``."""
+        vec = pool(hidden, batch, pooling)
+        return F.normalize(vec, dim=-1) if normalize else vec
+
+    def sparse_weights(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``(rows, width)``: relu(linear(h)) per token (specials and padding still in)."""
+        assert self.sparse_linear is not None
+        return torch.relu(self.sparse_linear(hidden)).squeeze(-1)
+
+    def multivectors(self, hidden: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
+        """``(rows, width - 1, dim)``: linear(h) of every position after the first, padding
+        zeroed, each vector L2-normalised (right padding only)."""
+        assert self.colbert_linear is not None
+        if batch.padding_side != "right":
+            raise ModelFormatError("multi-vector output needs right padding")
+        vecs = self.colbert_linear(hidden[:, 1:])
+        vecs = vecs * batch.attention_mask[:, 1:].unsqueeze(-1).to(vecs.dtype)
+        return F.normalize(vecs, dim=-1)
 
 
 class EmbedRunner:
@@ -116,35 +137,20 @@ class EmbedRunner:
         return self._device
 
     def __call__(self, batch: TokenBatch) -> list[EmbeddingRow]:
-        hidden = self.model.hidden(batch)
+        model = self.model
+        hidden = model.hidden(batch)
         n = hidden.shape[0]
         lengths = batch.lengths.numpy()
         dense: list[np.ndarray | None] = [None] * n
         sparse: list[SparseVec | None] = [None] * n
         multi: list[np.ndarray | None] = [None] * n
         if "dense" in self.outputs:
-            vec = pool(hidden, batch, self.pooling)
-            if self.normalize:
-                vec = F.normalize(vec, dim=-1)
-            dense = list(vec.float().cpu().numpy())
+            dense = list(model.dense(hidden, batch, self.pooling, self.normalize).float().cpu().numpy())
         if "sparse" in self.outputs:
-            assert self.model.sparse_linear is not None
-            weights = torch.relu(self.model.sparse_linear(hidden)).squeeze(-1)
-            sparse = list(
-                sparse_rows(
-                    weights.float().cpu().numpy(),
-                    batch.input_ids.cpu().numpy(),
-                    lengths,
-                    self.special_ids,
-                )
-            )
+            weights = model.sparse_weights(hidden).float().cpu().numpy()
+            sparse = list(sparse_rows(weights, batch.input_ids.cpu().numpy(), lengths, self.special_ids))
         if "multivector" in self.outputs:
-            assert self.model.colbert_linear is not None
-            if batch.padding_side != "right":
-                raise ModelFormatError("multi-vector output needs right padding")
-            vecs = self.model.colbert_linear(hidden[:, 1:])
-            vecs = vecs * batch.attention_mask[:, 1:].unsqueeze(-1).to(vecs.dtype)
-            vecs = F.normalize(vecs, dim=-1).float().cpu().numpy()
+            vecs = model.multivectors(hidden, batch).float().cpu().numpy()
             # Positions after the first (CLS), up to and including the end token.
             multi = [vecs[i, : lengths[i] - 1].copy() for i in range(n)]
         return [EmbeddingRow(d, s, m) for d, s, m in zip(dense, sparse, multi, strict=True)]

@@ -85,6 +85,22 @@ def reranker_info(
     )
 
 
+def reranker_lengths(
+    meta: FolderMeta, max_length: int | None, query_max_length: int | None
+) -> tuple[int, int]:
+    """The pair and query limits: ``max_length`` defaults to 512 (or the model's limit when
+    lower), the query to 3/4 of it (the reference cross-encoder's rule)."""
+    positions = meta.max_positions
+    if max_length is None:
+        max_length = min(512, positions)
+    q_max = query_max_length if query_max_length is not None else max_length * 3 // 4
+    if not 4 <= max_length <= positions:
+        raise ModelFormatError(f"max_length {max_length} is outside 4..{positions} for this model")
+    if not 1 <= q_max < max_length:
+        raise ModelFormatError(f"query_max_length {q_max} must be in 1..{max_length - 1}")
+    return max_length, q_max
+
+
 def load_reranker(
     name_or_path: str,
     *,
@@ -111,14 +127,7 @@ def load_reranker(
         and int(config.get("num_labels", len(config.get("id2label") or {0: 0}))) != 1
     ):
         raise ModelFormatError(f"{name_or_path}: a reranker needs one output logit (num_labels=1)")
-    positions = meta.max_positions
-    if max_length is None:
-        max_length = min(512, positions)
-    q_max = query_max_length if query_max_length is not None else max_length * 3 // 4
-    if not 4 <= max_length <= positions:
-        raise ModelFormatError(f"max_length {max_length} is outside 4..{positions} for this model")
-    if not 1 <= q_max < max_length:
-        raise ModelFormatError(f"query_max_length {q_max} must be in 1..{max_length - 1}")
+    max_length, q_max = reranker_lengths(meta, max_length, query_max_length)
     pooling = "cls" if variant == "cross_encoder" else "last_token"
     info = reranker_info(name_or_path, meta, pooling, q_max, max_length, known[0] if known else None)
     build = _BUILDERS.get(variant)

@@ -66,7 +66,7 @@ def reranker_loss(
     return loss
 
 
-def dense_scores(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+def similarities(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """``(n, d) x (m, d) -> (n, m)`` dot products."""
     return q @ p.T
 
@@ -83,12 +83,14 @@ def sparse_vocab_vectors(
     return vocab * keep
 
 
-def sparse_scores(q_vocab: torch.Tensor, p_vocab: torch.Tensor) -> torch.Tensor:
+def lexical_similarities(q_vocab: torch.Tensor, p_vocab: torch.Tensor) -> torch.Tensor:
     """Lexical matching: sum over shared tokens of query weight x passage weight."""
     return q_vocab @ p_vocab.T
 
 
-def multivector_scores(q_vecs: torch.Tensor, p_vecs: torch.Tensor, q_mask: torch.Tensor) -> torch.Tensor:
+def multivector_similarities(
+    q_vecs: torch.Tensor, p_vecs: torch.Tensor, q_mask: torch.Tensor
+) -> torch.Tensor:
     """ColBERT MaxSim ``(n, Lq, d) x (m, Lp, d) -> (n, m)``, averaged over the query's real
     vectors (``q_mask`` is the query attention mask without its first position). Padded
     passage vectors are zero, as in the reference, so they score 0 in the max."""

@@ -10,21 +10,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bgekit.engine import TokenBatch
-from bgekit.models.heads import pool
+from bgekit.models.backbones import CrossEncoderForward, TransformersBackbone
+from bgekit.models.heads import EncoderWithHeads
 from bgekit.models.runtime import quiet_hf_bars
 from bgekit.train.distributed import gather_with_grad, world
 from bgekit.train.losses import (
     M3Losses,
-    dense_scores,
     embedder_loss,
+    lexical_similarities,
     m3_unified_loss,
-    multivector_scores,
+    multivector_similarities,
     reranker_loss,
-    sparse_scores,
+    similarities,
     sparse_vocab_vectors,
 )
 
@@ -68,34 +68,37 @@ class _Reps:
 
 
 class EmbedderTrainModel(nn.Module):
-    """A transformers encoder with bgekit's pooling (and optionally the M3 heads) that
-    returns the contrastive / unified loss of a batch of query groups."""
+    """The inference modules (:class:`~bgekit.models.heads.EncoderWithHeads`: backbone and
+    M3 heads, through the same head functions) returning the contrastive / unified loss of
+    a batch of query groups.
+
+    The backbone must be the transformers forward (``backend="transformers"``): bgekit's
+    packed forward fuses the query / key / value weights into a new matrix and runs oneDNN
+    kernels without a backward pass, so it is an inference path only."""
 
     special_ids: torch.Tensor
 
     def __init__(
         self,
-        encoder: nn.Module,
+        module: EncoderWithHeads,
         *,
         pooling: str,
         normalize: bool,
         temperature: float,
         group_size: int,
-        colbert_linear: nn.Linear | None = None,
-        sparse_linear: nn.Linear | None = None,
         special_ids: Iterable[int] = (),
         vocab_size: int = 0,
         cross_device_negatives: bool = False,
         self_distill: bool = True,
     ):
         super().__init__()
-        if (colbert_linear is None) != (sparse_linear is None):
+        if not isinstance(module.backbone, TransformersBackbone):
+            raise ValueError("training needs the transformers backbone (load with backend='transformers')")
+        if (module.colbert_linear is None) != (module.sparse_linear is None):
             raise ValueError("M3 training needs both the sparse and the multi-vector head")
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
-        self.encoder = encoder
-        self.colbert_linear = colbert_linear
-        self.sparse_linear = sparse_linear
+        self.module = module
         self.pooling = pooling
         self.normalize = normalize
         self.temperature = temperature
@@ -110,26 +113,20 @@ class EmbedderTrainModel(nn.Module):
 
     @property
     def unified(self) -> bool:
-        return self.sparse_linear is not None
+        return self.module.sparse_linear is not None
 
     def encode(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None
     ) -> _Reps:
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            inputs["token_type_ids"] = token_type_ids
-        hidden = self.encoder(**inputs).last_hidden_state
-        batch = TokenBatch(input_ids, attention_mask, token_type_ids, attention_mask.sum(dim=1))
-        dense = pool(hidden, batch, self.pooling)
-        if self.normalize:
-            dense = F.normalize(dense, dim=-1)
-        if self.sparse_linear is None or self.colbert_linear is None:
+        batch = TokenBatch(input_ids, attention_mask, token_type_ids, attention_mask.sum(dim=1).cpu())
+        m = self.module
+        hidden = m.hidden(batch)
+        dense = m.dense(hidden, batch, self.pooling, self.normalize)
+        if not self.unified:
             return _Reps(dense, None, None, attention_mask)
-        mask = attention_mask.to(hidden.dtype)
-        weights = torch.relu(self.sparse_linear(hidden)).squeeze(-1) * mask
+        weights = m.sparse_weights(hidden) * attention_mask.to(hidden.dtype)
         sparse = sparse_vocab_vectors(weights, input_ids, self.vocab_size, self.special_ids)
-        multi = self.colbert_linear(hidden[:, 1:]) * mask[:, 1:, None]
-        return _Reps(dense, sparse, F.normalize(multi, dim=-1), attention_mask)
+        return _Reps(dense, sparse, m.multivectors(hidden, batch), attention_mask)
 
     def forward(
         self,
@@ -147,21 +144,21 @@ class EmbedderTrainModel(nn.Module):
         teacher = None if teacher_scores is None else torch.softmax(teacher_scores.float().detach(), dim=-1)
         if self.cross_device_negatives and world()[1] > 1:
             all_teacher = None if teacher is None else gather_with_grad(teacher)
-            scores = dense_scores(gather_with_grad(q.dense), gather_with_grad(p.dense)) / t
+            scores = similarities(gather_with_grad(q.dense), gather_with_grad(p.dense)) / t
             dense_loss = embedder_loss(scores, g, all_teacher)
         else:
             dense_loss = None
         if not self.unified:
             if dense_loss is None:
-                dense_loss = embedder_loss(dense_scores(q.dense, p.dense) / t, g, teacher)
+                dense_loss = embedder_loss(similarities(q.dense, p.dense) / t, g, teacher)
             return {"loss": dense_loss}
         assert q.sparse is not None and p.sparse is not None
         assert q.multivector is not None and p.multivector is not None
         # Like the reference, cross-device negatives apply to the dense loss only.
         parts = m3_unified_loss(
-            dense_scores(q.dense, p.dense) / t,
-            sparse_scores(q.sparse, p.sparse) / t,
-            multivector_scores(q.multivector, p.multivector, q.mask[:, 1:]) / t,
+            similarities(q.dense, p.dense) / t,
+            lexical_similarities(q.sparse, p.sparse) / t,
+            multivector_similarities(q.multivector, p.multivector, q.mask[:, 1:]) / t,
             g,
             teacher_probs=teacher,
             self_distill=self.self_distill,
@@ -172,10 +169,14 @@ class EmbedderTrainModel(nn.Module):
 
     def save(self, folder: Path) -> None:
         """The encoder as a Hugging Face model, plus the M3 head files when trained."""
-        state = {k: v.detach().cpu().clone().contiguous() for k, v in self.encoder.state_dict().items()}
+        backbone = self.module.backbone
+        assert isinstance(backbone, TransformersBackbone)
         with quiet_hf_bars():
-            self.encoder.save_pretrained(str(folder), state_dict=state)  # type: ignore[operator]
-        for name, head in (("colbert_linear", self.colbert_linear), ("sparse_linear", self.sparse_linear)):
+            backbone.save_pretrained(str(folder))
+        for name, head in (
+            ("colbert_linear", self.module.colbert_linear),
+            ("sparse_linear", self.module.sparse_linear),
+        ):
             if head is not None:
                 torch.save(
                     {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}, folder / f"{name}.pt"
@@ -183,11 +184,14 @@ class EmbedderTrainModel(nn.Module):
 
 
 class RerankerTrainModel(nn.Module):
-    """A one-logit sequence-classification model trained with cross-entropy over groups."""
+    """The inference cross-encoder (:class:`~bgekit.models.backbones.CrossEncoderForward`,
+    on the transformers backbone) trained with cross-entropy over groups."""
 
-    def __init__(self, model: nn.Module, *, group_size: int):
+    def __init__(self, module: CrossEncoderForward, *, group_size: int):
         super().__init__()
-        self.model = model
+        if not isinstance(module.backbone, TransformersBackbone):
+            raise ValueError("training needs the transformers backbone (load with backend='transformers')")
+        self.module = module
         self.group_size = group_size
 
     def forward(
@@ -197,14 +201,11 @@ class RerankerTrainModel(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         teacher_scores: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            inputs["token_type_ids"] = token_type_ids
-        logits = self.model(**inputs).logits[:, 0]
+        batch = TokenBatch(input_ids, attention_mask, token_type_ids, attention_mask.sum(dim=1).cpu())
+        logits = self.module(batch)
         teacher = None if teacher_scores is None else torch.softmax(teacher_scores.float().detach(), dim=-1)
         return {"loss": reranker_loss(logits, self.group_size, teacher), "logits": logits}
 
     def save(self, folder: Path) -> None:
-        state = {k: v.detach().cpu().clone().contiguous() for k, v in self.model.state_dict().items()}
         with quiet_hf_bars():
-            self.model.save_pretrained(str(folder), state_dict=state)  # type: ignore[operator]
+            self.module.save_pretrained(str(folder))

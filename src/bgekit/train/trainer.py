@@ -21,15 +21,20 @@ from torch.utils.data import Dataset
 from bgekit.engine import EngineConfig, pad_batch
 from bgekit.errors import InputError, ModelFormatError
 from bgekit.io import atomic_dir, check_output_dir
-from bgekit.models import Embedder, EmbedderSettings
+from bgekit.models import Embedder, EmbedderSettings, Reranker
+from bgekit.models.backbones import CrossEncoderForward, TransformersBackbone
 from bgekit.models.heads import EncoderWithHeads
 from bgekit.models.loading import read_folder, resolve_model_dir
+from bgekit.models.reranker import reranker_info, reranker_lengths
 from bgekit.models.tokenizer import TextTokenizer
 from bgekit.train.data import TrainExample, check_for_training, load_train_data, sample_group
 from bgekit.train.modeling import EmbedderTrainModel, RerankerTrainModel, copy_metadata
 from bgekit.types import TokenSeq
 
 logger = logging.getLogger(__name__)
+# Training runs the inference modules in exact fp32 with the transformers forward (bgekit's
+# packed forward is inference-only: see EmbedderTrainModel).
+_TRAIN_ENGINE = EngineConfig(device="cpu", dtype="float32", backend="transformers", progress=False)
 Precision = Literal["fp32", "fp16", "bf16"]
 
 
@@ -177,17 +182,15 @@ class EmbedderCollator:
 
 @dataclass(frozen=True)
 class RerankerCollator:
-    """Tokenises every (query, passage) pair of a batch of groups as the reranker reads them."""
+    """Tokenises every (query, passage) pair of a batch of groups through the reranker's own
+    :meth:`Reranker.tokenize` (its lengths and query rule)."""
 
-    tokenizer: TextTokenizer
-    max_length: int
-    query_max_length: int
+    reranker: Reranker
 
     def __call__(self, items: Sequence[tuple[TrainExample, list[str], list[float] | None]]) -> dict[str, Any]:
-        queries = [ex.query for ex, group, _ in items for _ in group]
-        passages = [p for _, group, _ in items for p in group]
-        seqs = self.tokenizer.encode_pairs(queries, passages, self.max_length, self.query_max_length)
-        return {**_tensors("", seqs, self.tokenizer.pad_id), **_teacher(items)}
+        pairs = [(ex.query, p) for ex, group, _ in items for p in group]
+        seqs = self.reranker.tokenize(pairs)
+        return {**_tensors("", seqs, self.reranker.tokenizer.pad_id), **_teacher(items)}
 
 
 def _examples(data: str | Path | Sequence[TrainExample]) -> list[TrainExample]:
@@ -198,12 +201,6 @@ def _examples(data: str | Path | Sequence[TrainExample]) -> list[TrainExample]:
         if not isinstance(ex, TrainExample):
             raise InputError(f"data[{i}] is {type(ex).__name__}, expected a TrainExample")
     return out
-
-
-def _check_length(label: str, value: int, limit: int) -> int:
-    if not 3 <= value <= limit:
-        raise InputError(f"{label} {value} is outside 3..{limit} for this model")
-    return value
 
 
 def _run(
@@ -300,14 +297,12 @@ def train_embedder(
     emb = Embedder.from_pretrained(
         model,
         settings=settings,
-        engine=EngineConfig(device="cpu", dtype="float32", backend="transformers", progress=False),
+        engine=_TRAIN_ENGINE,
     )
     info = emb.info
     source = Path(info.path)
-    module = emb.torch_module()
+    module = emb.torch_module()  # the inference modules themselves: backbone and heads
     assert isinstance(module, EncoderWithHeads)
-    encoder = module.backbone.model
-    assert isinstance(encoder, nn.Module)
     torch.manual_seed(cfg.seed)
     colbert, sparse = module.colbert_linear, module.sparse_linear
     hidden = info.hidden_size
@@ -317,24 +312,26 @@ def train_embedder(
         sparse = nn.Linear(hidden, 1)
     if not cfg.m3:
         colbert = sparse = None
-    pooler = getattr(encoder, "pooler", None)
-    if isinstance(pooler, nn.Module):  # not part of any loss: frozen, so DDP sees no unused parameter
-        pooler.requires_grad_(False)
+    module = EncoderWithHeads(module.backbone, colbert, sparse)
+    backbone = module.backbone
+    assert isinstance(backbone, TransformersBackbone)
+    for (
+        name,
+        param,
+    ) in backbone.named_parameters():  # not part of any loss: frozen, so DDP sees no unused parameter
+        if ".pooler." in f".{name}":
+            param.requires_grad_(False)
     if cfg.gradient_checkpointing:
-        encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[operator]
-    vocab = max(
-        emb.tokenizer.vocab_size, int(getattr(getattr(encoder, "config", None), "vocab_size", 0) or 0)
-    )
+        backbone.enable_gradient_checkpointing()
+    model_vocab = int(getattr(getattr(backbone.model, "config", None), "vocab_size", 0) or 0)
     train_model = EmbedderTrainModel(
-        encoder,
+        module,
         pooling=info.pooling,
         normalize=info.normalize,
         temperature=cfg.temperature,
         group_size=cfg.group_size,
-        colbert_linear=colbert,
-        sparse_linear=sparse,
         special_ids=emb.tokenizer.special_ids,
-        vocab_size=vocab,
+        vocab_size=max(emb.tokenizer.vocab_size, model_vocab),
         cross_device_negatives=cfg.cross_device_negatives,
         self_distill=cfg.self_distill,
     )
@@ -364,27 +361,28 @@ def train_reranker(
     check_for_training(examples, cfg.group_size)
     source = resolve_model_dir(model)
     meta = read_folder(source)
-    max_length = _check_length("max_length", cfg.max_length, meta.max_positions)
-    q_max = cfg.query_max_length if cfg.query_max_length is not None else max_length * 3 // 4
-    if not 1 <= q_max < max_length:
-        raise InputError(f"query_max_length {q_max} must be in 1..{max_length - 1}")
+    max_length, q_max = reranker_lengths(meta, cfg.max_length, cfg.query_max_length)
     torch.manual_seed(cfg.seed)
-    try:
+    try:  # a cross-encoder as it is, or an encoder with a fresh one-logit head
         hf = AutoModelForSequenceClassification.from_pretrained(
             str(source), num_labels=1, dtype=torch.float32
         )
     except (OSError, ValueError, KeyError) as e:
         raise ModelFormatError(f"cannot load {model} as a sequence classifier: {e}") from None
+    module = CrossEncoderForward(hf, "transformers")
+    assert isinstance(module.backbone, TransformersBackbone)
     if cfg.gradient_checkpointing:
-        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        module.backbone.enable_gradient_checkpointing()
     tokenizer = TextTokenizer.from_folder(
         source, with_type_ids=int(meta.config.get("type_vocab_size", 0)) > 1
     )
-    train_model = RerankerTrainModel(hf, group_size=cfg.group_size)
+    info = reranker_info(model, meta, "cls", q_max, max_length, None)
+    reranker = Reranker(module, tokenizer, info, _TRAIN_ENGINE)  # tokenises as inference does
+    train_model = RerankerTrainModel(module, group_size=cfg.group_size)
 
     def save(folder: Path) -> None:
         train_model.save(folder)
         copy_metadata(source, folder, embedder=False)
 
-    collator = RerankerCollator(tokenizer, max_length, q_max)
+    collator = RerankerCollator(reranker)
     return _run(train_model, GroupDataset(examples, cfg.group_size, cfg.seed), collator, cfg, out, save)
