@@ -145,7 +145,6 @@ def test_missing_heads_are_named(bert_st_mean: Path) -> None:
 @pytest.mark.parametrize(
     ("texts", "message"),
     [
-        (["ok", ""], r"texts\[1\] is an empty string"),
         (["ok", None], r"texts\[1\] is NoneType"),
         (["ok", "fine", 3], r"texts\[2\] is int"),
         ("a single string", "not a single string"),
@@ -203,3 +202,20 @@ def test_truncation_is_reported(bert_st_mean: Path, caplog: pytest.LogCaptureFix
     with caplog.at_level("INFO", logger="bgekit"):
         model.encode(["cats", "the quick brown fox jumps over the lazy dog " * 5])
     assert "1 of 2 texts exceed 24 tokens and were truncated" in caplog.text
+
+
+def test_empty_texts_encode_to_the_special_tokens_as_the_reference(
+    m3_case: tuple[Path, Embedder, PlainEncoder],
+) -> None:
+    _, model, ref = m3_case
+    out = model.encode(["", "   ", "cats"], outputs=ALL)
+    assert out.dense is not None and out.sparse is not None and out.multivector is not None
+    for i, text in enumerate(["", "   "]):
+        np.testing.assert_allclose(out.dense[i], ref.dense(text, 40), atol=1e-5)
+        got, expected = out.sparse[i].to_dict(), ref.sparse(text, 40)
+        assert got.keys() == expected.keys()  # "" has no token but the specials, which carry no weight
+        np.testing.assert_allclose([got[k] for k in expected], list(expected.values()), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(out.multivector[i], ref.multivector(text, 40), atol=1e-5)
+    assert out.sparse[0].to_dict() == {} and out.multivector[0].shape[0] == 1  # "": the end token alone
+    scores = model.compute_score([("", "cats"), ("cats", " ")])
+    assert np.isfinite(scores.dense).all() and scores.all is not None

@@ -244,3 +244,17 @@ def test_scifact_reproduces_published_minilm_score(minilm: Path) -> None:
     model = Embedder.from_pretrained(str(minilm), engine=EngineConfig(device="cpu"))
     report = evaluate_retrieval(load_beir(ROOT / "data/scifact"), model, RetrievalEvalConfig(progress=False))
     assert abs(100 * report.metrics["ndcg@10"] - 64.51) <= 0.3
+
+
+def test_a_corpus_with_empty_documents_evaluates(tmp_path: Path, bert_m3: Path) -> None:
+    root = tmp_path / "beir"
+    write_beir(root, {"q1": "cats and dogs"}, [("q1", "d1", 1)])
+    with (root / "corpus.jsonl").open("a") as f:
+        f.write(json.dumps({"_id": "empty", "title": "", "text": ""}) + "\n")
+        f.write(json.dumps({"_id": "blank", "title": "", "text": "   "}) + "\n")
+    data = load_beir(root)
+    assert data.docs[-2:] == ["", ""]
+    model = Embedder.from_pretrained(str(bert_m3))
+    for mode in ("dense", "sparse", "multivector", "hybrid", "bm25"):
+        report = evaluate_retrieval(data, model, RetrievalEvalConfig(mode=mode, progress=False))  # type: ignore[arg-type]
+        assert report.num_docs == len(DOCS) + 2 and 0 <= report.metrics["ndcg@10"] <= 1, mode

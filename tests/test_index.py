@@ -29,7 +29,8 @@ def m3(bert_m3: Path) -> Embedder:
 @pytest.fixture
 def index(m3: Embedder) -> Index:
     idx = Index(m3, IndexConfig(outputs=ALL))
-    assert idx.add(documents()) == len(DOCS)
+    report = idx.add(documents())
+    assert (report.documents, report.chunks, report.skipped) == (len(DOCS), len(DOCS), 0)
     return idx
 
 
@@ -168,12 +169,14 @@ def test_wrong_model_or_format_is_refused(index: Index, tmp_path: Path, bert_st_
 
 
 def test_bad_input(index: Index, m3: Embedder, bert_st_mean: Path) -> None:
-    with pytest.raises(InputError, match="empty"):
-        index.search([" "], 3)
+    with pytest.raises(InputError, match=r"queries\[0\] is NoneType"):
+        index.search([None], 3)  # type: ignore[list-item]
     with pytest.raises(InputError, match="k must be at least 1"):
         index.search(["cats"], 0)
-    with pytest.raises(InputError, match="no text"):
-        index.add([Document("x", "  ")])
+    # documents with no text are skipped and counted; the rest are added
+    report = index.add([Document("x", "  "), Document("z", ""), Document("w", "whales swim")])
+    assert (report.documents, report.skipped) == (1, 2) and "x" not in index._doc_pos
+    index.delete(["w"])
     with pytest.raises(InputError, match="'d1' is already in the index"):
         index.add([Document("d1", "again")])
     with pytest.raises(InputError, match="'y' is given twice"):
@@ -212,9 +215,11 @@ def test_read_source(tmp_path: Path) -> None:
     jl.write_text('{"id": "1", "text": "x"}\n{"id": "1", "text": "y"}\n')
     with pytest.raises(InputError, match="'1' is given twice"):
         read_source(jl)
-    jl.write_text('{"id": "1", "text": ""}\n')
-    with pytest.raises(InputError, match=r"docs\.jsonl:1: document '1' has no text"):
+    jl.write_text('{"id": "1", "text": ""}\n{"id": "2"}\n')
+    with pytest.raises(InputError, match=r"docs\.jsonl:2: expected"):
         read_source(jl)
+    jl.write_text('{"id": "1", "text": ""}\n')
+    assert read_source(jl) == [Document("1", "")]  # read as it is; Index.add skips it
     with pytest.raises(InputError, match="no such file or folder"):
         read_source(tmp_path / "nope")
 

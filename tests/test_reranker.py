@@ -65,11 +65,22 @@ def test_rerank_orders_and_cuts(bert_reranker: Path) -> None:
 def test_reranker_errors(bert_reranker: Path, bert_m3: Path) -> None:
     rr = Reranker.from_pretrained(str(bert_reranker), max_length=32)
     assert rr.score([]).shape == (0,)
-    with pytest.raises(InputError, match=r"pairs\[0\]\[1\] \(passage\) is an empty string"):
-        rr.score([("q", " ")])
+    with pytest.raises(InputError, match=r"pairs\[0\]\[1\] \(passage\) is NoneType"):
+        rr.score([("q", None)])  # type: ignore[list-item]
     with pytest.raises(InputError, match="top_k"):
         rr.rerank("q", ["p"], top_k=0)
     with pytest.raises(ModelFormatError, match="load it with Embedder"):
         Reranker.from_pretrained(str(bert_m3))
     with pytest.raises(ModelFormatError, match="max_length 4096"):
         Reranker.from_pretrained(str(bert_reranker), max_length=4096)
+
+
+@pytest.mark.parametrize("which", ["bert_reranker", "xlmr_reranker"])
+def test_empty_texts_score_as_the_reference(which: str, request: pytest.FixtureRequest) -> None:
+    path = request.getfixturevalue(which)
+    engine = EngineConfig(device="cpu", dtype="float32")
+    rr = Reranker.from_pretrained(str(path), max_length=32, engine=engine)
+    pairs = [("", ""), ("what is bge m3", "  "), ("", "cats and dogs")]
+    expected = [reference_logit(path, q, p, 32) for q, p in pairs]
+    np.testing.assert_allclose(rr.score(pairs), expected, rtol=1e-4, atol=1e-5)
+    assert [r.index for r in rr.rerank("", ["", "cats"])] in ([0, 1], [1, 0])

@@ -212,6 +212,7 @@ def test_search_with_and_without_rerank(m3: Embedder, reranker: Reranker) -> Non
         ("/v1/embeddings", {"input": "ok", "encoding_format": "int8"}, 422, "encoding_format"),
         ("/v1/embeddings", {"input": "ok", "dimensions": 999}, 422, "dimensions"),
         ("/v1/embeddings", {}, 422, "input"),
+        ("/v1/embeddings", {"input": " "}, 422, "empty"),  # the HTTP API refuses what the library takes
         ("/embed", {"inputs": "dense sparse and multi vector retrieval " * 10}, 413, "longer than"),
         ("/rerank", {"query": "q", "documents": ["d"]}, 404, "no reranker"),
         ("/search", {"query": "q"}, 404, "no index"),
@@ -400,6 +401,6 @@ def test_the_served_models_run_on_the_configured_engine(bert_m3: Path, bert_rera
     info = run(main)
     state = app.state.bgekit
     for model in (state.embedder, state.reranker):
-        assert model.engine.config.max_batch_tokens == 64 and model.engine.config.max_batch_size == 3
-        assert model.engine.config.progress is False
+        assert model.engine_config.max_batch_tokens == 64 and model.engine_config.max_batch_size == 3
+        assert model.engine_config.progress is False
     assert info["engine"]["max_batch_tokens"] == 64 and info["limits"]["gather_tokens"] == 16384

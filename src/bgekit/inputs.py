@@ -10,13 +10,13 @@ from bgekit.errors import InputError
 def _check_one(t: object, label: str) -> str:
     if not isinstance(t, str):
         raise InputError(f"{label} is {type(t).__name__}, expected a string")
-    if not t.strip():
-        raise InputError(f"{label} is an empty string")
     return t
 
 
 def check_texts(texts: object, what: str = "texts") -> list[str]:
-    """Return ``texts`` as a list of non-empty strings, or raise :class:`InputError`.
+    """Return ``texts`` as a list of strings, or raise :class:`InputError` naming the first
+    item that is not one. Empty and whitespace-only strings are texts (they encode to the
+    model's special tokens alone, as the reference toolkit and sentence-transformers do).
 
     A single string is refused rather than silently split into characters.
     """

@@ -13,6 +13,10 @@ from bgekit.cli.common import engine_args, engine_config, hybrid_config, model_p
 from bgekit.errors import InputError
 
 
+def _skipped(report: Any) -> str:
+    return f"; {report.skipped} with no text skipped" if report.skipped else ""
+
+
 def cmd_build(ns: argparse.Namespace) -> int:
     from bgekit.index import Index, IndexConfig, read_source
     from bgekit.index.storage import MANIFEST
@@ -31,9 +35,12 @@ def cmd_build(ns: argparse.Namespace) -> int:
     )
     index = Index(embedder, config)
     start = time.perf_counter()
-    chunks = index.add(docs)
+    report = index.add(docs)
     index.save(root)
-    print(f"indexed {len(docs)} documents ({chunks} chunks) in {time.perf_counter() - start:.1f}s -> {root}")
+    print(
+        f"indexed {report.documents} documents ({report.chunks} chunks{_skipped(report)}) in "
+        f"{time.perf_counter() - start:.1f}s -> {root}"
+    )
     return 0
 
 
@@ -43,10 +50,11 @@ def cmd_add(ns: argparse.Namespace) -> int:
     index = Index.load(ns.index, mmap=False, engine=engine_config(ns))
     docs = read_source(ns.source)
     start = time.perf_counter()
-    chunks = index.add(docs)
+    report = index.add(docs)
     index.save()
     print(
-        f"added {len(docs)} documents ({chunks} chunks) in {time.perf_counter() - start:.1f}s; now {len(index)}"
+        f"added {report.documents} documents ({report.chunks} chunks{_skipped(report)}) in "
+        f"{time.perf_counter() - start:.1f}s; now {len(index)}"
     )
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
 TEXT_SUFFIXES = (".txt", ".md")
 
 
+logger = logging.getLogger(__name__)
+
+
 @dataclass(frozen=True)
 class Document:
     """One document: a unique id, its text, an optional title and metadata (JSON values)."""
@@ -29,10 +33,30 @@ class Document:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class AddReport:
+    """What one add did: documents added, their chunks, and documents skipped because they
+    hold no text (empty or whitespace only)."""
+
+    documents: int
+    chunks: int
+    skipped: int
+
+
+def without_empty(docs: Sequence[Document]) -> tuple[list[Document], int]:
+    """The documents that hold text, and how many did not (logged: they are skipped)."""
+    kept = [d for d in docs if d.text.strip()]
+    skipped = len(docs) - len(kept)
+    if skipped:
+        logger.warning("skipped %d of %d documents with no text", skipped, len(docs))
+    return kept, skipped
+
+
 def check_documents(
     docs: Iterable[Document], existing: set[str] | frozenset[str] = frozenset()
 ) -> list[Document]:
-    """Refuse documents with no text, ids seen twice, or ids already indexed."""
+    """Refuse documents that are not :class:`Document` values, without an id, with ids seen
+    twice or already indexed (documents with no text pass: :meth:`Index.add` skips them)."""
     out = []
     seen = set(existing)
     for i, d in enumerate(docs):
@@ -40,8 +64,6 @@ def check_documents(
             raise InputError(f"documents[{i}] is {type(d).__name__}, expected a Document")
         if not d.id:
             raise InputError(f"documents[{i}] has an empty id")
-        if not d.text.strip():
-            raise InputError(f"document {d.id!r} has no text")
         if d.id in seen:
             where = "already in the index" if d.id in existing else "given twice"
             raise InputError(f"document id {d.id!r} is {where}")
@@ -59,8 +81,6 @@ def _from_jsonl(path: Path) -> list[Document]:
         text = obj.get("text")
         if key is None or not isinstance(text, str):
             raise InputError(f'{path}:{n}: expected "id" (or "_id") and a "text" string')
-        if not text.strip():
-            raise InputError(f"{path}:{n}: document {key!r} has no text")
         meta = obj.get("metadata") or {}
         if not isinstance(meta, dict):
             raise InputError(f'{path}:{n}: "metadata" must be an object')
@@ -80,8 +100,6 @@ def read_source(source: str | Path) -> list[Document]:
         docs = []
         for p in files:
             text = p.read_text(encoding="utf-8", errors="replace")
-            if not text.strip():
-                raise InputError(f"{p} is empty")
             docs.append(Document(str(p.relative_to(path)), text, p.stem, {"path": str(p)}))
         return check_documents(docs)
     if path.is_file():

@@ -15,12 +15,14 @@ from bgekit.engine import EngineConfig
 from bgekit.errors import InputError
 from bgekit.index import storage
 from bgekit.index.documents import (
+    AddReport,
     Chunk,
     Document,
     best_chunk_per_document,
     check_documents,
     encode_chunks,
     encoding_text,
+    without_empty,
 )
 from bgekit.inputs import check_texts
 from bgekit.models import Embedder, model_fingerprint
@@ -102,13 +104,13 @@ class Index:
     def outputs(self) -> tuple[OutputKind, ...]:
         return tuple(o for o in OUTPUT_KINDS if o in self.config.outputs)
 
-    def add(self, documents: Sequence[Document]) -> int:
-        """Chunk, encode and add documents; returns the number of chunks added.
+    def add(self, documents: Sequence[Document]) -> AddReport:
+        """Chunk, encode and add documents (those with no text are skipped and counted).
 
         Nothing changes when encoding fails."""
-        docs = check_documents(documents, frozenset(self._doc_pos))
+        docs, skipped = without_empty(check_documents(documents, frozenset(self._doc_pos)))
         if not docs:
-            return 0
+            return AddReport(0, 0, skipped)
         chunks, enc = encode_chunks(
             docs, self.embedder, self.outputs, self.config.chunk_tokens, self.config.chunk_overlap
         )
@@ -117,7 +119,7 @@ class Index:
         for i, d in enumerate(docs):
             self._doc_pos[d.id] = base + i
         self._append([Chunk(c.doc + base, c.no, c.text) for c in chunks], enc)
-        return len(chunks)
+        return AddReport(len(docs), len(chunks), skipped)
 
     def _append(self, chunks: list[Chunk], enc: Encoded) -> None:
         self._chunk_doc = np.concatenate([self._chunk_doc, [c.doc for c in chunks]]).astype(np.int64)

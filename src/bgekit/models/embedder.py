@@ -278,7 +278,7 @@ class Embedder(LoadedModel):
             )
             for model, device in self._replicas
         ]
-        rows: list[EmbeddingRow] = self.engine.run(list(seqs), runners, pad_id=self.tokenizer.pad_id)
+        rows: list[EmbeddingRow] = self._engine.run(list(seqs), runners, pad_id=self.tokenizer.pad_id)
         return rows
 
     def encode_queries(

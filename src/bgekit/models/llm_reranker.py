@@ -377,7 +377,7 @@ class LLMReranker(Reranker):
             _ScoreRunner(cast(YesNoScorer | LayerwiseScorer, model), device, settings, counter)
             for model, device in self._replicas
         ]
-        rows = self.engine.run(list(seqs), runners, pad_id=self.tokenizer.pad_id, desc="reranking")
+        rows = self._engine.run(list(seqs), runners, pad_id=self.tokenizer.pad_id, desc="reranking")
         return np.asarray(rows, dtype=np.float32)
 
     def _check_layers(

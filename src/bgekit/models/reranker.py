@@ -209,7 +209,7 @@ class Reranker(LoadedModel):
             return np.zeros(0, dtype=np.float32)
         runners = [_LogitRunner(m, d) for m, d in self._replicas]
         logits = np.asarray(
-            self.engine.run(list(seqs), runners, pad_id=self.tokenizer.pad_id, desc="reranking"),
+            self._engine.run(list(seqs), runners, pad_id=self.tokenizer.pad_id, desc="reranking"),
             dtype=np.float32,
         )
         return 1.0 / (1.0 + np.exp(-logits)) if normalize else logits

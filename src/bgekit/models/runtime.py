@@ -177,11 +177,16 @@ class LoadedModel:
     ):
         self.info = info
         self.tokenizer = tokenizer
-        self.engine = Engine(engine or EngineConfig())
+        self._engine = Engine(engine or EngineConfig())
         check = tokenizer.encode(list(CHECK_TEXTS), min(info.passage_max_length, 256))
-        placed = place_replicas(model, self.engine.config, check, tokenizer.pad_id)
+        placed = place_replicas(model, self._engine.config, check, tokenizer.pad_id)
         self._replicas = [(m, d) for m, d, _ in placed]
         self.precisions = [p for _, _, p in placed]
+
+    @property
+    def engine_config(self) -> EngineConfig:
+        """How this model's inputs are batched and where it runs."""
+        return self._engine.config
 
     def compute(self) -> list[str]:
         """How each replica runs and why, e.g. ``"cpu, PackedEncoder: bfloat16 matmuls (fp32

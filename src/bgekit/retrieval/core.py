@@ -36,6 +36,9 @@ from bgekit.types import OUTPUT_KINDS, SEARCH_MODES, Encoded, OutputKind, Rankin
 DEFAULT_CANDIDATES = 100
 # Entries of one (queries x rows) dense score block: 64 MB of float32.
 BLOCK = 1 << 24
+# Above this many rows, a single query's dense top list comes from faiss's exact scan
+# (multi-threaded), measured faster than one numpy product on SciFact's 9,316 chunks.
+SCAN_ROWS = 4096
 _SLOT = {"dense": 0, "sparse": 1, "bm25": 1, "multivector": 2}
 Fusion = Literal["auto", "weighted", "rrf"]
 
@@ -127,7 +130,12 @@ def query_outputs(
 ) -> tuple[OutputKind, ...]:
     """The query encodings a search in ``mode`` needs (none for BM25 alone)."""
     cfg = config or HybridConfig()
-    scorers = scorers_for(mode, available, cfg)
+    return _outputs_for(scorers_for(mode, available, cfg), available, cfg)
+
+
+def _outputs_for(
+    scorers: list[Scorer], available: Sequence[Scorer], cfg: HybridConfig
+) -> tuple[OutputKind, ...]:
     need = set(scorers)
     if "multivector" in need and cfg.candidates is not None:
         need |= set(_first_stage(scorers, available))
@@ -163,9 +171,10 @@ class _OneQuery:
     def top(self, scorer: Scorer, n: int) -> np.ndarray:
         """The ``n`` best rows; lexical scorers leave out rows sharing no term."""
         c, q = self.corpus, self.q
-        if scorer == "dense" and c.hnsw is not None and "dense" not in self._full:
+        if scorer == "dense" and "dense" not in self._full and (c.hnsw is not None or c.n_rows > SCAN_ROWS):
             assert q.dense is not None
-            _, idx = c.ann().search(np.ascontiguousarray(q.dense[self.qi : self.qi + 1], dtype=np.float32), n)
+            index = c.ann() if c.hnsw is not None else c.flat()
+            _, idx = index.search(np.ascontiguousarray(q.dense[self.qi : self.qi + 1], dtype=np.float32), n)
             return np.asarray(idx[0][idx[0] >= 0], dtype=np.int64)
         idx, val = top_k(self.full(scorer)[None, :], n)
         if scorer in ("sparse", "bm25"):
@@ -174,7 +183,8 @@ class _OneQuery:
 
     def at(self, scorer: Scorer, rows: np.ndarray) -> np.ndarray:
         """Scores of ``rows``."""
-        if scorer in self._full or scorer in ("sparse", "bm25"):
+        every = scorer == "dense" and len(rows) == self.corpus.n_rows  # one product, no gather
+        if scorer in self._full or scorer in ("sparse", "bm25") or every:
             return self.full(scorer)[rows]
         c, q = self.corpus, self.q
         if scorer == "dense":
@@ -244,7 +254,7 @@ def search(
     if "bm25" in scorers and texts is None:
         raise InputError("bm25 needs the query texts")
     n_queries = len(texts) if texts is not None else len(queries)
-    missing = [o for o in query_outputs(mode, corpus.scorers, cfg) if o not in queries.outputs]
+    missing = [o for o in _outputs_for(scorers, corpus.scorers, cfg) if o not in queries.outputs]
     if missing and n_queries:
         raise InputError(f"the query encodings hold no {', '.join(missing)} (the {mode} search needs it)")
     n = corpus.n_rows
@@ -264,10 +274,13 @@ def search(
     )
     # Dense scores of every row, for a block of queries at a time (one matrix product).
     ranked_by = plan.first if plan.first and not plan.exhaustive else plan.scorers
-    dense_full = "dense" in ranked_by and corpus.hnsw is None
+    # one query over many rows: faiss's scan (see SCAN_ROWS); several: one product per block
+    scan = n_queries == 1 and n > SCAN_ROWS and not plan.exhaustive
+    dense_full = "dense" in ranked_by and corpus.hnsw is None and not scan
     step = max(1, BLOCK // n) if dense_full else n_queries
     out: list[Ranking] = []
-    with tqdm(total=n_queries, desc="search", unit="query", disable=not progress) as bar:
+    bar = tqdm(total=n_queries, desc="search", unit="query") if progress else None
+    try:
         for start in range(0, n_queries, step):
             block = range(start, min(n_queries, start + step))
             dense = None
@@ -278,5 +291,9 @@ def search(
                 text = texts[qi] if texts is not None else None
                 row = dense[j] if dense is not None else None
                 out.append(plan.rank(_OneQuery(corpus, queries, qi, text, row)))
-            bar.update(len(block))
+            if bar is not None:
+                bar.update(len(block))
+    finally:
+        if bar is not None:
+            bar.close()
     return out

@@ -124,6 +124,18 @@ class Corpus:
         bm25: Bm25 = self._cache["bm25"]
         return bm25
 
+    def flat(self) -> Any:
+        """An exact faiss inner-product index over the dense rows: one query's scan reads
+        the matrix with several threads (numpy's product reads it with one)."""
+        if "flat" not in self._cache:
+            import faiss
+
+            assert self.dense is not None
+            index = faiss.IndexFlatIP(self.dense.shape[1])
+            index.add(np.ascontiguousarray(self.dense, dtype=np.float32))
+            self._cache["flat"] = index
+        return self._cache["flat"]
+
     def ann(self) -> Any:
         """The faiss HNSW index over the dense rows (``hnsw`` set)."""
         if "ann" not in self._cache:

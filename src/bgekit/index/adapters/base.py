@@ -11,7 +11,15 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from bgekit.errors import InputError
-from bgekit.index.documents import Chunk, Document, best_chunk_per_document, check_documents, encode_chunks
+from bgekit.index.documents import (
+    AddReport,
+    Chunk,
+    Document,
+    best_chunk_per_document,
+    check_documents,
+    encode_chunks,
+    without_empty,
+)
 from bgekit.index.store import IndexConfig
 from bgekit.inputs import check_texts
 from bgekit.models import Embedder
@@ -56,18 +64,19 @@ class VectorDBIndex:
             dims["multivector"] = embedder.info.multivector_dim
         backend.create(self.outputs, dims)
 
-    def add(self, documents: Sequence[Document]) -> int:
-        docs = check_documents(documents)
+    def add(self, documents: Sequence[Document]) -> AddReport:
+        """As :meth:`Index.add`: documents with no text are skipped and counted."""
+        docs, skipped = without_empty(check_documents(documents))
         taken = self.backend.existing([d.id for d in docs])
         if taken:
             raise InputError(f"document id {sorted(taken)[0]!r} is already in the index")
         if not docs:
-            return 0
+            return AddReport(0, 0, skipped)
         chunks, enc = encode_chunks(
             docs, self.embedder, self.outputs, self.config.chunk_tokens, self.config.chunk_overlap
         )
         self.backend.upsert(docs, chunks, enc)
-        return len(chunks)
+        return AddReport(len(docs), len(chunks), skipped)
 
     def delete(self, ids: Sequence[str]) -> None:
         unknown = set(ids) - self.backend.existing(ids)
