@@ -205,7 +205,7 @@ def test_search_with_and_without_rerank(m3: Embedder, reranker: Reranker) -> Non
         ("/embed", b"{not json", 422, "JSON"),
         ("/embed", {"inputs": 5}, 422, "inputs"),
         ("/embed", {"inputs": []}, 422, "inputs"),
-        ("/embed", {"inputs": ["ok", "  "]}, 422, "text 1 is empty"),
+        ("/embed", {"inputs": ["ok", "  "]}, 422, "inputs.1: is empty"),
         ("/embed", {"inputs": "ok", "outputs": ["colour"]}, 422, "outputs"),
         ("/embed", {"inputs": "ok", "kind": "passage"}, 422, "kind"),
         ("/embed", {"inputs": "ok", "extra": 1}, 422, "extra"),
@@ -283,7 +283,8 @@ def test_auth_health_ready_info_and_metrics(m3: Embedder) -> None:
                 ),
                 "x_api_key": await client.post("/embed", json={"inputs": "x"}, headers={"x-api-key": "k3y"}),
                 "info": await client.get("/info", headers=key),
-                "docs": await client.get("/openapi.json"),
+                "docs": await client.get("/openapi.json", headers=key),
+                "docs_no_key": await client.get("/openapi.json"),
             }
             out["metrics"] = await client.get("/metrics", headers=key)
             return out
@@ -297,6 +298,7 @@ def test_auth_health_ready_info_and_metrics(m3: Embedder) -> None:
     assert info["limits"]["max_input_tokens"]["document"] == m3.info.passage_max_length
     assert info["compute"]["model"] == m3.compute() and info["compute"]["reranker"] == []
     assert "/v1/embeddings" in r["docs"].json()["paths"]
+    assert r["docs_no_key"].status_code == 401  # only /health and /ready answer without the key
     text = r["metrics"].text
     assert 'bgekit_requests_total{endpoint="/embed",status="401"} 2.0' in text
     assert 'bgekit_requests_total{endpoint="/embed",status="200"} 1.0' in text

@@ -19,7 +19,8 @@ class ServerConfig:
     engine run (which then pads them in batches by length). ``max_concurrent_requests``:
     requests in flight before new ones get 429. ``max_input_tokens``: the longest input
     accepted (default: the model's limit); a longer one gets 413, or is cut to it when
-    ``truncate``.
+    ``truncate``. ``max_body_bytes``: the largest request body (413 beyond it, before it is
+    read); ``body_timeout``: seconds each part of a body may take to arrive (408 after).
     """
 
     model: str | None = None
@@ -33,10 +34,14 @@ class ServerConfig:
     max_input_tokens: int | None = None
     truncate: bool = False
     max_inputs_per_request: int = 2048
+    max_body_bytes: int = 8 << 20
+    body_timeout: float = 30.0
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     def __post_init__(self) -> None:
-        for name in ("gather_tokens", "max_concurrent_requests", "max_inputs_per_request"):
+        if not self.body_timeout > 0:
+            raise InputError(f"body_timeout must be positive, got {self.body_timeout}")
+        for name in ("gather_tokens", "max_concurrent_requests", "max_inputs_per_request", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_input_tokens is not None and self.max_input_tokens < 3:

@@ -59,23 +59,45 @@ def error_response(
 
 
 def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    """Pydantic's errors as one line naming each field, and the first field."""
-    parts = []
-    param = None
+    """Pydantic's errors as one line naming each field, and the first field. A list that
+    fails on one item also fails the single-string branch of its union: only the deeper
+    error is kept."""
+    found: list[tuple[str, str]] = []
     for err in exc.errors():
+        if err.get("type") == "json_invalid":  # loc holds a character offset, not a field
+            at = [x for x in err.get("loc", ()) if isinstance(x, int)]
+            found.append(("body", f"malformed JSON{f' at character {at[0]}' if at else ''}"))
+            continue
         loc = [str(x) for x in err.get("loc", ()) if x != "body"]
         # Drop pydantic's union-branch labels (``str``, ``list[str]``) from the field path.
-        loc = [x for x in loc if not x.startswith(("str", "list[", "function-after"))]
-        field = ".".join(loc) or "body"
-        param = param or field
-        parts.append(f"{field}: {err.get('msg', 'invalid')}")
-    return "; ".join(dict.fromkeys(parts)), param
+        loc = [x for x in loc if not x.startswith(("str", "list[", "function-after", "constrained-str"))]
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        found.append((".".join(loc) or "body", msg))
+    deeper = {f.split(".")[0] for f, _ in found if "." in f}
+    kept = [(f, m) for f, m in found if not (f in deeper and m == "Input should be a valid string")]
+    parts = [f"{f}: {m}" for f, m in kept or found]
+    return "; ".join(dict.fromkeys(parts)), (kept or found)[0][0] if found else None
+
+
+OPEN_PATHS = frozenset({"/health", "/ready"})  # everything else needs the key when one is set
+
+
+def key_matches(headers: dict[bytes, bytes], api_key: str) -> bool:
+    """``Authorization: Bearer KEY`` or ``x-api-key: KEY``, compared in constant time."""
+    given = headers.get(b"x-api-key")
+    auth = headers.get(b"authorization", b"")
+    if auth.lower().startswith(b"bearer "):
+        given = auth[7:].strip()
+    return given is not None and secrets.compare_digest(given, api_key.encode())
 
 
 class LimitsMiddleware:
-    """Concurrency limit (429 + Retry-After), request metrics, and 500 for server faults.
-    A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` costs a task and a stream
-    per request, which shows at high request rates."""
+    """Everything that must happen before a request costs anything, in this order:
+    authentication (401, before any slot is taken or any byte of the body is read), the
+    body-size limit (413 from ``Content-Length``, or as soon as a streamed body passes it),
+    the concurrency limit (429 + Retry-After); then a timeout for slow bodies (408), request
+    metrics, and 500 for server faults. A plain ASGI middleware: Starlette's
+    ``BaseHTTPMiddleware`` costs a task and a stream per request, which shows at high rates."""
 
     def __init__(self, app: Any, state: ServerState):
         self.app = app
@@ -86,15 +108,29 @@ class LimitsMiddleware:
             await self.app(scope, receive, send)
             return
         state, path = self.state, scope["path"]
-        limit = state.config.max_concurrent_requests
+        cfg = state.config
+        headers = dict(scope["headers"])
         start = time.perf_counter()
-        counted = scope["method"] == "POST"
-        if counted and state.in_flight >= limit:
-            state.metrics.requests.labels(path, "429").inc()
-            busy = error_response(
-                429, f"more than {limit} requests in flight; retry shortly", headers={"Retry-After": "1"}
+
+        async def refuse(status: int, message: str, extra: dict[str, str] | None = None) -> None:
+            state.metrics.requests.labels(path, str(status)).inc()
+            await error_response(status, message, headers=extra)(scope, receive, send)
+
+        if cfg.api_key is not None and path not in OPEN_PATHS and not key_matches(headers, cfg.api_key):
+            await refuse(
+                401,
+                "missing or wrong API key (send 'Authorization: Bearer KEY')",
+                {"WWW-Authenticate": "Bearer"},
             )
-            await busy(scope, receive, send)
+            return
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > cfg.max_body_bytes):
+            await refuse(413, f"the request body is over the limit of {cfg.max_body_bytes} bytes")
+            return
+        counted = scope["method"] == "POST"
+        limit = cfg.max_concurrent_requests
+        if counted and state.in_flight >= limit:
+            await refuse(429, f"more than {limit} requests in flight; retry shortly", {"Retry-After": "1"})
             return
         status = {"code": 500, "started": False}
 
@@ -107,7 +143,7 @@ class LimitsMiddleware:
             state.in_flight += 1
             state.metrics.in_flight.inc()
         try:
-            await self.app(scope, receive, send_and_note)
+            await self.app(scope, _guarded_body(receive, cfg.max_body_bytes, cfg.body_timeout), send_and_note)
         except Exception:
             logger.exception("error serving %s", path)
             if not status["started"]:
@@ -123,21 +159,25 @@ class LimitsMiddleware:
                     state.metrics.queue_depth.labels(name).set(b.depth)
 
 
-def api_key_check(api_key: str | None) -> Callable[[Request], Coroutine[Any, Any, None]]:
-    """A route dependency: 401 unless the request carries ``api_key`` (Bearer or x-api-key)."""
+def _guarded_body(receive: Any, max_bytes: int, timeout: float) -> Callable[[], Coroutine[Any, Any, Any]]:
+    """``receive`` that stops a body at ``max_bytes`` (413) and a client that sends it too
+    slowly (408: each part must arrive within ``timeout`` seconds). After the body, messages
+    pass untouched (the disconnect watch waits on them for as long as a request runs)."""
+    seen = {"bytes": 0, "done": False}
 
-    async def auth(request: Request) -> None:
-        if api_key is None:
-            return
-        given = request.headers.get("x-api-key")
-        header = request.headers.get("authorization", "")
-        if header.lower().startswith("bearer "):
-            given = header[7:].strip()
-        if given is None or not secrets.compare_digest(given.encode(), api_key.encode()):
-            raise HTTPException(
-                401,
-                "missing or wrong API key (send 'Authorization: Bearer KEY')",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+    async def guarded() -> Any:
+        if seen["done"]:
+            return await receive()
+        try:
+            message = await asyncio.wait_for(receive(), timeout)
+        except asyncio.TimeoutError:
+            raise HTTPException(408, f"the request body did not arrive within {timeout:g} s") from None
+        if message["type"] == "http.request":
+            seen["bytes"] += len(message.get("body", b""))
+            if seen["bytes"] > max_bytes:
+                raise HTTPException(413, f"the request body is over the limit of {max_bytes} bytes")
+            if not message.get("more_body", False):
+                seen["done"] = True
+        return message
 
-    return auth
+    return guarded

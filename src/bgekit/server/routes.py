@@ -9,14 +9,15 @@ from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from bgekit.scoring import truncate_dimensions
-from bgekit.server.middleware import api_key_check, wait_or_drop
+from bgekit.server.middleware import wait_or_drop
 from bgekit.server.schemas import (
+    ERROR_RESPONSES,
     DocumentIn,
     EmbeddingsRequest,
     EmbeddingsResponse,
@@ -43,7 +44,6 @@ def _json(body: dict[str, Any]) -> Response:
 def add_routes(app: FastAPI, state: ServerState) -> None:
     """Every endpoint of the bgekit server, on ``app``."""
     cfg = state.config
-    protected = [Depends(api_key_check(cfg.api_key))]
 
     async def embed_rows(
         request: Request, texts: list[str], kind: Kind, outputs: Sequence[OutputKind]
@@ -51,14 +51,15 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         emb = state.need_embedder()
         wanted = emb.check_outputs(outputs)  # before queueing: a bad request never joins a batch
         state.check_count(len(texts), "input")
-        seqs = emb.tokenize(texts, kind=kind)
         limit = emb.info.query_max_length if kind == "query" else emb.info.passage_max_length
+        texts = state.bound_chars(texts, limit, "input")
+        seqs = await run_in_threadpool(emb.tokenize, texts, kind=kind)  # off the event loop
         state.check_lengths(seqs, limit, "input")
         assert state.embed_batcher is not None
         rows = await wait_or_drop(request, state.embed_batcher.submit(seqs, frozenset(wanted)))
         return rows, sum(len(s) for s in seqs)
 
-    @app.post("/v1/embeddings", response_model=EmbeddingsResponse, dependencies=protected)
+    @app.post("/v1/embeddings", response_model=EmbeddingsResponse, responses=ERROR_RESPONSES)
     async def openai_embeddings(body: EmbeddingsRequest, request: Request) -> Response:
         emb = state.need_embedder()
         texts = body.input if isinstance(body.input, list) else [body.input]
@@ -76,7 +77,7 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         return _json({"object": "list", "data": data, "model": body.model or emb.info.name, "usage": usage})
 
     @app.post(
-        "/embed", response_model=EmbedResponse, response_model_exclude_none=True, dependencies=protected
+        "/embed", response_model=EmbedResponse, response_model_exclude_none=True, responses=ERROR_RESPONSES
     )
     async def embed(body: EmbedRequest, request: Request) -> Response:
         emb = state.need_embedder()
@@ -100,13 +101,15 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         return _json({"data": items, "model": emb.info.name, "usage": usage})
 
     @app.post(
-        "/rerank", response_model=RerankResponse, response_model_exclude_none=True, dependencies=protected
+        "/rerank", response_model=RerankResponse, response_model_exclude_none=True, responses=ERROR_RESPONSES
     )
     async def rerank(body: RerankRequest, request: Request) -> RerankResponse:
         rr = state.need_reranker()
         texts = body.texts()
         state.check_count(len(texts), "documents")
-        seqs = rr.tokenize([(body.query, t) for t in texts])
+        (query,) = state.bound_chars([body.query], rr.max_pair_length, "query")
+        bounded = state.bound_chars(texts, rr.max_pair_length, "document")
+        seqs = await run_in_threadpool(rr.tokenize, [(query, t) for t in bounded])
         state.check_lengths(seqs, rr.max_pair_length, "document")
         assert state.rerank_batcher is not None
         scores = await wait_or_drop(request, state.rerank_batcher.submit(seqs, None))
@@ -126,13 +129,19 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
             usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
         )
 
-    @app.post("/search", response_model=SearchResponse, dependencies=protected)
+    @app.post("/search", response_model=SearchResponse, responses=ERROR_RESPONSES)
     async def search(body: SearchRequest, request: Request) -> SearchResponse:
         from bgekit.retrieval import HybridConfig, Pipeline
 
         if state.index is None:
             raise HTTPException(404, "this server has no index (start it with --index)")
         reranker = state.need_reranker() if body.rerank else None
+        # the same length rule as every route: over the query limit is 413 unless truncating
+        emb = state.index.embedder
+        limit = emb.info.query_max_length
+        (query,) = state.bound_chars([body.query], limit, "query")
+        seqs = await run_in_threadpool(emb.tokenize, [query], kind="query")
+        state.check_lengths(seqs, limit, "query")
         defaults = HybridConfig()
         hybrid = HybridConfig(
             weights=body.weights or defaults.weights,
@@ -140,7 +149,7 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
             fusion=body.fusion,
         )
         pipe = Pipeline(None, state.index, reranker, retrieve=body.rerank_top, mode=body.mode, hybrid=hybrid)
-        hits = (await run_in_threadpool(pipe.search, [body.query], body.k))[0]
+        hits = (await run_in_threadpool(pipe.search, [query], body.k))[0]
         out = [SearchHit(**asdict(h)) for h in hits]
         return SearchResponse(hits=out, model=state.index.embedder.info.name)
 
@@ -156,13 +165,13 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
             return JSONResponse({"status": "starting"}, status_code=503)
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics", dependencies=protected)
+    @app.get("/metrics")
     async def metrics() -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST
 
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/info", dependencies=protected)
+    @app.get("/info")
     async def info() -> dict[str, Any]:
         from bgekit import __version__
 

@@ -1,34 +1,52 @@
 """Request and response bodies (pydantic): OpenAI embeddings, bgekit's /embed,
-Cohere/Jina-style /rerank, and /search."""
+Cohere/Jina-style /rerank, and /search.
+
+Every text field must be valid Unicode (a lone surrogate such as ``"\\ud800"`` is valid JSON
+but not text) and input texts must not be blank; numbers and booleans are strict (``"5"``
+is not 5); weights are finite. Breaking a rule answers 422 naming the field.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
 from bgekit.types import Kind, OutputKind, SearchMode
 
-Texts = str | list[str]
 
-
-def _texts(value: Texts) -> list[str]:
-    items = [value] if isinstance(value, str) else value
-    if not items:
-        raise ValueError("must hold at least one text")
-    for i, t in enumerate(items):
-        if not t.strip():
-            raise ValueError(f"text {i} is empty")
-    return items
+def _unicode(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"holds a lone surrogate at character {e.start} (not valid Unicode)") from None
+    return value
 
 
 def _not_blank(v: str) -> str:
     if not v.strip():
-        raise ValueError("query is empty")
+        raise ValueError("is empty")
     return v
 
 
-Query = Annotated[str, Field(min_length=1), AfterValidator(_not_blank)]
+# Any text a client sends (echoed fields too); an input text also must not be blank.
+Text = Annotated[str, AfterValidator(_unicode)]
+InputText = Annotated[
+    str,
+    Field(min_length=1, description="non-blank text (the HTTP API refuses empty strings)"),
+    AfterValidator(_unicode),
+    AfterValidator(_not_blank),
+]
+Texts = InputText | list[InputText]
+Query = InputText
+Weight = Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
+
+
+def _texts(value: str | list[str]) -> list[str]:
+    items = [value] if isinstance(value, str) else value
+    if not items:
+        raise ValueError("must hold at least one text")
+    return items
 
 
 def _dense_only() -> list[OutputKind]:
@@ -41,10 +59,10 @@ class EmbeddingsRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     input: Texts
-    model: str | None = None
+    model: Text | None = None
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, ge=1)
-    user: str | None = None
+    dimensions: StrictInt | None = Field(default=None, ge=1)
+    user: Text | None = None
     input_type: Kind = "document"
 
     @field_validator("input")
@@ -78,7 +96,7 @@ class EmbedRequest(BaseModel):
     inputs: Texts
     kind: Kind = "document"
     outputs: list[OutputKind] = Field(default_factory=_dense_only, min_length=1)
-    return_tokens: bool = False
+    return_tokens: StrictBool = False
 
     @field_validator("inputs")
     @classmethod
@@ -106,7 +124,7 @@ class EmbedResponse(BaseModel):
 
 
 class DocumentIn(BaseModel):
-    text: str
+    text: InputText
 
 
 class RerankRequest(BaseModel):
@@ -114,18 +132,10 @@ class RerankRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     query: Query
-    documents: list[str | DocumentIn] = Field(min_length=1)
-    top_n: int | None = Field(default=None, ge=1)
-    return_documents: bool = False
-    model: str | None = None
-
-    @field_validator("documents")
-    @classmethod
-    def _check_documents(cls, v: list[str | DocumentIn]) -> list[str | DocumentIn]:
-        for i, d in enumerate(v):
-            if not (d if isinstance(d, str) else d.text).strip():
-                raise ValueError(f"document {i} is empty")
-        return v
+    documents: list[InputText | DocumentIn] = Field(min_length=1)
+    top_n: StrictInt | None = Field(default=None, ge=1)
+    return_documents: StrictBool = False
+    model: Text | None = None
 
     def texts(self) -> list[str]:
         return [d if isinstance(d, str) else d.text for d in self.documents]
@@ -146,13 +156,13 @@ class RerankResponse(BaseModel):
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     query: Query
-    k: int = Field(default=10, ge=1, le=1000)
+    k: StrictInt = Field(default=10, ge=1, le=1000)
     mode: SearchMode = "hybrid"
-    weights: tuple[float, float, float] | None = None
-    candidates: int | None = Field(default=None, ge=1)
+    weights: tuple[Weight, Weight, Weight] | None = None
+    candidates: StrictInt | None = Field(default=None, ge=1)
     fusion: Literal["auto", "weighted", "rrf"] = "auto"
-    rerank: bool = False
-    rerank_top: int = Field(default=50, ge=1, le=1000)
+    rerank: StrictBool = False
+    rerank_top: StrictInt = Field(default=50, ge=1, le=1000)
 
 
 class SearchHit(BaseModel):
@@ -168,3 +178,30 @@ class SearchHit(BaseModel):
 class SearchResponse(BaseModel):
     hits: list[SearchHit]
     model: str
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: int
+
+
+class ErrorBody(BaseModel):
+    """Every error answer (OpenAI's shape)."""
+
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    400: {"model": ErrorBody, "description": "the request cannot be read"},
+    401: {"model": ErrorBody, "description": "missing or wrong API key (when the server has one)"},
+    404: {"model": ErrorBody, "description": "the server runs no model (or index) for this route"},
+    408: {"model": ErrorBody, "description": "the request body arrived too slowly"},
+    413: {"model": ErrorBody, "description": "body, input count or input length over the server's limits"},
+    422: {
+        "model": ErrorBody,
+        "description": "malformed JSON, wrong types, blank or invalid text, bad options",
+    },
+    429: {"model": ErrorBody, "description": "too many requests in flight; retry after Retry-After seconds"},
+}

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from bgekit.models import Embedder, Reranker
 
 logger = logging.getLogger(__name__)
+# A text this many characters per allowed token is refused (or cut, with --truncate) before
+# it is tokenised: no tokenizer in use here gives fewer tokens than characters / 32 on text.
+CHARS_PER_TOKEN = 32
 
 
 class ServerState:
@@ -126,6 +129,21 @@ class ServerState:
         if self.reranker is None:
             raise HTTPException(404, "this server runs no reranker (start it with --reranker)")
         return self.reranker
+
+    def bound_chars(self, texts: Sequence[str], limit: int, what: str) -> list[str]:
+        """The cheap length rule, before any tokenising: a text over ``limit`` tokens'
+        worth of characters gets 413, or is cut there when the server truncates."""
+        most = limit * CHARS_PER_TOKEN
+        out = []
+        for i, t in enumerate(texts):
+            if len(t) > most:
+                if not self.config.truncate:
+                    raise HTTPException(
+                        413, f"{what} {i} has {len(t)} characters, over the {most} that {limit} tokens allow"
+                    )
+                t = t[:most]
+            out.append(t)
+        return out
 
     def check_lengths(self, seqs: Sequence[TokenSeq], limit: int, what: str) -> None:
         if self.config.truncate:

@@ -1,0 +1,221 @@
+"""The server against hostile or careless clients: invalid Unicode, oversized and slow
+bodies, unauthenticated slot-holders, loose types — each a regression test of issue 13."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytest.importorskip("fastapi")
+import uvicorn
+
+from bgekit import Document, Embedder, EngineConfig, Index, IndexConfig, Reranker
+from bgekit.server import ServerConfig, create_app
+from tests.tiny_models import CORPUS
+
+EXACT = EngineConfig(device="cpu", progress=False, dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def emb(bert_m3: Path) -> Embedder:
+    return Embedder.from_pretrained(str(bert_m3), engine=EXACT)
+
+
+@pytest.fixture(scope="module")
+def rr(bert_reranker: Path) -> Reranker:
+    return Reranker.from_pretrained(str(bert_reranker), engine=EXACT)
+
+
+@pytest.fixture(scope="module")
+def index(emb: Embedder) -> Index:
+    ix = Index(emb, IndexConfig(outputs=("dense", "sparse")))
+    ix.add([Document(f"d{i}", t) for i, t in enumerate(dict.fromkeys(CORPUS))])
+    return ix
+
+
+async def _call(
+    app: Any, requests: list[tuple[str, str, Any]], headers: dict[str, str] | None = None
+) -> list:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bgekit") as client:
+            out = []
+            for method, path, body in requests:
+                kw: dict[str, Any] = {"headers": {"content-type": "application/json", **(headers or {})}}
+                if body is not None:
+                    kw["content"] = body if isinstance(body, bytes) else body.encode()
+                out.append(await client.request(method, path, **kw))
+            return out
+
+
+SURROGATES = [
+    ("/v1/embeddings", r'{"input": "abc \ud800"}', "input"),
+    ("/v1/embeddings", r'{"input": ["ok", "\udfff"]}', "input.1"),
+    ("/v1/embeddings", r'{"input": "x", "model": "\ud800"}', "model"),
+    ("/embed", r'{"inputs": "\ud83d"}', "inputs"),
+    ("/rerank", r'{"query": "q", "documents": ["\ud800"]}', "documents.0"),
+    ("/rerank", r'{"query": "\udc00", "documents": ["d"]}', "query"),
+    ("/search", r'{"query": "cats \ud800"}', "query"),
+]
+
+
+def test_lone_surrogates_are_422_naming_the_field(emb: Embedder, rr: Reranker, index: Index) -> None:
+    app = create_app(ServerConfig(), embedder=emb, reranker=rr, index=index)
+    answers = asyncio.run(_call(app, [("POST", path, body) for path, body, _ in SURROGATES]))
+    for (path, _, field), r in zip(SURROGATES, answers, strict=True):
+        assert r.status_code == 422, (path, r.text)
+        err = r.json()["error"]
+        assert err["param"] == field and ("unicode" in err["message"] or "surrogate" in err["message"]), err
+    # non-BMP text is fine
+    ok = asyncio.run(_call(app, [("POST", "/embed", '{"inputs": "emoji \U0001f600 ok"}')]))[0]
+    assert ok.status_code == 200
+
+
+LOOSE = [
+    ("/v1/embeddings", '{"input": "x", "dimensions": true}', "dimensions"),
+    ("/embed", '{"inputs": "x", "return_tokens": "yes"}', "return_tokens"),
+    ("/search", '{"query": "cats", "k": "5"}', "k"),
+    ("/search", '{"query": "cats", "weights": [NaN, 0.2, 0.4]}', "weights.0"),
+    ("/search", '{"query": "cats", "weights": [Infinity, 0.2, 0.4]}', "weights.0"),
+    ("/search", '{"query": "cats", "weights": [1e308, 0.2, 0.4]}', "weights.0"),
+    ("/rerank", '{"query": "q", "documents": ["d"], "top_n": 1.5}', "top_n"),
+    ("/embed", '{"inputs": ["x"', "body"),
+]
+
+
+def test_loose_types_and_non_finite_weights_are_422(emb: Embedder, rr: Reranker, index: Index) -> None:
+    app = create_app(ServerConfig(), embedder=emb, reranker=rr, index=index)
+    answers = asyncio.run(_call(app, [("POST", path, body) for path, body, _ in LOOSE]))
+    for (path, body, field), r in zip(LOOSE, answers, strict=True):
+        assert r.status_code == 422, (path, body, r.text)
+        assert r.json()["error"]["param"] == field, (body, r.json())
+
+
+def test_search_follows_the_same_defaults_and_length_rule(emb: Embedder, index: Index) -> None:
+    app = create_app(ServerConfig(), embedder=emb, index=index)
+    long_query = '{"query": "' + "cats " * 200_000 + '"}'
+    plain, with_candidates, too_long = asyncio.run(
+        _call(
+            app,
+            [
+                ("POST", "/search", '{"query": "cats and dogs", "mode": "hybrid"}'),
+                ("POST", "/search", '{"query": "cats and dogs", "mode": "hybrid", "candidates": 100}'),
+                ("POST", "/search", long_query),
+            ],
+        )
+    )
+    # giving candidates must not change the fusion (it used to switch RRF to a weighted sum)
+    assert plain.json()["hits"] == with_candidates.json()["hits"]
+    assert too_long.status_code == 413 and "query 0" in too_long.json()["error"]["message"]
+
+
+def test_body_size_limit_and_cheap_length_bound(emb: Embedder) -> None:
+    app = create_app(ServerConfig(max_body_bytes=10_000), embedder=emb)
+    big = '{"inputs": "' + "x" * 20_000 + '"}'
+    declared, long_text = asyncio.run(
+        _call(app, [("POST", "/embed", big), ("POST", "/embed", '{"inputs": "' + "word " * 1900 + '"}')])
+    )
+    assert declared.status_code == 413 and "10000 bytes" in declared.json()["error"]["message"]
+    # 9,500 characters for a 40-token limit: refused before tokenising (40 x 32 characters)
+    small = create_app(
+        ServerConfig(max_input_tokens=40),
+        embedder=Embedder.from_pretrained(str(Path(emb.info.path)), engine=EXACT),
+    )
+    r = asyncio.run(_call(small, [("POST", "/embed", '{"inputs": "' + "word " * 1900 + '"}')]))[0]
+    assert r.status_code == 413 and "characters" in r.json()["error"]["message"]
+    assert long_text.status_code == 413  # over the model's token limit too
+
+
+def test_tokenising_does_not_block_the_event_loop(emb: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = create_app(ServerConfig(), embedder=emb)
+    release = threading.Event()
+    real = emb.tokenize
+
+    def slow_tokenize(*args: Any, **kwargs: Any) -> Any:
+        if args and args[0] == ["the slow one"]:
+            assert release.wait(10), "health was never answered while tokenising"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(emb, "tokenize", slow_tokenize)
+
+    async def main() -> tuple[int, int]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://bgekit") as client:
+                slow = asyncio.ensure_future(client.post("/embed", json={"inputs": ["the slow one"]}))
+                await asyncio.sleep(0.05)
+                health = await asyncio.wait_for(client.get("/health"), 10)  # served meanwhile
+                release.set()
+                return health.status_code, (await slow).status_code
+
+    assert asyncio.run(main()) == (200, 200)
+
+
+# -- a live server on loopback -------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def live(app: Any) -> Iterator[str]:
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_unauthenticated_slow_clients_cannot_take_the_slots(emb: Embedder) -> None:
+    cfg = ServerConfig(api_key="k3y", max_concurrent_requests=8, body_timeout=1.0)
+    app = create_app(cfg, embedder=emb)
+    with live(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        held = []
+        try:
+            for _ in range(40):  # 5x the slots: headers sent, body never
+                s = socket.create_connection(("127.0.0.1", port))
+                s.sendall(
+                    b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                )
+                held.append(s)
+            keyed = [
+                httpx.post(
+                    f"{url}/embed", json={"inputs": ["cats"]}, headers={"x-api-key": "k3y"}, timeout=30
+                )
+                for _ in range(3)
+            ]
+            assert [r.status_code for r in keyed] == [200, 200, 200]
+            # a keyed client that never finishes its body is cut off after body_timeout
+            slow = socket.create_connection(("127.0.0.1", port))
+            slow.sendall(
+                b"POST /embed HTTP/1.1\r\nHost: x\r\nx-api-key: k3y\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 1000\r\n\r\n{"
+            )
+            slow.settimeout(20)
+            assert b" 408 " in slow.recv(1024).split(b"\r\n")[0]
+            slow.close()
+            assert app.state.bgekit.in_flight == 0
+        finally:
+            for s in held:
+                s.close()
