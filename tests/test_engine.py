@@ -111,3 +111,20 @@ def test_progress_bar_when_asked_and_silence_by_default(capsys: pytest.CaptureFi
     assert "encoding" in err and "50/50" in err
     Engine(EngineConfig(max_batch_tokens=64)).run(data, [EchoRunner()], pad_id=0)
     assert capsys.readouterr().err == ""  # not a terminal under pytest
+
+
+def test_progress_is_logged_when_there_is_no_terminal(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bgekit.engine import engine as engine_module
+
+    monkeypatch.setattr(engine_module.LogProgress, "every", 0.0)  # a line per batch
+    with caplog.at_level("INFO", logger="bgekit.engine.engine"):
+        Engine(EngineConfig(max_batch_tokens=64)).run(seqs(50), [EchoRunner()], pad_id=0, desc="encoding")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines and lines[-1].startswith("encoding: 50/50 texts") and "ETA 0s" in lines[-1]
+    assert all("texts" in line and "/s" in line for line in lines)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="bgekit.engine.engine"):
+        Engine(EngineConfig(max_batch_tokens=64, progress=False)).run(seqs(50), [EchoRunner()], pad_id=0)
+    assert caplog.records == []  # progress=False: nothing at all

@@ -62,6 +62,33 @@ def test_head_files_never_run_pickled_code(tmp_path: Path, bert_m3: Path) -> Non
             return (marker.write_text, ("ran",))  # executed only by an unsafe load
 
     torch.save({"weight": Payload()}, evil / "colbert_linear.pt")
-    with pytest.raises(ModelFormatError, match="cannot read head file"):
+    with pytest.raises(
+        ModelFormatError, match=r"unsafe pickle.*convert the checkpoint to safetensors"
+    ) as err:
         Embedder.from_pretrained(str(evil))
+    assert "weights_only=False" not in str(err.value)  # never the advice that would run it
     assert not marker.exists()
+
+
+def test_a_pickled_checkpoint_with_code_is_refused(
+    tmp_path: Path, bert_m3: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    evil = tmp_path / "evil-bin"
+    shutil.copytree(bert_m3, evil)
+    for f in evil.glob("*.safetensors"):
+        f.unlink()
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (marker.write_text, ("ran",))
+
+    torch.save({"embeddings.word_embeddings.weight": Payload()}, evil / "pytorch_model.bin")
+    with pytest.raises(ModelFormatError, match=r"unsafe pickle") as err:
+        Embedder.from_pretrained(str(evil))
+    assert "weights_only=False" not in str(err.value) and not marker.exists()
+    from bgekit.cli.main import main
+
+    assert main(["info", str(evil)]) == 2
+    out = capsys.readouterr().err
+    assert out.count("\n") == 1 and "unsafe pickle" in out and not marker.exists()

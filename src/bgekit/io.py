@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,11 +18,17 @@ from bgekit.errors import InputError
 from bgekit.types import Encoded, SparseVec
 
 
+def _temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+
+
 @contextmanager
 def atomic_write(path: Path) -> Iterator[IO[bytes]]:
-    """Write to a temporary file beside ``path`` and rename it over ``path`` on success only."""
+    """Write to a temporary file beside ``path`` and rename it over ``path`` on success only.
+    The file gets the user's umask, like any other (``tempfile.mkstemp`` would keep 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = _temp_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -48,7 +54,8 @@ def atomic_dir(path: Path, *, overwrite: bool = False) -> Iterator[Path]:
     only after the new one is in place."""
     check_output_dir(path, overwrite=overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = _temp_name(path)
+    tmp.mkdir(0o777)  # the umask applies (tempfile.mkdtemp would keep 0700)
     try:
         yield tmp
         old = None
@@ -63,34 +70,47 @@ def atomic_dir(path: Path, *, overwrite: bool = False) -> Iterator[Path]:
         raise
 
 
-def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed value) for each non-blank line; errors name the file and line."""
+def read_text(path: Path, encoding: str = "utf-8") -> str:
+    """A text file's contents; a decoding error names the file and the byte offset."""
     if not path.is_file():
         raise InputError(f"missing file {path}")
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield n, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n}: malformed JSON ({e.msg})") from None
+    data = path.read_bytes()
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"{path}: not valid {encoding} at byte {e.start} ({data[e.start : e.start + 4]!r}); "
+            "give the file's encoding with --encoding (e.g. latin-1)"
+        ) from None
+    except LookupError:
+        raise InputError(f"unknown encoding {encoding!r}") from None
 
 
-def read_texts(path: Path) -> tuple[list[str], list[str] | None]:
+def iter_jsonl(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for each non-blank line; errors name the file and line."""
+    for n, line in enumerate(read_text(path, encoding).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{n}: malformed JSON ({e.msg})") from None
+
+
+def read_texts(path: Path, encoding: str = "utf-8") -> tuple[list[str], list[str] | None]:
     """Texts (and ids when given) from a JSONL file or a plain text file (one text per line).
 
     A JSONL line is a JSON string or an object with ``text`` (and optionally ``id``/``_id``
-    and ``title``, joined as ``title + " " + text``).
+    and ``title``, joined as ``title + " " + text``). A file with no text is an error.
     """
     texts: list[str] = []
     ids: list[str] = []
     if path.suffix.lower() not in (".jsonl", ".json"):
-        if not path.is_file():
-            raise InputError(f"missing file {path}")
-        lines = path.read_text(encoding="utf-8").splitlines()
-        return [line for line in lines if line.strip()], None
-    for n, obj in iter_jsonl(path):
+        lines = [line for line in read_text(path, encoding).splitlines() if line.strip()]
+        if not lines:
+            raise InputError(f"{path} holds no text: nothing to encode")
+        return lines, None
+    for n, obj in iter_jsonl(path, encoding):
         if isinstance(obj, str):
             texts.append(obj)
             continue
@@ -101,6 +121,8 @@ def read_texts(path: Path) -> tuple[list[str], list[str] | None]:
         key = obj.get("id", obj.get("_id"))
         if key is not None:
             ids.append(str(key))
+    if not texts:
+        raise InputError(f"{path} holds no lines: nothing to encode")
     if ids and len(ids) != len(texts):
         raise InputError(f"{path}: some lines have an id and some do not")
     if len(set(ids)) != len(ids):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -90,13 +91,68 @@ def outputs_arg(text: str) -> tuple[str, ...]:
     return parts
 
 
+class Parser(argparse.ArgumentParser):
+    """Every bgekit (sub)command's parser: defaults shown in ``--help``, and an unknown
+    option reported with the usage of the command it was given to (not the top level's)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        ns, extra = self.parse_known_args(args, namespace)
+        if extra:
+            self._deepest(ns).error(f"unrecognized arguments: {' '.join(extra)}")
+        return ns
+
+    def _deepest(self, ns: argparse.Namespace) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self
+        while True:
+            actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+            chosen = getattr(ns, actions[0].dest, None) if actions else None
+            if chosen is None:
+                return parser
+            parser = actions[0].choices[chosen]
+
+
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg,unused-ignore]
+    """Writes to whatever ``sys.stderr`` is when a line is logged."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def _log_to_stderr() -> None:
+    """bgekit's own log lines (warnings, progress without a terminal) go to stderr, once."""
+    log = logging.getLogger("bgekit")
+    if not any(isinstance(h, _Stderr) for h in log.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("bgekit: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
 def run_parser(build: Callable[[], argparse.ArgumentParser], argv: Sequence[str] | None) -> int:
-    """Parse and run a command; bgekit's own errors become one line on stderr and status 2."""
+    """Parse and run a command; a user's mistake is one line on stderr and status 2, an
+    interruption (Ctrl-C) one line and 130 — never a traceback."""
     try:
         ns = build().parse_args(argv)
+        _log_to_stderr()
         return int(ns.func(ns))
     except BgekitError as e:
         print(f"bgekit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bgekit: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:  # a file the command could not read or write
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"bgekit: error:{where} {e.strerror or e}", file=sys.stderr)
         return 2
 
 
@@ -109,7 +165,7 @@ def weights_arg(text: str) -> tuple[float, float, float]:
         ) from None
     if len(parts) != 3:
         raise argparse.ArgumentTypeError(
-            f"weights must be three numbers (dense, sparse, multivector); got {text!r}"
+            f"weights must be three numbers (dense, lexical, multivector); got {text!r}"
         )
     return parts
 
@@ -118,9 +174,16 @@ def candidates_arg(text: str) -> int | None:
     if text == "all":
         return None
     try:
-        return int(text)
+        n = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"candidates must be a number or 'all'; got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"candidates must be at least 1, or 'all'; got {n}")
+    return n
+
+
+def encoding_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--encoding", default="utf-8", help="text encoding of the input files (e.g. latin-1)")
 
 
 def search_args(p: argparse.ArgumentParser, *, default_mode: str) -> None:

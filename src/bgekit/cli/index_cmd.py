@@ -9,7 +9,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bgekit.cli.common import engine_args, engine_config, hybrid_config, model_path, outputs_arg, search_args
+from bgekit.cli.common import (
+    encoding_arg,
+    engine_args,
+    engine_config,
+    hybrid_config,
+    model_path,
+    outputs_arg,
+    search_args,
+)
 from bgekit.errors import InputError
 
 
@@ -25,14 +33,14 @@ def cmd_build(ns: argparse.Namespace) -> int:
     root = Path(ns.index)
     if (root / MANIFEST).exists() and not ns.overwrite:
         raise InputError(f"{root} already holds an index; use 'bgekit index add' or --overwrite")
-    docs = read_source(ns.source)
-    embedder = Embedder.from_pretrained(model_path(ns.model), engine=engine_config(ns))
-    config = IndexConfig(
+    config = IndexConfig(  # checked before anything is read or loaded
         outputs=ns.outputs,
         chunk_tokens=ns.chunk_tokens,
         chunk_overlap=ns.chunk_overlap,
         dense_index=ns.dense_index,
     )
+    docs = read_source(ns.source, encoding=ns.encoding)
+    embedder = Embedder.from_pretrained(model_path(ns.model), engine=engine_config(ns))
     index = Index(embedder, config)
     start = time.perf_counter()
     report = index.add(docs)
@@ -47,10 +55,10 @@ def cmd_build(ns: argparse.Namespace) -> int:
 def cmd_add(ns: argparse.Namespace) -> int:
     from bgekit.index import Index, read_source
 
+    docs = read_source(ns.source, encoding=ns.encoding)
     index = Index.load(ns.index, mmap=False, engine=engine_config(ns))
-    docs = read_source(ns.source)
     start = time.perf_counter()
-    report = index.add(docs)
+    report = index.add(docs, update=ns.update)
     index.save()
     print(
         f"added {report.documents} documents ({report.chunks} chunks{_skipped(report)}) in "
@@ -59,10 +67,21 @@ def cmd_add(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_delete(ns: argparse.Namespace) -> int:
+    from bgekit.index import Index
+
+    ids = list(dict.fromkeys(ns.ids))
+    index = Index.load(ns.index, mmap=False, engine=engine_config(ns))
+    chunks = index.delete(ids)
+    index.save()
+    print(f"deleted {len(ids)} documents ({chunks} chunks); now {len(index)}")
+    return 0
+
+
 def cmd_info(ns: argparse.Namespace) -> int:
     from bgekit.index import Index
 
-    info = Index.load(ns.index).info()
+    info = Index.inspect(ns.index)
     if ns.json:
         print(json.dumps(asdict(info), indent=2))
         return 0
@@ -138,39 +157,56 @@ def cmd_search(ns: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     ix = sub.add_parser("index", help="build, extend and inspect an embedded search index")
     ixsub = ix.add_subparsers(dest="index_command", required=True)
+    source_help = (
+        "a folder of .txt/.md files, one .txt/.md file, or a .jsonl with id/_id, text[, title, metadata]"
+    )
 
-    p = ixsub.add_parser("build", help="index a folder of .txt/.md files or a JSONL file")
-    p.add_argument("source", help="folder of .txt/.md, or .jsonl with id/_id, text[, title, metadata]")
+    p = ixsub.add_parser("build", help="index a folder of .txt/.md files, one text file or a JSONL file")
+    p.add_argument("source", help=source_help)
     p.add_argument("--index", required=True, help="folder to write the index to")
     p.add_argument("--model", help="hub id or local folder (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument("--outputs", type=outputs_arg, default=("dense",), help="dense[,sparse][,multivector]")
     p.add_argument(
-        "--chunk-tokens", type=int, default=None, help="tokens per chunk (default: the model's max)"
+        "--chunk-tokens",
+        type=int,
+        default=None,
+        help="tokens per chunk, at least 8 (default: the model's max)",
     )
-    p.add_argument("--chunk-overlap", type=int, default=64)
-    p.add_argument("--dense-index", choices=["flat", "hnsw"], default="flat")
+    p.add_argument("--chunk-overlap", type=int, default=64, help="tokens shared by consecutive chunks")
+    p.add_argument(
+        "--dense-index", choices=["flat", "hnsw"], default="flat", help="exact, or approximate (HNSW)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an index already in --index")
+    encoding_arg(p)
     engine_args(p)
     p.set_defaults(func=cmd_build)
 
-    p = ixsub.add_parser("add", help="add documents to an index (same model)")
-    p.add_argument("source")
-    p.add_argument("--index", required=True)
+    p = ixsub.add_parser("add", help="add documents to an index (its model is loaded from the index)")
+    p.add_argument("source", help=source_help)
+    p.add_argument("--index", required=True, help="the index folder")
+    p.add_argument("--update", action="store_true", help="replace documents whose id is already indexed")
+    encoding_arg(p)
     engine_args(p)
     p.set_defaults(func=cmd_add)
 
-    p = ixsub.add_parser("info", help="counts, model, outputs and sizes on disk")
-    p.add_argument("index")
-    p.add_argument("--json", action="store_true")
+    p = ixsub.add_parser("delete", help="delete documents (all their chunks) by id")
+    p.add_argument("ids", nargs="+", help="document ids")
+    p.add_argument("--index", required=True, help="the index folder")
+    engine_args(p)
+    p.set_defaults(func=cmd_delete)
+
+    p = ixsub.add_parser("info", help="counts, model, outputs and sizes on disk (every file checked)")
+    p.add_argument("index", help="the index folder")
+    p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("search", help="search an index (optionally rerank)")
-    p.add_argument("index")
-    p.add_argument("query")
-    p.add_argument("-k", type=int, default=10)
+    p.add_argument("index", help="the index folder")
+    p.add_argument("query", help="what to search for")
+    p.add_argument("-k", type=int, default=10, help="documents to show")
     search_args(p, default_mode="hybrid")
     p.add_argument("--reranker", help="cross-encoder for a second stage")
-    p.add_argument("--rerank-top", type=int, default=100)
+    p.add_argument("--rerank-top", type=int, default=100, help="first-stage hits the reranker rescores")
     p.add_argument("--json", action="store_true", help="print JSON")
     engine_args(p)
     p.set_defaults(func=cmd_search)

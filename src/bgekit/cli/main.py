@@ -8,7 +8,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bgekit.cli.common import engine_args, engine_config, model_path, outputs_arg, run_parser
+from bgekit.cli.common import (
+    Parser,
+    encoding_arg,
+    engine_args,
+    engine_config,
+    model_path,
+    outputs_arg,
+    run_parser,
+)
 from bgekit.cli.eval_cmd import register as register_eval
 from bgekit.cli.index_cmd import register as register_index
 from bgekit.cli.serve_cmd import register as register_serve
@@ -19,7 +27,7 @@ def cmd_encode(ns: argparse.Namespace) -> int:
     from bgekit.io import read_texts, save_encoded
     from bgekit.models import Embedder
 
-    texts, ids = read_texts(Path(ns.input))
+    texts, ids = read_texts(Path(ns.input), ns.encoding)
     model = Embedder.from_pretrained(model_path(ns.model), engine=engine_config(ns))
     start = time.perf_counter()
     enc = model.encode(texts, kind=ns.kind, outputs=ns.outputs)
@@ -89,7 +97,7 @@ def cmd_similarity(ns: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="bgekit",
         description="BGE retrieval models: encode, evaluate, index, search, fine-tune, serve, inspect",
     )
@@ -105,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--outputs", type=outputs_arg, default=("dense",), help="comma-separated, e.g. dense,sparse"
     )
+    encoding_arg(p)
     engine_args(p)
     p.set_defaults(func=cmd_encode)
 

@@ -49,6 +49,7 @@ def cmd_serve(ns: argparse.Namespace) -> int:
         engine=engine_config(ns),
     )
     app = create_app(config)
+    app.state.bgekit.load()  # a bad model or index is one error line, before anything listens
     uvicorn.run(app, host=config.host, port=config.port, log_level=ns.log_level, timeout_graceful_shutdown=30)
     return 0
 
@@ -57,13 +58,14 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "serve",
         help="HTTP server: /v1/embeddings, /embed, /rerank, /search (needs the server extra)",
-        description=__doc__,
+        description="HTTP server for embeddings, reranking and search. Every option also reads "
+        "BGEKIT_<OPTION> from the environment (e.g. BGEKIT_API_KEY); a command-line value wins.",
     )
     p.add_argument("--model", default=_env("model", None), help="embedder (default: the packaged model)")
     p.add_argument("--reranker", default=_env("reranker", None), help="cross-encoder for /rerank")
     p.add_argument("--index", default=_env("index", None), help="index folder for /search")
-    p.add_argument("--host", default=_env("host", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=_env("port", 8080, int))
+    p.add_argument("--host", default=_env("host", "127.0.0.1"), help="address to listen on")
+    p.add_argument("--port", type=int, default=_env("port", 8080, int), help="port to listen on")
     p.add_argument("--api-key", default=_env("api_key", None), help="require 'Authorization: Bearer KEY'")
     p.add_argument(
         "--gather-tokens",

@@ -9,8 +9,10 @@ With several runners (one model replica per device) batches are shared among the
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +29,7 @@ from bgekit.errors import BgekitError
 from bgekit.types import TokenSeq
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 CPU_BATCH_TOKENS = 2048
 ACCELERATOR_BATCH_TOKENS = 16384
 T_co = TypeVar("T_co", covariant=True)
@@ -116,6 +119,34 @@ class _Work(Generic[T]):
             self.queue = deque(pending[b] for b in sub)
 
 
+class LogProgress:
+    """Progress as log lines (``encoding: 1,200/5,183 texts, 410/s, ETA 10s``), one per
+    ``every`` seconds, for runs whose stderr is not a terminal; a run shorter than that
+    logs nothing, a longer one also logs its end."""
+
+    every = 15.0
+
+    def __init__(self, total: int, desc: str):
+        self.total, self.desc = total, desc
+        self.done = 0
+        self.start = self.last = time.monotonic()
+        self.lines = 0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        finished = self.done >= self.total and self.lines > 0
+        if now - self.last < self.every and not finished:
+            return
+        self.last = now
+        self.lines += 1
+        rate = self.done / max(now - self.start, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        logger.info(
+            "%s: %s/%s texts, %.0f/s, ETA %.0fs", self.desc, f"{self.done:,}", f"{self.total:,}", rate, eta
+        )
+
+
 class Engine:
     """Runs tokenised inputs through runners in token-budgeted, length-sorted batches."""
 
@@ -151,10 +182,17 @@ class Engine:
         show = cfg.progress
         if show is None:
             show = len(plan) > 1 and sys.stderr.isatty()
+        # no terminal for a bar: a log line now and then (count, rate, ETA) on long runs
+        log = LogProgress(len(seqs), desc) if cfg.progress is None and not show and len(plan) > 1 else None
         with tqdm(total=len(seqs), desc=desc, unit="text", disable=not show) as bar:
 
+            def advance(n: int) -> None:
+                bar.update(n)
+                if log is not None:
+                    log.update(n)
+
             def loop(runner: Runner[T]) -> None:
-                self._loop(work, runner, pad_id, padding_side, bar.update)
+                self._loop(work, runner, pad_id, padding_side, advance)
 
             if len(runners) == 1:
                 loop(runners[0])

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from bgekit.errors import InputError
 from bgekit.inputs import passage_text
-from bgekit.io import iter_jsonl
+from bgekit.io import iter_jsonl, read_text
 from bgekit.models.tokenizer import TextTokenizer
 from bgekit.types import Encoded, Hit, OutputKind
 
@@ -58,23 +58,36 @@ def check_documents(
     """Refuse documents that are not :class:`Document` values, without an id, with ids seen
     twice or already indexed (documents with no text pass: :meth:`Index.add` skips them)."""
     out = []
-    seen = set(existing)
+    seen: set[str] = set()
+    twice: list[str] = []
     for i, d in enumerate(docs):
         if not isinstance(d, Document):
             raise InputError(f"documents[{i}] is {type(d).__name__}, expected a Document")
         if not d.id:
             raise InputError(f"documents[{i}] has an empty id")
         if d.id in seen:
-            where = "already in the index" if d.id in existing else "given twice"
-            raise InputError(f"document id {d.id!r} is {where}")
+            twice.append(d.id)
         seen.add(d.id)
         out.append(d)
+    if twice:
+        raise InputError(f"{_ids(twice)} given twice")
+    clash = [d.id for d in out if d.id in existing]
+    if clash:
+        raise InputError(f"{_ids(clash)} already in the index (add with update=True / --update to replace)")
     return out
 
 
-def _from_jsonl(path: Path) -> list[Document]:
+def _ids(ids: Sequence[str]) -> str:
+    """``document id 'a' is`` / ``3 document ids ('a', 'b', 'c') are``."""
+    if len(ids) == 1:
+        return f"document id {ids[0]!r} is"
+    shown = ", ".join(map(repr, ids[:5])) + (", ..." if len(ids) > 5 else "")
+    return f"{len(ids)} document ids ({shown}) are"
+
+
+def _from_jsonl(path: Path, encoding: str) -> list[Document]:
     docs = []
-    for n, obj in iter_jsonl(path):
+    for n, obj in iter_jsonl(path, encoding):
         if not isinstance(obj, dict):
             raise InputError(f"{path}:{n}: expected a JSON object")
         key = obj.get("id", obj.get("_id"))
@@ -88,25 +101,50 @@ def _from_jsonl(path: Path) -> list[Document]:
     return docs
 
 
-def read_source(source: str | Path) -> list[Document]:
-    """A folder of .txt/.md files (id = path inside the folder, title = file name without
-    suffix), or a JSONL file (``id``/``_id``, ``text``, optional ``title``, ``metadata``;
-    a BEIR ``corpus.jsonl`` is one)."""
+def is_binary(path: Path) -> bool:
+    """A NUL byte in the first 8 KiB: not text (an executable, an archive, an image)."""
+    with path.open("rb") as f:
+        return b"\x00" in f.read(8192)
+
+
+def _text_file(path: Path, doc_id: str, encoding: str) -> Document:
+    text = read_text(path, encoding)
+    return Document(doc_id, text, path.stem, {"path": str(path)})
+
+
+def read_source(source: str | Path, *, encoding: str = "utf-8") -> list[Document]:
+    """Documents from a folder of .txt/.md files (id = path inside the folder, title = file
+    name without suffix), one .txt/.md file, or a JSONL file (``id``/``_id``, ``text``,
+    optional ``title``, ``metadata``; a BEIR ``corpus.jsonl`` is one).
+
+    Files that are not text (a NUL byte in their first 8 KiB) are skipped with a warning
+    that counts them; a file that is not valid ``encoding`` is an error naming it and the
+    byte. A source with no documents at all is an error: there is nothing to index."""
     path = Path(source)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
-        if not files:
-            raise InputError(f"{path} holds no {' or '.join(TEXT_SUFFIXES)} files")
-        docs = []
-        for p in files:
-            text = p.read_text(encoding="utf-8", errors="replace")
-            docs.append(Document(str(p.relative_to(path)), text, p.stem, {"path": str(p)}))
-        return check_documents(docs)
-    if path.is_file():
-        if path.suffix.lower() not in (".jsonl", ".json"):
-            raise InputError(f"{path}: give a folder of text files or a .jsonl file")
-        return check_documents(_from_jsonl(path))
-    raise InputError(f"no such file or folder: {path}")
+        binary = [p for p in files if is_binary(p)]
+        if binary:
+            names = ", ".join(str(p.relative_to(path)) for p in binary[:5])
+            logger.warning("skipped %d files that are not text: %s", len(binary), names)
+        docs = [_text_file(p, str(p.relative_to(path)), encoding) for p in files if p not in binary]
+    elif path.is_file():
+        suffix = path.suffix.lower()
+        if suffix in (".jsonl", ".json"):
+            docs = _from_jsonl(path, encoding)
+        elif suffix in TEXT_SUFFIXES:
+            if is_binary(path):
+                raise InputError(f"{path} is not a text file")
+            docs = [_text_file(path, path.name, encoding)]
+        else:
+            raise InputError(f"{path}: give a folder of text files, a .txt/.md file or a .jsonl file")
+    else:
+        raise InputError(f"no such file or folder: {path}")
+    if not docs:
+        raise InputError(
+            f"nothing to index: {path} holds no {' or '.join(TEXT_SUFFIXES)} text or JSONL documents"
+        )
+    return check_documents(docs)
 
 
 @dataclass(frozen=True)

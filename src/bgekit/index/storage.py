@@ -41,22 +41,116 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_REQUIRED = {"generation": str, "model": dict, "outputs": list, "counts": dict, "config": dict}
+
+
 def read_manifest(root: Path) -> dict[str, Any]:
+    """The manifest, checked for what a load needs; anything wrong names the file."""
     file = root / MANIFEST
     if not root.is_dir():
         raise IndexFormatError(f"no index at {root} (no such folder)")
     if not file.is_file():
         raise IndexFormatError(f"{root} is not a bgekit index (no {MANIFEST})")
     try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise IndexFormatError(f"cannot read {file}: {e}") from None
+        manifest = json.loads(file.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise IndexFormatError(f"cannot read {file}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise IndexFormatError(f"{file} is not UTF-8 text (byte {e.start}): the file is damaged") from None
+    except json.JSONDecodeError as e:
+        raise IndexFormatError(
+            f"{file} is not valid JSON ({e.msg}, line {e.lineno}): the file is damaged"
+        ) from None
+    if not isinstance(manifest, dict):
+        raise IndexFormatError(f"{file} holds a JSON {type(manifest).__name__}, not an index manifest")
     version = manifest.get("format")
     if version != FORMAT_VERSION:
         raise IndexFormatError(
             f"{root} has index format {version}; this bgekit reads format {FORMAT_VERSION} (rebuild the index)"
         )
+    for key, kind in _REQUIRED.items():
+        if not isinstance(manifest.get(key), kind):
+            raise IndexFormatError(
+                f"{file}: {key!r} is missing or not a {kind.__name__}: the file is damaged"
+            )
+    model, counts = manifest["model"], manifest["counts"]
+    for group, keys in ((model, ("name", "path", "fingerprint")), (counts, ("documents", "chunks"))):
+        missing = [k for k in keys if k not in group]
+        if missing:
+            raise IndexFormatError(f"{file}: missing {', '.join(missing)}: the file is damaged")
     return dict(manifest)
+
+
+def expected_files(manifest: dict[str, Any]) -> dict[str, tuple[int, ...] | int]:
+    """What the generation must hold: array file -> shape (``-1``: any length), records
+    file -> line count."""
+    n_docs, n_chunks = int(manifest["counts"]["documents"]), int(manifest["counts"]["chunks"])
+    dims = manifest.get("dims") or {}
+    outputs = manifest["outputs"]
+    files: dict[str, tuple[int, ...] | int] = {
+        "chunk_doc.npy": (n_chunks,),
+        "chunk_no.npy": (n_chunks,),
+        "documents.jsonl": n_docs,
+        "chunks.jsonl": n_chunks,
+    }
+    if "dense" in outputs:
+        files["dense.npy"] = (n_chunks, int(dims.get("dense", -1)))
+    if "sparse" in outputs:
+        files |= {
+            "sparse_indptr.npy": (n_chunks + 1,),
+            "sparse_indices.npy": (-1,),
+            "sparse_values.npy": (-1,),
+        }
+    if "multivector" in outputs:
+        files |= {
+            "multivector.npy": (-1, int(dims.get("multivector", -1))),
+            "multivector_offsets.npy": (n_chunks + 1,),
+        }
+    return files
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, dtype and data offset of a ``.npy`` file, read from its header only."""
+    with path.open("rb") as f:
+        version = np.lib.format.read_magic(f)
+        read = (
+            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read(f)
+        return tuple(int(x) for x in shape), np.dtype(dtype), f.tell()
+
+
+def verify_generation(root: Path, manifest: dict[str, Any]) -> None:
+    """Every file the manifest implies exists with the expected shape and size (headers and
+    sizes only, no full read); problems are :class:`IndexFormatError` naming the file."""
+    gen = root / str(manifest["generation"])
+    if not gen.is_dir():
+        raise IndexFormatError(f"{root}: the manifest names {gen.name}, which is missing")
+    for name, want in expected_files(manifest).items():
+        path = gen / name
+        if not path.is_file():
+            raise IndexFormatError(f"{path} is missing (the manifest's outputs need it)")
+        if isinstance(want, int):
+            data = path.read_bytes()
+            lines = data.count(b"\n")
+            if lines != want or (data and not data.endswith(b"\n")):
+                raise IndexFormatError(
+                    f"{path} holds {lines} complete lines, the manifest says {want}: the file is damaged"
+                )
+            continue
+        try:
+            shape, dtype, offset = _npy_header(path)
+        except (ValueError, EOFError, OSError) as e:
+            raise IndexFormatError(f"{path} is not a readable array ({e}): the file is damaged") from None
+        if len(shape) != len(want) or any(w not in (-1, s) for w, s in zip(want, shape, strict=False)):
+            raise IndexFormatError(
+                f"{path} has shape {shape}, the manifest implies {want}: the file is damaged"
+            )
+        size = offset + int(np.prod(shape)) * dtype.itemsize
+        if path.stat().st_size != size:
+            raise IndexFormatError(
+                f"{path} holds {path.stat().st_size} bytes, its header needs {size}: the file is truncated or damaged"
+            )
 
 
 def write_generation(
@@ -93,21 +187,36 @@ def write_generation(
     for old in root.glob("gen-*"):
         if old.name != name and (old.name == previous or old.name.endswith(".tmp") or old.is_dir()):
             shutil.rmtree(old, ignore_errors=True)
+    for left in root.glob(f".{MANIFEST}.*.tmp"):  # from a save killed while writing the manifest
+        left.unlink(missing_ok=True)
 
 
 def read_generation(
     root: Path, manifest: dict[str, Any], mmap: bool
 ) -> tuple[dict[str, np.ndarray], dict[str, list[Any]]]:
+    """The generation's arrays (memory-mapped when ``mmap``) and records, after
+    :func:`verify_generation`; a file that still fails to read is named."""
+    verify_generation(root, manifest)
     gen = root / str(manifest["generation"])
-    if not gen.is_dir():
-        raise IndexFormatError(f"{root}: the manifest names {gen.name}, which is missing")
-    arrays = {
-        p.stem: np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False) for p in gen.glob("*.npy")
-    }
+    arrays = {}
+    for p in gen.glob("*.npy"):
+        try:
+            arrays[p.stem] = np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (ValueError, EOFError, OSError) as e:
+            raise IndexFormatError(f"cannot read {p} ({e}): the file is damaged") from None
     records = {}
     for p in gen.glob("*.jsonl"):
-        with p.open(encoding="utf-8") as f:
-            records[p.stem] = [json.loads(line) for line in f]
+        rows: list[Any] = []
+        try:
+            for line in p.read_bytes().decode("utf-8").splitlines():
+                rows.append(json.loads(line))
+        except UnicodeDecodeError as e:
+            raise IndexFormatError(f"{p} is not UTF-8 text (byte {e.start}): the file is damaged") from None
+        except json.JSONDecodeError as e:
+            raise IndexFormatError(
+                f"{p}:{len(rows) + 1}: not valid JSON ({e.msg}): the file is damaged"
+            ) from None
+        records[p.stem] = rows
     return arrays, records
 
 

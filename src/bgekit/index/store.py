@@ -51,6 +51,12 @@ class IndexConfig:
         bad = [o for o in self.outputs if o not in OUTPUT_KINDS]
         if bad or not self.outputs:
             raise InputError(f"outputs must be from {', '.join(OUTPUT_KINDS)}, got {list(self.outputs)}")
+        if self.chunk_tokens is not None and self.chunk_tokens < 8:
+            raise InputError(
+                f"chunk_tokens must be at least 8 (or None for the model's length), got {self.chunk_tokens}"
+            )
+        if self.chunk_overlap < 0:
+            raise InputError(f"chunk_overlap must be at least 0, got {self.chunk_overlap}")
         if self.dense_index not in ("flat", "hnsw"):
             raise InputError(f"dense_index must be 'flat' or 'hnsw', got {self.dense_index!r}")
 
@@ -104,16 +110,21 @@ class Index:
     def outputs(self) -> tuple[OutputKind, ...]:
         return tuple(o for o in OUTPUT_KINDS if o in self.config.outputs)
 
-    def add(self, documents: Sequence[Document]) -> AddReport:
+    def add(self, documents: Sequence[Document], *, update: bool = False) -> AddReport:
         """Chunk, encode and add documents (those with no text are skipped and counted).
+        An id already in the index is an error, or, with ``update``, replaces that document.
 
         Nothing changes when encoding fails."""
-        docs, skipped = without_empty(check_documents(documents, frozenset(self._doc_pos)))
+        existing = frozenset() if update else frozenset(self._doc_pos)
+        docs, skipped = without_empty(check_documents(documents, existing))
         if not docs:
             return AddReport(0, 0, skipped)
         chunks, enc = encode_chunks(
             docs, self.embedder, self.outputs, self.config.chunk_tokens, self.config.chunk_overlap
         )
+        replaced = [d.id for d in docs if d.id in self._doc_pos]
+        if replaced:  # after encoding succeeded: the old versions go, the new ones follow
+            self.delete(replaced)
         base = len(self._docs)
         self._docs.extend(docs)
         for i, d in enumerate(docs):
@@ -310,9 +321,11 @@ class Index:
         engine: EngineConfig | None = None,
     ) -> Index:
         """Open a saved index. Without ``embedder`` the recorded model is loaded (on
-        ``engine``); with one, it must be the model the index was built with."""
+        ``engine``); with one, it must be the model the index was built with. Every file is
+        checked (headers and sizes) before the model loads; a damaged one is named."""
         root = Path(path)
         manifest = storage.read_manifest(root)
+        storage.verify_generation(root, manifest)
         recorded = manifest["model"]
         if embedder is None:
             source = recorded["path"] if Path(recorded["path"]).is_dir() else recorded["name"]
@@ -322,30 +335,52 @@ class Index:
                 f"{root} was built with {recorded['name']}; {embedder.info.name} is a different model "
                 "or uses different settings"
             )
-        cfg = dict(manifest["config"])
-        cfg["outputs"] = tuple(cfg["outputs"])
-        index = cls(embedder, IndexConfig(**cfg))
+        try:
+            cfg = dict(manifest["config"])
+            cfg["outputs"] = tuple(cfg["outputs"])
+            config = IndexConfig(**cfg)
+        except (KeyError, TypeError, InputError) as e:
+            raise storage.IndexFormatError(f"{root / storage.MANIFEST}: bad index config ({e})") from None
+        index = cls(embedder, config)
         arrays, records = storage.read_generation(root, manifest, mmap)
-        index._docs = [Document(r["id"], "", r["title"], r["metadata"]) for r in records["documents"]]
+        try:
+            index._docs = [Document(r["id"], "", r["title"], r["metadata"]) for r in records["documents"]]
+            index._chunk_text = [str(t) for t in records["chunks"]]
+            if "sparse_indptr" in arrays:
+                index._sparse = sp.csr_matrix(
+                    (arrays["sparse_values"], arrays["sparse_indices"], arrays["sparse_indptr"]),
+                    shape=(len(index._chunk_text), int(manifest["vocab_size"])),
+                )
+        except (KeyError, TypeError, ValueError) as e:
+            raise storage.IndexFormatError(f"{root}: the records or arrays are inconsistent ({e})") from None
         index._doc_pos = {d.id: i for i, d in enumerate(index._docs)}
-        index._chunk_text = list(records["chunks"])
         index._chunk_doc = np.asarray(arrays["chunk_doc"])
         index._chunk_no = np.asarray(arrays["chunk_no"])
         index._dense = arrays.get("dense")
-        if "sparse_indptr" in arrays:
-            n = len(index._chunk_text)
-            index._sparse = sp.csr_matrix(
-                (arrays["sparse_values"], arrays["sparse_indices"], arrays["sparse_indptr"]),
-                shape=(n, int(manifest["vocab_size"])),
-            )
         if "multivector" in arrays:
             index._mv = arrays["multivector"]
             index._mv_offsets = np.asarray(arrays["multivector_offsets"])
-        counts = manifest["counts"]
-        if counts != {"documents": len(index._docs), "chunks": index.num_chunks}:
-            raise storage.IndexFormatError(f"{root}: the files do not match the manifest's counts {counts}")
         index.path = root
         return index
+
+    @staticmethod
+    def inspect(path: str | Path) -> IndexInfo:
+        """What a saved index holds, from its manifest, after checking every file (headers
+        and sizes); no model is loaded."""
+        root = Path(path)
+        manifest = storage.read_manifest(root)
+        storage.verify_generation(root, manifest)
+        counts = manifest["counts"]
+        return IndexInfo(
+            path=str(root),
+            model=str(manifest["model"]["name"]),
+            outputs=tuple(manifest["outputs"]),
+            documents=int(counts["documents"]),
+            chunks=int(counts["chunks"]),
+            dims=dict(manifest.get("dims") or {}),
+            config=dict(manifest["config"]),
+            disk_bytes=storage.disk_size(root, manifest),
+        )
 
     def info(self) -> IndexInfo:
         disk: dict[str, int] = {}

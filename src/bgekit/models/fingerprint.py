@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
+from bgekit.models.loading import safe_torch_load
 
 if TYPE_CHECKING:
     from bgekit.models.embedder import Embedder
@@ -22,7 +22,7 @@ def model_fingerprint(embedder: Embedder) -> str:
         h.update((root / "config.json").read_bytes())
     for name in ("colbert_linear.pt", "sparse_linear.pt"):
         if (root / name).is_file():  # the weights, not the file bytes (torch.save adds a random id)
-            state = torch.load(root / name, map_location="cpu", weights_only=True)
+            state = safe_torch_load(root / name)
             for key in sorted(state):
                 h.update(name.encode() + key.encode() + state[key].float().numpy().tobytes())
     for p in sorted([*root.glob("*.safetensors"), *root.glob("pytorch_model*.bin")]):

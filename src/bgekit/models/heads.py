@@ -13,6 +13,7 @@ from torch import nn
 
 from bgekit.engine import TokenBatch
 from bgekit.errors import ModelFormatError
+from bgekit.models.loading import safe_torch_load
 from bgekit.types import EmbeddingRow, OutputKind, SparseVec
 
 POOLINGS = ("cls", "mean", "last_token")
@@ -20,10 +21,7 @@ POOLINGS = ("cls", "mean", "last_token")
 
 def load_linear(path: Path, hidden_size: int) -> nn.Linear:
     """A Linear layer from a state-dict file, read with ``weights_only=True`` (no pickled code)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for a bad or unsafe file
-        raise ModelFormatError(f"cannot read head file {path}: {e}") from None
+    state = safe_torch_load(path)
     weight = state.get("weight") if isinstance(state, dict) else None
     if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or weight.shape[1] != hidden_size:
         raise ModelFormatError(

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from bgekit.errors import ModelFormatError
+from bgekit.models.loading import safe_torch_load, weights_error
 from bgekit.models.runtime import quiet_hf_bars
 
 
@@ -33,7 +34,7 @@ def _state_dict(path: Path) -> dict[str, torch.Tensor]:
             state.update(load_file(str(f)))
         return state
     for f in sorted(path.glob("pytorch_model*.bin")):
-        state.update(torch.load(f, map_location="cpu", weights_only=True))
+        state.update(safe_torch_load(f))
     if not state:
         raise ModelFormatError(f"{path} holds no weights (*.safetensors or pytorch_model*.bin)")
     return state
@@ -127,6 +128,6 @@ def yes_no_model(path: Path) -> tuple[nn.Module, Any]:
             lm = AutoModelForCausalLM.from_pretrained(
                 str(path), dtype=torch.float32, attn_implementation="eager"
             )
-    except (OSError, ValueError, KeyError) as e:
-        raise ModelFormatError(f"cannot load {path} as a causal LM: {e}") from None
+    except Exception as e:  # transformers raises many types for a bad or unsafe checkpoint
+        raise weights_error(path, e) from None
     return lm.get_decoder().eval(), lm.get_output_embeddings()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,3 +157,27 @@ def read_folder(path: Path) -> FolderMeta:
         colbert_head=colbert if colbert.is_file() else None,
         sparse_head=sparse if sparse.is_file() else None,
     )
+
+
+def weights_error(path: Path | str, err: BaseException) -> ModelFormatError:
+    """A load failure as one clear error. A pickle that is not plain tensors is code bgekit
+    will not run (torch's advice to retry with ``weights_only=False`` is not passed on:
+    that would run it)."""
+    text = str(err)
+    if isinstance(err, pickle.UnpicklingError) or "weights only load failed" in text.lower():
+        return ModelFormatError(
+            f"{path} holds Python code besides weights (an unsafe pickle), which bgekit will not run; "
+            "convert the checkpoint to safetensors"
+        )
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return ModelFormatError(f"cannot load model weights from {path}: {first}")
+
+
+def safe_torch_load(path: Path) -> Any:
+    """``torch.load`` of plain tensors only (``weights_only=True``), errors as :func:`weights_error`."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a bad or unsafe file
+        raise weights_error(path, e) from None

@@ -17,6 +17,7 @@ from torch import nn
 from bgekit.engine import Engine, EngineConfig, Precision, pad_batch, resolve_device, resolve_precision
 from bgekit.errors import ModelFormatError
 from bgekit.models.kernels import fast_paths
+from bgekit.models.loading import weights_error
 from bgekit.types import ModelInfo, TokenSeq
 
 if TYPE_CHECKING:
@@ -50,8 +51,8 @@ def load_transformers_model(path: Path, *, cross_encoder: bool) -> nn.Module:
     try:
         with quiet_hf_bars():
             model = cls.from_pretrained(str(path), attn_implementation="sdpa", dtype=torch.float32)
-    except (OSError, ValueError, KeyError) as e:
-        raise ModelFormatError(f"cannot load model weights from {path}: {e}") from None
+    except Exception as e:  # transformers raises many types for a bad or unsafe checkpoint
+        raise weights_error(path, e) from None
     return model.eval()
 
 
@@ -132,7 +133,7 @@ def set_cpu_kernels(
             for path in paths:
                 path.set_matmul("float32")
             why = f"{precision.reason}, but bf16 matmuls failed the check ({result})"
-            logger.info("%s; running float32", why)
+            logger.debug("%s; running float32", why)
             return Precision(torch.float32, "float32", why)
         return dataclasses.replace(precision, reason=f"{precision.reason}; checked at load, {result}")
     for path in paths:

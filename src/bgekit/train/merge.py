@@ -10,7 +10,7 @@ import torch
 
 from bgekit.errors import InputError, ModelFormatError
 from bgekit.io import atomic_dir
-from bgekit.models.loading import read_folder, resolve_model_dir
+from bgekit.models.loading import read_folder, resolve_model_dir, safe_torch_load
 from bgekit.models.runtime import quiet_hf_bars
 
 HEAD_FILES = ("colbert_linear.pt", "sparse_linear.pt")
@@ -83,7 +83,7 @@ def merge_models(
     for head in HEAD_FILES:
         found = [p / head for p in paths if (p / head).is_file()]
         if len(found) == len(paths):
-            states = [torch.load(f, map_location="cpu", weights_only=True) for f in found]
+            states = [safe_torch_load(f) for f in found]
             heads[head] = _average(states, weights, models)
         elif found:
             raise ModelFormatError(f"only some models have {head}; merge models with the same heads")

@@ -19,12 +19,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from bgekit.engine import EngineConfig, pad_batch
-from bgekit.errors import InputError, ModelFormatError
+from bgekit.errors import InputError
 from bgekit.io import atomic_dir, check_output_dir
 from bgekit.models import Embedder, EmbedderSettings, Reranker
 from bgekit.models.backbones import CrossEncoderForward, TransformersBackbone
 from bgekit.models.heads import EncoderWithHeads
-from bgekit.models.loading import read_folder, resolve_model_dir
+from bgekit.models.loading import read_folder, resolve_model_dir, weights_error
 from bgekit.models.reranker import reranker_info, reranker_lengths
 from bgekit.models.tokenizer import TextTokenizer
 from bgekit.train.data import TrainExample, check_for_training, load_train_data, sample_group
@@ -367,8 +367,8 @@ def train_reranker(
         hf = AutoModelForSequenceClassification.from_pretrained(
             str(source), num_labels=1, dtype=torch.float32
         )
-    except (OSError, ValueError, KeyError) as e:
-        raise ModelFormatError(f"cannot load {model} as a sequence classifier: {e}") from None
+    except Exception as e:  # transformers raises many types for a bad or unsafe checkpoint
+        raise weights_error(source, e) from None
     module = CrossEncoderForward(hf, "transformers")
     assert isinstance(module.backbone, TransformersBackbone)
     if cfg.gradient_checkpointing:
