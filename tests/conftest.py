@@ -1,11 +1,27 @@
 from __future__ import annotations
 
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.tiny_models import add_st_metadata, build_encoder, build_reranker
+
+
+@pytest.fixture(scope="session", autouse=True)
+def bgekit_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """bgekit's cache (tokenizers) in a temporary folder, not the user's home; CLI
+    subprocesses inherit it."""
+    root = tmp_path_factory.mktemp("bgekit-cache")
+    saved = os.environ.get("BGEKIT_CACHE")
+    os.environ["BGEKIT_CACHE"] = str(root)
+    yield root
+    if saved is None:
+        del os.environ["BGEKIT_CACHE"]
+    else:
+        os.environ["BGEKIT_CACHE"] = saved
 
 
 @pytest.fixture(scope="session")

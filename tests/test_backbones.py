@@ -64,4 +64,4 @@ def test_unsupported_models_keep_the_transformers_forward() -> None:
     assert packed_unsupported(model) == "model type gpt2"
     assert isinstance(backbones.make_backbone(model, "auto"), TransformersBackbone)
     with pytest.raises(ValueError, match="gpt2"):
-        PackedEncoder(model)
+        PackedEncoder.from_transformers(model)

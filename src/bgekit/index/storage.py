@@ -78,6 +78,14 @@ def read_manifest(root: Path) -> dict[str, Any]:
         missing = [k for k in keys if k not in group]
         if missing:
             raise IndexFormatError(f"{file}: missing {', '.join(missing)}: the file is damaged")
+    bm25 = manifest.get("bm25")
+    if bm25 is not None and not (
+        isinstance(bm25, dict)
+        and isinstance(bm25.get("terms"), int)
+        and isinstance(bm25.get("stemmed"), bool)
+        and all(isinstance(bm25.get(k), (int, float)) for k in ("k1", "b"))
+    ):
+        raise IndexFormatError(f"{file}: 'bm25' needs terms, stemmed, k1 and b: the file is damaged")
     return dict(manifest)
 
 
@@ -105,6 +113,13 @@ def expected_files(manifest: dict[str, Any]) -> dict[str, tuple[int, ...] | int]
         files |= {
             "multivector.npy": (-1, int(dims.get("multivector", -1))),
             "multivector_offsets.npy": (n_chunks + 1,),
+        }
+    if "bm25" in manifest:
+        files |= {
+            "bm25_data.npy": (-1,),
+            "bm25_indices.npy": (-1,),
+            "bm25_indptr.npy": (-1,),
+            "bm25_vocab.jsonl": int(manifest["bm25"]["terms"]),
         }
     return files
 

@@ -26,6 +26,7 @@ from bgekit.index.documents import (
 )
 from bgekit.inputs import check_texts
 from bgekit.models import Embedder, model_fingerprint
+from bgekit.retrieval.bm25 import Bm25
 from bgekit.retrieval.core import HybridConfig, query_outputs, search
 from bgekit.retrieval.corpus import Corpus, Hnsw, available_scorers
 from bgekit.scoring import segment_rows
@@ -192,6 +193,7 @@ class Index:
                 multivector=self._mv,
                 multivector_offsets=self._mv_offsets if self._mv is not None else None,
                 texts=self.chunk_texts,
+                bm25=self._cache.get("bm25"),
                 hnsw=hnsw,
                 n_rows=self.num_chunks,
             )
@@ -299,6 +301,11 @@ class Index:
             "config": asdict(self.config),
             "vocab_size": self.embedder.tokenizer.vocab_size,
         }
+        if self.num_chunks:  # BM25 saved with the rows, so a search after loading needs no rebuild
+            bm25 = self.corpus().bm25()
+            arrays |= bm25.arrays()
+            records["bm25_vocab"] = bm25.vocab
+            manifest["bm25"] = {"k1": bm25.k1, "b": bm25.b, "stemmed": bm25.stemmed, "terms": len(bm25.vocab)}
         storage.write_generation(root, arrays, records, manifest)
         self.path = root
         return root
@@ -360,6 +367,16 @@ class Index:
         if "multivector" in arrays:
             index._mv = arrays["multivector"]
             index._mv_offsets = np.asarray(arrays["multivector_offsets"])
+        if "bm25" in manifest:  # older indexes build it on first use
+            b = manifest["bm25"]
+            index._cache["bm25"] = Bm25.from_arrays(
+                arrays,
+                records["bm25_vocab"],
+                n_docs=index.num_chunks,
+                stemmed=bool(b["stemmed"]),
+                k1=float(b["k1"]),
+                b=float(b["b"]),
+            )
         index.path = root
         return index
 

@@ -17,6 +17,7 @@ everywhere else; or int8), chosen when the model is placed (see ``runtime``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal, cast
 
 import torch
@@ -61,41 +62,71 @@ class TransformersBackbone(nn.Module):
         self.model.save_pretrained(folder, state_dict=state)  # type: ignore[operator]
 
 
+def config_unsupported(config: Mapping[str, Any]) -> str | None:
+    """Why :class:`PackedEncoder` cannot run a model with this ``config.json``, or ``None``."""
+    model_type = config.get("model_type")
+    if model_type not in _PACKED_TYPES:
+        return f"model type {model_type}"
+    position = config.get("position_embedding_type") or "absolute"
+    if position != "absolute":
+        return f"position embeddings {position}"
+    if config.get("hidden_act") != "gelu":
+        return f"activation {config.get('hidden_act')}"
+    if config.get("is_decoder"):
+        return "decoder"
+    return None
+
+
 def packed_unsupported(model: nn.Module) -> str | None:
     """Why :class:`PackedEncoder` cannot run ``model``, or ``None`` when it can."""
     cfg = getattr(model, "config", None)
     if cfg is None:
         return "no config"
-    if cfg.model_type not in _PACKED_TYPES:
-        return f"model type {cfg.model_type}"
-    if getattr(cfg, "position_embedding_type", "absolute") != "absolute":
-        return f"position embeddings {cfg.position_embedding_type}"
-    if cfg.hidden_act != "gelu":
-        return f"activation {cfg.hidden_act}"
-    if getattr(cfg, "is_decoder", False):
-        return "decoder"
-    return None
+    return config_unsupported(cfg.to_dict())
+
+
+def position_offset(model_type: str, pad_id: int) -> int:
+    """Where position ids start: RoBERTa-style models count from the padding id + 1."""
+    return pad_id + 1 if _PACKED_TYPES[model_type] else 0
 
 
 _LINEARS = ("qkv", "attn_out", "ffn_in", "ffn_out")
 
 
-class _Layer(nn.Module):
-    """One BERT layer's weights, taken from the transformers layer (``Any``: its own class)."""
+class PackedLayer(nn.Module):
+    """One BERT layer's weights, the query, key and value projections fused into ``qkv``."""
 
-    def __init__(self, hf_layer: Any):
+    def __init__(
+        self,
+        qkv: nn.Linear,
+        attn_out: nn.Linear,
+        attn_norm: nn.LayerNorm,
+        ffn_in: nn.Linear,
+        ffn_out: nn.Linear,
+        ffn_norm: nn.LayerNorm,
+    ):
         super().__init__()
-        att = hf_layer.attention.self
-        self.qkv = nn.Linear(att.query.in_features, 3 * att.query.out_features)
-        with torch.no_grad():
-            self.qkv.weight.copy_(torch.cat([att.query.weight, att.key.weight, att.value.weight]))
-            self.qkv.bias.copy_(torch.cat([att.query.bias, att.key.bias, att.value.bias]))
-        self.attn_out: nn.Linear = hf_layer.attention.output.dense
-        self.attn_norm: nn.LayerNorm = hf_layer.attention.output.LayerNorm
-        self.ffn_in: nn.Linear = hf_layer.intermediate.dense
-        self.ffn_out: nn.Linear = hf_layer.output.dense
-        self.ffn_norm: nn.LayerNorm = hf_layer.output.LayerNorm
+        self.qkv, self.attn_out, self.attn_norm = qkv, attn_out, attn_norm
+        self.ffn_in, self.ffn_out, self.ffn_norm = ffn_in, ffn_out, ffn_norm
         self.kernels: dict[str, Kernel] | None = None  # set by set_matmul (CPU)
+
+    @classmethod
+    def from_transformers(cls, hf_layer: Any) -> PackedLayer:
+        """Taken from a transformers layer (``Any``: its own class)."""
+        att = hf_layer.attention.self
+        qkv = nn.Linear(att.query.in_features, 3 * att.query.out_features)
+        with torch.no_grad():
+            qkv.weight.copy_(torch.cat([att.query.weight, att.key.weight, att.value.weight]))
+            qkv.bias.copy_(torch.cat([att.query.bias, att.key.bias, att.value.bias]))
+        out = hf_layer.output
+        return cls(
+            qkv,
+            hf_layer.attention.output.dense,
+            hf_layer.attention.output.LayerNorm,
+            hf_layer.intermediate.dense,
+            out.dense,
+            out.LayerNorm,
+        )
 
     def linear(self, name: str, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
         if self.kernels is None:
@@ -106,25 +137,45 @@ class _Layer(nn.Module):
 class PackedEncoder(nn.Module):
     """BERT-style encoder forward without computing on padding (see the module docstring)."""
 
-    def __init__(self, model: Any):
+    def __init__(
+        self,
+        *,
+        word: nn.Embedding,
+        position: nn.Embedding,
+        token_type: nn.Embedding,
+        emb_norm: nn.LayerNorm,
+        layers: list[PackedLayer],
+        heads: int,
+        position_offset: int,
+    ):
         super().__init__()
+        self.word, self.position, self.token_type, self.emb_norm = word, position, token_type, emb_norm
+        self.layers = nn.ModuleList(layers)
+        self.heads = heads
+        self.dim = int(word.embedding_dim)
+        self.position_offset = position_offset
+
+    @classmethod
+    def from_transformers(cls, model: Any) -> PackedEncoder:
+        """The encoder of a loaded transformers BERT / XLM-RoBERTa model."""
         reason = packed_unsupported(model)
         if reason is not None:
             raise ValueError(f"packed forward does not support this model: {reason}")
         cfg = model.config
         emb = model.embeddings
-        self.word = emb.word_embeddings
-        self.position = emb.position_embeddings
-        self.token_type = emb.token_type_embeddings
-        self.emb_norm = emb.LayerNorm
-        self.layers = nn.ModuleList(_Layer(layer) for layer in model.encoder.layer)
-        self.heads = int(cfg.num_attention_heads)
-        self.dim = int(cfg.hidden_size)
-        self.position_offset = int(cfg.pad_token_id) + 1 if _PACKED_TYPES[cfg.model_type] else 0
+        return cls(
+            word=emb.word_embeddings,
+            position=emb.position_embeddings,
+            token_type=emb.token_type_embeddings,
+            emb_norm=emb.LayerNorm,
+            layers=[PackedLayer.from_transformers(layer) for layer in model.encoder.layer],
+            heads=int(cfg.num_attention_heads),
+            position_offset=position_offset(cfg.model_type, int(cfg.pad_token_id or 0)),
+        )
 
     def set_matmul(self, kind: MatmulKind) -> int:
         for module in self.layers:
-            layer = cast(_Layer, module)
+            layer = cast(PackedLayer, module)
             layer.kernels = {name: make_kernel(getattr(layer, name), kind) for name in _LINEARS}
         return len(self.layers) * len(_LINEARS)
 
@@ -158,7 +209,7 @@ class PackedEncoder(nn.Module):
 
         d, h = self.dim, self.heads
         for module in self.layers:
-            layer = cast(_Layer, module)
+            layer = cast(PackedLayer, module)
             qkv = layer.linear("qkv", x)
             ctx = torch.empty_like(qkv[:, :d])
             for first, count, length in runs:
@@ -198,7 +249,7 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dtype: torch.d
 def make_backbone(model: nn.Module, backend: Literal["auto", "transformers"]) -> nn.Module:
     """The fastest forward that runs ``model`` exactly, unless ``backend`` says otherwise."""
     if backend == "auto" and packed_unsupported(model) is None:
-        return PackedEncoder(model)
+        return PackedEncoder.from_transformers(model)
     return TransformersBackbone(model)
 
 

@@ -13,6 +13,7 @@ from bgekit.engine import EngineConfig
 from bgekit.errors import InputError, MissingHeadError, ModelFormatError
 from bgekit.inputs import check_pairs, check_texts
 from bgekit.models.backbones import make_backbone
+from bgekit.models.encoder_weights import packed_from_folder
 from bgekit.models.heads import POOLINGS, EmbedRunner, EncoderWithHeads, load_linear
 from bgekit.models.loading import read_folder, resolve_model_dir
 from bgekit.models.registry import DECODER_TYPES, LLM_FORMAT, PREFIX_FORMAT, lookup
@@ -150,7 +151,12 @@ class Embedder(LoadedModel):
         with_types = int(config.get("type_vocab_size", 0)) > 1
         tokenizer = TextTokenizer.from_folder(path, with_type_ids=with_types)
         engine = engine or EngineConfig()
-        backbone = make_backbone(load_transformers_model(path, cross_encoder=False), engine.backend)
+        packed = packed_from_folder(path, config) if engine.backend == "auto" else None
+        backbone = (
+            make_backbone(load_transformers_model(path, cross_encoder=False), engine.backend)
+            if packed is None
+            else packed
+        )
         model = cls(EncoderWithHeads(backbone, colbert, sparse), tokenizer, info, engine)
         model.icl = bool(k.icl) if k else False
         if examples is not None:

@@ -2,13 +2,115 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
 from tokenizers import Encoding, Tokenizer
 
 from bgekit.errors import ModelFormatError
+from bgekit.io import atomic_write
 from bgekit.types import TokenSeq
+
+logger = logging.getLogger(__name__)
+
+
+_Parts = tuple[Tokenizer, int, frozenset[int], int | None]  # backend, pad id, special ids, BOS id
+
+# What transformers reads to build a tokenizer; the cache key covers all of them.
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+    "tokenizer.model",
+)
+
+
+def cache_dir() -> Path | None:
+    """bgekit's cache folder: ``$BGEKIT_CACHE``, else ``$XDG_CACHE_HOME/bgekit``, else
+    ``~/.cache/bgekit``; ``BGEKIT_CACHE=off`` turns caching off."""
+    env = os.environ.get("BGEKIT_CACHE")
+    if env is not None:
+        return None if env.strip().lower() in ("", "off", "0", "false") else Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "bgekit"
+
+
+def tokenizer_cache(path: Path) -> Path | None:
+    """Where the tokenizer built from ``path`` is cached: keyed by the bytes of its files and
+    the transformers and tokenizers versions that built it."""
+    root = cache_dir()
+    if root is None:
+        return None
+    h = hashlib.sha256()
+    for v in ("transformers", "tokenizers"):
+        try:
+            h.update(f"{v}={metadata.version(v)};".encode())
+        except metadata.PackageNotFoundError:
+            h.update(f"{v}=none;".encode())
+    for name in _TOKENIZER_FILES:
+        f = path / name
+        if f.is_file():
+            h.update(name.encode() + b"\0" + f.read_bytes())
+    return root / "tokenizers" / f"{h.hexdigest()[:32]}.json"
+
+
+def _read_cached(cache: Path) -> _Parts | None:
+    try:
+        data = json.loads(cache.read_text(encoding="utf-8"))
+        return (
+            Tokenizer.from_str(data["backend"]),
+            int(data["pad_id"]),
+            frozenset(int(i) for i in data["special_ids"]),
+            None if data["bos_id"] is None else int(data["bos_id"]),
+        )
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # a damaged entry (tokenizers raises plain Exception) is rebuilt
+        logger.debug("ignoring the cached tokenizer %s: %s", cache, e)
+        return None
+
+
+def _write_cached(cache: Path, parts: _Parts) -> None:
+    backend, pad_id, special, bos_id = parts
+    data = {"backend": backend.to_str(), "pad_id": pad_id, "special_ids": sorted(special), "bos_id": bos_id}
+    try:
+        with atomic_write(cache) as f:
+            f.write(json.dumps(data).encode())
+    except OSError as e:  # a read-only home is not an error, only slower loads
+        logger.debug("cannot cache the tokenizer at %s: %s", cache, e)
+
+
+def _from_transformers(path: Path) -> _Parts:
+    from transformers import AutoTokenizer
+
+    try:
+        hf = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        raise ModelFormatError(f"cannot load a tokenizer from {path}: {e}") from None
+    backend = getattr(hf, "backend_tokenizer", None)
+    if backend is None:
+        raise ModelFormatError(f"{path}: bgekit needs a fast (Rust) tokenizer; none could be built")
+    pad_id = hf.pad_token_id
+    if pad_id is None:
+        pad_id = hf.eos_token_id if hf.eos_token_id is not None else 0
+    special = {hf.cls_token_id, hf.sep_token_id, hf.eos_token_id, hf.pad_token_id, hf.unk_token_id}
+    return (
+        backend,
+        int(pad_id),
+        frozenset(int(i) for i in special if i is not None),
+        None if hf.bos_token_id is None else int(hf.bos_token_id),
+    )
 
 
 class TextTokenizer:
@@ -38,33 +140,18 @@ class TextTokenizer:
 
     @classmethod
     def from_folder(cls, path: Path, *, with_type_ids: bool) -> TextTokenizer:
-        """Load with transformers (which converts slow-tokenizer files), then keep the fast backend."""
-        from transformers import AutoTokenizer
-
-        try:
-            hf = AutoTokenizer.from_pretrained(str(path))
-        except (OSError, ValueError) as e:
-            raise ModelFormatError(f"cannot load a tokenizer from {path}: {e}") from None
-        backend = getattr(hf, "backend_tokenizer", None)
-        if backend is None:
-            raise ModelFormatError(f"{path}: bgekit needs a fast (Rust) tokenizer; none could be built")
-        pad_id = hf.pad_token_id
-        if pad_id is None:
-            pad_id = hf.eos_token_id if hf.eos_token_id is not None else 0
-        special = {
-            hf.cls_token_id,
-            hf.sep_token_id,
-            hf.eos_token_id,
-            hf.pad_token_id,
-            hf.unk_token_id,
-        }
-        return cls(
-            backend,
-            pad_id=int(pad_id),
-            special_ids=frozenset(int(i) for i in special if i is not None),
-            with_type_ids=with_type_ids,
-            bos_id=None if hf.bos_token_id is None else int(hf.bos_token_id),
-        )
+        """The folder's tokenizer as transformers builds it (it converts slow-tokenizer files
+        and applies the folder's settings), kept as its fast backend. The result is cached
+        (see :func:`tokenizer_cache`), so later loads need neither transformers nor the
+        conversion."""
+        cache = tokenizer_cache(path)
+        parts = _read_cached(cache) if cache is not None else None
+        if parts is None:
+            parts = _from_transformers(path)
+            if cache is not None:
+                _write_cached(cache, parts)
+        backend, pad_id, special, bos_id = parts
+        return cls(backend, pad_id=pad_id, special_ids=special, with_type_ids=with_type_ids, bos_id=bos_id)
 
     def _seq(self, enc: Encoding, truncated: bool) -> TokenSeq:
         return TokenSeq(enc.ids, enc.type_ids if self.with_type_ids else None, truncated)

@@ -40,7 +40,7 @@ class Hnsw:
 class Corpus:
     """Searchable rows (documents, or chunks of them). Any output may be absent; BM25 is
     available when the rows' texts are (given as a list or a function that makes one,
-    called the first time BM25 is needed)."""
+    called the first time BM25 is needed), or built already (``bm25``)."""
 
     def __init__(
         self,
@@ -50,6 +50,7 @@ class Corpus:
         multivector: np.ndarray | None = None,
         multivector_offsets: np.ndarray | None = None,
         texts: Sequence[str] | Callable[[], Sequence[str]] | None = None,
+        bm25: Bm25 | None = None,
         hnsw: Hnsw | None = None,
         n_rows: int | None = None,
     ):
@@ -76,6 +77,10 @@ class Corpus:
         self._texts = texts
         self.hnsw = hnsw
         self._cache: dict[str, Any] = {}
+        if bm25 is not None:
+            if bm25.n_docs != self.n_rows:
+                raise ValueError(f"the BM25 index holds {bm25.n_docs} rows, the corpus {self.n_rows}")
+            self._cache["bm25"] = bm25
 
     @classmethod
     def from_encoded(cls, enc: Encoded, texts: Sequence[str] | None = None) -> Corpus:
