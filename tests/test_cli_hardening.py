@@ -230,6 +230,30 @@ def test_serve_checks_model_and_index_before_listening(
         assert (err.count("\n") == 1 and "Traceback" not in err and "nope" in err) or "no-such-folder" in err
 
 
+def test_serve_passes_body_limits_and_sets_the_allocator(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], bert_m3: Path
+) -> None:
+    pytest.importorskip("uvicorn")
+    import uvicorn
+
+    from bgekit.server import memory
+
+    seen: dict[str, object] = {}
+
+    def capture(app: object, **kwargs: object) -> None:
+        seen["config"] = app.state.bgekit.config  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(uvicorn, "run", capture)
+    monkeypatch.setattr(memory, "limit_arenas", lambda arenas=2: seen.setdefault("arenas", arenas))
+    argv = ["serve", "--model", str(bert_m3), "--max-body-bytes", "1000", "--body-timeout", "2.5"]
+    assert main(argv) == 0
+    config = seen["config"]
+    assert (config.max_body_bytes, config.body_timeout) == (1000, 2.5)  # type: ignore[attr-defined]
+    assert seen["arenas"] == 2
+    assert main(["serve", "--model", str(bert_m3), "--body-timeout", "0"]) == 2
+    assert "body_timeout must be positive" in capsys.readouterr().err
+
+
 def test_ctrl_c_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

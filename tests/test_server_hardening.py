@@ -215,6 +215,11 @@ def test_unauthenticated_slow_clients_cannot_take_the_slots(emb: Embedder) -> No
             slow.settimeout(20)
             assert b" 408 " in slow.recv(1024).split(b"\r\n")[0]
             slow.close()
+            # the slot is given back once the handler has finished (just after the 408 is sent)
+            for _ in range(200):
+                if app.state.bgekit.in_flight == 0:
+                    break
+                time.sleep(0.05)
             assert app.state.bgekit.in_flight == 0
         finally:
             for s in held:

@@ -32,7 +32,9 @@ def _env(name: str, default: Any, kind: type = str) -> Any:
 def cmd_serve(ns: argparse.Namespace) -> int:
     import uvicorn
 
-    from bgekit.server import ServerConfig, create_app
+    from bgekit.server import ServerConfig, create_app, memory
+
+    memory.limit_arenas()  # before the server's threads allocate (see bgekit.server.memory)
 
     config = ServerConfig(
         model=ns.model,
@@ -46,6 +48,8 @@ def cmd_serve(ns: argparse.Namespace) -> int:
         max_input_tokens=ns.max_input_tokens,
         truncate=ns.truncate,
         max_inputs_per_request=ns.max_inputs_per_request,
+        max_body_bytes=ns.max_body_bytes,
+        body_timeout=ns.body_timeout,
         engine=engine_config(ns),
     )
     app = create_app(config)
@@ -92,6 +96,18 @@ def register(sub: Any) -> None:
         help="cut inputs over the limit instead of answering 413",
     )
     p.add_argument("--max-inputs-per-request", type=int, default=_env("max_inputs_per_request", 2048, int))
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=_env("max_body_bytes", 8 << 20, int),
+        help="largest request body (413 beyond it, before it is read)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=_env("body_timeout", 30.0, float),
+        help="seconds each part of a request body may take to arrive (408 after)",
+    )
     engine_args(p, _env)
     p.add_argument(
         "--log-level", default=_env("log_level", "info"), choices=["debug", "info", "warning", "error"]

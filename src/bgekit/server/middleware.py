@@ -68,16 +68,40 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
             at = [x for x in err.get("loc", ()) if isinstance(x, int)]
             found.append(("body", f"malformed JSON{f' at character {at[0]}' if at else ''}"))
             continue
+        if err.get("type") == "model_attributes_type" and tuple(err.get("loc", ())) == ("body",):
+            # FastAPI reads a body as JSON only when its Content-Type says so
+            found.append(("body", "expected a JSON object (send it with Content-Type: application/json)"))
+            continue
         loc = [str(x) for x in err.get("loc", ()) if x != "body"]
-        # Drop pydantic's union-branch labels (``str``, ``list[str]``) from the field path.
-        loc = [x for x in loc if not x.startswith(("str", "list[", "function-after", "constrained-str"))]
+        # Drop pydantic's union-branch labels (``str``, ``list[str]``, model names) from the path.
+        loc = [
+            x
+            for x in loc
+            if not x.startswith(("str", "list[", "function-after", "constrained-str")) and not x[:1].isupper()
+        ]
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if "unable to parse raw data as a unicode string" in msg:
+            msg = "not valid Unicode (it holds a lone surrogate)"
         found.append((".".join(loc) or "body", msg))
-    deeper = {f.split(".")[0] for f, _ in found if "." in f}
-    kept = [(f, m) for f, m in found if not (f in deeper and m == "Input should be a valid string")]
+    # A union reports every branch; where a field has a specific error, the other branches'
+    # "should be a valid list / string / object" only add noise.
+    specific = {f for f, m in found if m not in _UNION_NOISE}
+    kept = [
+        (f, m)
+        for f, m in found
+        if not (m in _UNION_NOISE and (f in specific or any(g.startswith(f + ".") for g in specific)))
+    ]
     parts = [f"{f}: {m}" for f, m in kept or found]
     return "; ".join(dict.fromkeys(parts)), (kept or found)[0][0] if found else None
 
+
+_UNION_NOISE = frozenset(
+    {
+        "Input should be a valid string",
+        "Input should be a valid list",
+        "Input should be a valid dictionary or object to extract fields from",
+    }
+)
 
 OPEN_PATHS = frozenset({"/health", "/ready"})  # everything else needs the key when one is set
 

@@ -32,7 +32,7 @@ from bgekit.server.schemas import (
     Usage,
 )
 from bgekit.server.state import ServerState
-from bgekit.types import EmbeddingRow, Kind, OutputKind
+from bgekit.types import EmbeddingRow, Hit, Kind, OutputKind
 
 
 def _json(body: dict[str, Any]) -> Response:
@@ -149,7 +149,14 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
             fusion=body.fusion,
         )
         pipe = Pipeline(None, state.index, reranker, retrieve=body.rerank_top, mode=body.mode, hybrid=hybrid)
-        hits = (await run_in_threadpool(pipe.search, [query], body.k))[0]
+
+        def run() -> list[Hit]:
+            try:
+                return pipe.search([query], body.k)[0]
+            finally:
+                state.trimmer.maybe_trim()
+
+        hits = await run_in_threadpool(run)
         out = [SearchHit(**asdict(h)) for h in hits]
         return SearchResponse(hits=out, model=state.index.embedder.info.name)
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from starlette.exceptions import HTTPException
 
-from bgekit.server.batcher import Batcher
+from bgekit.server.batcher import Batcher, BatchStats
 from bgekit.server.config import ServerConfig
+from bgekit.server.memory import MemoryTrimmer
 from bgekit.server.metrics import Metrics
 from bgekit.types import OUTPUT_KINDS, EmbeddingRow, OutputKind, TokenSeq
 
@@ -38,6 +39,7 @@ class ServerState:
         self.reranker = reranker
         self.index = index
         self.metrics = Metrics()
+        self.trimmer = MemoryTrimmer()
         self.ready = False
         self.in_flight = 0
         self.embed_batcher: Batcher[frozenset[OutputKind]] | None = None
@@ -80,7 +82,7 @@ class ServerState:
                 self._run_embed,
                 gather_tokens=budget,
                 name="embedder",
-                on_batch=self.metrics.batch_observer("embedder"),
+                on_batch=self._after_batch("embedder"),
             )
             self.embed_batcher.start()
         if self.reranker is not None:
@@ -88,9 +90,20 @@ class ServerState:
                 self._run_rerank,
                 gather_tokens=budget,
                 name="reranker",
-                on_batch=self.metrics.batch_observer("reranker"),
+                on_batch=self._after_batch("reranker"),
             )
             self.rerank_batcher.start()
+
+    def _after_batch(self, model: str) -> Callable[[BatchStats], None]:
+        """Counts the run, then gives freed memory back (see :mod:`bgekit.server.memory`)."""
+        observe = self.metrics.batch_observer(model)
+
+        def after(stats: BatchStats) -> None:
+            observe(stats)
+            batchers = (self.embed_batcher, self.rerank_batcher)
+            self.trimmer.maybe_trim(idle=all(b is None or b.depth == 0 for b in batchers))
+
+        return after
 
     def stop(self) -> None:
         for b in (self.embed_batcher, self.rerank_batcher):
