@@ -14,18 +14,17 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from live_server import serve
+
 KEY = "fuzz-key"
 
 # JSON text fragments (raw, so that lone surrogates and NaN survive into the body)
@@ -106,12 +105,6 @@ def body(draw: st.DrawFn) -> tuple[str, bytes]:
     return path, text.encode("utf-8", "surrogatepass")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--examples", type=int, default=3000)
@@ -119,25 +112,12 @@ def main() -> None:
     ap.add_argument("--index", default=None)
     ap.add_argument("--bgekit-python", default=sys.executable)
     args = ap.parse_args()
-    port = free_port()
-    cmd = [args.bgekit_python, "-m", "bgekit.cli.main", "serve", "--port", str(port), "--api-key", KEY]
-    cmd += ["--log-level", "error"]
-    cmd += ["--reranker", args.reranker] if args.reranker else []
-    cmd += ["--index", args.index] if args.index else []
-    server = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ})
-    url = f"http://127.0.0.1:{port}"
+    options = ["--api-key", KEY, "--log-level", "error"]
+    options += ["--reranker", args.reranker] if args.reranker else []
+    options += ["--index", args.index] if args.index else []
     statuses: collections.Counter[int] = collections.Counter()
     failures: list[str] = []
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise SystemExit("server did not become ready")
+    with serve(options, python=args.bgekit_python) as (_, url):
         client = httpx.Client(base_url=url, timeout=120, headers={"Authorization": f"Bearer {KEY}"})
 
         @settings(
@@ -152,9 +132,6 @@ def main() -> None:
                 failures.append(f"{r.status_code} {path} {data[:200]!r} -> {r.text[:200]}")
 
         one()
-    finally:
-        server.terminate()
-        server.wait(30)
     total = sum(statuses.values())
     print(f"{total} requests; statuses: {dict(sorted(statuses.items()))}")
     print(f"responses >= 500: {len(failures)}")

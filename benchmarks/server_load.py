@@ -16,8 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +24,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from live_server import serve  # noqa: E402
 
 
 def texts(n: int) -> list[str]:
@@ -37,12 +38,6 @@ def texts(n: int) -> list[str]:
             if len(out) == n:
                 break
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def model_seconds(url: str) -> float:
@@ -136,36 +131,9 @@ def main() -> None:
     print(f"library: {lib_rate:.1f} texts/s ({tokens / lib_s:.0f} tokens/s) in {lib_s:.1f}s", flush=True)
     del emb, enc
 
-    port = free_port()
-    env = {**os.environ, "BGEKIT_LOG_LEVEL": "warning"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "bgekit.cli.main",
-        "serve",
-        "--model",
-        model,
-        "--port",
-        str(port),
-        "--gather-tokens",
-        str(args.gather_tokens),
-        "--device",
-        "cpu",
-    ]
-    server = subprocess.Popen(cmd, env=env, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        import httpx
-
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise SystemExit("server did not become ready")
+    os.environ["BGEKIT_LOG_LEVEL"] = "warning"
+    options = ["--model", model, "--gather-tokens", str(args.gather_tokens), "--device", "cpu"]
+    with serve(options) as (server, url):
         before = rss_mib(server.pid)
         rows = []
         series = [
@@ -184,9 +152,6 @@ def main() -> None:
                 flush=True,
             )
         after = rss_mib(server.pid)
-    finally:
-        server.terminate()
-        server.wait(30)
     print(f"\nserver RSS: {before:.0f} MiB after warm-up, {after:.0f} MiB after the load test\n")
     print(
         "| texts/request | clients | requests | errors | texts/s | p50 ms | p99 ms | model busy | vs library offline |"

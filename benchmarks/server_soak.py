@@ -20,10 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,12 +34,6 @@ KEY = "soak-key"
 def abstracts() -> list[str]:
     with (ROOT / "data" / "scifact" / "corpus.jsonl").open() as f:
         return [json.loads(line)["text"] for line in f]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_mib(pid: int) -> float:
@@ -179,31 +170,26 @@ def main() -> None:
     ap.add_argument("--index", default=None, help="an index built with the packaged model, for /search")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from live_server import serve
+
     from bgekit.models.packaged import packaged_model_dir
 
-    port = free_port()
-    cmd = [sys.executable, "-m", "bgekit.cli.main", "serve", "--model", str(packaged_model_dir())]
-    cmd += ["--port", str(port), "--api-key", KEY, "--device", "cpu", "--log-level", "warning"]
-    cmd += ["--index", args.index] if args.index else []
-    server = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        import httpx
-
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise SystemExit("server did not become ready")
+    options = [
+        "--model",
+        str(packaged_model_dir()),
+        "--api-key",
+        KEY,
+        "--device",
+        "cpu",
+        "--log-level",
+        "warning",
+    ]
+    options += ["--index", args.index] if args.index else []
+    with serve(options) as (server, url):
+        port = int(url.rsplit(":", 1)[1])
         start_rss = rss_mib(server.pid)
         rows = asyncio.run(soak(args, url, port, server.pid))
-    finally:
-        server.terminate()
-        server.wait(30)
     measured = [float(r["rss_mib"]) for r in rows[1:]]  # type: ignore[arg-type]
     mean = float(np.mean(measured))
     print(f"\nserver RSS {start_rss:.0f} MiB ready; after warm-up {rows[0]['rss_mib']:.0f} MiB")

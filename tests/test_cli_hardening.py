@@ -46,6 +46,14 @@ def _truncate(name: str, keep: int) -> Callable[[Path], None]:
     return damage
 
 
+def _shorten(name: str, by: int) -> Callable[[Path], None]:
+    def damage(root: Path) -> None:
+        f = _gen(root) / name
+        f.write_bytes(f.read_bytes()[:-by])
+
+    return damage
+
+
 def _manifest(raw: bytes) -> Callable[[Path], None]:
     return lambda root: (root / "manifest.json").write_bytes(raw)
 
@@ -65,6 +73,8 @@ CORRUPTIONS = [
     ("manifest cut", _manifest(b'{"format": 1, "gen'), "manifest.json"),
     ("dense.npy deleted", _delete("dense.npy"), "dense.npy"),
     ("sparse_indptr.npy deleted", _delete("sparse_indptr.npy"), "sparse_indptr.npy"),
+    ("bm25_data.npy short", _shorten("bm25_data.npy", 4), "bm25_data.npy"),
+    ("bm25_vocab.jsonl cut mid-line", _shorten("bm25_vocab.jsonl", 2), "bm25_vocab.jsonl"),
 ]
 
 

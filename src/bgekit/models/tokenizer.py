@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 _Parts = tuple[Tokenizer, int, frozenset[int], int | None]  # backend, pad id, special ids, BOS id
 
 # What transformers reads to build a tokenizer; the cache key covers all of them.
-_TOKENIZER_FILES = (
+TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -58,7 +58,7 @@ def tokenizer_cache(path: Path) -> Path | None:
             h.update(f"{v}={metadata.version(v)};".encode())
         except metadata.PackageNotFoundError:
             h.update(f"{v}=none;".encode())
-    for name in _TOKENIZER_FILES:
+    for name in TOKENIZER_FILES:
         f = path / name
         if f.is_file():
             h.update(name.encode() + b"\0" + f.read_bytes())

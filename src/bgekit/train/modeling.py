@@ -16,6 +16,7 @@ from bgekit.engine import TokenBatch
 from bgekit.models.backbones import CrossEncoderForward, TransformersBackbone
 from bgekit.models.heads import EncoderWithHeads
 from bgekit.models.runtime import quiet_hf_bars
+from bgekit.models.tokenizer import TOKENIZER_FILES
 from bgekit.train.distributed import gather_with_grad, world
 from bgekit.train.losses import (
     M3Losses,
@@ -30,18 +31,6 @@ from bgekit.train.losses import (
 
 _WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".onnx", ".h5", ".msgpack", ".ot"}
 _NOT_COPIED = {"config.json", "README.md", ".gitattributes"}
-_TOKENIZER_FILES = {
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "sentencepiece.bpe.model",
-    "spiece.model",
-    "tokenizer.model",
-}
 
 
 def copy_metadata(source: Path, target: Path, *, embedder: bool) -> None:
@@ -51,7 +40,7 @@ def copy_metadata(source: Path, target: Path, *, embedder: bool) -> None:
         if p.is_file():
             if p.suffix in _WEIGHT_SUFFIXES or p.name in _NOT_COPIED:
                 continue
-            if embedder or p.name in _TOKENIZER_FILES:
+            if embedder or p.name in TOKENIZER_FILES:
                 shutil.copy2(p, target / p.name)
         elif embedder and p.is_dir():
             files = [f for f in p.rglob("*") if f.is_file()]
