@@ -225,3 +225,10 @@ def test_damaged_bm25_files_are_named(bert_st_mean: Path, tmp_path: Path) -> Non
 def test_corpus_refuses_a_bm25_of_other_rows() -> None:
     with pytest.raises(ValueError, match="BM25 index holds 5 rows"):
         Corpus(dense=np.zeros((3, 2), np.float32), bm25=Bm25(DOCS))
+
+
+@pytest.mark.parametrize("which", ["bert_m3", "xlmr_m3"])
+def test_wrapped_token_ids_equal_the_encoded_text(which: str, request: pytest.FixtureRequest) -> None:
+    tok = Embedder.from_pretrained(str(request.getfixturevalue(which)), engine=FP32).tokenizer
+    for limit in (64, 6):  # 6: the long texts are cut
+        assert tok.wrap_ids(tok.ids(TEXTS), limit) == tok.encode(TEXTS, limit)

@@ -4,11 +4,9 @@ bodies, unauthenticated slot-holders, loose types — each a regression test of 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +14,10 @@ import httpx
 import pytest
 
 pytest.importorskip("fastapi")
-import uvicorn
 
 from bgekit import Document, Embedder, EngineConfig, Index, IndexConfig, Reranker
 from bgekit.server import ServerConfig, create_app
+from tests.live_server import live
 from tests.tiny_models import CORPUS
 
 EXACT = EngineConfig(device="cpu", progress=False, dtype="float32")
@@ -161,29 +159,6 @@ def test_tokenising_does_not_block_the_event_loop(emb: Embedder, monkeypatch: py
 
 
 # -- a live server on loopback -------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def live(app: Any) -> Iterator[str]:
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 def test_unauthenticated_slow_clients_cannot_take_the_slots(emb: Embedder) -> None:

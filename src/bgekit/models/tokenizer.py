@@ -203,6 +203,30 @@ class TextTokenizer:
             out.append(self._seq(self._finish(q, p), cut))
         return out
 
+    def wrap_ids(self, ids: Sequence[Sequence[int]], max_length: int) -> list[TokenSeq]:
+        """Token ids of texts (no special tokens, as :meth:`ids` gives them) with the special
+        tokens a text gets, each cut to ``max_length`` tokens in all: ``wrap_ids(ids(t))``
+        equals ``encode(t)``."""
+        prefix, suffix = self._special_frame()
+        room = max_length - len(prefix) - len(suffix)
+        if room < 1:
+            raise ModelFormatError(f"max_length {max_length} leaves no room for text")
+        out = []
+        for one in ids:
+            cut = len(one) > room
+            full = [*prefix, *list(one)[:room], *suffix]
+            out.append(TokenSeq(full, [0] * len(full) if self.with_type_ids else None, cut))
+        return out
+
+    def _special_frame(self) -> tuple[list[int], list[int]]:
+        """The special tokens before and after a single text's own tokens."""
+        if not hasattr(self, "_frame"):
+            probe = self._tok.encode("a", add_special_tokens=False).ids
+            full = self._finish(self._tok.encode("a", add_special_tokens=False), None).ids
+            at = next(i for i in range(len(full) - len(probe) + 1) if full[i : i + len(probe)] == probe)
+            self._frame = (list(full[:at]), list(full[at + len(probe) :]))
+        return self._frame
+
     def ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text without special tokens."""
         return [list(enc.ids) for enc in self._tok.encode_batch(list(texts), add_special_tokens=False)]

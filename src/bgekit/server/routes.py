@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
@@ -18,6 +19,7 @@ from bgekit.scoring import truncate_dimensions
 from bgekit.server.middleware import wait_or_drop
 from bgekit.server.schemas import (
     ERROR_RESPONSES,
+    CohereRerankResponse,
     DocumentIn,
     EmbeddingsRequest,
     EmbeddingsResponse,
@@ -32,7 +34,7 @@ from bgekit.server.schemas import (
     Usage,
 )
 from bgekit.server.state import ServerState
-from bgekit.types import EmbeddingRow, Hit, Kind, OutputKind
+from bgekit.types import EmbeddingRow, Hit, Kind, OutputKind, TokenSeq
 
 
 def _json(body: dict[str, Any]) -> Response:
@@ -54,16 +56,40 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         limit = emb.info.query_max_length if kind == "query" else emb.info.passage_max_length
         texts = state.bound_chars(texts, limit, "input")
         seqs = await run_in_threadpool(emb.tokenize, texts, kind=kind)  # off the event loop
+        return await run_seqs(request, seqs, limit, wanted)
+
+    async def run_seqs(
+        request: Request, seqs: list[TokenSeq], limit: int, wanted: Sequence[OutputKind]
+    ) -> tuple[list[EmbeddingRow], int]:
         state.check_lengths(seqs, limit, "input")
         assert state.embed_batcher is not None
         rows = await wait_or_drop(request, state.embed_batcher.submit(seqs, frozenset(wanted)))
         return rows, sum(len(s) for s in seqs)
 
+    async def embed_ids(request: Request, ids: list[list[int]], kind: Kind) -> tuple[list[EmbeddingRow], int]:
+        """Token-id input: checked against the vocabulary, framed by the special tokens."""
+        emb = state.need_embedder()
+        if kind == "query":
+            raise HTTPException(422, "input_type query needs text input (the query instruction is text)")
+        state.check_count(len(ids), "input")
+        vocab = emb.tokenizer.vocab_size
+        for i, one in enumerate(ids):
+            bad = next((t for t in one if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise HTTPException(
+                    422, f"input.{i}: token id {bad} is outside the vocabulary (0..{vocab - 1})"
+                )
+        limit = emb.info.passage_max_length
+        return await run_seqs(request, emb.tokenizer.wrap_ids(ids, limit), limit, ("dense",))
+
     @app.post("/v1/embeddings", response_model=EmbeddingsResponse, responses=ERROR_RESPONSES)
     async def openai_embeddings(body: EmbeddingsRequest, request: Request) -> Response:
         emb = state.need_embedder()
-        texts = body.input if isinstance(body.input, list) else [body.input]
-        rows, tokens = await embed_rows(request, texts, body.input_type, ("dense",))
+        given = body.input if isinstance(body.input, list) else [body.input]
+        if given and isinstance(given[0], list):
+            rows, tokens = await embed_ids(request, given, body.input_type)
+        else:
+            rows, tokens = await embed_rows(request, given, body.input_type, ("dense",))  # type: ignore[arg-type]
         dense = np.stack([r.dense for r in rows if r.dense is not None])
         if body.dimensions is not None:
             dense = truncate_dimensions(dense, body.dimensions, normalize=emb.info.normalize)
@@ -100,10 +126,8 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         usage = {"prompt_tokens": tokens, "total_tokens": tokens}
         return _json({"data": items, "model": emb.info.name, "usage": usage})
 
-    @app.post(
-        "/rerank", response_model=RerankResponse, response_model_exclude_none=True, responses=ERROR_RESPONSES
-    )
-    async def rerank(body: RerankRequest, request: Request) -> RerankResponse:
+    async def ranked(body: RerankRequest, request: Request) -> tuple[list[int], list[float], int]:
+        """Document positions best first (``top_n`` of them), every document's logit, tokens."""
         rr = state.need_reranker()
         texts = body.texts()
         state.check_count(len(texts), "documents")
@@ -113,21 +137,56 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         state.check_lengths(seqs, rr.max_pair_length, "document")
         assert state.rerank_batcher is not None
         scores = await wait_or_drop(request, state.rerank_batcher.submit(seqs, None))
-        tokens = sum(len(s) for s in seqs)
         order = sorted(range(len(texts)), key=lambda i: (-scores[i], i))[: body.top_n]
-        results = [
+        return order, scores, sum(len(s) for s in seqs)
+
+    def items(
+        body: RerankRequest, order: list[int], scores: list[float], documents: bool
+    ) -> list[RerankItem]:
+        texts = body.texts()
+        return [
             RerankItem(
                 index=i,
                 relevance_score=float(scores[i]),
-                document=DocumentIn(text=texts[i]) if body.return_documents else None,
+                document=DocumentIn(text=texts[i]) if documents else None,
             )
             for i in order
         ]
+
+    @app.post(
+        "/rerank", response_model=RerankResponse, response_model_exclude_none=True, responses=ERROR_RESPONSES
+    )
+    async def rerank(body: RerankRequest, request: Request) -> RerankResponse:
+        order, scores, tokens = await ranked(body, request)
         return RerankResponse(
-            results=results,
-            model=body.model or rr.info.name,
+            results=items(body, order, scores, body.return_documents),
+            model=body.model or state.need_reranker().info.name,
             usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
         )
+
+    def cohere_route(version: str) -> None:
+        @app.post(
+            f"/{version}/rerank",
+            response_model=CohereRerankResponse,
+            response_model_exclude_none=True,
+            responses=ERROR_RESPONSES,
+            summary=f"Rerank, Cohere's {version} API (and Jina's /v1/rerank)",
+        )
+        async def cohere_rerank(body: RerankRequest, request: Request) -> CohereRerankResponse:
+            """Cohere's request and response shapes; ``relevance_score`` is the sigmoid of the
+            cross-encoder's logit (0..1, as Cohere's and Jina's are)."""
+            order, logits, tokens = await ranked(body, request)
+            probs = [float(1 / (1 + np.exp(-x))) for x in logits]
+            return CohereRerankResponse(
+                id=str(uuid.uuid4()),
+                results=items(body, order, probs, body.return_documents and version == "v1"),
+                meta={"api_version": {"version": version[1:]}, "billed_units": {"search_units": 1}},
+                model=body.model or state.need_reranker().info.name,
+                usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
+            )
+
+    cohere_route("v1")
+    cohere_route("v2")
 
     @app.post("/search", response_model=SearchResponse, responses=ERROR_RESPONSES)
     async def search(body: SearchRequest, request: Request) -> SearchResponse:

@@ -8,7 +8,7 @@ is not 5); weights are finite. Breaking a rule answers 422 naming the field.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
@@ -38,6 +38,9 @@ InputText = Annotated[
     AfterValidator(_not_blank),
 ]
 Texts = InputText | list[InputText]
+TokenIds = Annotated[
+    list[StrictInt], Field(min_length=1, description="the model's own token ids of one text")
+]
 Query = InputText
 Weight = Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
 
@@ -58,17 +61,34 @@ class EmbeddingsRequest(BaseModel):
     get the model's query instruction; OpenAI clients leave it unset (documents)."""
 
     model_config = ConfigDict(extra="ignore")
-    input: Texts
+    input: Texts | TokenIds | list[TokenIds]
     model: Text | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: StrictInt | None = Field(default=None, ge=1)
     user: Text | None = None
     input_type: Kind = "document"
 
+    @field_validator("input", mode="before")
+    @classmethod
+    def _input_shape(cls, v: Any) -> Any:
+        """One shape for the union below: texts, or lists of token ids (OpenAI's and vLLM's
+        token input: the model's own ids, without special tokens)."""
+        if isinstance(v, list) and v:
+            if all(type(x) is int for x in v):
+                return [v]
+            kinds = {"text" if isinstance(x, str) else "ids" if isinstance(x, list) else "other" for x in v}
+            if len(kinds) > 1 or "other" in kinds:
+                raise ValueError(
+                    "must be a string, a list of strings, a list of token ids or a list of such lists"
+                )
+        return v
+
     @field_validator("input")
     @classmethod
-    def _check_input(cls, v: Texts) -> list[str]:
-        return _texts(v)
+    def _check_input(cls, v: str | list[str] | list[list[int]]) -> list[str] | list[list[int]]:
+        if isinstance(v, list) and v and isinstance(v[0], list):
+            return v
+        return _texts(v)  # type: ignore[arg-type]
 
 
 class EmbeddingItem(BaseModel):
@@ -149,6 +169,17 @@ class RerankItem(BaseModel):
 
 class RerankResponse(BaseModel):
     results: list[RerankItem]
+    model: str
+    usage: Usage
+
+
+class CohereRerankResponse(BaseModel):
+    """Cohere's rerank response (``id``, ``results``, ``meta``), with Jina's ``model`` and
+    ``usage`` beside them."""
+
+    id: str
+    results: list[RerankItem]
+    meta: dict[str, Any]
     model: str
     usage: Usage
 

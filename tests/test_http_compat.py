@@ -1,0 +1,106 @@
+"""Clients people already use, unchanged, against a live `bgekit serve` app on loopback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+cohere = pytest.importorskip("cohere")
+
+from bgekit import EngineConfig, Reranker  # noqa: E402
+from bgekit.server import ServerConfig, create_app  # noqa: E402
+from tests.live_server import live  # noqa: E402
+
+DOCS = ["cats purr and sleep", "the stock market fell", "dogs chase cats", "market news today"]
+QUERY = "cats"
+
+
+@pytest.fixture(scope="module")
+def reranker(bert_reranker: Path) -> Reranker:
+    return Reranker.from_pretrained(str(bert_reranker), engine=EngineConfig(device="cpu", dtype="float32"))
+
+
+def expected(rr: Reranker) -> tuple[list[int], np.ndarray]:
+    """The library's own ranking and sigmoid scores: the independent computation."""
+    logits = rr.score([(QUERY, d) for d in DOCS])
+    probs = 1 / (1 + np.exp(-logits))
+    return sorted(range(len(DOCS)), key=lambda i: (-logits[i], i)), probs
+
+
+def test_cohere_v1_and_v2_clients_rerank_unchanged(reranker: Reranker) -> None:
+    order, probs = expected(reranker)
+    app = create_app(ServerConfig(api_key="co-key"), reranker=reranker)
+    with live(app) as url:
+        v1 = cohere.Client(api_key="co-key", base_url=url)
+        got = v1.rerank(query=QUERY, documents=DOCS, model="any", top_n=3, return_documents=True)
+        assert [r.index for r in got.results] == order[:3]
+        np.testing.assert_allclose([r.relevance_score for r in got.results], probs[order[:3]], rtol=1e-5)
+        assert [r.document.text for r in got.results] == [DOCS[i] for i in order[:3]]  # type: ignore[union-attr]
+        assert got.id and got.meta is not None and got.meta.api_version.version == "1"  # type: ignore[union-attr]
+
+        v2 = cohere.ClientV2(api_key="co-key", base_url=url)
+        got2 = v2.rerank(model="any", query=QUERY, documents=DOCS)
+        assert [r.index for r in got2.results] == order
+        np.testing.assert_allclose([r.relevance_score for r in got2.results], probs[order], rtol=1e-5)
+
+        wrong = cohere.ClientV2(api_key="nope", base_url=url)
+        with pytest.raises(cohere.core.api_error.ApiError) as err:
+            wrong.rerank(model="any", query=QUERY, documents=DOCS)
+        assert err.value.status_code == 401
+
+
+def test_jina_shape_on_v1_rerank(reranker: Reranker) -> None:
+    """Jina's client posts the same body to /v1/rerank and reads model, usage and results."""
+    import httpx
+
+    order, probs = expected(reranker)
+    app = create_app(ServerConfig(), reranker=reranker)
+    with live(app) as url:
+        body = {
+            "model": "jina-reranker",
+            "query": QUERY,
+            "documents": DOCS,
+            "top_n": 2,
+            "return_documents": False,
+        }
+        r = httpx.post(f"{url}/v1/rerank", json=body, timeout=30)
+        assert r.status_code == 200
+        data = r.json()
+        assert data["model"] == "jina-reranker" and data["usage"]["total_tokens"] > 0
+        assert [x["index"] for x in data["results"]] == order[:2]
+        assert all("document" not in x for x in data["results"])
+        np.testing.assert_allclose(
+            [x["relevance_score"] for x in data["results"]], probs[order[:2]], rtol=1e-5
+        )
+        bad = httpx.post(f"{url}/v2/rerank", json={"query": QUERY, "documents": []}, timeout=30)
+        assert bad.status_code == 422 and "documents" in bad.json()["error"]["message"]
+
+
+def test_openai_client_sends_token_ids(bert_m3: Path) -> None:
+    """OpenAI's API (and vLLM's) take token ids as input; here they are the model's own ids
+    of a text without special tokens, so they embed exactly as the text does."""
+    import openai
+
+    from bgekit import Embedder
+
+    emb = Embedder.from_pretrained(str(bert_m3), engine=EngineConfig(device="cpu", dtype="float32"))
+    texts = ["cats and dogs", "the stock market fell on monday"]
+    ids = emb.tokenizer.ids(texts)
+    app = create_app(ServerConfig(api_key="sk-x"), embedder=emb)
+    with live(app) as url:
+        client = openai.OpenAI(api_key="sk-x", base_url=f"{url}/v1")
+        from_text = client.embeddings.create(input=texts, model="m", encoding_format="float")
+        from_ids = client.embeddings.create(input=ids, model="m", encoding_format="float")
+        one = client.embeddings.create(input=ids[1], model="m")  # a single list of ids; base64 by default
+        a = np.array([d.embedding for d in from_text.data])
+        np.testing.assert_allclose(np.array([d.embedding for d in from_ids.data]), a, atol=1e-6)
+        np.testing.assert_allclose(one.data[0].embedding, a[1], atol=1e-6)
+        np.testing.assert_allclose(a, emb.encode(texts).dense, atol=1e-6)
+        assert from_ids.usage.prompt_tokens == sum(len(i) + 2 for i in ids)  # [CLS] ... [SEP]
+        with pytest.raises(openai.UnprocessableEntityError, match="outside the vocabulary"):
+            client.embeddings.create(input=[[1, 10**9]], model="m")
+        with pytest.raises(openai.APIStatusError, match="longer than"):
+            client.embeddings.create(input=[[5] * 10_000], model="m")
