@@ -67,7 +67,7 @@ def raw_value(depth: int = 2) -> st.SearchStrategy[str]:
 
 FIELDS = {
     "/v1/embeddings": ["input", "model", "encoding_format", "dimensions", "user", "input_type"],
-    "/embed": ["inputs", "kind", "outputs", "return_tokens"],
+    "/encode": ["inputs", "kind", "outputs", "return_tokens"],
     "/rerank": ["query", "documents", "top_n", "return_documents", "model"],
     "/search": ["query", "k", "mode", "weights", "candidates", "fusion", "rerank", "rerank_top"],
 }

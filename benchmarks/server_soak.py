@@ -7,7 +7,7 @@ keep being served while hostile connections are held?
 A `bgekit serve` subprocess with the packaged model and an API key (and `--index` for
 /search). One warm-up round, then --rounds rounds; in each, --clients keyed clients at once
 each send --requests requests drawn at random (fixed seed): /v1/embeddings (float or
-base64) and /embed with 1-16 SciFact texts cut to 1-150 words, and /search when an index is
+base64) and /encode with 1-16 SciFact texts cut to 1-150 words, and /search when an index is
 given. All the while --slow connections without a key send headers and part of a body and
 then stall (reopened when the server closes them). After each round (and --settle
 seconds): the server's RSS, keyed requests, errors (anything but 200; a 413 for a text over
@@ -52,7 +52,7 @@ def request(rng: random.Random, docs: list[str], search: bool) -> tuple[str, dic
     if kind == "search":
         return "/search", {"query": texts[0][:200], "k": rng.randint(1, 20)}
     if kind == "embed":
-        return "/embed", {"inputs": texts, "kind": rng.choice(["query", "document"])}
+        return "/encode", {"inputs": texts, "kind": rng.choice(["query", "document"])}
     return "/v1/embeddings", {"input": texts, "encoding_format": kind.split("-")[1]}
 
 
@@ -171,9 +171,8 @@ def main() -> None:
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from live_server import serve
-
     from bgekit.models.packaged import packaged_model_dir
+    from live_server import serve
 
     options = [
         "--model",

@@ -104,3 +104,45 @@ def test_openai_client_sends_token_ids(bert_m3: Path) -> None:
             client.embeddings.create(input=[[1, 10**9]], model="m")
         with pytest.raises(openai.APIStatusError, match="longer than"):
             client.embeddings.create(input=[[5] * 10_000], model="m")
+
+
+def test_tei_clients_embed_unchanged(bert_m3: Path) -> None:
+    """huggingface_hub's InferenceClient posts to TEI's ``POST /``; llama-index's TEI client
+    posts to ``/embed`` and reads ``[[float]]``; both send the key as a bearer token."""
+    from huggingface_hub import InferenceClient
+    from llama_index.embeddings.text_embeddings_inference import TextEmbeddingsInference
+
+    from bgekit import Embedder
+
+    emb = Embedder.from_pretrained(str(bert_m3), engine=EngineConfig(device="cpu", dtype="float32"))
+    texts = ["cats and dogs", "the stock market fell on monday"]
+    want = emb.encode(texts).dense
+    queries = emb.encode_queries(texts).dense
+    app = create_app(ServerConfig(api_key="tei-key"), embedder=emb)
+    with live(app) as url:
+        hf = InferenceClient(model=url, token="tei-key")
+        np.testing.assert_allclose(hf.feature_extraction(texts[0]), want[:1], atol=1e-6)
+        np.testing.assert_allclose(
+            hf.feature_extraction(texts[1], prompt_name="query"), queries[1:], atol=1e-6
+        )
+        li = TextEmbeddingsInference(model_name="m", base_url=url, auth_token="tei-key")
+        np.testing.assert_allclose(li.get_text_embedding_batch(texts), want, atol=1e-6)
+
+        import httpx
+
+        key = {"Authorization": "Bearer tei-key"}
+        long = {"inputs": "word " * 2000}
+        assert httpx.post(f"{url}/embed", json=long, headers=key, timeout=30).status_code == 413
+        cut = httpx.post(f"{url}/embed", json={**long, "truncate": True}, headers=key, timeout=30)
+        assert cut.status_code == 200 and len(cut.json()[0]) == want.shape[1]
+        short = httpx.post(f"{url}/embed", json={"inputs": texts, "dimensions": 4}, headers=key, timeout=30)
+        small = want[:, :4] / np.linalg.norm(want[:, :4], axis=1, keepdims=True)
+        np.testing.assert_allclose(short.json(), small, atol=1e-6)
+        sparse = httpx.post(f"{url}/embed_sparse", json={"inputs": texts}, headers=key, timeout=30).json()
+        ref = emb.encode(texts, outputs=("sparse",)).sparse
+        assert ref is not None
+        for got, vec in zip(sparse, ref, strict=True):
+            assert [x["index"] for x in got] == vec.indices.tolist()
+            np.testing.assert_allclose([x["value"] for x in got], vec.values, rtol=1e-6)
+        bad = httpx.post(f"{url}/embed", json={"inputs": "x", "prompt_name": "nope"}, headers=key, timeout=30)
+        assert bad.status_code == 422 and "prompt_name" in bad.json()["error"]["message"]

@@ -85,7 +85,7 @@ def test_concurrent_clients_each_get_their_own_outputs(m3: Embedder) -> None:
         async with serving(app) as client:
             _slow_first_run(app, 0.3)
             runs_before = _count(app, "bgekit_batch_inputs_count")
-            answers = await asyncio.gather(*(client.post("/embed", json=r) for r in requests))
+            answers = await asyncio.gather(*(client.post("/encode", json=r) for r in requests))
             assert _count(app, "bgekit_batch_inputs_count") - runs_before < len(
                 requests
             )  # requests were merged
@@ -202,18 +202,18 @@ def test_search_with_and_without_rerank(m3: Embedder, reranker: Reranker) -> Non
 @pytest.mark.parametrize(
     ("path", "body", "status", "words"),
     [
-        ("/embed", b"{not json", 422, "JSON"),
-        ("/embed", {"inputs": 5}, 422, "inputs"),
-        ("/embed", {"inputs": []}, 422, "inputs"),
-        ("/embed", {"inputs": ["ok", "  "]}, 422, "inputs.1: is empty"),
-        ("/embed", {"inputs": "ok", "outputs": ["colour"]}, 422, "outputs"),
-        ("/embed", {"inputs": "ok", "kind": "passage"}, 422, "kind"),
-        ("/embed", {"inputs": "ok", "extra": 1}, 422, "extra"),
+        ("/encode", b"{not json", 422, "JSON"),
+        ("/encode", {"inputs": 5}, 422, "inputs"),
+        ("/encode", {"inputs": []}, 422, "inputs"),
+        ("/encode", {"inputs": ["ok", "  "]}, 422, "inputs.1: is empty"),
+        ("/encode", {"inputs": "ok", "outputs": ["colour"]}, 422, "outputs"),
+        ("/encode", {"inputs": "ok", "kind": "passage"}, 422, "kind"),
+        ("/encode", {"inputs": "ok", "extra": 1}, 422, "extra"),
         ("/v1/embeddings", {"input": "ok", "encoding_format": "int8"}, 422, "encoding_format"),
         ("/v1/embeddings", {"input": "ok", "dimensions": 999}, 422, "dimensions"),
         ("/v1/embeddings", {}, 422, "input"),
         ("/v1/embeddings", {"input": " "}, 422, "empty"),  # the HTTP API refuses what the library takes
-        ("/embed", {"inputs": "dense sparse and multi vector retrieval " * 10}, 413, "longer than"),
+        ("/encode", {"inputs": "dense sparse and multi vector retrieval " * 10}, 413, "longer than"),
         ("/rerank", {"query": "q", "documents": ["d"]}, 404, "no reranker"),
         ("/search", {"query": "q"}, 404, "no index"),
     ],
@@ -240,7 +240,7 @@ def test_missing_head_and_truncation_setting(bert_st_mean: Path) -> None:
 
     async def main(app: Any, body: dict) -> httpx.Response:
         async with serving(app) as client:
-            return await client.post("/embed", json=body)
+            return await client.post("/encode", json=body)
 
     resp = asyncio.run(
         main(create_app(ServerConfig(), embedder=emb), {"inputs": "ok", "outputs": ["sparse"]})
@@ -258,9 +258,9 @@ def test_too_many_concurrent_requests_get_429_with_retry_after(m3: Embedder) -> 
     async def main() -> list[httpx.Response]:
         async with serving(app) as client:
             _slow_first_run(app, 0.5)
-            first = [asyncio.ensure_future(client.post("/embed", json={"inputs": t})) for t in TEXTS[:2]]
+            first = [asyncio.ensure_future(client.post("/encode", json={"inputs": t})) for t in TEXTS[:2]]
             await asyncio.sleep(0.2)  # both are in flight, waiting on the slow run
-            third = await client.post("/embed", json={"inputs": TEXTS[2]})
+            third = await client.post("/encode", json={"inputs": TEXTS[2]})
             return [*(await asyncio.gather(*first)), third]
 
     a, b, c = run(main)
@@ -277,11 +277,11 @@ def test_auth_health_ready_info_and_metrics(m3: Embedder) -> None:
             out = {
                 "health": await client.get("/health"),
                 "ready": await client.get("/ready"),
-                "no_key": await client.post("/embed", json={"inputs": "x"}),
+                "no_key": await client.post("/encode", json={"inputs": "x"}),
                 "wrong": await client.post(
-                    "/embed", json={"inputs": "x"}, headers={"Authorization": "Bearer no"}
+                    "/encode", json={"inputs": "x"}, headers={"Authorization": "Bearer no"}
                 ),
-                "x_api_key": await client.post("/embed", json={"inputs": "x"}, headers={"x-api-key": "k3y"}),
+                "x_api_key": await client.post("/encode", json={"inputs": "x"}, headers={"x-api-key": "k3y"}),
                 "info": await client.get("/info", headers=key),
                 "docs": await client.get("/openapi.json", headers=key),
                 "docs_no_key": await client.get("/openapi.json"),
@@ -300,8 +300,8 @@ def test_auth_health_ready_info_and_metrics(m3: Embedder) -> None:
     assert "/v1/embeddings" in r["docs"].json()["paths"]
     assert r["docs_no_key"].status_code == 401  # only /health and /ready answer without the key
     text = r["metrics"].text
-    assert 'bgekit_requests_total{endpoint="/embed",status="401"} 2.0' in text
-    assert 'bgekit_requests_total{endpoint="/embed",status="200"} 1.0' in text
+    assert 'bgekit_requests_total{endpoint="/encode",status="401"} 2.0' in text
+    assert 'bgekit_requests_total{endpoint="/encode",status="200"} 1.0' in text
     assert "bgekit_batch_inputs_bucket" in text and "bgekit_request_seconds_bucket" in text
 
 

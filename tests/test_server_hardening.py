@@ -59,7 +59,7 @@ SURROGATES = [
     ("/v1/embeddings", r'{"input": "abc \ud800"}', "input"),
     ("/v1/embeddings", r'{"input": ["ok", "\udfff"]}', "input.1"),
     ("/v1/embeddings", r'{"input": "x", "model": "\ud800"}', "model"),
-    ("/embed", r'{"inputs": "\ud83d"}', "inputs"),
+    ("/encode", r'{"inputs": "\ud83d"}', "inputs"),
     ("/rerank", r'{"query": "q", "documents": ["\ud800"]}', "documents.0"),
     ("/rerank", r'{"query": "\udc00", "documents": ["d"]}', "query"),
     ("/search", r'{"query": "cats \ud800"}', "query"),
@@ -74,19 +74,19 @@ def test_lone_surrogates_are_422_naming_the_field(emb: Embedder, rr: Reranker, i
         err = r.json()["error"]
         assert err["param"] == field and ("unicode" in err["message"] or "surrogate" in err["message"]), err
     # non-BMP text is fine
-    ok = asyncio.run(_call(app, [("POST", "/embed", '{"inputs": "emoji \U0001f600 ok"}')]))[0]
+    ok = asyncio.run(_call(app, [("POST", "/encode", '{"inputs": "emoji \U0001f600 ok"}')]))[0]
     assert ok.status_code == 200
 
 
 LOOSE = [
     ("/v1/embeddings", '{"input": "x", "dimensions": true}', "dimensions"),
-    ("/embed", '{"inputs": "x", "return_tokens": "yes"}', "return_tokens"),
+    ("/encode", '{"inputs": "x", "return_tokens": "yes"}', "return_tokens"),
     ("/search", '{"query": "cats", "k": "5"}', "k"),
     ("/search", '{"query": "cats", "weights": [NaN, 0.2, 0.4]}', "weights.0"),
     ("/search", '{"query": "cats", "weights": [Infinity, 0.2, 0.4]}', "weights.0"),
     ("/search", '{"query": "cats", "weights": [1e308, 0.2, 0.4]}', "weights.0"),
     ("/rerank", '{"query": "q", "documents": ["d"], "top_n": 1.5}', "top_n"),
-    ("/embed", '{"inputs": ["x"', "body"),
+    ("/encode", '{"inputs": ["x"', "body"),
 ]
 
 
@@ -120,7 +120,7 @@ def test_body_size_limit_and_cheap_length_bound(emb: Embedder) -> None:
     app = create_app(ServerConfig(max_body_bytes=10_000), embedder=emb)
     big = '{"inputs": "' + "x" * 20_000 + '"}'
     declared, long_text = asyncio.run(
-        _call(app, [("POST", "/embed", big), ("POST", "/embed", '{"inputs": "' + "word " * 1900 + '"}')])
+        _call(app, [("POST", "/encode", big), ("POST", "/encode", '{"inputs": "' + "word " * 1900 + '"}')])
     )
     assert declared.status_code == 413 and "10000 bytes" in declared.json()["error"]["message"]
     # 9,500 characters for a 40-token limit: refused before tokenising (40 x 32 characters)
@@ -128,7 +128,7 @@ def test_body_size_limit_and_cheap_length_bound(emb: Embedder) -> None:
         ServerConfig(max_input_tokens=40),
         embedder=Embedder.from_pretrained(str(Path(emb.info.path)), engine=EXACT),
     )
-    r = asyncio.run(_call(small, [("POST", "/embed", '{"inputs": "' + "word " * 1900 + '"}')]))[0]
+    r = asyncio.run(_call(small, [("POST", "/encode", '{"inputs": "' + "word " * 1900 + '"}')]))[0]
     assert r.status_code == 413 and "characters" in r.json()["error"]["message"]
     assert long_text.status_code == 413  # over the model's token limit too
 
@@ -149,7 +149,7 @@ def test_tokenising_does_not_block_the_event_loop(emb: Embedder, monkeypatch: py
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://bgekit") as client:
-                slow = asyncio.ensure_future(client.post("/embed", json={"inputs": ["the slow one"]}))
+                slow = asyncio.ensure_future(client.post("/encode", json={"inputs": ["the slow one"]}))
                 await asyncio.sleep(0.05)
                 health = await asyncio.wait_for(client.get("/health"), 10)  # served meanwhile
                 release.set()
@@ -171,12 +171,12 @@ def test_unauthenticated_slow_clients_cannot_take_the_slots(emb: Embedder) -> No
             for _ in range(40):  # 5x the slots: headers sent, body never
                 s = socket.create_connection(("127.0.0.1", port))
                 s.sendall(
-                    b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                    b"POST /encode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
                 )
                 held.append(s)
             keyed = [
                 httpx.post(
-                    f"{url}/embed", json={"inputs": ["cats"]}, headers={"x-api-key": "k3y"}, timeout=30
+                    f"{url}/encode", json={"inputs": ["cats"]}, headers={"x-api-key": "k3y"}, timeout=30
                 )
                 for _ in range(3)
             ]
@@ -184,7 +184,7 @@ def test_unauthenticated_slow_clients_cannot_take_the_slots(emb: Embedder) -> No
             # a keyed client that never finishes its body is cut off after body_timeout
             slow = socket.create_connection(("127.0.0.1", port))
             slow.sendall(
-                b"POST /embed HTTP/1.1\r\nHost: x\r\nx-api-key: k3y\r\nContent-Type: application/json\r\n"
+                b"POST /encode HTTP/1.1\r\nHost: x\r\nx-api-key: k3y\r\nContent-Type: application/json\r\n"
                 b"Content-Length: 1000\r\n\r\n{"
             )
             slow.settimeout(20)

@@ -31,6 +31,8 @@ from bgekit.server.schemas import (
     SearchHit,
     SearchRequest,
     SearchResponse,
+    TeiEmbedRequest,
+    TeiSparseValue,
     Usage,
 )
 from bgekit.server.state import ServerState
@@ -48,20 +50,28 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
     cfg = state.config
 
     async def embed_rows(
-        request: Request, texts: list[str], kind: Kind, outputs: Sequence[OutputKind]
+        request: Request,
+        texts: list[str],
+        kind: Kind,
+        outputs: Sequence[OutputKind],
+        truncate: bool | None = None,
     ) -> tuple[list[EmbeddingRow], int]:
         emb = state.need_embedder()
         wanted = emb.check_outputs(outputs)  # before queueing: a bad request never joins a batch
         state.check_count(len(texts), "input")
         limit = emb.info.query_max_length if kind == "query" else emb.info.passage_max_length
-        texts = state.bound_chars(texts, limit, "input")
+        texts = state.bound_chars(texts, limit, "input", truncate)
         seqs = await run_in_threadpool(emb.tokenize, texts, kind=kind)  # off the event loop
-        return await run_seqs(request, seqs, limit, wanted)
+        return await run_seqs(request, seqs, limit, wanted, truncate)
 
     async def run_seqs(
-        request: Request, seqs: list[TokenSeq], limit: int, wanted: Sequence[OutputKind]
+        request: Request,
+        seqs: list[TokenSeq],
+        limit: int,
+        wanted: Sequence[OutputKind],
+        truncate: bool | None = None,
     ) -> tuple[list[EmbeddingRow], int]:
-        state.check_lengths(seqs, limit, "input")
+        state.check_lengths(seqs, limit, "input", truncate)
         assert state.embed_batcher is not None
         rows = await wait_or_drop(request, state.embed_batcher.submit(seqs, frozenset(wanted)))
         return rows, sum(len(s) for s in seqs)
@@ -103,9 +113,9 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         return _json({"object": "list", "data": data, "model": body.model or emb.info.name, "usage": usage})
 
     @app.post(
-        "/embed", response_model=EmbedResponse, response_model_exclude_none=True, responses=ERROR_RESPONSES
+        "/encode", response_model=EmbedResponse, response_model_exclude_none=True, responses=ERROR_RESPONSES
     )
-    async def embed(body: EmbedRequest, request: Request) -> Response:
+    async def encode(body: EmbedRequest, request: Request) -> Response:
         emb = state.need_embedder()
         texts = body.inputs if isinstance(body.inputs, list) else [body.inputs]
         rows, tokens = await embed_rows(request, texts, body.kind, body.outputs)
@@ -125,6 +135,56 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
             items.append(item)
         usage = {"prompt_tokens": tokens, "total_tokens": tokens}
         return _json({"data": items, "model": emb.info.name, "usage": usage})
+
+    # -- text-embeddings-inference (TEI) routes and shapes ----------------------------------
+
+    def tei_kind(body: TeiEmbedRequest) -> Kind:
+        if body.truncation_direction != "Right":
+            raise HTTPException(
+                422, "truncation_direction: only Right is supported (texts are cut at the end)"
+            )
+        if body.prompt_name in (None, "document", "passage"):
+            return "document"
+        if body.prompt_name == "query":
+            return "query"
+        raise HTTPException(422, f"prompt_name {body.prompt_name!r} is unknown; use query or document")
+
+    async def tei_embed(body: TeiEmbedRequest, request: Request) -> Response:
+        emb = state.need_embedder()
+        if not body.normalize and emb.info.normalize:
+            raise HTTPException(422, "normalize: this server gives normalised vectors only")
+        rows, _ = await embed_rows(request, body.texts(), tei_kind(body), ("dense",), body.truncate)
+        dense = np.stack([r.dense for r in rows if r.dense is not None])
+        if body.dimensions is not None:
+            dense = truncate_dimensions(dense, body.dimensions, normalize=emb.info.normalize)
+        return Response(orjson.dumps(dense, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+
+    @app.post("/embed", response_model=list[list[float]], responses=ERROR_RESPONSES, summary="Embed (TEI)")
+    async def tei_embed_route(body: TeiEmbedRequest, request: Request) -> Response:
+        """text-embeddings-inference's ``/embed``: one dense vector per input, ``[[float]]``."""
+        return await tei_embed(body, request)
+
+    @app.post(
+        "/", response_model=list[list[float]], responses=ERROR_RESPONSES, summary="Embed (TEI's POST /)"
+    )
+    async def tei_root(body: TeiEmbedRequest, request: Request) -> Response:
+        """TEI's ``POST /`` for an embedding model (what ``huggingface_hub``'s
+        ``InferenceClient(model=URL).feature_extraction`` posts): as ``/embed``."""
+        return await tei_embed(body, request)
+
+    @app.post("/embed_sparse", response_model=list[list[TeiSparseValue]], responses=ERROR_RESPONSES)
+    async def embed_sparse(body: TeiEmbedRequest, request: Request) -> Response:
+        """TEI's ``/embed_sparse``: the lexical weights, ``[[{index, value}]]`` (BGE-M3's head)."""
+        rows, _ = await embed_rows(request, body.texts(), tei_kind(body), ("sparse",), body.truncate)
+        out = [
+            [
+                {"index": int(i), "value": float(v)}
+                for i, v in zip(r.sparse.indices, r.sparse.values, strict=True)
+            ]
+            for r in rows
+            if r.sparse is not None
+        ]
+        return Response(orjson.dumps(out), media_type="application/json")
 
     async def ranked(body: RerankRequest, request: Request) -> tuple[list[int], list[float], int]:
         """Document positions best first (``top_n`` of them), every document's logit, tokens."""

@@ -110,7 +110,7 @@ class EmbeddingsResponse(BaseModel):
 
 
 class EmbedRequest(BaseModel):
-    """bgekit's ``POST /embed``: any of the model's outputs from one forward pass."""
+    """bgekit's ``POST /encode``: any of the model's outputs from one forward pass."""
 
     model_config = ConfigDict(extra="forbid")
     inputs: Texts
@@ -122,6 +122,28 @@ class EmbedRequest(BaseModel):
     @classmethod
     def _check_inputs(cls, v: Texts) -> list[str]:
         return _texts(v)
+
+
+class TeiEmbedRequest(BaseModel):
+    """text-embeddings-inference's embedding request (``/embed``, ``/embed_sparse``, ``POST /``).
+    ``truncate`` overrides the server's rule for this request; ``prompt_name`` ``query``
+    adds the model's query instruction."""
+
+    model_config = ConfigDict(extra="ignore")
+    inputs: Texts
+    normalize: StrictBool = True
+    truncate: StrictBool | None = None
+    truncation_direction: Literal["Right", "Left"] = "Right"
+    prompt_name: Text | None = None
+    dimensions: StrictInt | None = Field(default=None, ge=1)
+
+    def texts(self) -> list[str]:
+        return _texts(self.inputs)
+
+
+class TeiSparseValue(BaseModel):
+    index: int
+    value: float
 
 
 class SparseOut(BaseModel):

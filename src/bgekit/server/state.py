@@ -143,14 +143,18 @@ class ServerState:
             raise HTTPException(404, "this server runs no reranker (start it with --reranker)")
         return self.reranker
 
-    def bound_chars(self, texts: Sequence[str], limit: int, what: str) -> list[str]:
+    def bound_chars(
+        self, texts: Sequence[str], limit: int, what: str, truncate: bool | None = None
+    ) -> list[str]:
         """The cheap length rule, before any tokenising: a text over ``limit`` tokens'
-        worth of characters gets 413, or is cut there when the server truncates."""
+        worth of characters gets 413, or is cut there when the server truncates (or the
+        request asks to: ``truncate``)."""
         most = limit * CHARS_PER_TOKEN
+        cut = self.config.truncate if truncate is None else truncate
         out = []
         for i, t in enumerate(texts):
             if len(t) > most:
-                if not self.config.truncate:
+                if not cut:
                     raise HTTPException(
                         413, f"{what} {i} has {len(t)} characters, over the {most} that {limit} tokens allow"
                     )
@@ -158,8 +162,10 @@ class ServerState:
             out.append(t)
         return out
 
-    def check_lengths(self, seqs: Sequence[TokenSeq], limit: int, what: str) -> None:
-        if self.config.truncate:
+    def check_lengths(
+        self, seqs: Sequence[TokenSeq], limit: int, what: str, truncate: bool | None = None
+    ) -> None:
+        if self.config.truncate if truncate is None else truncate:
             return
         for i, s in enumerate(seqs):
             if s.truncated:
