@@ -146,3 +146,43 @@ def test_tei_clients_embed_unchanged(bert_m3: Path) -> None:
             np.testing.assert_allclose([x["value"] for x in got], vec.values, rtol=1e-6)
         bad = httpx.post(f"{url}/embed", json={"inputs": "x", "prompt_name": "nope"}, headers=key, timeout=30)
         assert bad.status_code == 422 and "prompt_name" in bad.json()["error"]["message"]
+
+
+def test_tei_rerank_tokenize_and_info(reranker: Reranker, bert_m3: Path) -> None:
+    import httpx
+
+    from bgekit import Embedder
+
+    order, probs = expected(reranker)
+    logits = reranker.score([(QUERY, d) for d in DOCS])
+    emb = Embedder.from_pretrained(str(bert_m3), engine=EngineConfig(device="cpu", dtype="float32"))
+    app = create_app(ServerConfig(), embedder=emb, reranker=reranker)
+    with live(app) as url:
+        tei = httpx.post(
+            f"{url}/rerank", json={"query": QUERY, "texts": DOCS, "return_text": True}, timeout=30
+        )
+        assert tei.status_code == 200
+        got = tei.json()
+        assert [x["index"] for x in got] == order and [x["text"] for x in got] == [DOCS[i] for i in order]
+        np.testing.assert_allclose([x["score"] for x in got], probs[order], rtol=1e-5)
+        raw = httpx.post(
+            f"{url}/rerank", json={"query": QUERY, "texts": DOCS, "raw_scores": True}, timeout=30
+        )
+        np.testing.assert_allclose([x["score"] for x in raw.json()], logits[order], rtol=1e-5)
+        assert all("text" not in x for x in raw.json())
+        cohere_shape = httpx.post(
+            f"{url}/rerank", json={"query": QUERY, "documents": DOCS}, timeout=30
+        ).json()
+        assert [x["index"] for x in cohere_shape["results"]] == order  # the documents shape still works
+
+        toks = httpx.post(f"{url}/tokenize", json={"inputs": ["cats and dogs"]}, timeout=30).json()[0]
+        seq = emb.tokenizer.encode(["cats and dogs"], 64)[0]
+        assert [t["id"] for t in toks] == list(seq.ids)
+        assert toks[0]["special"] and toks[0]["start"] is None and not toks[1]["special"]
+        assert ["cats and dogs"[t["start"] : t["stop"]] for t in toks[1:-1]] == ["cats", "and", "dogs"]
+        bare = httpx.post(f"{url}/tokenize", json={"inputs": "cats", "add_special_tokens": False}, timeout=30)
+        assert [t["id"] for t in bare.json()[0]] == emb.tokenizer.ids(["cats"])[0]
+
+        info = httpx.get(f"{url}/info", timeout=30).json()
+        assert info["model_type"] == {"embedding": {"pooling": emb.info.pooling}}
+        assert info["max_input_length"] == emb.info.passage_max_length and info["max_client_batch_size"] > 0

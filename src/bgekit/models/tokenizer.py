@@ -231,6 +231,30 @@ class TextTokenizer:
         """Token ids of each text without special tokens."""
         return [list(enc.ids) for enc in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
+    def tokens(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[dict[str, object]]]:
+        """Each text's tokens: ``id``, ``text`` (the token string), ``special``, and the
+        character span ``start`` / ``stop`` (``None`` for special tokens)."""
+        out = []
+        for text in texts:
+            enc = self._tok.encode(text, add_special_tokens=False)
+            if add_special_tokens:
+                enc = self._finish(enc, None)
+            row: list[dict[str, object]] = []
+            for tid, tok, (start, stop), special in zip(
+                enc.ids, enc.tokens, enc.offsets, enc.special_tokens_mask, strict=True
+            ):
+                row.append(
+                    {
+                        "id": tid,
+                        "text": tok,
+                        "special": bool(special),
+                        "start": None if special else start,
+                        "stop": None if special else stop,
+                    }
+                )
+            out.append(row)
+        return out
+
     def decode(self, ids: Sequence[int]) -> str:
         """Text of token ids, special tokens kept."""
         return str(self._tok.decode(list(ids), skip_special_tokens=False))

@@ -32,7 +32,11 @@ from bgekit.server.schemas import (
     SearchRequest,
     SearchResponse,
     TeiEmbedRequest,
+    TeiRerankItem,
+    TeiRerankRequest,
     TeiSparseValue,
+    TeiToken,
+    TeiTokenizeRequest,
     Usage,
 )
 from bgekit.server.state import ServerState
@@ -43,6 +47,10 @@ def _json(body: dict[str, Any]) -> Response:
     """JSON with numpy arrays written directly (no per-float Python objects): the response
     shapes are the pydantic models of :mod:`bgekit.server.schemas`, checked by the tests."""
     return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+
+
+def _sigmoid(x: float) -> float:
+    return float(1 / (1 + np.exp(-x)))
 
 
 def add_routes(app: FastAPI, state: ServerState) -> None:
@@ -186,18 +194,19 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         ]
         return Response(orjson.dumps(out), media_type="application/json")
 
-    async def ranked(body: RerankRequest, request: Request) -> tuple[list[int], list[float], int]:
+    async def ranked(
+        query: str, texts: list[str], top_n: int | None, request: Request, truncate: bool | None = None
+    ) -> tuple[list[int], list[float], int]:
         """Document positions best first (``top_n`` of them), every document's logit, tokens."""
         rr = state.need_reranker()
-        texts = body.texts()
         state.check_count(len(texts), "documents")
-        (query,) = state.bound_chars([body.query], rr.max_pair_length, "query")
-        bounded = state.bound_chars(texts, rr.max_pair_length, "document")
+        (query,) = state.bound_chars([query], rr.max_pair_length, "query", truncate)
+        bounded = state.bound_chars(texts, rr.max_pair_length, "document", truncate)
         seqs = await run_in_threadpool(rr.tokenize, [(query, t) for t in bounded])
-        state.check_lengths(seqs, rr.max_pair_length, "document")
+        state.check_lengths(seqs, rr.max_pair_length, "document", truncate)
         assert state.rerank_batcher is not None
         scores = await wait_or_drop(request, state.rerank_batcher.submit(seqs, None))
-        order = sorted(range(len(texts)), key=lambda i: (-scores[i], i))[: body.top_n]
+        order = sorted(range(len(texts)), key=lambda i: (-scores[i], i))[:top_n]
         return order, scores, sum(len(s) for s in seqs)
 
     def items(
@@ -214,10 +223,29 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         ]
 
     @app.post(
-        "/rerank", response_model=RerankResponse, response_model_exclude_none=True, responses=ERROR_RESPONSES
+        "/rerank",
+        response_model=RerankResponse | list[TeiRerankItem],
+        response_model_exclude_none=True,
+        responses=ERROR_RESPONSES,
     )
-    async def rerank(body: RerankRequest, request: Request) -> RerankResponse:
-        order, scores, tokens = await ranked(body, request)
+    async def rerank(body: RerankRequest | TeiRerankRequest, request: Request) -> Response | RerankResponse:
+        """Cohere / Jina's request shape (``documents``), or text-embeddings-inference's
+        (``texts``, answered as TEI does: ``[{index, score, text?}]``, best first)."""
+        if isinstance(body, TeiRerankRequest):
+            if body.truncation_direction != "Right":
+                raise HTTPException(422, "truncation_direction: only Right is supported")
+            order, logits, _ = await ranked(body.query, body.texts, None, request, body.truncate)
+            out = []
+            for i in order:
+                item: dict[str, Any] = {
+                    "index": i,
+                    "score": logits[i] if body.raw_scores else _sigmoid(logits[i]),
+                }
+                if body.return_text:
+                    item["text"] = body.texts[i]
+                out.append(item)
+            return Response(orjson.dumps(out), media_type="application/json")
+        order, scores, tokens = await ranked(body.query, body.texts(), body.top_n, request)
         return RerankResponse(
             results=items(body, order, scores, body.return_documents),
             model=body.model or state.need_reranker().info.name,
@@ -235,8 +263,8 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         async def cohere_rerank(body: RerankRequest, request: Request) -> CohereRerankResponse:
             """Cohere's request and response shapes; ``relevance_score`` is the sigmoid of the
             cross-encoder's logit (0..1, as Cohere's and Jina's are)."""
-            order, logits, tokens = await ranked(body, request)
-            probs = [float(1 / (1 + np.exp(-x))) for x in logits]
+            order, logits, tokens = await ranked(body.query, body.texts(), body.top_n, request)
+            probs = [_sigmoid(x) for x in logits]
             return CohereRerankResponse(
                 id=str(uuid.uuid4()),
                 results=items(body, order, probs, body.return_documents and version == "v1"),
@@ -297,6 +325,22 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
 
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    @app.post("/tokenize", response_model=list[list[TeiToken]], responses=ERROR_RESPONSES)
+    async def tokenize(body: TeiTokenizeRequest) -> Response:
+        """text-embeddings-inference's ``/tokenize``: each text's tokens with their ids,
+        character spans (none for special tokens) and whether they are special."""
+        emb = state.need_embedder()
+        texts = body.texts()
+        state.check_count(len(texts), "inputs")
+        task = emb.info.query_instruction
+        if body.prompt_name == "query" and task:
+            texts = [emb.info.query_format.format(task, t) for t in texts]
+        elif body.prompt_name not in (None, "query", "document", "passage"):
+            raise HTTPException(422, f"prompt_name {body.prompt_name!r} is unknown; use query or document")
+        texts = state.bound_chars(texts, emb.info.passage_max_length, "inputs")
+        tokens = await run_in_threadpool(emb.tokenizer.tokens, texts, body.add_special_tokens)
+        return Response(orjson.dumps(tokens), media_type="application/json")
+
     @app.get("/info")
     async def info() -> dict[str, Any]:
         from bgekit import __version__
@@ -314,7 +358,27 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
             }
         if state.reranker is not None:
             limits["max_pair_tokens"] = state.reranker.max_pair_length
+        tei: dict[str, Any] = {}  # text-embeddings-inference's /info keys, beside bgekit's
+        if state.embedder is not None:
+            tei = {
+                "model_id": state.embedder.info.name,
+                "model_type": {"embedding": {"pooling": state.embedder.info.pooling}},
+                "max_input_length": state.embedder.info.passage_max_length,
+            }
+        elif state.reranker is not None:
+            tei = {
+                "model_id": state.reranker.info.name,
+                "model_type": {"reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}},
+                "max_input_length": state.reranker.max_pair_length,
+            }
+        if tei:
+            tei |= {
+                "max_concurrent_requests": cfg.max_concurrent_requests,
+                "max_batch_tokens": cfg.gather_tokens,
+                "max_client_batch_size": cfg.max_inputs_per_request,
+            }
         return {
+            **tei,
             "version": __version__,
             "model": asdict(state.embedder.info) if state.embedder else None,
             "outputs": list(state.embedder.info.heads) if state.embedder else [],

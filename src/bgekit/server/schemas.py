@@ -195,6 +195,43 @@ class RerankResponse(BaseModel):
     usage: Usage
 
 
+class TeiRerankRequest(BaseModel):
+    """text-embeddings-inference's ``/rerank``: ``texts`` where the Cohere shape has
+    ``documents``; scores are sigmoid probabilities unless ``raw_scores``."""
+
+    model_config = ConfigDict(extra="ignore")
+    query: Query
+    texts: list[InputText] = Field(min_length=1)
+    raw_scores: StrictBool = False
+    return_text: StrictBool = False
+    truncate: StrictBool | None = None
+    truncation_direction: Literal["Right", "Left"] = "Right"
+
+
+class TeiRerankItem(BaseModel):
+    index: int
+    score: float
+    text: str | None = None
+
+
+class TeiTokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    inputs: Texts
+    add_special_tokens: StrictBool = True
+    prompt_name: Text | None = None
+
+    def texts(self) -> list[str]:
+        return _texts(self.inputs)
+
+
+class TeiToken(BaseModel):
+    id: int
+    text: str
+    special: bool
+    start: int | None
+    stop: int | None
+
+
 class CohereRerankResponse(BaseModel):
     """Cohere's rerank response (``id``, ``results``, ``meta``), with Jina's ``model`` and
     ``usage`` beside them."""
