@@ -2,7 +2,7 @@
 ``BaseRetriever`` over a bgekit :class:`~bgekit.Index` and a ``BaseDocumentCompressor``
 that reranks.
 
->>> from bgekit.integrations.langchain import BgeEmbeddings, BgeRetriever, BgeReranker  # doctest: +SKIP
+    from bgekit.integrations.langchain import BgeEmbeddings, BgeRetriever, BgeReranker
 """
 
 from __future__ import annotations
