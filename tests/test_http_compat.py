@@ -186,3 +186,30 @@ def test_tei_rerank_tokenize_and_info(reranker: Reranker, bert_m3: Path) -> None
         info = httpx.get(f"{url}/info", timeout=30).json()
         assert info["model_type"] == {"embedding": {"pooling": emb.info.pooling}}
         assert info["max_input_length"] == emb.info.passage_max_length and info["max_client_batch_size"] > 0
+
+
+@pytest.mark.parametrize("which", ["bert_m3", "xlmr_m3"])
+def test_tei_embed_all_gives_every_tokens_last_hidden_state(
+    which: str, request: pytest.FixtureRequest
+) -> None:
+    import httpx
+    import torch
+    from transformers import AutoModel
+
+    from bgekit import Embedder
+
+    path = request.getfixturevalue(which)
+    emb = Embedder.from_pretrained(str(path), engine=EngineConfig(device="cpu", dtype="float32"))
+    texts = ["cats and dogs", "the stock market fell on monday and tuesday"]
+    ref_model = AutoModel.from_pretrained(str(path)).eval()  # the independent forward
+    states = emb.token_states(texts)
+    for seq, got in zip(emb.tokenize(texts), states, strict=True):
+        with torch.no_grad():
+            ref = ref_model(input_ids=torch.tensor([list(seq.ids)])).last_hidden_state[0].numpy()
+        np.testing.assert_allclose(got, ref, atol=1e-4)
+    app = create_app(ServerConfig(), embedder=emb)
+    with live(app) as url:
+        r = httpx.post(f"{url}/embed_all", json={"inputs": texts}, timeout=30)
+        assert r.status_code == 200
+        for got, ref in zip(r.json(), states, strict=True):
+            np.testing.assert_allclose(np.array(got), ref, atol=1e-6)

@@ -14,7 +14,7 @@ from bgekit.errors import InputError, MissingHeadError, ModelFormatError
 from bgekit.inputs import check_pairs, check_texts
 from bgekit.models.backbones import make_backbone
 from bgekit.models.encoder_weights import packed_from_folder
-from bgekit.models.heads import POOLINGS, EmbedRunner, EncoderWithHeads, load_linear
+from bgekit.models.heads import POOLINGS, EmbedRunner, EncoderWithHeads, StatesRunner, load_linear
 from bgekit.models.loading import read_folder, resolve_model_dir
 from bgekit.models.registry import DECODER_TYPES, LLM_FORMAT, PREFIX_FORMAT, lookup
 from bgekit.models.runtime import LoadedModel, load_transformers_model
@@ -264,6 +264,20 @@ class Embedder(LoadedModel):
         """Encode already tokenised inputs (from :meth:`tokenize`) in one engine run."""
         wanted = self.check_outputs(outputs)
         return Encoded.from_rows(self.encode_rows(seqs, outputs=wanted), wanted, self.info.hidden_size)
+
+    def token_states(self, texts: Sequence[str], *, kind: Kind = "document") -> list[np.ndarray]:
+        """Each text's last hidden states, ``(n_tokens, hidden_size)`` float32, one row per
+        token including the special ones (no pooling, no head): what text-embeddings-
+        inference's ``/embed_all`` returns."""
+        return self.token_states_of(self.tokenize(texts, kind=kind))
+
+    def token_states_of(self, seqs: Sequence[TokenSeq]) -> list[np.ndarray]:
+        """:meth:`token_states` of tokenised inputs."""
+        if not seqs:
+            return []
+        runners = [StatesRunner(cast(EncoderWithHeads, model), device) for model, device in self._replicas]
+        states: list[np.ndarray] = self._engine.run(list(seqs), runners, pad_id=self.tokenizer.pad_id)
+        return states
 
     def encode_rows(
         self, seqs: Sequence[TokenSeq], *, outputs: Sequence[OutputKind] = ("dense",)

@@ -110,6 +110,24 @@ class EncoderWithHeads(nn.Module):
         return F.normalize(vecs, dim=-1)
 
 
+class StatesRunner:
+    """Runs one replica and returns each input's last hidden states (every token, special
+    ones included, padding removed), float32."""
+
+    def __init__(self, model: EncoderWithHeads, device: torch.device):
+        self.model = model
+        self._device = device
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def __call__(self, batch: TokenBatch) -> list[np.ndarray]:
+        hidden = self.model.hidden(batch).float().cpu()
+        mask = batch.attention_mask.cpu().bool()
+        return [hidden[i][mask[i]].numpy() for i in range(hidden.shape[0])]
+
+
 class EmbedRunner:
     """Runs one replica and turns hidden states into :class:`EmbeddingRow` values."""
 

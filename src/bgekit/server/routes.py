@@ -180,6 +180,24 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         ``InferenceClient(model=URL).feature_extraction`` posts): as ``/embed``."""
         return await tei_embed(body, request)
 
+    @app.post("/embed_all", response_model=list[list[list[float]]], responses=ERROR_RESPONSES)
+    async def embed_all(body: TeiEmbedRequest, request: Request) -> Response:
+        """TEI's ``/embed_all``: every token's last hidden state, ``[[[float]]]`` (no pooling).
+        Runs beside the batcher, as a whole request."""
+        emb = state.need_embedder()
+        kind = tei_kind(body)
+        texts = body.texts()
+        state.check_count(len(texts), "inputs")
+        limit = emb.info.query_max_length if kind == "query" else emb.info.passage_max_length
+        texts = state.bound_chars(texts, limit, "inputs", body.truncate)
+        seqs = await run_in_threadpool(emb.tokenize, texts, kind=kind)
+        state.check_lengths(seqs, limit, "inputs", body.truncate)
+        states = await run_in_threadpool(emb.token_states_of, seqs)
+        state.trimmer.maybe_trim()
+        return Response(
+            orjson.dumps(states, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
+        )
+
     @app.post("/embed_sparse", response_model=list[list[TeiSparseValue]], responses=ERROR_RESPONSES)
     async def embed_sparse(body: TeiEmbedRequest, request: Request) -> Response:
         """TEI's ``/embed_sparse``: the lexical weights, ``[[{index, value}]]`` (BGE-M3's head)."""
