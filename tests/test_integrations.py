@@ -1,5 +1,6 @@
 """LangChain, LlamaIndex and Haystack components, run through each framework's own entry
-points and checked against the library's results on the same model and index."""
+points and checked against the library's results on the same model and index: the
+packaged all-MiniLM-L6-v2, and a cross-encoder on its weights."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from bgekit import Document, Embedder, EngineConfig, Index, IndexConfig, Pipeline, Reranker
+from tests.real_models import minilm_cross_encoder
 
 FP32 = EngineConfig(device="cpu", dtype="float32")
 DOCS = {
@@ -21,18 +23,19 @@ QUERY = "cats and dogs"
 
 
 @pytest.fixture(scope="module")
-def m3(bert_m3: Path) -> Embedder:
-    return Embedder.from_pretrained(str(bert_m3), engine=FP32)
+def m3(minilm: Path) -> Embedder:
+    return Embedder.from_pretrained(str(minilm), engine=FP32)
 
 
 @pytest.fixture(scope="module")
-def reranker(bert_reranker: Path) -> Reranker:
-    return Reranker.from_pretrained(str(bert_reranker), engine=FP32)
+def reranker(minilm: Path, tmp_path_factory: pytest.TempPathFactory) -> Reranker:
+    folder = minilm_cross_encoder(minilm, tmp_path_factory.mktemp("ce") / "minilm-ce")
+    return Reranker.from_pretrained(str(folder), engine=FP32)
 
 
 @pytest.fixture(scope="module")
 def index(m3: Embedder) -> Index:
-    idx = Index(m3, IndexConfig(outputs=("dense", "sparse", "multivector")))
+    idx = Index(m3, IndexConfig(outputs=("dense",)))
     idx.add(
         [Document(i, t, title=title, metadata={"n": k}) for k, (i, (title, t)) in enumerate(DOCS.items())]
     )
@@ -49,7 +52,7 @@ def test_langchain(m3: Embedder, index: Index, reranker: Reranker) -> None:
     np.testing.assert_allclose(emb.embed_documents(texts), m3.encode_corpus(texts).dense, atol=1e-6)
     np.testing.assert_allclose(emb.embed_query(QUERY), m3.encode_queries([QUERY]).dense[0], atol=1e-6)  # type: ignore[index]
 
-    for mode in ("dense", "sparse", "hybrid"):
+    for mode in ("dense", "bm25", "hybrid"):
         got = BgeRetriever(index=index, k=3, mode=mode).invoke(QUERY)
         want = index.search([QUERY], 3, mode=mode)[0]
         assert [d.id for d in got] == [h.id for h in want]
@@ -77,8 +80,8 @@ def test_llama_index(m3: Embedder, index: Index, reranker: Reranker) -> None:
     np.testing.assert_allclose(emb.get_text_embedding_batch(texts), m3.encode_corpus(texts).dense, atol=1e-6)
     np.testing.assert_allclose(emb.get_query_embedding(QUERY), m3.encode_queries([QUERY]).dense[0], atol=1e-6)  # type: ignore[index]
 
-    got = BgeRetriever(index, k=3, mode="multivector").retrieve(QUERY)
-    want = index.search([QUERY], 3, mode="multivector")[0]
+    got = BgeRetriever(index, k=3, mode="dense").retrieve(QUERY)
+    want = index.search([QUERY], 3, mode="dense")[0]
     assert [n.node.node_id for n in got] == [h.id for h in want]
     assert [n.score for n in got] == [h.score for h in want]
     assert got[0].node.get_content() == want[0].text and got[0].node.metadata["id"] == want[0].id
