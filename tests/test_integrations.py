@@ -92,6 +92,37 @@ def test_llama_index(m3: Embedder, index: Index, reranker: Reranker) -> None:
     assert [n.node.node_id for n in kept] == [f"n{r.index}" for r in ref]
     assert [n.score for n in kept] == [r.score for r in ref]
 
+    # a query engine over a VectorStoreIndex with bgekit's embed_model, reranked by bgekit
+    from llama_index.core import Settings, VectorStoreIndex
+    from llama_index.core.llms.mock import MockLLM
+    from llama_index.core.query_engine import RetrieverQueryEngine
+
+    saved = Settings._llm
+    Settings.llm = MockLLM()  # no LLM is called: the engine only retrieves ("no_text")
+    try:
+        li_index = VectorStoreIndex(
+            [TextNode(text=t, id_=f"n{i}") for i, t in enumerate(texts)], embed_model=emb
+        )
+        engine = RetrieverQueryEngine.from_args(
+            li_index.as_retriever(similarity_top_k=4),
+            node_postprocessors=[BgeRerank(reranker, top_n=2)],
+            response_mode="no_text",
+        )
+        sources = engine.query(QUERY).source_nodes
+    finally:
+        Settings._llm = saved
+    assert [n.node.node_id for n in sources] == [f"n{r.index}" for r in ref]
+    np.testing.assert_allclose([n.score for n in sources], [r.score for r in ref], rtol=1e-6)
+
+
+def test_import_bgekit_imports_no_framework() -> None:
+    import subprocess
+    import sys
+
+    code = "import bgekit, sys; print(sorted({m.split('.')[0] for m in sys.modules} & {'langchain_core', 'llama_index', 'haystack'}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
 
 def test_haystack(m3: Embedder, reranker: Reranker) -> None:
     from haystack import Document as HsDocument
