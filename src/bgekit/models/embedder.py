@@ -220,6 +220,12 @@ class Embedder(LoadedModel):
             logger.info("%d of %d texts exceed %d tokens and were truncated", cut, len(seqs), limit)
         return self.encode_tokens(seqs, outputs=wanted)
 
+    def query_texts(self, texts: Sequence[str], instruction: str | None = None) -> list[str]:
+        """Queries as the model reads them: each in the query format with the instruction
+        (the model's own unless ``instruction`` is given), unchanged without one."""
+        task = self.info.query_instruction if instruction is None else instruction
+        return [self.info.query_format.format(task, t) for t in texts] if task else list(texts)
+
     def tokenize(
         self, texts: Sequence[str], *, kind: Kind = "document", instruction: str | None = None
     ) -> list[TokenSeq]:
@@ -232,9 +238,7 @@ class Embedder(LoadedModel):
         items = check_texts(texts)
         if kind != "query":
             return self.tokenizer.encode(items, self.info.passage_max_length) if items else []
-        task = self.info.query_instruction if instruction is None else instruction
-        if task:
-            items = [self.info.query_format.format(task, t) for t in items]
+        items = self.query_texts(items, instruction)
         if self.icl and items:
             return self._icl_queries(items)
         return self.tokenizer.encode(items, self.info.query_max_length) if items else []

@@ -137,6 +137,11 @@ class TextTokenizer:
         proc = self._tok.post_processor
         self._n_special = proc.num_special_tokens_to_add(False) if proc is not None else 0
         self._n_special_pair = proc.num_special_tokens_to_add(True) if proc is not None else 0
+        # the special tokens before and after a single text's own tokens (for wrap_ids)
+        probe = self._tok.encode("a", add_special_tokens=False).ids
+        full = self._finish(self._tok.encode("a", add_special_tokens=False), None).ids
+        at = next((i for i in range(len(full) - len(probe) + 1) if full[i : i + len(probe)] == probe), None)
+        self._frame = None if at is None else (list(full[:at]), list(full[at + len(probe) :]))
 
     @classmethod
     def from_folder(cls, path: Path, *, with_type_ids: bool) -> TextTokenizer:
@@ -207,7 +212,11 @@ class TextTokenizer:
         """Token ids of texts (no special tokens, as :meth:`ids` gives them) with the special
         tokens a text gets, each cut to ``max_length`` tokens in all: ``wrap_ids(ids(t))``
         equals ``encode(t)``."""
-        prefix, suffix = self._special_frame()
+        if self._frame is None:
+            raise ModelFormatError(
+                "this tokenizer changes a text's tokens when it adds special ones; give text"
+            )
+        prefix, suffix = self._frame
         room = max_length - len(prefix) - len(suffix)
         if room < 1:
             raise ModelFormatError(f"max_length {max_length} leaves no room for text")
@@ -217,15 +226,6 @@ class TextTokenizer:
             full = [*prefix, *list(one)[:room], *suffix]
             out.append(TokenSeq(full, [0] * len(full) if self.with_type_ids else None, cut))
         return out
-
-    def _special_frame(self) -> tuple[list[int], list[int]]:
-        """The special tokens before and after a single text's own tokens."""
-        if not hasattr(self, "_frame"):
-            probe = self._tok.encode("a", add_special_tokens=False).ids
-            full = self._finish(self._tok.encode("a", add_special_tokens=False), None).ids
-            at = next(i for i in range(len(full) - len(probe) + 1) if full[i : i + len(probe)] == probe)
-            self._frame = (list(full[:at]), list(full[at + len(probe) :]))
-        return self._frame
 
     def ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text without special tokens."""

@@ -45,7 +45,7 @@ class Bm25:
         for term, i in index.vocab_dict.items():
             vocab[int(i)] = str(term)
         m = index.scores
-        self._set(m["data"], m["indices"], m["indptr"], vocab, len(docs), stem is not None)
+        self._set(m["data"], m["indices"], m["indptr"], vocab, len(docs), stem)
         self.k1, self.b = k1, b
 
     @classmethod
@@ -60,10 +60,11 @@ class Bm25:
         b: float,
     ) -> Bm25:
         """A BM25 saved with :meth:`arrays` and :attr:`vocab` (no rebuild)."""
-        if stemmed and _stemmer() is None:
+        stem = _stemmer() if stemmed else None
+        if stemmed and stem is None:
             raise BgekitError("this BM25 was built with English stemming; install PyStemmer")
         self = cls.__new__(cls)
-        self._set(arrays["bm25_data"], arrays["bm25_indices"], arrays["bm25_indptr"], vocab, n_docs, stemmed)
+        self._set(arrays["bm25_data"], arrays["bm25_indices"], arrays["bm25_indptr"], vocab, n_docs, stem)
         self.k1, self.b = k1, b
         return self
 
@@ -74,15 +75,15 @@ class Bm25:
         indptr: np.ndarray,
         vocab: Sequence[str],
         n_docs: int,
-        stemmed: bool,
+        stem: Any,
     ) -> None:
         self._data, self._indices, self._indptr = data, indices, indptr
         self.vocab = list(vocab)
         # terms past the matrix's columns (bm25s adds an empty term) score nothing
         self._term_ids = {t: i for i, t in enumerate(self.vocab) if i < len(indptr) - 1}
         self.n_docs = n_docs
-        self.stemmed = stemmed
-        self._stem = _stemmer() if stemmed else None
+        self._stem = stem  # the stemming function, or None
+        self.stemmed = stem is not None
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The score matrix, to save beside :attr:`vocab` (the terms, by column)."""

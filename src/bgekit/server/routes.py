@@ -57,6 +57,17 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
     """Every endpoint of the bgekit server, on ``app``."""
     cfg = state.config
 
+    async def tokenized(texts: list[str], kind: Kind, truncate: bool | None = None) -> list[TokenSeq]:
+        """The length rule of every embedding route: a cheap character bound, tokenising off
+        the event loop, then the token limit (413, or cut when truncating)."""
+        emb = state.need_embedder()
+        state.check_count(len(texts), "input")
+        limit = emb.info.query_max_length if kind == "query" else emb.info.passage_max_length
+        texts = state.bound_chars(texts, limit, "input", truncate)
+        seqs = await run_in_threadpool(emb.tokenize, texts, kind=kind)
+        state.check_lengths(seqs, limit, "input", truncate)
+        return seqs
+
     async def embed_rows(
         request: Request,
         texts: list[str],
@@ -64,22 +75,12 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         outputs: Sequence[OutputKind],
         truncate: bool | None = None,
     ) -> tuple[list[EmbeddingRow], int]:
-        emb = state.need_embedder()
-        wanted = emb.check_outputs(outputs)  # before queueing: a bad request never joins a batch
-        state.check_count(len(texts), "input")
-        limit = emb.info.query_max_length if kind == "query" else emb.info.passage_max_length
-        texts = state.bound_chars(texts, limit, "input", truncate)
-        seqs = await run_in_threadpool(emb.tokenize, texts, kind=kind)  # off the event loop
-        return await run_seqs(request, seqs, limit, wanted, truncate)
+        wanted = state.need_embedder().check_outputs(outputs)  # a bad request never joins a batch
+        return await run_seqs(request, await tokenized(texts, kind, truncate), wanted)
 
     async def run_seqs(
-        request: Request,
-        seqs: list[TokenSeq],
-        limit: int,
-        wanted: Sequence[OutputKind],
-        truncate: bool | None = None,
+        request: Request, seqs: list[TokenSeq], wanted: Sequence[OutputKind]
     ) -> tuple[list[EmbeddingRow], int]:
-        state.check_lengths(seqs, limit, "input", truncate)
         assert state.embed_batcher is not None
         rows = await wait_or_drop(request, state.embed_batcher.submit(seqs, frozenset(wanted)))
         return rows, sum(len(s) for s in seqs)
@@ -98,7 +99,9 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
                     422, f"input.{i}: token id {bad} is outside the vocabulary (0..{vocab - 1})"
                 )
         limit = emb.info.passage_max_length
-        return await run_seqs(request, emb.tokenizer.wrap_ids(ids, limit), limit, ("dense",))
+        seqs = emb.tokenizer.wrap_ids(ids, limit)
+        state.check_lengths(seqs, limit, "input")
+        return await run_seqs(request, seqs, ("dense",))
 
     @app.post("/v1/embeddings", response_model=EmbeddingsResponse, responses=ERROR_RESPONSES)
     async def openai_embeddings(body: EmbeddingsRequest, request: Request) -> Response:
@@ -184,15 +187,8 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
     async def embed_all(body: TeiEmbedRequest, request: Request) -> Response:
         """TEI's ``/embed_all``: every token's last hidden state, ``[[[float]]]`` (no pooling).
         Runs beside the batcher, as a whole request."""
-        emb = state.need_embedder()
-        kind = tei_kind(body)
-        texts = body.texts()
-        state.check_count(len(texts), "inputs")
-        limit = emb.info.query_max_length if kind == "query" else emb.info.passage_max_length
-        texts = state.bound_chars(texts, limit, "inputs", body.truncate)
-        seqs = await run_in_threadpool(emb.tokenize, texts, kind=kind)
-        state.check_lengths(seqs, limit, "inputs", body.truncate)
-        states = await run_in_threadpool(emb.token_states_of, seqs)
+        seqs = await tokenized(body.texts(), tei_kind(body), body.truncate)
+        states = await run_in_threadpool(state.need_embedder().token_states_of, seqs)
         state.trimmer.maybe_trim()
         return Response(
             orjson.dumps(states, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
@@ -350,10 +346,9 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         emb = state.need_embedder()
         texts = body.texts()
         state.check_count(len(texts), "inputs")
-        task = emb.info.query_instruction
-        if body.prompt_name == "query" and task:
-            texts = [emb.info.query_format.format(task, t) for t in texts]
-        elif body.prompt_name not in (None, "query", "document", "passage"):
+        if body.prompt_name == "query":
+            texts = emb.query_texts(texts)
+        elif body.prompt_name not in (None, "document", "passage"):
             raise HTTPException(422, f"prompt_name {body.prompt_name!r} is unknown; use query or document")
         texts = state.bound_chars(texts, emb.info.passage_max_length, "inputs")
         tokens = await run_in_threadpool(emb.tokenizer.tokens, texts, body.add_special_tokens)
