@@ -248,7 +248,9 @@ def test_training_representations_equal_inference_outputs(bert_m3: Path) -> None
     assert reps.sparse is not None and reps.multivector is not None
     for row, vec in zip(reps.sparse.numpy(), ref.sparse, strict=True):
         np.testing.assert_array_equal(np.nonzero(row)[0], vec.indices)
-        np.testing.assert_allclose(row[vec.indices], vec.values, rtol=1e-5, atol=1e-5)
+        # two fp32 forwards in different orders (transformers' SDPA vs the packed one); the
+        # tiny model's large random weights put relu(linear(h)) 7e-5 apart in one full-suite run
+        np.testing.assert_allclose(row[vec.indices], vec.values, rtol=2e-4, atol=1e-5)
     lengths = batch["p_attention_mask"].sum(1).tolist()
     for row, n, mv in zip(reps.multivector.numpy(), lengths, ref.multivector, strict=True):
         np.testing.assert_allclose(row[: n - 1], mv, atol=1e-5)
