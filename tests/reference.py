@@ -33,17 +33,16 @@ class PlainEncoder:
     def hidden(self, text: str, max_length: int) -> tuple[list[int], np.ndarray]:
         enc = self.tok(text, truncation=True, max_length=max_length)
         ids = enc["input_ids"]
+        return ids, self.hidden_ids(ids)
+
+    def hidden_ids(self, ids: list[int]) -> np.ndarray:
+        """Last hidden states of one input given as token ids (special tokens included)."""
         with torch.no_grad():
             h = self.model(input_ids=torch.tensor([ids])).last_hidden_state[0]
-        return ids, h.double().numpy()
+        return h.double().numpy()
 
-    def dense(self, text: str, max_length: int, pooling: str = "cls") -> np.ndarray:
-        _, h = self.hidden(text, max_length)
-        v = h[0] if pooling == "cls" else h.mean(axis=0)
-        return v / np.linalg.norm(v)
-
-    def sparse(self, text: str, max_length: int) -> dict[int, float]:
-        ids, h = self.hidden(text, max_length)
+    def sparse_of(self, ids: list[int], h: np.ndarray) -> dict[int, float]:
+        """Token id -> largest relu(linear(h)) over its occurrences, special tokens dropped."""
         w = np.maximum(
             h @ self.sparse_sd["weight"].double().numpy().T + self.sparse_sd["bias"].double().numpy(), 0
         )
@@ -54,10 +53,23 @@ class PlainEncoder:
             out[tid] = max(out.get(tid, 0.0), float(weight))
         return out
 
+    def colbert_of(self, h: np.ndarray) -> np.ndarray:
+        """The multi-vector head on each row of ``h``, L2-normalised."""
+        v = h @ self.colbert_sd["weight"].double().numpy().T + self.colbert_sd["bias"].double().numpy()
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    def dense(self, text: str, max_length: int, pooling: str = "cls") -> np.ndarray:
+        _, h = self.hidden(text, max_length)
+        v = h[0] if pooling == "cls" else h.mean(axis=0)
+        return v / np.linalg.norm(v)
+
+    def sparse(self, text: str, max_length: int) -> dict[int, float]:
+        ids, h = self.hidden(text, max_length)
+        return self.sparse_of(ids, h)
+
     def multivector(self, text: str, max_length: int) -> np.ndarray:
         _, h = self.hidden(text, max_length)
-        v = h[1:] @ self.colbert_sd["weight"].double().numpy().T + self.colbert_sd["bias"].double().numpy()
-        return v / np.linalg.norm(v, axis=1, keepdims=True)
+        return self.colbert_of(h[1:])
 
 
 def maxsim(q: np.ndarray, d: np.ndarray) -> float:

@@ -68,11 +68,15 @@ class Encoded:
 
     ``dense`` is ``(n, d)`` float32; ``sparse`` is one :class:`SparseVec` per text;
     ``multivector`` is one ``(n_tokens_i, d)`` float32 array per text, padding removed.
+    ``truncated``: texts cut at the end; ``chunked``: texts longer than the model's window
+    that the long-input policy handled (split into windows, or given several CLS tokens).
     """
 
     dense: np.ndarray | None = None
     sparse: list[SparseVec] | None = None
     multivector: list[np.ndarray] | None = None
+    truncated: int = 0
+    chunked: int = 0
 
     def __len__(self) -> int:
         for part in (self.dense, self.sparse, self.multivector):
@@ -81,7 +85,15 @@ class Encoded:
         return 0
 
     @classmethod
-    def from_rows(cls, rows: Sequence[EmbeddingRow], outputs: Sequence[OutputKind], dim: int = 0) -> Encoded:
+    def from_rows(
+        cls,
+        rows: Sequence[EmbeddingRow],
+        outputs: Sequence[OutputKind],
+        dim: int = 0,
+        *,
+        truncated: int = 0,
+        chunked: int = 0,
+    ) -> Encoded:
         """Stack per-input rows; ``dim`` shapes an empty dense matrix."""
         dense = None
         if "dense" in outputs:
@@ -93,6 +105,8 @@ class Encoded:
             multivector=[r.multivector for r in rows if r.multivector is not None]
             if "multivector" in outputs
             else None,
+            truncated=truncated,
+            chunked=chunked,
         )
 
     @property
@@ -206,6 +220,7 @@ class ModelInfo:
     known_as: str | None = None
     query_format: str = "{}{}"
     pair_max_length: int | None = None
+    long_input: str = "truncate"
 
     def describe(self) -> Iterator[tuple[str, str]]:
         """Readable (label, value) rows, for ``bgekit info``."""
@@ -225,18 +240,22 @@ class ModelInfo:
             )
             if self.query_format != "{}{}":
                 yield "query format", repr(self.query_format)
+            longer = {
+                "truncate": "longer inputs are truncated at the end",
+                "chunk": "longer documents are encoded as overlapping windows, combined",
+                "mcls": "documents get a CLS token every stride tokens (MCLS), up to the position table",
+            }[self.long_input]
             yield (
                 "max length",
-                (
-                    f"query {self.query_max_length}, passage {self.passage_max_length} tokens "
-                    "(longer inputs are truncated at the end)"
-                ),
+                f"query {self.query_max_length}, passage {self.passage_max_length} tokens ({longer})",
             )
         else:
+            passage = {
+                "truncate": "the passage is truncated to fit",
+                "max": "a longer passage is scored in overlapping windows (best window)",
+                "mean": "a longer passage is scored in overlapping windows (mean of windows)",
+            }[self.long_input]
             yield (
                 "max length",
-                (
-                    f"{self.pair_max_length} tokens per pair; the query keeps at most "
-                    f"{self.query_max_length}, the passage is truncated to fit"
-                ),
+                f"{self.pair_max_length} tokens per pair; the query keeps at most {self.query_max_length}, {passage}",
             )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar, cast
@@ -14,8 +16,29 @@ from bgekit.errors import InputError, MissingHeadError, ModelFormatError
 from bgekit.inputs import check_pairs, check_texts
 from bgekit.models.backbones import make_backbone
 from bgekit.models.encoder_weights import packed_from_folder
-from bgekit.models.heads import POOLINGS, EmbedRunner, EncoderWithHeads, StatesRunner, load_linear
+from bgekit.models.heads import (
+    POOLINGS,
+    EmbedRunner,
+    EncoderWithHeads,
+    TokenOutputs,
+    TokenRunner,
+    load_linear,
+)
 from bgekit.models.loading import read_folder, resolve_model_dir
+from bgekit.models.long_input import (
+    DEFAULT_MCLS_STRIDE,
+    DEFAULT_OVERLAP,
+    LongInput,
+    LongInputPolicy,
+    Split,
+    check_policy,
+    combine_rows,
+    mcls_capacity,
+    mcls_ids,
+    mcls_positions,
+    split_windows,
+    stitch_rows,
+)
 from bgekit.models.registry import DECODER_TYPES, LLM_FORMAT, PREFIX_FORMAT, lookup
 from bgekit.models.runtime import LoadedModel, load_transformers_model
 from bgekit.models.tokenizer import TextTokenizer
@@ -40,7 +63,18 @@ from bgekit.types import (
 
 @dataclass(frozen=True, kw_only=True)
 class EmbedderSettings:
-    """Overrides of what the folder and bgekit's table say; ``None`` keeps theirs."""
+    """Overrides of what the folder and bgekit's table say; ``None`` keeps theirs.
+
+    ``long_input`` says what happens to a document longer than ``passage_max_length`` (see
+    :mod:`bgekit.models.long_input`): ``"truncate"`` cuts it (the reference behaviour);
+    ``"chunk"`` encodes it as windows of the passage length sharing ``long_input_overlap``
+    tokens (default 64, at most half a window) and combines them; ``"mcls"`` (CLS-pooled
+    encoders) puts a CLS token before every ``mcls_stride`` tokens and averages their
+    states, reading up to the model's position table. ``max_input_tokens``: under chunk and
+    mcls, the longest document kept (longer ones are cut at the end and counted as
+    truncated; default: no limit for chunk, the position table for mcls). Queries are cut
+    at ``query_max_length`` under every policy (under mcls they get its CLS layout too).
+    """
 
     pooling: str | None = None
     normalize: bool | None = None
@@ -48,6 +82,10 @@ class EmbedderSettings:
     query_max_length: int | None = None
     passage_max_length: int | None = None
     query_format: str | None = None
+    long_input: LongInput = "truncate"
+    long_input_overlap: int | None = None
+    mcls_stride: int = DEFAULT_MCLS_STRIDE
+    max_input_tokens: int | None = None
 
 
 ICL_EXAMPLE_FORMAT = "<instruct>{}\n<query>{}\n<response>{}"
@@ -55,6 +93,7 @@ ICL_SUFFIX = "\n<response>"
 
 logger = logging.getLogger(__name__)
 V = TypeVar("V")
+UNLIMITED = sys.maxsize  # a token limit that never cuts
 
 
 def _first(*values: V | None) -> V:
@@ -157,7 +196,10 @@ class Embedder(LoadedModel):
             if packed is None
             else packed
         )
+        long = _long_input_policy(s, info, tokenizer, positions, decoder)
+        info = dataclasses.replace(info, long_input=long.policy)
         model = cls(EncoderWithHeads(backbone, colbert, sparse), tokenizer, info, engine)
+        model.long = long
         model.icl = bool(k.icl) if k else False
         if examples is not None:
             model.set_examples(examples)
@@ -165,6 +207,7 @@ class Embedder(LoadedModel):
 
     icl: bool = False
     _icl_prefix: str = ""
+    long: LongInputPolicy = LongInputPolicy("truncate", 512, 0, DEFAULT_MCLS_STRIDE, 512)
 
     def set_examples(self, examples: Sequence[Mapping[str, str]]) -> None:
         """In-context examples for queries (bge-en-icl): each ``{"instruct", "query",
@@ -214,11 +257,26 @@ class Embedder(LoadedModel):
         """Encode texts; queries get the query instruction (or ``instruction``) prefixed."""
         wanted = self.check_outputs(outputs)
         seqs = self.tokenize(texts, kind=kind, instruction=instruction)
-        cut = sum(s.truncated for s in seqs)
+        cut, split = self.long_counts(seqs)
         if cut:
-            limit = self.info.query_max_length if kind == "query" else self.info.passage_max_length
-            logger.info("%d of %d texts exceed %d tokens and were truncated", cut, len(seqs), limit)
+            limit = self.info.query_max_length if kind == "query" else self.long.max_tokens
+            logger.info("%d of %d texts exceed %s tokens and were truncated", cut, len(seqs), limit)
+        if split:
+            how = "split into windows" if self.long.policy == "chunk" else "given several CLS tokens"
+            logger.info("%d of %d texts were longer than the window and %s", split, len(seqs), how)
         return self.encode_tokens(seqs, outputs=wanted)
+
+    def long_counts(self, seqs: Sequence[TokenSeq]) -> tuple[int, int]:
+        """How many of these inputs were cut, and how many the long-input policy handles
+        (chunk: split into several windows; mcls: given more than one CLS token)."""
+        cut = sum(s.truncated for s in seqs)
+        long = self.long
+        if long.policy == "chunk":
+            return cut, sum(len(s) > long.window for s in seqs)
+        if long.policy == "mcls":
+            n_suffix = len(self._frame()[1])
+            return cut, sum(len(mcls_positions(len(s), long.stride, n_suffix)) > 1 for s in seqs)
+        return cut, 0
 
     def query_texts(self, texts: Sequence[str], instruction: str | None = None) -> list[str]:
         """Queries as the model reads them: each in the query format with the instruction
@@ -236,12 +294,43 @@ class Embedder(LoadedModel):
         if instruction is not None and kind != "query":
             raise InputError("an instruction applies to queries only (kind='query')")
         items = check_texts(texts)
-        if kind != "query":
-            return self.tokenizer.encode(items, self.info.passage_max_length) if items else []
-        items = self.query_texts(items, instruction)
-        if self.icl and items:
-            return self._icl_queries(items)
-        return self.tokenizer.encode(items, self.info.query_max_length) if items else []
+        if not items:
+            return []
+        limit = self.long.max_tokens
+        if kind == "query":
+            items = self.query_texts(items, instruction)
+            if self.icl:
+                return self._icl_queries(items)
+            limit = self.info.query_max_length
+        if self.long.policy == "mcls":
+            return self._mcls(self.tokenizer.ids(items), limit)
+        return self.tokenizer.encode(items, UNLIMITED if limit is None else limit)
+
+    def tokenize_ids(self, ids: Sequence[Sequence[int]]) -> list[TokenSeq]:
+        """Documents given as token ids (no special tokens), laid out as :meth:`tokenize`
+        lays out documents."""
+        if self.long.policy == "mcls":
+            return self._mcls(ids, self.long.max_tokens)
+        limit = self.long.max_tokens
+        return self.tokenizer.wrap_ids(ids, UNLIMITED if limit is None else limit)
+
+    def _frame(self) -> tuple[list[int], list[int]]:
+        frame = self.tokenizer.frame
+        if frame is None:  # refused at load for chunk and mcls
+            raise ModelFormatError(f"{self.info.name}: its tokenizer cannot be windowed")
+        return frame
+
+    def _mcls(self, ids: Sequence[Sequence[int]], limit: int | None) -> list[TokenSeq]:
+        """Texts' token ids in the MCLS layout, each cut to fit ``limit`` tokens in all."""
+        prefix, suffix = self._frame()
+        stride = self.long.stride
+        cap = mcls_capacity(UNLIMITED if limit is None else limit, stride, len(suffix))
+        out = []
+        for one in ids:
+            full = mcls_ids(list(one)[:cap], prefix[0], stride, suffix)
+            types = [0] * len(full) if self.tokenizer.with_type_ids else None
+            out.append(TokenSeq(full, types, len(one) > cap))
+        return out
 
     def _icl_queries(self, queries: list[str]) -> list[TokenSeq]:
         """bge-en-icl's query layout: the instructed query alone is cut to the max length
@@ -267,7 +356,9 @@ class Embedder(LoadedModel):
     ) -> Encoded:
         """Encode already tokenised inputs (from :meth:`tokenize`) in one engine run."""
         wanted = self.check_outputs(outputs)
-        return Encoded.from_rows(self.encode_rows(seqs, outputs=wanted), wanted, self.info.hidden_size)
+        rows = self.encode_rows(seqs, outputs=wanted)
+        cut, split = self.long_counts(seqs)
+        return Encoded.from_rows(rows, wanted, self.info.hidden_size, truncated=cut, chunked=split)
 
     def token_states(self, texts: Sequence[str], *, kind: Kind = "document") -> list[np.ndarray]:
         """Each text's last hidden states, ``(n_tokens, hidden_size)`` float32, one row per
@@ -276,12 +367,51 @@ class Embedder(LoadedModel):
         return self.token_states_of(self.tokenize(texts, kind=kind))
 
     def token_states_of(self, seqs: Sequence[TokenSeq]) -> list[np.ndarray]:
-        """:meth:`token_states` of tokenised inputs."""
+        """:meth:`token_states` of tokenised inputs (under chunk, stitched over windows)."""
+        outs = self._token_outputs(seqs, (), windowed=self.long.policy == "chunk")
+        return [t.hidden for t in outs]
+
+    def token_outputs(
+        self, seqs: Sequence[TokenSeq], outputs: Sequence[OutputKind] = ()
+    ) -> list[TokenOutputs]:
+        """Each input's per-token outputs (hidden states, and the sparse weights and
+        multi-vectors when asked for), special tokens included. An input longer than the
+        passage window runs as overlapping windows whose token rows are stitched, each token
+        taken once (what late chunking pools)."""
+        return self._token_outputs(seqs, self.check_outputs(outputs) if outputs else (), windowed=True)
+
+    def _token_outputs(
+        self, seqs: Sequence[TokenSeq], outputs: Sequence[OutputKind], *, windowed: bool
+    ) -> list[TokenOutputs]:
         if not seqs:
             return []
-        runners = [StatesRunner(cast(EncoderWithHeads, model), device) for model, device in self._replicas]
-        states: list[np.ndarray] = self._engine.run(list(seqs), runners, pad_id=self.tokenizer.pad_id)
-        return states
+        runners = [TokenRunner(cast(EncoderWithHeads, m), d, outputs) for m, d in self._replicas]
+        if not windowed:
+            done: list[TokenOutputs] = self._engine.run(list(seqs), runners, pad_id=self.tokenizer.pad_id)
+            return done
+        split = self._split(seqs)
+        outs: list[TokenOutputs] = self._engine.run(split.pieces, runners, pad_id=self.tokenizer.pad_id)
+        before, after = (len(part) for part in self._frame())
+        result = []
+        for i, wins in enumerate(split.bounds):
+            part = outs[split.windows_of(i)]
+            if len(part) == 1:
+                result.append(part[0])
+                continue
+            sparse = mv = None
+            if part[0].sparse is not None:
+                sparse = stitch_rows([t.sparse for t in part if t.sparse is not None], wins, before, after)
+            if part[0].multivector is not None:
+                mv = stitch_rows(
+                    [t.multivector for t in part if t.multivector is not None], wins, before, after
+                )
+            result.append(
+                TokenOutputs(stitch_rows([t.hidden for t in part], wins, before, after), sparse, mv)
+            )
+        return result
+
+    def _split(self, seqs: Sequence[TokenSeq]) -> Split:
+        return split_windows(seqs, self.long.window, self.long.overlap, self._frame())
 
     def encode_rows(
         self, seqs: Sequence[TokenSeq], *, outputs: Sequence[OutputKind] = ("dense",)
@@ -291,6 +421,15 @@ class Embedder(LoadedModel):
         wanted = self.check_outputs(outputs)
         if not seqs:
             return []
+        if self.long.policy == "chunk":  # every window of every input in one engine run
+            split = self._split(seqs)
+            before, after = (len(part) for part in self._frame())
+            rows = self._run_rows(split.pieces, wanted)
+            return combine_rows(split, rows, normalize=self.info.normalize, n_prefix=before, n_suffix=after)
+        return self._run_rows(seqs, wanted)
+
+    def _run_rows(self, seqs: Sequence[TokenSeq], wanted: tuple[OutputKind, ...]) -> list[EmbeddingRow]:
+        mcls = (self.long.stride, len(self._frame()[1])) if self.long.policy == "mcls" else None
         runners = [
             EmbedRunner(
                 cast(EncoderWithHeads, model),
@@ -299,6 +438,7 @@ class Embedder(LoadedModel):
                 normalize=self.info.normalize,
                 outputs=wanted,
                 special_ids=self.tokenizer.special_ids,
+                mcls=mcls,
             )
             for model, device in self._replicas
         ]
@@ -365,6 +505,62 @@ class Embedder(LoadedModel):
         if sparse is not None and multi is not None:
             every = weighted_fusion([dense, sparse, multi], weights)
         return PairScores(dense=dense, sparse=sparse, multivector=multi, sparse_dense=both, all=every)
+
+
+def _long_input_policy(
+    s: EmbedderSettings, info: ModelInfo, tokenizer: TextTokenizer, positions: int, decoder: bool
+) -> LongInputPolicy:
+    """The settings' long-input policy checked against the model (one-line errors)."""
+    policy = check_policy(s.long_input)
+    window = info.passage_max_length
+    if s.max_input_tokens is not None and s.max_input_tokens < 3:
+        raise InputError(f"max_input_tokens must be at least 3, got {s.max_input_tokens}")
+    frame = tokenizer.frame
+    if frame is None:
+        if policy != "truncate":
+            raise ModelFormatError(
+                f"{info.name}: its tokenizer changes a text's tokens when it adds special ones, "
+                f"so long_input={policy!r} cannot window it; use 'truncate'"
+            )
+        return LongInputPolicy(policy, window, 0, s.mcls_stride, window)
+    room = window - len(frame[0]) - len(frame[1])
+    overlap = min(DEFAULT_OVERLAP, room // 2) if s.long_input_overlap is None else s.long_input_overlap
+    if not 0 <= overlap < room:
+        raise InputError(
+            f"long_input_overlap must be in 0..{room - 1} (a window holds {room} text tokens), got {overlap}"
+        )
+    if policy == "truncate":
+        return LongInputPolicy(policy, window, overlap, s.mcls_stride, window)
+    if policy == "chunk":
+        if info.query_max_length > window:
+            raise ModelFormatError(
+                f"long_input='chunk' needs query_max_length ({info.query_max_length}) at most "
+                f"passage_max_length ({window})"
+            )
+        return LongInputPolicy(policy, window, overlap, s.mcls_stride, s.max_input_tokens)
+    why = (
+        "is a decoder"
+        if decoder
+        else f"pools by {info.pooling}"
+        if info.pooling != "cls"
+        else "has no single CLS token before a text"
+        if len(frame[0]) != 1
+        else None
+    )
+    if why is not None:
+        raise ModelFormatError(
+            f"long_input='mcls' needs an encoder that pools its CLS token; {info.name} {why} "
+            "(use long_input='chunk')"
+        )
+    if s.mcls_stride < 1:
+        raise InputError(f"mcls_stride must be at least 1, got {s.mcls_stride}")
+    cap = min(positions, s.max_input_tokens or positions)
+    if mcls_capacity(cap, s.mcls_stride, len(frame[1])) <= s.mcls_stride:
+        raise ModelFormatError(
+            f"long_input='mcls' with mcls_stride {s.mcls_stride} needs room for two CLS tokens; "
+            f"{info.name} takes {cap} tokens"
+        )
+    return LongInputPolicy(policy, window, overlap, s.mcls_stride, cap)
 
 
 def _positions(unique: list[str], items: list[str]) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from torch import nn
 from bgekit.engine import TokenBatch
 from bgekit.errors import ModelFormatError
 from bgekit.models.loading import safe_torch_load
+from bgekit.models.long_input import mcls_positions
 from bgekit.types import EmbeddingRow, OutputKind, SparseVec
 
 POOLINGS = ("cls", "mean", "last_token")
@@ -109,23 +111,53 @@ class EncoderWithHeads(nn.Module):
         vecs = vecs * batch.attention_mask[:, 1:].unsqueeze(-1).to(vecs.dtype)
         return F.normalize(vecs, dim=-1)
 
+    def token_vectors(self, hidden: torch.Tensor) -> torch.Tensor:
+        """linear(h) of every position, L2-normalised (the multi-vector head on all tokens)."""
+        assert self.colbert_linear is not None
+        return F.normalize(self.colbert_linear(hidden), dim=-1)
 
-class StatesRunner:
-    """Runs one replica and returns each input's last hidden states (every token, special
-    ones included, padding removed), float32."""
 
-    def __init__(self, model: EncoderWithHeads, device: torch.device):
+@dataclass(frozen=True)
+class TokenOutputs:
+    """One input's per-token outputs, padding removed, special tokens included: last hidden
+    states ``(n, hidden)``, sparse weights ``(n,)`` and multi-vectors ``(n, dim)`` (every
+    position, the first too), float32; ``None``: not asked for."""
+
+    hidden: np.ndarray
+    sparse: np.ndarray | None = None
+    multivector: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.hidden.shape[0])
+
+
+class TokenRunner:
+    """Runs one replica and returns each input's :class:`TokenOutputs` (no pooling)."""
+
+    def __init__(self, model: EncoderWithHeads, device: torch.device, outputs: Sequence[OutputKind] = ()):
         self.model = model
         self._device = device
+        self.outputs = frozenset(outputs)
 
     @property
     def device(self) -> torch.device:
         return self._device
 
-    def __call__(self, batch: TokenBatch) -> list[np.ndarray]:
-        hidden = self.model.hidden(batch).float().cpu()
-        mask = batch.attention_mask.cpu().bool()
-        return [hidden[i][mask[i]].numpy() for i in range(hidden.shape[0])]
+    def __call__(self, batch: TokenBatch) -> list[TokenOutputs]:
+        model = self.model
+        hidden = model.hidden(batch)
+        mask = batch.attention_mask.bool()
+        n = hidden.shape[0]
+        sparse: list[np.ndarray | None] = [None] * n
+        multi: list[np.ndarray | None] = [None] * n
+        if "sparse" in self.outputs:
+            w = model.sparse_weights(hidden).float()
+            sparse = [w[i][mask[i]].cpu().numpy() for i in range(n)]
+        if "multivector" in self.outputs:
+            v = model.token_vectors(hidden).float()
+            multi = [v[i][mask[i]].cpu().numpy() for i in range(n)]
+        states = hidden.float()
+        return [TokenOutputs(states[i][mask[i]].cpu().numpy(), sparse[i], multi[i]) for i in range(n)]
 
 
 class EmbedRunner:
@@ -140,6 +172,7 @@ class EmbedRunner:
         normalize: bool,
         outputs: Sequence[OutputKind],
         special_ids: frozenset[int],
+        mcls: tuple[int, int] | None = None,
     ):
         self.model = model
         self._device = device
@@ -147,6 +180,9 @@ class EmbedRunner:
         self.normalize = normalize
         self.outputs = frozenset(outputs)
         self.special_ids = special_ids
+        # (stride, trailing special tokens): inputs laid out with a CLS token every stride
+        # tokens (bgekit.models.long_input.mcls_ids); dense is the mean of those CLS states
+        self.mcls = mcls
 
     @property
     def device(self) -> torch.device:
@@ -160,13 +196,25 @@ class EmbedRunner:
         dense: list[np.ndarray | None] = [None] * n
         sparse: list[SparseVec | None] = [None] * n
         multi: list[np.ndarray | None] = [None] * n
+        cls_at = [mcls_positions(int(m), *self.mcls) for m in lengths] if self.mcls else None
         if "dense" in self.outputs:
-            dense = list(model.dense(hidden, batch, self.pooling, self.normalize).float().cpu().numpy())
-        if "sparse" in self.outputs:
+            vec = pool(hidden, batch, self.pooling)
+            if cls_at is not None:
+                vec = vec.clone()  # pool's first-token vectors are a view of the hidden states
+            for i, at in enumerate(cls_at or ()):
+                if len(at) > 1:  # one CLS: the usual first-token vector, bit for bit
+                    vec[i] = hidden[i, torch.from_numpy(at).to(hidden.device)].mean(dim=0)
+            vec = F.normalize(vec, dim=-1) if self.normalize else vec
+            dense = list(vec.float().cpu().numpy())
+        if "sparse" in self.outputs:  # inserted CLS tokens are special: dropped like the first
             weights = model.sparse_weights(hidden).float().cpu().numpy()
             sparse = list(sparse_rows(weights, batch.input_ids.cpu().numpy(), lengths, self.special_ids))
         if "multivector" in self.outputs:
             vecs = model.multivectors(hidden, batch).float().cpu().numpy()
             # Positions after the first (CLS), up to and including the end token.
-            multi = [vecs[i, : lengths[i] - 1].copy() for i in range(n)]
+            rows = [vecs[i, : lengths[i] - 1].copy() for i in range(n)]
+            for i, at in enumerate(cls_at or ()):
+                if len(at) > 1:  # without the inserted CLS tokens (row r is position r + 1)
+                    rows[i] = np.delete(rows[i], at[1:] - 1, axis=0)
+            multi = list(rows)
         return [EmbeddingRow(d, s, m) for d, s, m in zip(dense, sparse, multi, strict=True)]

@@ -268,6 +268,12 @@ class TextTokenizer:
         return int(self._tok.get_vocab_size(with_added_tokens=True))
 
     @property
+    def frame(self) -> tuple[list[int], list[int]] | None:
+        """The special tokens a single text gets before and after its own tokens, or
+        ``None`` when adding them changes the text's tokens (no windowing then)."""
+        return None if self._frame is None else (list(self._frame[0]), list(self._frame[1]))
+
+    @property
     def n_special(self) -> int:
         """Special tokens added to a single text."""
         return int(self._n_special)
