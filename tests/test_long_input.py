@@ -198,9 +198,11 @@ def test_chunk_token_states_are_stitched(case: tuple[Path, PlainEncoder]) -> Non
     cls_id, sep_id = ref.tok.cls_token_id, ref.tok.sep_token_id
     first = ref.hidden_ids([cls_id, *text_ids[bounds[0][0] : bounds[0][1]], sep_id])
     last = ref.hidden_ids([cls_id, *text_ids[bounds[-1][0] : bounds[-1][1]], sep_id])
-    np.testing.assert_allclose(states[0], first[0], atol=1e-5)  # the first window's [CLS]
-    np.testing.assert_allclose(states[1:10], first[1:10], atol=1e-5)  # its own tokens
-    np.testing.assert_allclose(states[-1], last[-1], atol=1e-5)  # the last window's [SEP]
+    # raw states reach ~3 on the tiny model: fp32 kernels differ from eager by ~1e-5 there
+    close = {"rtol": 1e-4, "atol": 5e-5}
+    np.testing.assert_allclose(states[0], first[0], **close)  # the first window's [CLS]
+    np.testing.assert_allclose(states[1:10], first[1:10], **close)  # its own tokens
+    np.testing.assert_allclose(states[-1], last[-1], **close)  # the last window's [SEP]
 
 
 # -- MCLS -------------------------------------------------------------------------------------
@@ -272,3 +274,89 @@ def test_long_input_errors_are_one_line(bert_m3: Path, bert_st_mean: Path) -> No
         )
     with pytest.raises(ModelFormatError, match="two CLS tokens"):
         load(bert_m3, long_input="mcls", mcls_stride=200)
+
+
+# -- late chunking in the index ---------------------------------------------------------------
+
+
+def test_late_chunks_pool_slices_of_one_full_forward(case: tuple[Path, PlainEncoder]) -> None:
+    from bgekit.index import Document, Index, IndexConfig
+
+    path, ref = case
+    model = Embedder.from_pretrained(
+        str(path), settings=EmbedderSettings(passage_max_length=128, query_max_length=16), engine=EXACT
+    )
+    text = " ".join(LONG.split()[:16])
+    doc = Document("d", text, "fox")
+    index = Index(model, IndexConfig(outputs=ALL, chunk_tokens=8, chunk_overlap=2, chunking="late"))
+    index.add([doc])
+    title_ids = ref.tok("fox", add_special_tokens=False)["input_ids"]
+    text_ids = ref.tok(text, add_special_tokens=False)["input_ids"]
+    full = [ref.tok.cls_token_id, *title_ids, *text_ids, ref.tok.sep_token_id]
+    assert len(full) <= 128
+    h = ref.hidden_ids(full)
+    n = len(text_ids)
+    bounds, start = [], 0  # chunks of 8 text tokens starting every 6
+    while True:
+        bounds.append((start, min(start + 8, n)))
+        if start + 8 >= n:
+            break
+        start += 6
+    assert index.num_chunks == len(bounds) >= 3
+    assert index._dense is not None and index._sparse is not None and index._mv is not None
+    at = 1 + len(title_ids)  # text tokens start after [CLS] and the title
+    for j, (a, b) in enumerate(bounds):
+        piece = h[at + a : at + b]
+        want = piece.mean(0)
+        np.testing.assert_allclose(index._dense[j], want / np.linalg.norm(want), atol=1e-5)
+        mv = index._mv[index._mv_offsets[j] : index._mv_offsets[j + 1]]
+        np.testing.assert_allclose(mv, ref.colbert_of(piece), atol=1e-5)
+        row = index._sparse[j]
+        got = dict(zip(row.indices.tolist(), row.data.tolist(), strict=True))
+        expected = ref.sparse_of(full[at + a : at + b], piece)
+        assert got.keys() == expected.keys()
+        np.testing.assert_allclose([got[t] for t in expected], list(expected.values()), rtol=1e-4, atol=1e-5)
+    # the chunk texts are the documents' own words, in order
+    assert index.chunk_texts()[0].startswith("fox dense")
+
+
+def test_late_chunking_past_the_window_pools_stitched_tokens(case: tuple[Path, PlainEncoder]) -> None:
+    from bgekit.index import Document, Index, IndexConfig
+
+    path, _ = case
+    model = load(path)  # a 16-token window: the document runs as stitched windows
+    doc = Document("d", LONG)
+    index = Index(model, IndexConfig(chunk_tokens=8, chunk_overlap=0, chunking="late"))
+    index.add([doc])
+    (seq,) = model.tokenizer.wrap_ids(model.tokenizer.ids([LONG]), 1 << 20)
+    (out,) = model.token_outputs([seq])
+    assert len(out) == len(seq) > 16
+    n = len(seq) - 2
+    assert index._dense is not None and index.num_chunks == -(-n // 8)
+    for j in range(index.num_chunks):
+        want = out.hidden[1 + 8 * j : 1 + min(8 * j + 8, n)].astype(np.float64).mean(0)
+        np.testing.assert_allclose(index._dense[j], want / np.linalg.norm(want), atol=1e-6)
+
+
+def test_independent_chunks_leave_room_for_the_title(minilm: Path) -> None:
+    """Before, a chunk got the whole passage budget and its title pushed it past the limit."""
+    import json
+
+    from bgekit.index import Document, chunk_documents
+    from bgekit.index.documents import encode_chunks, encoding_text
+
+    model = Embedder.from_pretrained(str(minilm), engine=EngineConfig(device="cpu"))
+    rows = [json.loads(x) for x in (Path(__file__).parent.parent / "data/scifact/corpus.jsonl").open()]
+    docs = [Document(r["_id"], r["text"], r["title"]) for r in rows[:300]]
+    size = model.info.passage_max_length - model.tokenizer.n_special
+    old = chunk_documents(docs, model.tokenizer, size, 64)
+    old_cut = sum(s.truncated for s in model.tokenize([encoding_text(docs[c.doc], c.text) for c in old]))
+    assert old_cut > 100  # what the noted bug did
+    # the budget now subtracts each title's tokens and 2 spare (a word cut at a chunk's start
+    # can take one more token on its own): nothing is cut (encode only a few to stay fast)
+    titles = model.tokenizer.ids([d.title for d in docs])
+    budgets = [max(8, min(size, size - len(t) - 2)) for t in titles]
+    new = chunk_documents(docs, model.tokenizer, size, 64, budgets)
+    assert sum(s.truncated for s in model.tokenize([encoding_text(docs[c.doc], c.text) for c in new])) == 0
+    chunks, enc = encode_chunks(docs[:3], model, ("dense",), None, 64)
+    assert [c.text for c in chunks] == [c.text for c in new if c.doc < 3] and enc.truncated == 0

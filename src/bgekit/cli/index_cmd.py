@@ -37,6 +37,7 @@ def cmd_build(ns: argparse.Namespace) -> int:
         outputs=ns.outputs,
         chunk_tokens=ns.chunk_tokens,
         chunk_overlap=ns.chunk_overlap,
+        chunking=ns.chunking,
         dense_index=ns.dense_index,
     )
     docs = read_source(ns.source, encoding=ns.encoding)
@@ -173,6 +174,13 @@ def register(sub: Any) -> None:
         help="tokens per chunk, at least 8 (default: the model's max)",
     )
     p.add_argument("--chunk-overlap", type=int, default=64, help="tokens shared by consecutive chunks")
+    p.add_argument(
+        "--chunking",
+        choices=["independent", "late"],
+        default="independent",
+        help="independent: each chunk encoded on its own (title first); late: each document encoded "
+        "whole (windowed past the model's length) and each chunk pooled from its tokens",
+    )
     p.add_argument(
         "--dense-index", choices=["flat", "hnsw"], default="flat", help="exact, or approximate (HNSW)"
     )

@@ -6,18 +6,22 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
 
 from bgekit.errors import InputError
 from bgekit.inputs import passage_text
 from bgekit.io import iter_jsonl, read_text
+from bgekit.models.long_input import pool_span, window_bounds
 from bgekit.models.tokenizer import TextTokenizer
-from bgekit.types import Encoded, Hit, OutputKind
+from bgekit.types import EmbeddingRow, Encoded, Hit, OutputKind
 
 if TYPE_CHECKING:
     from bgekit.models import Embedder
 
 TEXT_SUFFIXES = (".txt", ".md")
+UNLIMITED = 1 << 62  # a token limit that never cuts
 
 
 logger = logging.getLogger(__name__)
@@ -149,34 +153,38 @@ def read_source(source: str | Path, *, encoding: str = "utf-8") -> list[Document
 
 @dataclass(frozen=True)
 class Chunk:
-    """A piece of a document: which document (by position), which piece, its text."""
+    """A piece of a document: which document (by position), which piece, its text, and its
+    ``[start, stop)`` among the tokens of the document's text."""
 
     doc: int
     no: int
     text: str
+    tokens: tuple[int, int] = (0, 0)
 
 
 def chunk_documents(
-    docs: Sequence[Document], tokenizer: TextTokenizer, chunk_tokens: int, overlap: int
+    docs: Sequence[Document],
+    tokenizer: TextTokenizer,
+    chunk_tokens: int,
+    overlap: int,
+    budgets: Sequence[int] | None = None,
 ) -> list[Chunk]:
-    """Split each document's text into windows of ``chunk_tokens`` tokens, each starting
-    ``chunk_tokens - overlap`` tokens after the previous one; a short text is one chunk."""
+    """Split each document's text into windows of ``chunk_tokens`` tokens (or its own entry
+    of ``budgets``), each starting ``chunk_tokens - overlap`` tokens after the previous one
+    (:func:`~bgekit.models.long_input.window_bounds`); a short text is one chunk."""
     if chunk_tokens < 8:
         raise InputError(f"chunk_tokens must be at least 8, got {chunk_tokens}")
     if not 0 <= overlap < chunk_tokens:
         raise InputError(f"chunk_overlap must be in 0..{chunk_tokens - 1}, got {overlap}")
-    step = chunk_tokens - overlap
     out = []
     for i, (doc, spans) in enumerate(zip(docs, tokenizer.spans([d.text for d in docs]), strict=True)):
-        if len(spans) <= chunk_tokens:
-            out.append(Chunk(i, 0, doc.text.strip()))
+        size = chunk_tokens if budgets is None else budgets[i]
+        if len(spans) <= size:
+            out.append(Chunk(i, 0, doc.text.strip(), (0, len(spans))))
             continue
-        starts = range(0, max(1, len(spans) - overlap), step)
-        for no, s in enumerate(starts):
-            window = spans[s : s + chunk_tokens]
-            out.append(Chunk(i, no, doc.text[window[0][0] : window[-1][1]]))
-            if s + chunk_tokens >= len(spans):
-                break
+        bounds = window_bounds(len(spans), size, overlap if overlap < size else size // 2)
+        for no, (a, b) in enumerate(bounds):
+            out.append(Chunk(i, no, doc.text[spans[a][0] : spans[b - 1][1]], (a, b)))
     return out
 
 
@@ -185,21 +193,94 @@ def encoding_text(doc: Document, chunk_text: str) -> str:
     return passage_text(doc.title, chunk_text)
 
 
+Chunking = Literal["independent", "late"]
+CHUNKINGS: tuple[Chunking, ...] = ("independent", "late")
+# A chunk cut out of a text can take more tokens on its own than in place (a word cut at
+# its start tokenises differently): its budget leaves this many spare.
+CUT_SLACK = 2
+# Late chunking runs the documents in groups of about this many tokens (bounds the memory
+# the per-token outputs take before they are pooled).
+LATE_GROUP_TOKENS = 1 << 16
+
+
 def encode_chunks(
     docs: Sequence[Document],
     embedder: Embedder,
     outputs: tuple[OutputKind, ...],
     chunk_tokens: int | None,
     chunk_overlap: int,
+    chunking: Chunking = "independent",
 ) -> tuple[list[Chunk], Encoded]:
     """Chunk ``docs`` (``chunk_tokens=None``: the model's passage length less its special
-    tokens, with the overlap capped at half of it for short-context models) and encode every
-    chunk as a document, title first."""
-    size = chunk_tokens or max(8, embedder.info.passage_max_length - embedder.tokenizer.n_special)
+    tokens, with the overlap capped at half of it for short-context models) and encode the
+    chunks. ``"independent"``: each chunk on its own as a document, title first (a chunk's
+    budget leaves room for its title, so title and chunk fit the model together);
+    ``"late"``: see :func:`late_chunk_rows`."""
+    tok = embedder.tokenizer
+    room = max(8, embedder.info.passage_max_length - tok.n_special)
+    size = chunk_tokens or room
     overlap = chunk_overlap if chunk_tokens else min(chunk_overlap, size // 2)
-    chunks = chunk_documents(docs, embedder.tokenizer, size, overlap)
+    if chunking == "late":
+        chunks = chunk_documents(docs, tok, size, overlap)
+        rows = late_chunk_rows(docs, chunks, embedder, outputs)
+        return chunks, Encoded.from_rows(rows, outputs, embedder.info.hidden_size)
+    titles = tok.ids([d.title for d in docs])
+    budgets = [max(8, min(size, room - len(t) - CUT_SLACK)) for t in titles]
+    chunks = chunk_documents(docs, tok, size, overlap, budgets)
     enc = embedder.encode([encoding_text(docs[c.doc], c.text) for c in chunks], outputs=outputs)
     return chunks, enc
+
+
+def late_chunk_rows(
+    docs: Sequence[Document], chunks: Sequence[Chunk], embedder: Embedder, outputs: tuple[OutputKind, ...]
+) -> list[EmbeddingRow]:
+    """Late chunking: each document runs whole (title tokens, then its text's; past the
+    model's length as overlapping windows stitched token by token, see
+    :meth:`Embedder.token_outputs`), and each chunk's vectors pool that run's outputs over
+    the chunk's own tokens (:func:`~bgekit.models.long_input.pool_span`), so every chunk
+    embedding carries its document's context."""
+    tok = embedder.tokenizer
+    frame = tok.frame
+    if frame is None:
+        raise InputError(
+            f"late chunking needs a tokenizer bgekit can window; {embedder.info.name}'s is not one"
+        )
+    titles = tok.ids([d.title for d in docs])
+    texts = tok.ids([d.text for d in docs])
+    seqs = tok.wrap_ids([t + x for t, x in zip(titles, texts, strict=True)], UNLIMITED)
+    by_doc: dict[int, list[int]] = {}
+    for j, c in enumerate(chunks):
+        by_doc.setdefault(c.doc, []).append(j)
+    groups: list[list[int]] = [[]]
+    tokens = 0
+    for i, seq in enumerate(seqs):
+        if groups[-1] and tokens + len(seq) > LATE_GROUP_TOKENS:
+            groups.append([])
+            tokens = 0
+        groups[-1].append(i)
+        tokens += len(seq)
+    rows: list[EmbeddingRow] = []
+    where: list[int] = []
+    for group in groups:
+        outs = embedder.token_outputs([seqs[g] for g in group], outputs) if group else []
+        for g, out in zip(group, outs, strict=True):
+            start = len(frame[0]) + len(titles[g])
+            for j in by_doc.get(g, []):
+                a, b = chunks[j].tokens
+                where.append(j)
+                rows.append(
+                    pool_span(
+                        seqs[g].ids,
+                        out.hidden,
+                        out.sparse,
+                        out.multivector,
+                        (start + a, start + b),
+                        normalize=embedder.info.normalize,
+                        special_ids=tok.special_ids,
+                    )
+                )
+    order = np.argsort(np.asarray(where, dtype=np.int64), kind="stable")
+    return [rows[k] for k in order.tolist()]
 
 
 def best_chunk_per_document(chunk_hits: Iterable[Hit], k: int) -> list[Hit]:

@@ -15,8 +15,10 @@ from bgekit.engine import EngineConfig
 from bgekit.errors import InputError
 from bgekit.index import storage
 from bgekit.index.documents import (
+    CHUNKINGS,
     AddReport,
     Chunk,
+    Chunking,
     Document,
     best_chunk_per_document,
     check_documents,
@@ -37,12 +39,16 @@ from bgekit.types import OUTPUT_KINDS, Encoded, Hit, OutputKind, Ranking, Scorer
 @dataclass(frozen=True, kw_only=True)
 class IndexConfig:
     """What an index stores and how. ``chunk_tokens=None`` uses the model's passage length
-    minus room for special tokens; ``dense_index="hnsw"`` trades exactness for speed on
-    large corpora; ``multivector_dtype="float16"`` halves multi-vector storage."""
+    minus room for special tokens; ``chunking="late"`` encodes each document whole and pools
+    each chunk's tokens from that run (late chunking; see
+    :func:`bgekit.index.documents.late_chunk_rows`) instead of encoding chunks on their own;
+    ``dense_index="hnsw"`` trades exactness for speed on large corpora;
+    ``multivector_dtype="float16"`` halves multi-vector storage."""
 
     outputs: tuple[OutputKind, ...] = ("dense",)
     chunk_tokens: int | None = None
     chunk_overlap: int = 64
+    chunking: Chunking = "independent"
     dense_index: Literal["flat", "hnsw"] = "flat"
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
@@ -58,6 +64,8 @@ class IndexConfig:
             )
         if self.chunk_overlap < 0:
             raise InputError(f"chunk_overlap must be at least 0, got {self.chunk_overlap}")
+        if self.chunking not in CHUNKINGS:
+            raise InputError(f"chunking must be one of {', '.join(CHUNKINGS)}, got {self.chunking!r}")
         if self.dense_index not in ("flat", "hnsw"):
             raise InputError(f"dense_index must be 'flat' or 'hnsw', got {self.dense_index!r}")
 
@@ -120,8 +128,9 @@ class Index:
         docs, skipped = without_empty(check_documents(documents, existing))
         if not docs:
             return AddReport(0, 0, skipped)
+        cfg = self.config
         chunks, enc = encode_chunks(
-            docs, self.embedder, self.outputs, self.config.chunk_tokens, self.config.chunk_overlap
+            docs, self.embedder, self.outputs, cfg.chunk_tokens, cfg.chunk_overlap, cfg.chunking
         )
         replaced = [d.id for d in docs if d.id in self._doc_pos]
         if replaced:  # after encoding succeeded: the old versions go, the new ones follow

@@ -262,3 +262,33 @@ def stitch_states(
         stitch_rows(states[split.windows_of(i)], wins, n_prefix, n_suffix)
         for i, wins in enumerate(split.bounds)
     ]
+
+
+def pool_span(
+    ids: Sequence[int],
+    hidden: np.ndarray,
+    sparse: np.ndarray | None,
+    multivector: np.ndarray | None,
+    span: tuple[int, int],
+    *,
+    normalize: bool,
+    special_ids: frozenset[int],
+) -> EmbeddingRow:
+    """A chunk's outputs from the token outputs of the whole input it sits in (late
+    chunking): the mean of its tokens' hidden states (L2-normalised when the model
+    normalises), each token id's largest sparse weight (special tokens and zero weights
+    dropped), its tokens' multi-vectors. An empty span pools every token."""
+    lo, hi = span if span[1] > span[0] else (0, len(ids))
+    mean = hidden[lo:hi].astype(np.float64).mean(axis=0)
+    if normalize:
+        norm = np.linalg.norm(mean)
+        mean = mean / norm if norm > 0 else mean
+    sparse_vec = None
+    if sparse is not None:
+        weights: dict[int, float] = {}
+        for tid, w in zip(ids[lo:hi], sparse[lo:hi].tolist(), strict=True):
+            if w > 0 and tid not in special_ids and w > weights.get(tid, 0.0):
+                weights[tid] = w
+        sparse_vec = SparseVec.from_dict(weights)
+    mv = None if multivector is None else multivector[lo:hi].copy()
+    return EmbeddingRow(mean.astype(np.float32), sparse_vec, mv)

@@ -72,8 +72,9 @@ class VectorDBIndex:
             raise InputError(f"document id {sorted(taken)[0]!r} is already in the index")
         if not docs:
             return AddReport(0, 0, skipped)
+        cfg = self.config
         chunks, enc = encode_chunks(
-            docs, self.embedder, self.outputs, self.config.chunk_tokens, self.config.chunk_overlap
+            docs, self.embedder, self.outputs, cfg.chunk_tokens, cfg.chunk_overlap, cfg.chunking
         )
         self.backend.upsert(docs, chunks, enc)
         return AddReport(len(docs), len(chunks), skipped)
