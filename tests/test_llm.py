@@ -397,3 +397,33 @@ def test_cli_info_knows_llm_rerankers(minicpm: Path, capsys: pytest.CaptureFixtu
 
     assert main(["info", str(minicpm)]) == 0
     assert "reranker" in capsys.readouterr().out
+
+
+def test_yes_no_reranker_scores_long_passages_by_window(gemma: Path) -> None:
+    """Each window: bos + "A: " + query, "\\n", "B:" and the window of the passage's tokens,
+    "\\n", the prompt; the pair's score is the best window's "Yes" logit."""
+    rr = Reranker.from_pretrained(
+        str(gemma), engine=FAST, max_length=48, long_passage="max", passage_overlap=4
+    )
+    hf = AutoTokenizer.from_pretrained(str(gemma))
+    lm = AutoModelForCausalLM.from_pretrained(str(gemma)).eval()
+    ids = lambda t: hf(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    yes = ids("Yes")[0]
+    query, passage = "cats", "cats and dogs are popular pets in many homes " * 8
+    first = [hf.bos_token_id, *ids("A: " + query)]
+    head, whole = ids("B:"), ids("B: " + passage)
+    assert whole[: len(head)] == head
+    own = whole[len(head) :]
+    fit = min(48, 48 + len(ids("\n")) + len(ids(YES_NO_PROMPT)) - len(first) - len(ids("\n"))) - len(head)
+    want, start = [], 0
+    with torch.no_grad():
+        while True:
+            seq = first + ids("\n") + head + own[start : start + fit] + ids("\n") + ids(YES_NO_PROMPT)
+            want.append(float(lm(torch.tensor([seq])).logits[0, -1, yes]))
+            if start + fit >= len(own):
+                break
+            start += fit - 4
+    assert len(want) >= 3
+    got = rr.score([(query, passage), ("cats", "the fox")])
+    assert got[0] == pytest.approx(max(want), rel=1e-4, abs=1e-4)
+    assert rr.prepare([(query, passage)]).windowed == 1

@@ -84,3 +84,84 @@ def test_empty_texts_score_as_the_reference(which: str, request: pytest.FixtureR
     expected = [reference_logit(path, q, p, 32) for q, p in pairs]
     np.testing.assert_allclose(rr.score(pairs), expected, rtol=1e-4, atol=1e-5)
     assert [r.index for r in rr.rerank("", ["", "cats"])] in ([0, 1], [1, 0])
+
+
+# -- long passages as windows ------------------------------------------------------------------
+
+
+def _window_logits(path: Path, query: str, passage: str, max_length: int, overlap: int) -> list[float]:
+    """Each window of the passage paired with the query, assembled by hand: windows of what
+    fits beside the query, starting every (fit - overlap) tokens, the last ending at the end."""
+    tok = AutoTokenizer.from_pretrained(str(path))
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), attn_implementation="eager").eval()
+    bert = model.config.model_type == "bert"
+    q = tok(query, add_special_tokens=False)["input_ids"]
+    p = tok(passage, add_special_tokens=False)["input_ids"]
+    fit = max_length - len(q) - (3 if bert else 4)
+    assert len(p) > fit
+    out, start = [], 0
+    while True:
+        w = p[start : start + fit]
+        if bert:
+            ids = [tok.cls_token_id, *q, tok.sep_token_id, *w, tok.sep_token_id]
+            kwargs = {"token_type_ids": torch.tensor([[0] * (len(q) + 2) + [1] * (len(w) + 1)])}
+        else:
+            ids = [tok.cls_token_id, *q, tok.sep_token_id, tok.sep_token_id, *w, tok.sep_token_id]
+            kwargs = {}
+        with torch.no_grad():
+            out.append(float(model(input_ids=torch.tensor([ids]), **kwargs).logits[0, 0]))
+        if start + fit >= len(p):
+            return out
+        start += fit - overlap
+
+
+@pytest.mark.parametrize("which", ["bert_reranker", "xlmr_reranker"])
+def test_long_passages_score_as_the_best_or_mean_window(which: str, request: pytest.FixtureRequest) -> None:
+    path = request.getfixturevalue(which)
+    query, long = PAIRS[1][0], PAIRS[1][1]
+    windows = _window_logits(path, query, long, 24, 3)
+    assert len(windows) >= 3
+    exact = EngineConfig(device="cpu", dtype="float32")
+    best = Reranker.from_pretrained(
+        str(path), max_length=24, engine=exact, long_passage="max", passage_overlap=3
+    )
+    mean = Reranker.from_pretrained(
+        str(path), max_length=24, engine=exact, long_passage="mean", passage_overlap=3
+    )
+    cut = Reranker.from_pretrained(str(path), max_length=24, engine=exact)
+    pairs = [(query, long), ("cats", "the fox"), ("fox", "cats and dogs")]
+    plan = best.prepare(pairs)
+    assert plan.windowed == 1 and len(plan.seqs) == len(windows) + 2 and plan.owner.tolist()[-2:] == [1, 2]
+    got = best.score(pairs)
+    assert got[0] == pytest.approx(max(windows), abs=1e-4)
+    assert mean.score(pairs)[0] == pytest.approx(float(np.mean(windows)), abs=1e-4)
+    assert cut.score(pairs)[0] == pytest.approx(windows[0], abs=1e-4)  # truncate: the first window
+    # a pair that fits is scored as before (bit for bit in the same batch), and the sigmoid
+    # comes after the windows combine
+    np.testing.assert_allclose(got[1:], cut.score(pairs)[1:], atol=1e-5)
+    np.testing.assert_array_equal(best.score(pairs[1:]), cut.score(pairs[1:]))
+    assert best.score(pairs, normalize=True)[0] == pytest.approx(1 / (1 + np.exp(-max(windows))), abs=1e-5)
+    ranked = best.rerank(query, [long, "cats"])
+    scores = best.score([(query, long), (query, "cats")])
+    assert [r.index for r in ranked] == np.argsort(-scores, kind="stable").tolist()
+    assert ranked[[r.index for r in ranked].index(0)].score == pytest.approx(max(windows), abs=1e-4)
+
+
+@pytest.mark.parametrize("which", ["bert_reranker", "xlmr_reranker"])
+def test_pairs_from_ids_equal_tokenised_pairs(which: str, request: pytest.FixtureRequest) -> None:
+    rr = Reranker.from_pretrained(str(request.getfixturevalue(which)), max_length=64)
+    tok = rr.tokenizer
+    for q, p in (PAIRS[0], PAIRS[3]):
+        (want,) = tok.encode_pairs([q], [p], 64, 48)
+        got = tok.wrap_pair_ids(tok.ids([q])[0], tok.ids([p])[0])
+        assert list(got.ids) == list(want.ids)
+        assert (got.type_ids is None) == (want.type_ids is None)
+        if want.type_ids is not None:
+            assert list(got.type_ids or []) == list(want.type_ids)
+
+
+def test_long_passage_errors(bert_reranker: Path) -> None:
+    with pytest.raises(InputError, match="long_passage must be one of truncate, max, mean"):
+        Reranker.from_pretrained(str(bert_reranker), long_passage="all")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="passage_overlap must be at least 0"):
+        Reranker.from_pretrained(str(bert_reranker), long_passage="max", passage_overlap=-1)

@@ -34,7 +34,7 @@ from bgekit.models.kernels import patch_linears
 from bgekit.models.llm_checkpoints import costwise_as_gemma2, minicpm_as_llama, yes_no_model
 from bgekit.models.loading import FolderMeta
 from bgekit.models.registry import RerankerVariant
-from bgekit.models.reranker import Reranker, register_reranker_builder
+from bgekit.models.reranker import Reranker, WindowParts, register_reranker_builder
 from bgekit.models.tokenizer import TextTokenizer
 from bgekit.types import ModelInfo, TokenSeq
 
@@ -309,16 +309,37 @@ class LLMReranker(Reranker):
         assert isinstance(module, YesNoScorer | LayerwiseScorer)
         return module
 
+    def _bos(self) -> list[int]:
+        tok = self.tokenizer
+        # yes/no models get BOS unless it doubles as padding (the reference tokenizer's rule)
+        if tok.bos_id is not None and (self.scorer.layerwise or tok.bos_id != tok.pad_id):
+            return [tok.bos_id]
+        return []
+
+    def _limit(self) -> int:
+        """Tokens the query part and ``sep + passage`` may hold together."""
+        return self.max_pair_length + len(self._sep()) + len(self._prompt())
+
+    def _sep(self) -> list[int]:
+        return self.tokenizer.ids(["\n"])[0]
+
+    def _prompt(self) -> list[int]:
+        return self.tokenizer.ids([self.prompt])[0]
+
+    def _layout(self, first: list[int], second: list[int], cut: bool) -> TokenSeq:
+        """``first + second + sep + prompt`` (``second`` starts with the separator), with
+        the segments as token type ids."""
+        sep, prompt = self._sep(), self._prompt()
+        ids = first + second + sep + prompt
+        query_part = len(first) + len(sep)
+        types = [QUERY_SEGMENT] * query_part + [PASSAGE_SEGMENT] * (len(second) - len(sep))
+        types += [PROMPT_SEGMENT] * (len(sep) + len(prompt))
+        return TokenSeq(ids, types, cut)
+
     def tokenize(self, pairs: Sequence[tuple[str, str]]) -> list[TokenSeq]:
         queries, passages = check_pairs(pairs)
         tok = self.tokenizer
-        sep = tok.ids(["\n"])[0]
-        prompt = tok.ids([self.prompt])[0]
-        bos: list[int] = []
-        # yes/no models get BOS unless it doubles as padding (the reference tokenizer's rule)
-        if tok.bos_id is not None and (self.scorer.layerwise or tok.bos_id != tok.pad_id):
-            bos = [tok.bos_id]
-        limit = self.max_pair_length + len(sep) + len(prompt)
+        sep, bos, limit = self._sep(), self._bos(), self._limit()
         out = []
         q_ids = tok.ids(["A: " + q for q in queries])
         p_ids = tok.ids(["B: " + p for p in passages])
@@ -330,12 +351,32 @@ class LLMReranker(Reranker):
             if 0 < over < len(second):  # like transformers' only-second truncation (none when it cannot fit)
                 second = second[:-over]
                 cut = True
-            ids = first + second + sep + prompt
-            query_part = len(first) + len(sep)
-            types = [QUERY_SEGMENT] * query_part + [PASSAGE_SEGMENT] * (len(second) - len(sep))
-            types += [PROMPT_SEGMENT] * (len(sep) + len(prompt))
-            out.append(TokenSeq(ids, types, cut))
+            out.append(self._layout(first, second, cut))
         return out
+
+    def can_window(self) -> bool:
+        return True  # pairs are built from token ids already
+
+    def _window_parts(self, queries: Sequence[str], passages: Sequence[str]) -> list[WindowParts]:
+        """The query part is ``bos + "A: " + query``; every window starts with ``"B:"``'s
+        tokens (when the passage's tokens start with them) and fits beside the query."""
+        tok = self.tokenizer
+        q_max = self.info.query_max_length
+        sep, bos, limit = self._sep(), self._bos(), self._limit()
+        head = tok.ids(["B:"])[0]
+        out = []
+        for q, p in zip(
+            tok.ids(["A: " + q for q in queries]), tok.ids(["B: " + p for p in passages]), strict=True
+        ):
+            first = bos + q[:q_max]
+            own = p[len(head) :] if p[: len(head)] == head else p
+            start = head if own is not p else []
+            room = min(self.max_pair_length, limit - len(first) - len(sep))
+            out.append(WindowParts(first, start, own, room, len(q) > q_max))
+        return out
+
+    def _pair_seq(self, query: list[int], passage: list[int]) -> TokenSeq:
+        return self._layout(query, self._sep() + passage, False)
 
     def score(
         self,
@@ -355,7 +396,8 @@ class LLMReranker(Reranker):
             if compress_ratio < 1:
                 raise InputError(f"compress_ratio must be at least 1, got {compress_ratio}")
         settings = ScoreSettings(layers, compress_ratio, tuple(int(c) for c in compress_layers))
-        out = self._run(self.tokenize(pairs), settings).T
+        plan = self.prepare(pairs)
+        out = plan.combine(self._run(plan.seqs, settings)).T
         if normalize:
             out = 1.0 / (1.0 + np.exp(-out))
         return out[0] if out.shape[0] == 1 else out

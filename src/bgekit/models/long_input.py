@@ -292,3 +292,32 @@ def pool_span(
         sparse_vec = SparseVec.from_dict(weights)
     mv = None if multivector is None else multivector[lo:hi].copy()
     return EmbeddingRow(mean.astype(np.float32), sparse_vec, mv)
+
+
+# -- long passages in rerankers ----------------------------------------------------------------
+
+LongPassage = Literal["truncate", "max", "mean"]
+LONG_PASSAGES: tuple[LongPassage, ...] = ("truncate", "max", "mean")
+
+
+def check_long_passage(policy: object) -> LongPassage:
+    """``policy`` when it is one of :data:`LONG_PASSAGES`, else an error naming the choices."""
+    for p in LONG_PASSAGES:
+        if policy == p:
+            return p
+    raise InputError(f"long_passage must be one of {', '.join(LONG_PASSAGES)}, got {policy!r}")
+
+
+def aggregate_windows(scores: np.ndarray, owner: np.ndarray, n: int, how: LongPassage) -> np.ndarray:
+    """One score per pair from its windows' scores (``owner[i]``: the pair window ``i``
+    belongs to; every pair owns at least one): the largest, or the mean. ``scores`` may carry
+    more columns (one per layer); each is aggregated alone."""
+    flat = scores.reshape(scores.shape[0], -1).astype(np.float64)
+    if how == "mean":
+        sums = np.zeros((n, flat.shape[1]))
+        np.add.at(sums, owner, flat)
+        out = sums / np.bincount(owner, minlength=n)[:, None]
+    else:
+        out = np.full((n, flat.shape[1]), -np.inf)
+        np.maximum.at(out, owner, flat)
+    return out.reshape((n, *scores.shape[1:])).astype(np.float32)

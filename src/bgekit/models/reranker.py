@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -15,6 +18,13 @@ from bgekit.errors import InputError, ModelFormatError
 from bgekit.inputs import check_pairs, check_texts
 from bgekit.models.backbones import CrossEncoderForward
 from bgekit.models.loading import FolderMeta, read_folder, resolve_model_dir
+from bgekit.models.long_input import (
+    DEFAULT_OVERLAP,
+    LongPassage,
+    aggregate_windows,
+    check_long_passage,
+    window_bounds,
+)
 from bgekit.models.registry import RerankerVariant, lookup
 from bgekit.models.runtime import LoadedModel, load_transformers_model
 from bgekit.models.tokenizer import TextTokenizer
@@ -108,11 +118,19 @@ def load_reranker(
     max_length: int | None = None,
     query_max_length: int | None = None,
     engine: EngineConfig | None = None,
+    long_passage: LongPassage = "truncate",
+    passage_overlap: int = DEFAULT_OVERLAP,
 ) -> Reranker:
     """The one reranker loader: finds the folder, detects the variant (cross-encoder, yes/no,
     layer-wise, lightweight), resolves the lengths, then builds it. A pair holds at most
     ``max_length`` tokens (512, or the model's limit when lower); the query keeps at most
-    ``query_max_length`` (3/4 of ``max_length`` unless given), the passage is cut to fit."""
+    ``query_max_length`` (3/4 of ``max_length`` unless given). A passage that does not fit
+    is cut (``long_passage="truncate"``), or scored as windows of what fits, consecutive
+    windows sharing ``passage_overlap`` tokens (at most half a window), each paired with the
+    query: the pair's score is the best window's (``"max"``) or their mean (``"mean"``)."""
+    long_passage = check_long_passage(long_passage)
+    if passage_overlap < 0:
+        raise InputError(f"passage_overlap must be at least 0, got {passage_overlap}")
     path = resolve_model_dir(name_or_path, revision)
     meta = read_folder(path)
     known = lookup(name_or_path, str(path))
@@ -130,10 +148,50 @@ def load_reranker(
     max_length, q_max = reranker_lengths(meta, max_length, query_max_length)
     pooling = "cls" if variant == "cross_encoder" else "last_token"
     info = reranker_info(name_or_path, meta, pooling, q_max, max_length, known[0] if known else None)
+    info = dataclasses.replace(info, long_input=long_passage)
     build = _BUILDERS.get(variant)
     if build is None:
         raise ModelFormatError(f"{name_or_path}: no loader for {variant} rerankers in this installation")
-    return build(name_or_path, path, meta, variant, info, engine)
+    model = build(name_or_path, path, meta, variant, info, engine)
+    if long_passage != "truncate" and not model.can_window():
+        raise ModelFormatError(
+            f"{name_or_path}: its tokenizer changes a pair's tokens when it adds special ones, so "
+            f"long_passage={long_passage!r} cannot window passages; use 'truncate'"
+        )
+    model.passage_overlap = passage_overlap
+    return model
+
+
+class WindowParts(NamedTuple):
+    """One pair, for windowing its passage: the query's ids as the pair holds them, the ids
+    every passage window starts with, the passage's own ids, the tokens a window (its start
+    included) may take beside the query, and whether the query was cut."""
+
+    query: list[int]
+    head: list[int]
+    passage: list[int]
+    room: int
+    query_cut: bool
+
+
+@dataclass(frozen=True)
+class PairPlan:
+    """(query, passage) pairs as model inputs: ``seqs`` to score, ``owner[i]`` the pair
+    ``seqs[i]`` belongs to; ``truncated``: pairs cut; ``windowed``: pairs whose passage runs
+    as several windows."""
+
+    seqs: list[TokenSeq]
+    owner: np.ndarray
+    pairs: int
+    truncated: int
+    windowed: int
+    how: LongPassage = "truncate"
+
+    def combine(self, scores: np.ndarray) -> np.ndarray:
+        """Per-input scores (rows; more columns allowed) -> one row per pair."""
+        if not self.windowed:
+            return scores
+        return aggregate_windows(scores, self.owner, self.pairs, self.how)
 
 
 def _build_cross_encoder(
@@ -154,6 +212,13 @@ def _build_cross_encoder(
 class Reranker(LoadedModel):
     """Scores (query, passage) pairs with a cross-encoder; higher is more relevant."""
 
+    passage_overlap: int = DEFAULT_OVERLAP
+
+    @property
+    def long_passage(self) -> LongPassage:
+        """What happens to a passage that does not fit (see :func:`load_reranker`)."""
+        return check_long_passage(self.info.long_input)
+
     @property
     def max_pair_length(self) -> int:
         """Tokens a (query, passage) pair holds at most."""
@@ -170,6 +235,8 @@ class Reranker(LoadedModel):
         max_length: int | None = None,
         query_max_length: int | None = None,
         engine: EngineConfig | None = None,
+        long_passage: LongPassage = "truncate",
+        passage_overlap: int = DEFAULT_OVERLAP,
     ) -> Reranker:
         """:func:`load_reranker`: a cross-encoder, or an LLM reranker (yes/no, layer-wise,
         lightweight) as an :class:`~bgekit.models.llm_reranker.LLMReranker`."""
@@ -179,23 +246,73 @@ class Reranker(LoadedModel):
             max_length=max_length,
             query_max_length=query_max_length,
             engine=engine,
+            long_passage=long_passage,
+            passage_overlap=passage_overlap,
         )
 
     def score(self, pairs: Sequence[tuple[str, str]], *, normalize: bool = False) -> np.ndarray:
-        """One float32 score per pair: the logit, or its sigmoid when ``normalize``."""
+        """One float32 score per pair: the logit, or its sigmoid when ``normalize`` (taken
+        after the windows of a long passage are combined)."""
+        plan = self.prepare(pairs)
+        logits = plan.combine(self.score_tokens(plan.seqs))
+        return 1.0 / (1.0 + np.exp(-logits)) if normalize else logits
+
+    def prepare(self, pairs: Sequence[tuple[str, str]]) -> PairPlan:
+        """The model inputs for ``pairs``: one per pair, or, for a passage that does not fit
+        when ``long_passage`` is ``"max"`` or ``"mean"``, one per window of it."""
         seqs = self.tokenize(pairs)
-        cut = sum(s.truncated for s in seqs)
-        if cut:
+        n = len(seqs)
+        if self.long_passage == "truncate" or not seqs:
+            plan = PairPlan(seqs, np.arange(n), n, sum(s.truncated for s in seqs), 0)
+        else:
+            plan = self._windows(pairs, seqs)
+        if plan.truncated:
             logger.info(
-                "%d of %d pairs exceed %d tokens and were truncated",
-                cut,
-                len(seqs),
-                self.max_pair_length,
+                "%d of %d pairs exceed %d tokens and were truncated", plan.truncated, n, self.max_pair_length
             )
-        return self.score_tokens(seqs, normalize=normalize)
+        return plan
+
+    def _windows(self, pairs: Sequence[tuple[str, str]], seqs: list[TokenSeq]) -> PairPlan:
+        queries, passages = check_pairs(pairs)
+        out: list[TokenSeq] = []
+        owner: list[int] = []
+        windowed = cut = 0
+        for i, (seq, part) in enumerate(zip(seqs, self._window_parts(queries, passages), strict=True)):
+            space = part.room - len(part.head)
+            if len(part.passage) <= space:
+                out.append(seq)
+                owner.append(i)
+                cut += seq.truncated
+                continue
+            windowed += 1
+            cut += part.query_cut
+            p = part.passage
+            for a, b in window_bounds(len(p), space, min(self.passage_overlap, space // 2)):
+                out.append(self._pair_seq(part.query, [*part.head, *p[a:b]]))
+                owner.append(i)
+        return PairPlan(out, np.asarray(owner, dtype=np.int64), len(seqs), cut, windowed, self.long_passage)
+
+    def can_window(self) -> bool:
+        """Whether this reranker can build pairs from token ids (for passage windows)."""
+        return self.tokenizer.can_wrap_pairs
+
+    def _window_parts(self, queries: Sequence[str], passages: Sequence[str]) -> list[WindowParts]:
+        """Each pair's parts for windowing its passage."""
+        q_max = self.info.query_max_length
+        specials = self.tokenizer.n_special_pair
+        out = []
+        for q, p in zip(self.tokenizer.ids(list(queries)), self.tokenizer.ids(list(passages)), strict=True):
+            room = self.max_pair_length - min(len(q), q_max) - specials
+            out.append(WindowParts(q[:q_max], [], p, room, len(q) > q_max))
+        return out
+
+    def _pair_seq(self, query: list[int], passage: list[int]) -> TokenSeq:
+        """One model input from a query's and a passage window's ids."""
+        return self.tokenizer.wrap_pair_ids(query, passage)
 
     def tokenize(self, pairs: Sequence[tuple[str, str]]) -> list[TokenSeq]:
-        """Token ids of each pair as :meth:`score` feeds them to the model."""
+        """Token ids of each pair, one sequence per pair, the passage cut to fit (what
+        :meth:`score` feeds the model under ``long_passage="truncate"``)."""
         queries, passages = check_pairs(pairs)
         if not queries:
             return []

@@ -142,6 +142,24 @@ class TextTokenizer:
         full = self._finish(self._tok.encode("a", add_special_tokens=False), None).ids
         at = next((i for i in range(len(full) - len(probe) + 1) if full[i : i + len(probe)] == probe), None)
         self._frame = None if at is None else (list(full[:at]), list(full[at + len(probe) :]))
+        self._pair_frame = self._find_pair_frame()
+
+    def _find_pair_frame(self) -> tuple[list[int], list[int], list[int], list[int]] | None:
+        """Where a pair's own tokens sit among its special ones: the ids and segment ids
+        around ``a`` and ``b`` in ``(a, b)`` (prefix, middle, suffix), or ``None`` when the
+        special tokens change the texts' tokens."""
+        qa = self._tok.encode("a", add_special_tokens=False)
+        pb = self._tok.encode("b", add_special_tokens=False)
+        q, p = list(qa.ids), list(pb.ids)
+        full = self._finish(qa, pb)
+        ids, types = list(full.ids), list(full.type_ids)
+        i = next((k for k in range(len(ids) - len(q) + 1) if ids[k : k + len(q)] == q), None)
+        if i is None:
+            return None
+        j = next((k for k in range(i + len(q), len(ids) - len(p) + 1) if ids[k : k + len(p)] == p), None)
+        if j is None:
+            return None
+        return ids, types, [i, i + len(q)], [j, j + len(p)]
 
     @classmethod
     def from_folder(cls, path: Path, *, with_type_ids: bool) -> TextTokenizer:
@@ -227,6 +245,24 @@ class TextTokenizer:
             out.append(TokenSeq(full, [0] * len(full) if self.with_type_ids else None, cut))
         return out
 
+    def wrap_pair_ids(self, query: Sequence[int], passage: Sequence[int]) -> TokenSeq:
+        """A (query, passage) pair from token ids (no special tokens), laid out as
+        :meth:`encode_pairs` lays out a pair that fits: ``wrap_pair_ids(ids(q), ids(p))``
+        equals ``encode_pairs([q], [p], ...)[0]``."""
+        if self._pair_frame is None:
+            raise ModelFormatError("this tokenizer changes a pair's tokens when it adds special ones")
+        ids, types, (qa, qb), (pa, pb) = self._pair_frame
+        out = [*ids[:qa], *query, *ids[qb:pa], *passage, *ids[pb:]]
+        if not self.with_type_ids:
+            return TokenSeq(out, None)
+        tq, tp = types[qa], types[pa]
+        seg = [*types[:qa], *[tq] * len(query), *types[qb:pa], *[tp] * len(passage), *types[pb:]]
+        return TokenSeq(out, seg)
+
+    @property
+    def can_wrap_pairs(self) -> bool:
+        return self._pair_frame is not None
+
     def ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text without special tokens."""
         return [list(enc.ids) for enc in self._tok.encode_batch(list(texts), add_special_tokens=False)]
@@ -272,6 +308,11 @@ class TextTokenizer:
         """The special tokens a single text gets before and after its own tokens, or
         ``None`` when adding them changes the text's tokens (no windowing then)."""
         return None if self._frame is None else (list(self._frame[0]), list(self._frame[1]))
+
+    @property
+    def n_special_pair(self) -> int:
+        """Special tokens added to a (query, passage) pair."""
+        return int(self._n_special_pair)
 
     @property
     def n_special(self) -> int:
