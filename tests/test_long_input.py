@@ -360,3 +360,90 @@ def test_independent_chunks_leave_room_for_the_title(minilm: Path) -> None:
     assert sum(s.truncated for s in model.tokenize([encoding_text(docs[c.doc], c.text) for c in new])) == 0
     chunks, enc = encode_chunks(docs[:3], model, ("dense",), None, 64)
     assert [c.text for c in chunks] == [c.text for c in new if c.doc < 3] and enc.truncated == 0
+
+
+# -- the server --------------------------------------------------------------------------------
+
+
+def test_server_chunks_long_inputs_and_windows_long_passages(bert_st_mean: Path, bert_reranker: Path) -> None:
+    """Loaded from the config as `bgekit serve --long-input chunk --long-passage max` loads
+    them; answers equal the library's, and the counts come back."""
+    import asyncio
+
+    import httpx
+
+    pytest.importorskip("fastapi")
+    from bgekit import Reranker
+    from bgekit.server import ServerConfig, create_app
+
+    engine = EngineConfig(device="cpu", dtype="float32", progress=False)
+    config = ServerConfig(
+        model=str(bert_st_mean),  # a 24-token window
+        reranker=str(bert_reranker),
+        long_input="chunk",
+        long_input_overlap=4,
+        long_passage="max",
+        passage_overlap=3,
+        max_input_tokens=40,
+        engine=engine,
+    )
+    app = create_app(config)
+    long = LONG + " " + LONG  # past the 40-token limit: 413 unless the request truncates
+
+    async def go() -> dict[str, object]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://bgekit") as client:
+                enc = await client.post("/encode", json={"inputs": [LONG, "cats"], "outputs": ["dense"]})
+                oai = await client.post("/v1/embeddings", json={"input": [LONG]})
+                over = await client.post("/v1/embeddings", json={"input": [long]})
+                cut = await client.post("/embed", json={"inputs": [long], "truncate": True})
+                rr = await client.post("/rerank", json={"query": "cats", "documents": [LONG, "cats"]})
+                info = await client.get("/info")
+                return {"enc": enc, "oai": oai, "over": over, "cut": cut, "rr": rr, "info": info}
+
+    got: dict[str, httpx.Response] = asyncio.run(go())  # type: ignore[arg-type]
+    lib = Embedder.from_pretrained(
+        str(bert_st_mean),
+        settings=EmbedderSettings(long_input="chunk", long_input_overlap=4, max_input_tokens=40),
+        engine=engine,
+    )
+    want = lib.encode([LONG, "cats"])
+    assert want.dense is not None and want.chunked == 1
+    body = got["enc"].json()
+    assert body["chunked"] == 1 and body["truncated"] == 0 and got["enc"].headers["x-bgekit-chunked"] == "1"
+    np.testing.assert_allclose(body["data"][0]["dense"], want.dense[0], atol=1e-6)
+    assert got["oai"].headers["x-bgekit-chunked"] == "1"
+    np.testing.assert_allclose(got["oai"].json()["data"][0]["embedding"], want.dense[0], atol=1e-6)
+    assert got["over"].status_code == 413
+    assert got["cut"].status_code == 200 and got["cut"].headers["x-bgekit-truncated"] == "1"
+    rr = Reranker.from_pretrained(str(bert_reranker), engine=engine, long_passage="max", passage_overlap=3)
+    scores = rr.score([("cats", LONG), ("cats", "cats")])
+    results = {r["index"]: r["relevance_score"] for r in got["rr"].json()["results"]}
+    assert results[0] == pytest.approx(float(scores[0]), abs=1e-5)
+    limits = got["info"].json()["limits"]
+    assert limits["long_input"] == "chunk" and limits["long_passage"] == "max"
+    assert limits["max_input_tokens"]["document"] == 40 and limits["window_tokens"] == 24
+
+
+def test_cli_encode_with_long_input(
+    bert_st_mean: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bgekit.cli.main import main
+
+    src = tmp_path / "texts.txt"
+    src.write_text(f"{LONG}\ncats\n", encoding="utf-8")
+    out = tmp_path / "out.npz"
+    args = ["encode", "--model", str(bert_st_mean), "--input", str(src), "--output", str(out)]
+    assert main([*args, "--long-input", "chunk", "--dtype", "float32", "--no-progress"]) == 0
+    first = capsys.readouterr()
+    assert "1 windowed" in first.out and "split into windows" in first.err
+    lib = Embedder.from_pretrained(
+        str(bert_st_mean), settings=EmbedderSettings(long_input="chunk"), engine=EXACT
+    )
+    want = lib.encode([LONG, "cats"]).dense
+    with np.load(out) as saved:
+        np.testing.assert_allclose(saved["dense"], want, atol=1e-6)
+    assert main([*args, "--long-input", "mcls"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "pools by mean" in err and len(err.splitlines()) == 1

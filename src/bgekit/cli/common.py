@@ -13,6 +13,7 @@ from bgekit.errors import BgekitError
 from bgekit.types import OUTPUT_KINDS, SEARCH_MODES
 
 if TYPE_CHECKING:
+    from bgekit.models import EmbedderSettings
     from bgekit.retrieval import HybridConfig
 
 
@@ -74,6 +75,60 @@ def engine_config(ns: argparse.Namespace) -> EngineConfig:
         max_batch_size=ns.max_batch_size,
         backend=ns.backend,
         progress=False if ns.no_progress else None,
+    )
+
+
+def long_input_args(p: argparse.ArgumentParser, default: Default = _given) -> None:
+    """What an embedder does with a document longer than its window."""
+    from bgekit.models.long_input import DEFAULT_MCLS_STRIDE, LONG_INPUTS
+
+    g = p.add_argument_group("long inputs")
+    g.add_argument(
+        "--long-input",
+        choices=LONG_INPUTS,
+        default=default("long_input", "truncate"),
+        help="truncate: cut at the model's length; chunk: overlapping windows, combined; "
+        "mcls: a CLS token every --mcls-stride tokens (CLS-pooled encoders)",
+    )
+    g.add_argument(
+        "--long-input-overlap",
+        type=int,
+        default=default("long_input_overlap", None, int),
+        help="chunk: tokens consecutive windows share (default: 64, at most half a window)",
+    )
+    g.add_argument(
+        "--mcls-stride",
+        type=int,
+        default=default("mcls_stride", DEFAULT_MCLS_STRIDE, int),
+        help="mcls: text tokens per CLS token",
+    )
+
+
+def embedder_settings(ns: argparse.Namespace) -> EmbedderSettings:
+    from bgekit.models import EmbedderSettings
+
+    return EmbedderSettings(
+        long_input=ns.long_input, long_input_overlap=ns.long_input_overlap, mcls_stride=ns.mcls_stride
+    )
+
+
+def long_passage_args(p: argparse.ArgumentParser, default: Default = _given) -> None:
+    """What a reranker does with a passage that does not fit beside the query."""
+    from bgekit.models.long_input import DEFAULT_OVERLAP, LONG_PASSAGES
+
+    g = p.add_argument_group("long passages (reranker)")
+    g.add_argument(
+        "--long-passage",
+        choices=LONG_PASSAGES,
+        default=default("long_passage", "truncate"),
+        help="truncate: cut the passage to fit; max / mean: score overlapping windows of it, "
+        "each with the whole query, and keep the best / the mean",
+    )
+    g.add_argument(
+        "--passage-overlap",
+        type=int,
+        default=default("passage_overlap", DEFAULT_OVERLAP, int),
+        help="tokens consecutive passage windows share (at most half a window)",
     )
 
 

@@ -7,7 +7,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bgekit.cli.common import engine_args, engine_config, hybrid_config, model_path, search_args
+from bgekit.cli.common import (
+    embedder_settings,
+    engine_args,
+    engine_config,
+    hybrid_config,
+    long_input_args,
+    long_passage_args,
+    model_path,
+    search_args,
+)
 from bgekit.io import atomic_write
 
 
@@ -41,8 +50,19 @@ def cmd_retrieval(ns: argparse.Namespace) -> int:
         progress=not ns.no_progress,
     )
     engine = engine_config(ns)
-    embedder = None if ns.mode == "bm25" else Embedder.from_pretrained(model_path(ns.model), engine=engine)
-    reranker = Reranker.from_pretrained(ns.reranker, engine=engine) if ns.reranker else None
+    settings = embedder_settings(ns)
+    embedder = (
+        None
+        if ns.mode == "bm25"
+        else Embedder.from_pretrained(model_path(ns.model), settings=settings, engine=engine)
+    )
+    reranker = (
+        Reranker.from_pretrained(
+            ns.reranker, engine=engine, long_passage=ns.long_passage, passage_overlap=ns.passage_overlap
+        )
+        if ns.reranker
+        else None
+    )
     report = evaluate_retrieval(
         dataset, embedder, config, reranker=reranker, run_file=Path(ns.run) if ns.run else None
     )
@@ -62,7 +82,9 @@ def cmd_sts(ns: argparse.Namespace) -> int:
     from bgekit.models import Embedder
 
     dataset = load_sts(ns.file)
-    embedder = Embedder.from_pretrained(model_path(ns.model), engine=engine_config(ns))
+    embedder = Embedder.from_pretrained(
+        model_path(ns.model), settings=embedder_settings(ns), engine=engine_config(ns)
+    )
     report = evaluate_sts(dataset, embedder)
     print(f"{report.dataset}: {report.num_pairs} pairs, model {report.model}, {report.seconds:.1f}s")
     print(
@@ -89,6 +111,8 @@ def register(sub: Any) -> None:
     p.add_argument("--output", help="write the report as JSON")
     p.add_argument("--run", help="write the final run in TREC format")
     p.add_argument("--cache-dir", help="reuse encodings saved here (per model, dataset and outputs)")
+    long_input_args(p)
+    long_passage_args(p)
     engine_args(p)
     p.set_defaults(func=cmd_retrieval)
 
@@ -96,5 +120,6 @@ def register(sub: Any) -> None:
     p.add_argument("file", help="STS Benchmark .csv (tab-separated), a 3-column TSV, or JSONL")
     p.add_argument("--model", help="hub id or local folder (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument("--output", help="write the report as JSON")
+    long_input_args(p)
     engine_args(p)
     p.set_defaults(func=cmd_sts)

@@ -14,6 +14,7 @@ from bgekit.cli.common import (
     engine_args,
     engine_config,
     hybrid_config,
+    long_passage_args,
     model_path,
     outputs_arg,
     search_args,
@@ -124,7 +125,16 @@ def cmd_search(ns: argparse.Namespace) -> int:
         raise InputError(f"-k must be at least 1, got {ns.k}")
     index = Index.load(ns.index, engine=engine_config(ns))
     hybrid = hybrid_config(ns)
-    reranker = Reranker.from_pretrained(ns.reranker, engine=engine_config(ns)) if ns.reranker else None
+    reranker = (
+        Reranker.from_pretrained(
+            ns.reranker,
+            engine=engine_config(ns),
+            long_passage=ns.long_passage,
+            passage_overlap=ns.passage_overlap,
+        )
+        if ns.reranker
+        else None
+    )
     pipe = Pipeline(None, index, reranker, retrieve=ns.rerank_top, mode=ns.mode, hybrid=hybrid)
     start = time.perf_counter()
     hits = pipe.search([ns.query], ns.k)[0]
@@ -216,5 +226,6 @@ def register(sub: Any) -> None:
     p.add_argument("--reranker", help="cross-encoder for a second stage")
     p.add_argument("--rerank-top", type=int, default=100, help="first-stage hits the reranker rescores")
     p.add_argument("--json", action="store_true", help="print JSON")
+    long_passage_args(p)
     engine_args(p)
     p.set_defaults(func=cmd_search)

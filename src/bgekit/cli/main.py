@@ -10,9 +10,11 @@ from pathlib import Path
 
 from bgekit.cli.common import (
     Parser,
+    embedder_settings,
     encoding_arg,
     engine_args,
     engine_config,
+    long_input_args,
     model_path,
     outputs_arg,
     run_parser,
@@ -28,13 +30,21 @@ def cmd_encode(ns: argparse.Namespace) -> int:
     from bgekit.models import Embedder
 
     texts, ids = read_texts(Path(ns.input), ns.encoding)
-    model = Embedder.from_pretrained(model_path(ns.model), engine=engine_config(ns))
+    settings = embedder_settings(ns)
+    model = Embedder.from_pretrained(model_path(ns.model), settings=settings, engine=engine_config(ns))
     start = time.perf_counter()
     enc = model.encode(texts, kind=ns.kind, outputs=ns.outputs)
     seconds = time.perf_counter() - start
     meta = {"model": model.info.name, "kind": ns.kind, "outputs": list(enc.outputs), "count": len(texts)}
     save_encoded(Path(ns.output), enc, ids=ids, meta=meta)
-    print(f"encoded {len(texts)} texts ({', '.join(enc.outputs)}) in {seconds:.1f}s -> {ns.output}")
+    long = [f"{enc.truncated} truncated"] if enc.truncated else []
+    long += (
+        [f"{enc.chunked} {'windowed' if ns.long_input == 'chunk' else 'with several CLS'}"]
+        if enc.chunked
+        else []
+    )
+    note = f"; {', '.join(long)}" if long else ""
+    print(f"encoded {len(texts)} texts ({', '.join(enc.outputs)}{note}) in {seconds:.1f}s -> {ns.output}")
     return 0
 
 
@@ -114,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--outputs", type=outputs_arg, default=("dense",), help="comma-separated, e.g. dense,sparse"
     )
     encoding_arg(p)
+    long_input_args(p)
     engine_args(p)
     p.set_defaults(func=cmd_encode)
 

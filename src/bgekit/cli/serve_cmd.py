@@ -8,7 +8,7 @@ import argparse
 import os
 from typing import Any
 
-from bgekit.cli.common import engine_args, engine_config
+from bgekit.cli.common import engine_args, engine_config, long_input_args, long_passage_args
 from bgekit.errors import InputError
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -50,6 +50,11 @@ def cmd_serve(ns: argparse.Namespace) -> int:
         max_inputs_per_request=ns.max_inputs_per_request,
         max_body_bytes=ns.max_body_bytes,
         body_timeout=ns.body_timeout,
+        long_input=ns.long_input,
+        long_input_overlap=ns.long_input_overlap,
+        mcls_stride=ns.mcls_stride,
+        long_passage=ns.long_passage,
+        passage_overlap=ns.passage_overlap,
         engine=engine_config(ns),
     )
     app = create_app(config)
@@ -87,7 +92,8 @@ def register(sub: Any) -> None:
         "--max-input-tokens",
         type=int,
         default=_env("max_input_tokens", None, int),
-        help="longest input (default: the model's limit)",
+        help="longest input (default: the model's limit; with --long-input chunk 32768, mcls the "
+        "position table)",
     )
     p.add_argument(
         "--truncate",
@@ -108,6 +114,8 @@ def register(sub: Any) -> None:
         default=_env("body_timeout", 30.0, float),
         help="seconds each part of a request body may take to arrive (408 after)",
     )
+    long_input_args(p, _env)
+    long_passage_args(p, _env)
     engine_args(p, _env)
     p.add_argument(
         "--log-level", default=_env("log_level", "info"), choices=["debug", "info", "warning", "error"]

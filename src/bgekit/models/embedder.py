@@ -266,6 +266,12 @@ class Embedder(LoadedModel):
             logger.info("%d of %d texts were longer than the window and %s", split, len(seqs), how)
         return self.encode_tokens(seqs, outputs=wanted)
 
+    def input_limit(self, kind: Kind) -> int | None:
+        """The most tokens an input of ``kind`` keeps before it is cut (``None``: no limit):
+        the query max length for queries; for documents the passage max length under
+        truncate, else the long-input policy's ``max_tokens``."""
+        return self.info.query_max_length if kind == "query" else self.long.max_tokens
+
     def long_counts(self, seqs: Sequence[TokenSeq]) -> tuple[int, int]:
         """How many of these inputs were cut, and how many the long-input policy handles
         (chunk: split into several windows; mcls: given more than one CLS token)."""

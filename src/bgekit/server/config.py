@@ -7,6 +7,18 @@ from dataclasses import dataclass, field
 
 from bgekit.engine import EngineConfig
 from bgekit.errors import InputError
+from bgekit.models.long_input import (
+    DEFAULT_MCLS_STRIDE,
+    DEFAULT_OVERLAP,
+    LONG_INPUTS,
+    LONG_PASSAGES,
+    LongInput,
+    LongPassage,
+)
+
+# Under long_input="chunk" (and reranking by windows), the longest text accepted unless
+# max_input_tokens says otherwise.
+LONGEST_TEXT_TOKENS = 32768
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -18,8 +30,11 @@ class ServerConfig:
     batch); the server turns its progress bar off. ``gather_tokens``: tokens of queued requests gathered into one
     engine run (which then pads them in batches by length). ``max_concurrent_requests``:
     requests in flight before new ones get 429. ``max_input_tokens``: the longest input
-    accepted (default: the model's limit); a longer one gets 413, or is cut to it when
-    ``truncate``. ``max_body_bytes``: the largest request body (413 beyond it, before it is
+    accepted (default: the model's limit; under ``long_input="chunk"`` 32,768 tokens, under
+    ``"mcls"`` the position table); a longer one gets 413, or is cut to it when
+    ``truncate``. ``long_input`` / ``long_input_overlap`` / ``mcls_stride``: the embedder's
+    long-input policy (:class:`bgekit.EmbedderSettings`); ``long_passage`` /
+    ``passage_overlap``: the reranker's (:func:`bgekit.models.reranker.load_reranker`). ``max_body_bytes``: the largest request body (413 beyond it, before it is
     read); ``body_timeout``: seconds each part of a body may take to arrive (408 after).
     """
 
@@ -36,6 +51,11 @@ class ServerConfig:
     max_inputs_per_request: int = 2048
     max_body_bytes: int = 8 << 20
     body_timeout: float = 30.0
+    long_input: LongInput = "truncate"
+    long_input_overlap: int | None = None
+    mcls_stride: int = DEFAULT_MCLS_STRIDE
+    long_passage: LongPassage = "truncate"
+    passage_overlap: int = DEFAULT_OVERLAP
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     def __post_init__(self) -> None:
@@ -48,6 +68,12 @@ class ServerConfig:
             raise InputError(f"max_input_tokens must be at least 3, got {self.max_input_tokens}")
         if not 0 <= self.port < 65536:
             raise InputError(f"port must be in 0..65535, got {self.port}")
+        if self.long_input not in LONG_INPUTS:
+            raise InputError(f"long_input must be one of {', '.join(LONG_INPUTS)}, got {self.long_input!r}")
+        if self.long_passage not in LONG_PASSAGES:
+            raise InputError(
+                f"long_passage must be one of {', '.join(LONG_PASSAGES)}, got {self.long_passage!r}"
+            )
         if self.api_key is not None and not self.api_key.strip():
             raise InputError("api_key is empty; leave it unset to serve without a key")
 

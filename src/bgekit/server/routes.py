@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from bgekit.scoring import truncate_dimensions
+from bgekit.server.config import LONGEST_TEXT_TOKENS
 from bgekit.server.middleware import wait_or_drop
 from bgekit.server.schemas import (
     ERROR_RESPONSES,
@@ -53,6 +54,15 @@ def _sigmoid(x: float) -> float:
     return float(1 / (1 + np.exp(-x)))
 
 
+def counted(response: Response, request: Request) -> Response:
+    """The request's long-input counts as headers: ``X-Bgekit-Truncated`` (inputs cut) and
+    ``X-Bgekit-Chunked`` (inputs the long-input policy windowed or gave several CLS tokens)."""
+    cut, chunked = getattr(request.state, "long_counts", (0, 0))
+    response.headers["X-Bgekit-Truncated"] = str(cut)
+    response.headers["X-Bgekit-Chunked"] = str(chunked)
+    return response
+
+
 def add_routes(app: FastAPI, state: ServerState) -> None:
     """Every endpoint of the bgekit server, on ``app``."""
     cfg = state.config
@@ -62,7 +72,7 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         the event loop, then the token limit (413, or cut when truncating)."""
         emb = state.need_embedder()
         state.check_count(len(texts), "input")
-        limit = emb.info.query_max_length if kind == "query" else emb.info.passage_max_length
+        limit = emb.input_limit(kind) or LONGEST_TEXT_TOKENS
         texts = state.bound_chars(texts, limit, "input", truncate)
         seqs = await run_in_threadpool(emb.tokenize, texts, kind=kind)
         state.check_lengths(seqs, limit, "input", truncate)
@@ -83,6 +93,7 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
     ) -> tuple[list[EmbeddingRow], int]:
         assert state.embed_batcher is not None
         rows = await wait_or_drop(request, state.embed_batcher.submit(seqs, frozenset(wanted)))
+        request.state.long_counts = state.need_embedder().long_counts(seqs)
         return rows, sum(len(s) for s in seqs)
 
     async def embed_ids(request: Request, ids: list[list[int]], kind: Kind) -> tuple[list[EmbeddingRow], int]:
@@ -98,8 +109,8 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
                 raise HTTPException(
                     422, f"input.{i}: token id {bad} is outside the vocabulary (0..{vocab - 1})"
                 )
-        limit = emb.info.passage_max_length
-        seqs = emb.tokenizer.wrap_ids(ids, limit)
+        limit = emb.input_limit("document") or LONGEST_TEXT_TOKENS
+        seqs = emb.tokenize_ids(ids)
         state.check_lengths(seqs, limit, "input")
         return await run_seqs(request, seqs, ("dense",))
 
@@ -121,7 +132,8 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
                 value = base64.b64encode(np.ascontiguousarray(vec, dtype="<f4").tobytes()).decode()
             data.append({"object": "embedding", "index": i, "embedding": value})
         usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-        return _json({"object": "list", "data": data, "model": body.model or emb.info.name, "usage": usage})
+        body_out = {"object": "list", "data": data, "model": body.model or emb.info.name, "usage": usage}
+        return counted(_json(body_out), request)
 
     @app.post(
         "/encode", response_model=EmbedResponse, response_model_exclude_none=True, responses=ERROR_RESPONSES
@@ -145,7 +157,9 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
                 item["multivector"] = row.multivector
             items.append(item)
         usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-        return _json({"data": items, "model": emb.info.name, "usage": usage})
+        cut, chunked = request.state.long_counts
+        out = {"data": items, "model": emb.info.name, "usage": usage, "truncated": cut, "chunked": chunked}
+        return counted(_json(out), request)
 
     # -- text-embeddings-inference (TEI) routes and shapes ----------------------------------
 
@@ -168,7 +182,8 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         dense = np.stack([r.dense for r in rows if r.dense is not None])
         if body.dimensions is not None:
             dense = truncate_dimensions(dense, body.dimensions, normalize=emb.info.normalize)
-        return Response(orjson.dumps(dense, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+        dumped = orjson.dumps(dense, option=orjson.OPT_SERIALIZE_NUMPY)
+        return counted(Response(dumped, media_type="application/json"), request)
 
     @app.post("/embed", response_model=list[list[float]], responses=ERROR_RESPONSES, summary="Embed (TEI)")
     async def tei_embed_route(body: TeiEmbedRequest, request: Request) -> Response:
@@ -190,9 +205,9 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         seqs = await tokenized(body.texts(), tei_kind(body), body.truncate)
         states = await run_in_threadpool(state.need_embedder().token_states_of, seqs)
         state.trimmer.maybe_trim()
-        return Response(
-            orjson.dumps(states, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
-        )
+        request.state.long_counts = state.need_embedder().long_counts(seqs)
+        dumped = orjson.dumps(states, option=orjson.OPT_SERIALIZE_NUMPY)
+        return counted(Response(dumped, media_type="application/json"), request)
 
     @app.post("/embed_sparse", response_model=list[list[TeiSparseValue]], responses=ERROR_RESPONSES)
     async def embed_sparse(body: TeiEmbedRequest, request: Request) -> Response:
@@ -215,13 +230,16 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         rr = state.need_reranker()
         state.check_count(len(texts), "documents")
         (query,) = state.bound_chars([query], rr.max_pair_length, "query", truncate)
-        bounded = state.bound_chars(texts, rr.max_pair_length, "document", truncate)
-        seqs = await run_in_threadpool(rr.tokenize, [(query, t) for t in bounded])
-        state.check_lengths(seqs, rr.max_pair_length, "document", truncate)
+        # passages scored as windows may be long: the bound is then the longest text accepted
+        doc_limit = rr.max_pair_length if rr.long_passage == "truncate" else LONGEST_TEXT_TOKENS
+        bounded = state.bound_chars(texts, doc_limit, "document", truncate)
+        plan = await run_in_threadpool(rr.prepare, [(query, t) for t in bounded])
+        state.check_lengths(plan.seqs, rr.max_pair_length, "document", truncate)
         assert state.rerank_batcher is not None
-        scores = await wait_or_drop(request, state.rerank_batcher.submit(seqs, None))
+        window_scores = await wait_or_drop(request, state.rerank_batcher.submit(plan.seqs, None))
+        scores = plan.combine(np.asarray(window_scores, dtype=np.float32)).tolist()
         order = sorted(range(len(texts)), key=lambda i: (-scores[i], i))[:top_n]
-        return order, scores, sum(len(s) for s in seqs)
+        return order, scores, sum(len(s) for s in plan.seqs)
 
     def items(
         body: RerankRequest, order: list[int], scores: list[float], documents: bool
@@ -366,11 +384,14 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         }
         if state.embedder is not None:
             limits["max_input_tokens"] = {
-                "query": state.embedder.info.query_max_length,
-                "document": state.embedder.info.passage_max_length,
+                "query": state.embedder.input_limit("query"),
+                "document": state.embedder.input_limit("document"),
             }
+            limits["window_tokens"] = state.embedder.info.passage_max_length
+            limits["long_input"] = state.embedder.info.long_input
         if state.reranker is not None:
             limits["max_pair_tokens"] = state.reranker.max_pair_length
+            limits["long_passage"] = state.reranker.long_passage
         tei: dict[str, Any] = {}  # text-embeddings-inference's /info keys, beside bgekit's
         if state.embedder is not None:
             tei = {

@@ -163,6 +163,8 @@ class EmbedResponse(BaseModel):
     data: list[EmbedItem]
     model: str
     usage: Usage
+    truncated: int = Field(0, description="inputs cut at the end")
+    chunked: int = Field(0, description="inputs longer than the window that the long-input policy handled")
 
 
 class DocumentIn(BaseModel):

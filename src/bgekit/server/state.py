@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from starlette.exceptions import HTTPException
 
 from bgekit.server.batcher import Batcher, BatchStats
-from bgekit.server.config import ServerConfig
+from bgekit.server.config import LONGEST_TEXT_TOKENS, ServerConfig
 from bgekit.server.memory import MemoryTrimmer
 from bgekit.server.metrics import Metrics
 from bgekit.types import OUTPUT_KINDS, EmbeddingRow, OutputKind, TokenSeq
@@ -65,11 +65,25 @@ class ServerState:
         if self.embedder is None and (cfg.model or nothing):
             from bgekit.models.packaged import packaged_model_dir
 
-            settings = EmbedderSettings(query_max_length=limit, passage_max_length=limit)
+            if cfg.long_input == "truncate":  # the limit is the model's window
+                settings = EmbedderSettings(query_max_length=limit, passage_max_length=limit)
+            else:  # the window stays the model's; the limit is the longest document kept
+                settings = EmbedderSettings(
+                    long_input=cfg.long_input,
+                    long_input_overlap=cfg.long_input_overlap,
+                    mcls_stride=cfg.mcls_stride,
+                    max_input_tokens=limit or (LONGEST_TEXT_TOKENS if cfg.long_input == "chunk" else None),
+                )
             name = cfg.model or str(packaged_model_dir())
             self.embedder = Embedder.from_pretrained(name, settings=settings, engine=engine)
         if self.reranker is None and cfg.reranker:
-            self.reranker = Reranker.from_pretrained(cfg.reranker, max_length=limit, engine=engine)
+            self.reranker = Reranker.from_pretrained(
+                cfg.reranker,
+                max_length=limit if cfg.long_passage == "truncate" else None,
+                engine=engine,
+                long_passage=cfg.long_passage,
+                passage_overlap=cfg.passage_overlap,
+            )
         if self.index is None and cfg.index:
             from bgekit.index import Index
 
