@@ -4,6 +4,10 @@ per input, all three outputs from one pass, bgekit (fp32 and bf16) against FlagE
     python benchmarks/m3_long.py --work DIR [--peers-python PY] [--lengths 128,512,8192]
         [--tokens 8192] [--only bgekit:float32,bgekit:bfloat16,FlagEmbedding]
 
+Runners ``bgekit:DTYPE:chunk`` and ``bgekit:DTYPE:mcls`` run the long-input policies
+(issue 15): ``chunk`` with 512-token windows (64 overlap), ``mcls`` a CLS token every 256
+tokens up to the position table (inputs that do not fit with their CLS tokens are cut).
+
 The model is built offline once in ``DIR``: a randomly initialised XLM-RoBERTa with
 bge-m3's shape (24 layers, hidden 1024, 16 heads, FFN 4096, 8,194 positions, a
 250,002-token embedding table) plus ``colbert_linear.pt`` (1024 -> 1024) and
@@ -100,15 +104,26 @@ def worker(runner: str, folder: str, length: int, texts_file: str, out: str, thr
     if runner.startswith("bgekit:"):
         from bgekit import Embedder, EmbedderSettings, EngineConfig
 
-        settings = EmbedderSettings(query_max_length=length, passage_max_length=length)
-        engine = EngineConfig(device="cpu", dtype=runner.split(":")[1], progress=False)  # type: ignore[arg-type]
+        parts = runner.split(":")
+        policy = parts[2] if len(parts) > 2 else "truncate"
+        if policy == "chunk":  # windows of 512 (a model fine-tuned on 512-token passages)
+            settings = EmbedderSettings(query_max_length=512, passage_max_length=512, long_input="chunk")
+        elif policy == "mcls":  # a CLS every 256 tokens, up to the position table
+            settings = EmbedderSettings(query_max_length=512, passage_max_length=512, long_input="mcls")
+        else:
+            settings = EmbedderSettings(query_max_length=length, passage_max_length=length)
+        engine = EngineConfig(device="cpu", dtype=parts[1], progress=False)  # type: ignore[arg-type]
         m = Embedder.from_pretrained(folder, settings=settings, engine=engine)
         path = m.compute()[0]
 
         def run(t: list[str]) -> tuple[Any, Any, Any]:
             e = m.encode(t, outputs=("dense", "sparse", "multivector"))
             assert e.sparse is not None and e.multivector is not None
+            if policy != "truncate":
+                path_note.append(f"{policy}: {e.chunked} of {len(t)} inputs windowed/MCLS, {e.truncated} cut")
             return e.dense, [s.to_dict() for s in e.sparse], e.multivector
+
+        path_note: list[str] = []
 
     else:
         from FlagEmbedding import BGEM3FlagModel
@@ -117,6 +132,7 @@ def worker(runner: str, folder: str, length: int, texts_file: str, out: str, thr
             folder, use_fp16=False, devices="cpu", passage_max_length=length, query_max_length=length
         )
         path = "FlagEmbedding BGEM3FlagModel, fp32"
+        path_note = []
 
         def run(t: list[str]) -> tuple[Any, Any, Any]:
             o = fm.encode(
@@ -142,6 +158,8 @@ def worker(runner: str, folder: str, length: int, texts_file: str, out: str, thr
     np.save(out + ".mv0.npy", np.asarray(multi[0], dtype=np.float32))
     Path(out + ".sparse0.json").write_text(json.dumps({str(k): v for k, v in sparse[0].items()}))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
+    if runner.startswith("bgekit:") and path_note:
+        path = f"{path}; {path_note[-1]}"
     return {"runner": runner, "seconds": seconds, "load_seconds": load, "peak_rss_gib": rss, "path": path}
 
 
@@ -209,7 +227,8 @@ def main() -> None:
             agree = "-"
             diffs = "-"
             reference = ns.work / f"out-bgekit_float32-{length}"
-            if runner != "bgekit:float32" and Path(str(reference) + ".dense.npy").exists():
+            same_inputs = runner.count(":") < 2  # chunk / mcls outputs differ from truncate by design
+            if runner != "bgekit:float32" and same_inputs and Path(str(reference) + ".dense.npy").exists():
                 # bgekit fp32's outputs, from this run or an earlier one on the same inputs
                 ref_dense, ref_mv, ref_sparse = _outputs(str(reference))
                 ref = {"dense": ref_dense, "mv": ref_mv, "sparse": ref_sparse}

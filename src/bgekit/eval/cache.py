@@ -10,16 +10,28 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bgekit.io import load_encoded, save_encoded
+from bgekit.models.long_input import LongInputPolicy
 from bgekit.types import Encoded, ModelInfo
 
 logger = logging.getLogger(__name__)
 
 
-def cache_key(info: ModelInfo, dataset: str, fingerprint: str, side: str, outputs: tuple[str, ...]) -> str:
-    """Changes whenever anything that shapes the vectors changes (model files, settings, data)."""
+def cache_key(
+    info: ModelInfo,
+    dataset: str,
+    fingerprint: str,
+    side: str,
+    outputs: tuple[str, ...],
+    long: LongInputPolicy | None = None,
+) -> str:
+    """Changes whenever anything that shapes the vectors changes (model files, settings and
+    long-input policy, data)."""
     weights = sorted(Path(info.path).glob("*.safetensors")) + sorted(Path(info.path).glob("*.bin"))
     stamp = [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in weights]
-    blob = json.dumps([asdict(info), stamp, dataset, fingerprint, side, list(outputs)], sort_keys=True)
+    policy = asdict(long) if long is not None else None
+    blob = json.dumps(
+        [asdict(info), stamp, dataset, fingerprint, side, list(outputs), policy], sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 

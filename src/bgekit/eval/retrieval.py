@@ -84,7 +84,7 @@ def first_stage(
         info, fp = embedder.info, dataset.fingerprint
         docs = cached_encode(
             cfg.cache_dir,
-            cache_key(info, dataset.name, fp, "corpus", outputs),
+            cache_key(info, dataset.name, fp, "corpus", outputs, embedder.long),
             f"{dataset.name}-corpus",
             lambda: embedder.encode(dataset.docs, kind="document", outputs=outputs),
         )
@@ -92,7 +92,7 @@ def first_stage(
         start = time.perf_counter()
         queries = cached_encode(
             cfg.cache_dir,
-            cache_key(info, dataset.name, fp, f"queries-{dataset.split}", outputs),
+            cache_key(info, dataset.name, fp, f"queries-{dataset.split}", outputs, embedder.long),
             f"{dataset.name}-{dataset.split}-queries",
             lambda: embedder.encode(dataset.queries, kind="query", outputs=outputs),
         )
