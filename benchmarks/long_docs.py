@@ -19,6 +19,9 @@ Policies (each in its own process: peak RSS is that process's high-water mark):
   + BM25 over the chunks, the index's default fusion); ``late``: an index with
   ``chunking="late"`` and ``--late-chunk-tokens`` (128) per chunk.
 - ``bm25``: bgekit's BM25 over the whole long documents.
+- ``truncate-cls`` / ``mcls-cls`` (not in the default list): both with the model's CLS state
+  as its vector (``EmbedderSettings(pooling="cls")``), for a mean-pooled model that MCLS
+  refuses: what MCLS changes against truncation under the same pooling.
 
 Reported: nDCG@10 and Recall@100 (pytrec_eval), the seconds spent encoding the corpus, the
 tokens the model ran (windows and special tokens included) per second, and peak RSS.
@@ -124,15 +127,15 @@ def run_policy(policy: str, data: Path, model: str, late_tokens: int) -> dict[st
     engine = EngineConfig(progress=False)
     dataset = load_beir(data, "test")
     out: dict[str, Any] = {"policy": policy}
-    if policy in ("truncate", "chunk", "mcls", "bm25"):
+    if policy in ("truncate", "chunk", "mcls", "bm25", "truncate-cls", "mcls-cls"):
         embedder = None
         if policy != "bm25":
+            # "-cls": the model's CLS state as its vector, whatever it was trained with (only to
+            # see what MCLS changes against truncation under the same pooling)
+            long, _, pooling = policy.partition("-")
+            settings = EmbedderSettings(long_input=long, pooling=pooling or None)  # type: ignore[arg-type]
             try:
-                embedder = Embedder.from_pretrained(
-                    model,
-                    settings=EmbedderSettings(long_input=policy),
-                    engine=engine,  # type: ignore[arg-type]
-                )
+                embedder = Embedder.from_pretrained(model, settings=settings, engine=engine)
             except BgekitError as e:
                 return {**out, "skipped": str(e)}
         cfg = RetrievalEvalConfig(mode="dense" if embedder else "bm25", k=100, progress=False)
@@ -141,7 +144,7 @@ def run_policy(policy: str, data: Path, model: str, late_tokens: int) -> dict[st
         out["encode_seconds"] = report.timings.get("encode_corpus", 0.0)
         if embedder is not None:
             seqs = embedder.tokenize(dataset.docs)
-            if policy == "chunk":
+            if embedder.long.policy == "chunk":
                 out["model_tokens"] = sum(len(p) for p in embedder._split(seqs).pieces)
             else:
                 out["model_tokens"] = sum(len(s) for s in seqs)
