@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-
 from bgekit.errors import InputError
 from bgekit.inputs import passage_text
 from bgekit.io import iter_jsonl, read_text
@@ -259,15 +257,13 @@ def late_chunk_rows(
             tokens = 0
         groups[-1].append(i)
         tokens += len(seq)
-    rows: list[EmbeddingRow] = []
-    where: list[int] = []
+    rows: list[EmbeddingRow] = []  # in chunk order: chunks and groups both follow the documents
     for group in groups:
         outs = embedder.token_outputs([seqs[g] for g in group], outputs) if group else []
         for g, out in zip(group, outs, strict=True):
             start = len(frame[0]) + len(titles[g])
             for j in by_doc.get(g, []):
                 a, b = chunks[j].tokens
-                where.append(j)
                 rows.append(
                     pool_span(
                         seqs[g].ids,
@@ -279,8 +275,9 @@ def late_chunk_rows(
                         special_ids=tok.special_ids,
                     )
                 )
-    order = np.argsort(np.asarray(where, dtype=np.int64), kind="stable")
-    return [rows[k] for k in order.tolist()]
+    if len(rows) != len(chunks):  # a bug, never silent
+        raise InputError(f"late chunking pooled {len(rows)} chunks of {len(chunks)}")
+    return rows
 
 
 def best_chunk_per_document(chunk_hits: Iterable[Hit], k: int) -> list[Hit]:

@@ -37,7 +37,7 @@ from bgekit.models.long_input import (
     mcls_ids,
     mcls_positions,
     split_windows,
-    stitch_rows,
+    stitch_each,
 )
 from bgekit.models.registry import DECODER_TYPES, LLM_FORMAT, PREFIX_FORMAT, lookup
 from bgekit.models.runtime import LoadedModel, load_transformers_model
@@ -257,14 +257,14 @@ class Embedder(LoadedModel):
         """Encode texts; queries get the query instruction (or ``instruction``) prefixed."""
         wanted = self.check_outputs(outputs)
         seqs = self.tokenize(texts, kind=kind, instruction=instruction)
-        cut, split = self.long_counts(seqs)
-        if cut:
-            limit = self.info.query_max_length if kind == "query" else self.long.max_tokens
-            logger.info("%d of %d texts exceed %s tokens and were truncated", cut, len(seqs), limit)
-        if split:
+        enc = self.encode_tokens(seqs, outputs=wanted)
+        if enc.truncated:
+            limit = self.input_limit(kind)
+            logger.info("%d of %d texts exceed %s tokens and were truncated", enc.truncated, len(seqs), limit)
+        if enc.chunked:
             how = "split into windows" if self.long.policy == "chunk" else "given several CLS tokens"
-            logger.info("%d of %d texts were longer than the window and %s", split, len(seqs), how)
-        return self.encode_tokens(seqs, outputs=wanted)
+            logger.info("%d of %d texts were longer than the window and %s", enc.chunked, len(seqs), how)
+        return enc
 
     def input_limit(self, kind: Kind) -> int | None:
         """The most tokens an input of ``kind`` keeps before it is cut (``None``: no limit):
@@ -398,23 +398,11 @@ class Embedder(LoadedModel):
         split = self._split(seqs)
         outs: list[TokenOutputs] = self._engine.run(split.pieces, runners, pad_id=self.tokenizer.pad_id)
         before, after = (len(part) for part in self._frame())
-        result = []
-        for i, wins in enumerate(split.bounds):
-            part = outs[split.windows_of(i)]
-            if len(part) == 1:
-                result.append(part[0])
-                continue
-            sparse = mv = None
-            if part[0].sparse is not None:
-                sparse = stitch_rows([t.sparse for t in part if t.sparse is not None], wins, before, after)
-            if part[0].multivector is not None:
-                mv = stitch_rows(
-                    [t.multivector for t in part if t.multivector is not None], wins, before, after
-                )
-            result.append(
-                TokenOutputs(stitch_rows([t.hidden for t in part], wins, before, after), sparse, mv)
-            )
-        return result
+        hidden, sparse, mv = (
+            stitch_each(split, [getattr(t, name) for t in outs], before, after)
+            for name in ("hidden", "sparse", "multivector")
+        )
+        return [TokenOutputs(cast(np.ndarray, h), s, m) for h, s, m in zip(hidden, sparse, mv, strict=True)]
 
     def _split(self, seqs: Sequence[TokenSeq]) -> Split:
         return split_windows(seqs, self.long.window, self.long.overlap, self._frame())

@@ -146,18 +146,20 @@ class TokenRunner:
     def __call__(self, batch: TokenBatch) -> list[TokenOutputs]:
         model = self.model
         hidden = model.hidden(batch)
-        mask = batch.attention_mask.bool()
+        mask = batch.attention_mask.bool().cpu()
         n = hidden.shape[0]
+
+        def rows(t: torch.Tensor) -> list[np.ndarray]:  # one copy to the CPU, then per row
+            host = t.float().cpu()
+            return [host[i][mask[i]].numpy() for i in range(n)]
+
         sparse: list[np.ndarray | None] = [None] * n
         multi: list[np.ndarray | None] = [None] * n
         if "sparse" in self.outputs:
-            w = model.sparse_weights(hidden).float()
-            sparse = [w[i][mask[i]].cpu().numpy() for i in range(n)]
+            sparse = list(rows(model.sparse_weights(hidden)))
         if "multivector" in self.outputs:
-            v = model.token_vectors(hidden).float()
-            multi = [v[i][mask[i]].cpu().numpy() for i in range(n)]
-        states = hidden.float()
-        return [TokenOutputs(states[i][mask[i]].cpu().numpy(), sparse[i], multi[i]) for i in range(n)]
+            multi = list(rows(model.token_vectors(hidden)))
+        return [TokenOutputs(h, s, m) for h, s, m in zip(rows(hidden), sparse, multi, strict=True)]
 
 
 class EmbedRunner:

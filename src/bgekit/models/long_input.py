@@ -19,13 +19,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 
 from bgekit.errors import InputError
 from bgekit.types import EmbeddingRow, SparseVec, TokenSeq
 
+T = TypeVar("T")
 LongInput = Literal["truncate", "chunk", "mcls"]
 LONG_INPUTS: tuple[LongInput, ...] = ("truncate", "chunk", "mcls")
 DEFAULT_OVERLAP = 64
@@ -49,12 +50,17 @@ class LongInputPolicy:
     max_tokens: int | None
 
 
+def _one_of(value: object, choices: Sequence[T], name: str) -> T:
+    """``value`` when it is one of ``choices``, else an error naming them."""
+    for c in choices:
+        if value == c:
+            return c
+    raise InputError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
 def check_policy(policy: object) -> LongInput:
     """``policy`` when it is one of :data:`LONG_INPUTS`, else an error naming the choices."""
-    for p in LONG_INPUTS:
-        if policy == p:
-            return p
-    raise InputError(f"long_input must be one of {', '.join(LONG_INPUTS)}, got {policy!r}")
+    return _one_of(policy, LONG_INPUTS, "long_input")
 
 
 def window_bounds(n: int, size: int, overlap: int) -> list[tuple[int, int]]:
@@ -254,14 +260,19 @@ def combine_rows(
     return out
 
 
-def stitch_states(
-    split: Split, states: Sequence[np.ndarray], n_prefix: int, n_suffix: int
-) -> list[np.ndarray]:
-    """One row per token of each input (special tokens included) from its windows' rows."""
-    return [
-        stitch_rows(states[split.windows_of(i)], wins, n_prefix, n_suffix)
-        for i, wins in enumerate(split.bounds)
-    ]
+def stitch_each(
+    split: Split, arrays: Sequence[np.ndarray | None], n_prefix: int, n_suffix: int
+) -> list[np.ndarray | None]:
+    """Per input, one row per token (special tokens included) from its windows' arrays
+    (``arrays[i]``: piece ``i``'s rows, or ``None`` when not computed)."""
+    out: list[np.ndarray | None] = []
+    for i, wins in enumerate(split.bounds):
+        part = arrays[split.windows_of(i)]
+        if len(part) == 1 or part[0] is None:
+            out.append(part[0])
+        else:
+            out.append(stitch_rows([a for a in part if a is not None], wins, n_prefix, n_suffix))
+    return out
 
 
 def pool_span(
@@ -302,10 +313,7 @@ LONG_PASSAGES: tuple[LongPassage, ...] = ("truncate", "max", "mean")
 
 def check_long_passage(policy: object) -> LongPassage:
     """``policy`` when it is one of :data:`LONG_PASSAGES`, else an error naming the choices."""
-    for p in LONG_PASSAGES:
-        if policy == p:
-            return p
-    raise InputError(f"long_passage must be one of {', '.join(LONG_PASSAGES)}, got {policy!r}")
+    return _one_of(policy, LONG_PASSAGES, "long_passage")
 
 
 def aggregate_windows(scores: np.ndarray, owner: np.ndarray, n: int, how: LongPassage) -> np.ndarray:

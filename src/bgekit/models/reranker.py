@@ -260,37 +260,39 @@ class Reranker(LoadedModel):
     def prepare(self, pairs: Sequence[tuple[str, str]]) -> PairPlan:
         """The model inputs for ``pairs``: one per pair, or, for a passage that does not fit
         when ``long_passage`` is ``"max"`` or ``"mean"``, one per window of it."""
-        seqs = self.tokenize(pairs)
-        n = len(seqs)
-        if self.long_passage == "truncate" or not seqs:
-            plan = PairPlan(seqs, np.arange(n), n, sum(s.truncated for s in seqs), 0)
+        if self.long_passage == "truncate":
+            seqs = self.tokenize(pairs)
+            plan = PairPlan(seqs, np.arange(len(seqs)), len(seqs), sum(s.truncated for s in seqs), 0)
         else:
-            plan = self._windows(pairs, seqs)
+            plan = self._windows(pairs)
+        n = plan.pairs
         if plan.truncated:
             logger.info(
                 "%d of %d pairs exceed %d tokens and were truncated", plan.truncated, n, self.max_pair_length
             )
         return plan
 
-    def _windows(self, pairs: Sequence[tuple[str, str]], seqs: list[TokenSeq]) -> PairPlan:
+    def _windows(self, pairs: Sequence[tuple[str, str]]) -> PairPlan:
+        """One input per pair that fits (the same ids :meth:`tokenize` gives it), one per
+        window of a passage that does not."""
         queries, passages = check_pairs(pairs)
         out: list[TokenSeq] = []
         owner: list[int] = []
         windowed = cut = 0
-        for i, (seq, part) in enumerate(zip(seqs, self._window_parts(queries, passages), strict=True)):
+        for i, part in enumerate(self._window_parts(queries, passages)):
             space = part.room - len(part.head)
-            if len(part.passage) <= space:
-                out.append(seq)
-                owner.append(i)
-                cut += seq.truncated
-                continue
-            windowed += 1
+            if space < 1:
+                raise ModelFormatError(f"max_length {self.max_pair_length} leaves no room for the passage")
             cut += part.query_cut
             p = part.passage
-            for a, b in window_bounds(len(p), space, min(self.passage_overlap, space // 2)):
+            bounds = window_bounds(len(p), space, min(self.passage_overlap, space // 2))
+            windowed += len(bounds) > 1
+            for a, b in bounds:
                 out.append(self._pair_seq(part.query, [*part.head, *p[a:b]]))
                 owner.append(i)
-        return PairPlan(out, np.asarray(owner, dtype=np.int64), len(seqs), cut, windowed, self.long_passage)
+        return PairPlan(
+            out, np.asarray(owner, dtype=np.int64), len(queries), cut, windowed, self.long_passage
+        )
 
     def can_window(self) -> bool:
         """Whether this reranker can build pairs from token ids (for passage windows)."""

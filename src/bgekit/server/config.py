@@ -10,10 +10,10 @@ from bgekit.errors import InputError
 from bgekit.models.long_input import (
     DEFAULT_MCLS_STRIDE,
     DEFAULT_OVERLAP,
-    LONG_INPUTS,
-    LONG_PASSAGES,
     LongInput,
     LongPassage,
+    check_long_passage,
+    check_policy,
 )
 
 # Under long_input="chunk" (and reranking by windows), the longest text accepted unless
@@ -68,12 +68,8 @@ class ServerConfig:
             raise InputError(f"max_input_tokens must be at least 3, got {self.max_input_tokens}")
         if not 0 <= self.port < 65536:
             raise InputError(f"port must be in 0..65535, got {self.port}")
-        if self.long_input not in LONG_INPUTS:
-            raise InputError(f"long_input must be one of {', '.join(LONG_INPUTS)}, got {self.long_input!r}")
-        if self.long_passage not in LONG_PASSAGES:
-            raise InputError(
-                f"long_passage must be one of {', '.join(LONG_PASSAGES)}, got {self.long_passage!r}"
-            )
+        check_policy(self.long_input)
+        check_long_passage(self.long_passage)
         if self.api_key is not None and not self.api_key.strip():
             raise InputError("api_key is empty; leave it unset to serve without a key")
 
