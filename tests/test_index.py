@@ -111,7 +111,7 @@ def test_delete_and_add_equal_a_fresh_build(index: Index, m3: Embedder) -> None:
 def test_save_load_round_trip_memory_maps(index: Index, tmp_path: Path, m3: Embedder) -> None:
     root = index.save(tmp_path / "idx")
     loaded = Index.load(root, m3)
-    assert isinstance(loaded._dense, np.memmap) and isinstance(loaded._mv, np.memmap)
+    assert isinstance(loaded._dense.data, np.memmap) and isinstance(loaded._mv, np.memmap)
     for mode in ("dense", "sparse", "multivector", "hybrid", "bm25"):
         a = index.search(["cats and dogs", "fox"], 3, mode=mode)  # type: ignore[arg-type]
         b = loaded.search(["cats and dogs", "fox"], 3, mode=mode)  # type: ignore[arg-type]

@@ -308,7 +308,7 @@ def test_late_chunks_pool_slices_of_one_full_forward(case: tuple[Path, PlainEnco
     for j, (a, b) in enumerate(bounds):
         piece = h[at + a : at + b]
         want = piece.mean(0)
-        np.testing.assert_allclose(index._dense[j], want / np.linalg.norm(want), atol=1e-5)
+        np.testing.assert_allclose(index._dense.data[j], want / np.linalg.norm(want), atol=1e-5)
         mv = index._mv[index._mv_offsets[j] : index._mv_offsets[j + 1]]
         np.testing.assert_allclose(mv, ref.colbert_of(piece), atol=1e-5)
         row = index._sparse[j]
@@ -335,7 +335,7 @@ def test_late_chunking_past_the_window_pools_stitched_tokens(case: tuple[Path, P
     assert index._dense is not None and index.num_chunks == -(-n // 8)
     for j in range(index.num_chunks):
         want = out.hidden[1 + 8 * j : 1 + min(8 * j + 8, n)].astype(np.float64).mean(0)
-        np.testing.assert_allclose(index._dense[j], want / np.linalg.norm(want), atol=1e-6)
+        np.testing.assert_allclose(index._dense.data[j], want / np.linalg.norm(want), atol=1e-6)
 
 
 def test_independent_chunks_leave_room_for_the_title(minilm: Path) -> None:

@@ -20,6 +20,8 @@ from bgekit.cli.common import (
     search_args,
 )
 from bgekit.errors import InputError
+from bgekit.retrieval.dense_store import DEFAULT_RESCORE
+from bgekit.scoring.quantize import DENSE_DTYPES
 
 
 def _skipped(report: Any) -> str:
@@ -40,6 +42,8 @@ def cmd_build(ns: argparse.Namespace) -> int:
         chunk_overlap=ns.chunk_overlap,
         chunking=ns.chunking,
         dense_index=ns.dense_index,
+        dense_dtype=ns.dense_dtype,
+        rescore=ns.rescore,
     )
     docs = read_source(ns.source, encoding=ns.encoding)
     embedder = Embedder.from_pretrained(model_path(ns.model), engine=engine_config(ns))
@@ -93,7 +97,7 @@ def cmd_info(ns: argparse.Namespace) -> int:
     print(f"outputs    {', '.join(info.outputs)}  dims {info.dims}")
     print(f"documents  {info.documents}  chunks {info.chunks}")
     print(
-        f"config     chunk_tokens={info.config['chunk_tokens']} overlap={info.config['chunk_overlap']} dense={info.config['dense_index']}"
+        f"config     chunk_tokens={info.config['chunk_tokens']} overlap={info.config['chunk_overlap']} dense={info.config['dense_index']} {info.config.get('dense_dtype', 'float32')}"
     )
     print(
         f"disk       {total / 1e6:.1f} MB: "
@@ -193,6 +197,16 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--dense-index", choices=["flat", "hnsw"], default="flat", help="exact, or approximate (HNSW)"
+    )
+    p.add_argument(
+        "--dense-dtype",
+        choices=DENSE_DTYPES,
+        default="float32",
+        help="dense storage: float16 (1/2 the bytes), calibrated int8 (1/4), or binary (1/32 in memory; "
+        "Hamming candidates rescored with int8 codes read from disk)",
+    )
+    p.add_argument(
+        "--rescore", type=int, default=DEFAULT_RESCORE, help="binary: Hamming-nearest candidates rescored per query"
     )
     p.add_argument("--overwrite", action="store_true", help="replace an index already in --index")
     encoding_arg(p)

@@ -21,6 +21,7 @@ import numpy as np
 
 from bgekit.errors import BgekitError
 from bgekit.io import atomic_write
+from bgekit.retrieval.dense_store import DenseStore
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -102,7 +103,9 @@ def expected_files(manifest: dict[str, Any]) -> dict[str, tuple[int, ...] | int]
         "chunks.jsonl": n_chunks,
     }
     if "dense" in outputs:
-        files["dense.npy"] = (n_chunks, int(dims.get("dense", -1)))
+        dtype = manifest["config"].get("dense_dtype", "float32")
+        for name, shape in DenseStore.array_shapes(dtype, n_chunks, int(dims.get("dense", -1))).items():
+            files[f"{name}.npy"] = shape
     if "sparse" in outputs:
         files |= {
             "sparse_indptr.npy": (n_chunks + 1,),

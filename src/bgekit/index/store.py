@@ -31,7 +31,9 @@ from bgekit.models import Embedder, model_fingerprint
 from bgekit.retrieval.bm25 import Bm25
 from bgekit.retrieval.core import HybridConfig, query_outputs, search
 from bgekit.retrieval.corpus import Corpus, Hnsw, available_scorers
+from bgekit.retrieval.dense_store import DEFAULT_RESCORE, DenseStore, check_dense_dtype
 from bgekit.scoring import segment_rows
+from bgekit.scoring.quantize import DenseDtype
 from bgekit.scoring.sparse import to_csr
 from bgekit.types import OUTPUT_KINDS, Encoded, Hit, OutputKind, Ranking, Scorer, SearchMode
 
@@ -43,6 +45,9 @@ class IndexConfig:
     each chunk's tokens from that run (late chunking; see
     :func:`bgekit.index.documents.late_chunk_rows`) instead of encoding chunks on their own;
     ``dense_index="hnsw"`` trades exactness for speed on large corpora;
+    ``dense_dtype`` stores dense vectors as float16 (half the bytes), calibrated int8 (a
+    quarter) or binary (1/32 in memory, candidates by Hamming distance, the ``rescore``
+    nearest rescored with int8 codes read from disk);
     ``multivector_dtype="float16"`` halves multi-vector storage."""
 
     outputs: tuple[OutputKind, ...] = ("dense",)
@@ -53,6 +58,8 @@ class IndexConfig:
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
     multivector_dtype: Literal["float32", "float16"] = "float32"
+    dense_dtype: DenseDtype = "float32"
+    rescore: int = DEFAULT_RESCORE
 
     def __post_init__(self) -> None:
         bad = [o for o in self.outputs if o not in OUTPUT_KINDS]
@@ -68,6 +75,11 @@ class IndexConfig:
             raise InputError(f"chunking must be one of {', '.join(CHUNKINGS)}, got {self.chunking!r}")
         if self.dense_index not in ("flat", "hnsw"):
             raise InputError(f"dense_index must be 'flat' or 'hnsw', got {self.dense_index!r}")
+        check_dense_dtype(self.dense_dtype)
+        if self.dense_index == "hnsw" and self.dense_dtype != "float32":
+            raise InputError(f"dense_index 'hnsw' stores float32 vectors, not {self.dense_dtype} (use 'flat')")
+        if self.rescore < 1:
+            raise InputError(f"rescore must be at least 1, got {self.rescore}")
 
 
 @dataclass(frozen=True)
@@ -100,7 +112,7 @@ class Index:
         self._chunk_doc = np.zeros(0, dtype=np.int64)
         self._chunk_no = np.zeros(0, dtype=np.int32)
         self._chunk_text: list[str] = []
-        self._dense: np.ndarray | None = None
+        self._dense: DenseStore | None = None
         self._sparse: sp.csr_matrix | None = None
         self._mv: np.ndarray | None = None
         self._mv_offsets = np.zeros(1, dtype=np.int64)
@@ -147,7 +159,11 @@ class Index:
         self._chunk_no = np.concatenate([self._chunk_no, [c.no for c in chunks]]).astype(np.int32)
         self._chunk_text.extend(c.text for c in chunks)
         if enc.dense is not None:
-            self._dense = enc.dense if self._dense is None else np.concatenate([self._dense, enc.dense])
+            cfg = self.config
+            if self._dense is None:  # int8 and binary calibrate on the first rows added
+                self._dense = DenseStore.build(enc.dense, cfg.dense_dtype, rescore=cfg.rescore)
+            else:
+                self._dense = self._dense.append(enc.dense)
         if enc.sparse is not None:
             block = to_csr(enc.sparse, self.embedder.tokenizer.vocab_size)
             self._sparse = block if self._sparse is None else sp.vstack([self._sparse, block], format="csr")
@@ -177,7 +193,7 @@ class Index:
         self._chunk_no = self._chunk_no[rows]
         self._chunk_text = [self._chunk_text[i] for i in rows]
         if self._dense is not None:
-            self._dense = np.ascontiguousarray(self._dense[rows])
+            self._dense = self._dense.take(rows)
         if self._sparse is not None:
             self._sparse = self._sparse[rows]
         if self._mv is not None:
@@ -288,7 +304,7 @@ class Index:
             raise InputError("give a folder to save the index in")
         arrays: dict[str, np.ndarray] = {"chunk_doc": self._chunk_doc, "chunk_no": self._chunk_no}
         if self._dense is not None:
-            arrays["dense"] = np.asarray(self._dense)
+            arrays |= self._dense.arrays()
         if self._sparse is not None:
             arrays |= {
                 "sparse_indptr": self._sparse.indptr.astype(np.int64),
@@ -322,7 +338,7 @@ class Index:
     def _dims(self) -> dict[str, int]:
         dims = {}
         if self._dense is not None:
-            dims["dense"] = int(self._dense.shape[1])
+            dims["dense"] = self._dense.dim
         if self._mv is not None:
             dims["multivector"] = int(self._mv.shape[1])
         return dims
@@ -372,7 +388,13 @@ class Index:
         index._doc_pos = {d.id: i for i, d in enumerate(index._docs)}
         index._chunk_doc = np.asarray(arrays["chunk_doc"])
         index._chunk_no = np.asarray(arrays["chunk_no"])
-        index._dense = arrays.get("dense")
+        if "dense" in arrays:
+            try:
+                index._dense = DenseStore.from_arrays(
+                    arrays, config.dense_dtype, int(manifest["dims"]["dense"]), config.rescore
+                )
+            except (KeyError, ValueError) as e:
+                raise storage.IndexFormatError(f"{root}: the dense arrays are inconsistent ({e})") from None
         if "multivector" in arrays:
             index._mv = arrays["multivector"]
             index._mv_offsets = np.asarray(arrays["multivector_offsets"])

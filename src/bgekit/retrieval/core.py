@@ -24,7 +24,6 @@ from tqdm.auto import tqdm
 from bgekit.errors import InputError
 from bgekit.retrieval.corpus import Corpus
 from bgekit.scoring import (
-    dense_scores,
     maxsim_packed,
     reciprocal_rank_fusion,
     sparse_postings_scores,
@@ -156,7 +155,7 @@ class _OneQuery:
             c, q, qi = self.corpus, self.q, self.qi
             if scorer == "dense":
                 assert q.dense is not None and c.dense is not None
-                out = dense_scores(q.dense[qi : qi + 1], c.dense)[0]
+                out = c.dense.scores(q.dense[qi : qi + 1])[0]
             elif scorer == "sparse":
                 assert q.sparse is not None
                 out = sparse_postings_scores(c.postings(), q.sparse[qi])
@@ -171,7 +170,14 @@ class _OneQuery:
     def top(self, scorer: Scorer, n: int) -> np.ndarray:
         """The ``n`` best rows; lexical scorers leave out rows sharing no term."""
         c, q = self.corpus, self.q
-        if scorer == "dense" and "dense" not in self._full and (c.hnsw is not None or c.n_rows > SCAN_ROWS):
+        fresh = scorer == "dense" and "dense" not in self._full
+        if fresh and c.dense is not None and c.dense.dtype == "binary":
+            assert q.dense is not None
+            cand = c.dense.candidates(q.dense[self.qi], n)
+            pick, _ = top_k(c.dense.scores_at(q.dense[self.qi], cand)[None, :], n)
+            return cand[pick[0]]
+        scan = c.dense is not None and c.dense.dtype == "float32" and c.n_rows > SCAN_ROWS
+        if fresh and (c.hnsw is not None or scan):
             assert q.dense is not None
             index = c.ann() if c.hnsw is not None else c.flat()
             _, idx = index.search(np.ascontiguousarray(q.dense[self.qi : self.qi + 1], dtype=np.float32), n)
@@ -189,7 +195,7 @@ class _OneQuery:
         c, q = self.corpus, self.q
         if scorer == "dense":
             assert q.dense is not None and c.dense is not None
-            return dense_scores(q.dense[self.qi : self.qi + 1], c.dense[rows])[0].astype(np.float32)
+            return c.dense.scores_at(q.dense[self.qi], rows)
         assert q.multivector is not None and c.multivector is not None and c.multivector_offsets is not None
         return maxsim_packed(q.multivector[self.qi], c.multivector, c.multivector_offsets, rows)
 
@@ -276,7 +282,8 @@ def search(
     ranked_by = plan.first if plan.first and not plan.exhaustive else plan.scorers
     # one query over many rows: faiss's scan (see SCAN_ROWS); several: one product per block
     scan = n_queries == 1 and n > SCAN_ROWS and not plan.exhaustive
-    dense_full = "dense" in ranked_by and corpus.hnsw is None and not scan
+    binary = corpus.dense is not None and corpus.dense.dtype == "binary"
+    dense_full = "dense" in ranked_by and corpus.hnsw is None and not scan and not binary
     step = max(1, BLOCK // n) if dense_full else n_queries
     out: list[Ranking] = []
     bar = tqdm(total=n_queries, desc="search", unit="query") if progress else None
@@ -286,7 +293,7 @@ def search(
             dense = None
             if dense_full:
                 assert queries.dense is not None and corpus.dense is not None
-                dense = dense_scores(queries.dense[block.start : block.stop], corpus.dense)
+                dense = corpus.dense.scores(queries.dense[block.start : block.stop])
             for j, qi in enumerate(block):
                 text = texts[qi] if texts is not None else None
                 row = dense[j] if dense is not None else None

@@ -10,7 +10,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from bgekit.errors import InputError
 from bgekit.retrieval.bm25 import Bm25
+from bgekit.retrieval.dense_store import DenseStore
 from bgekit.scoring.sparse import to_csr
 from bgekit.types import Encoded, OutputKind, Scorer
 
@@ -40,12 +42,13 @@ class Hnsw:
 class Corpus:
     """Searchable rows (documents, or chunks of them). Any output may be absent; BM25 is
     available when the rows' texts are (given as a list or a function that makes one,
-    called the first time BM25 is needed), or built already (``bm25``)."""
+    called the first time BM25 is needed), or built already (``bm25``). Dense rows are a
+    float matrix or a :class:`DenseStore` (float16, int8 or binary storage)."""
 
     def __init__(
         self,
         *,
-        dense: np.ndarray | None = None,
+        dense: np.ndarray | DenseStore | None = None,
         sparse: sp.csr_matrix | None = None,
         multivector: np.ndarray | None = None,
         multivector_offsets: np.ndarray | None = None,
@@ -55,8 +58,12 @@ class Corpus:
         n_rows: int | None = None,
     ):
         sizes = set()
+        if dense is not None and not isinstance(dense, DenseStore):
+            dense = DenseStore.build(dense)
         if dense is not None:
-            sizes.add(int(dense.shape[0]))
+            sizes.add(dense.n_rows)
+            if hnsw is not None and dense.dtype != "float32":
+                raise InputError(f"HNSW search reads float32 vectors; these are stored as {dense.dtype}")
         if sparse is not None:
             sizes.add(int(sparse.shape[0]))
         if multivector is not None:
@@ -136,8 +143,8 @@ class Corpus:
             import faiss
 
             assert self.dense is not None
-            index = faiss.IndexFlatIP(self.dense.shape[1])
-            index.add(np.ascontiguousarray(self.dense, dtype=np.float32))
+            index = faiss.IndexFlatIP(self.dense.dim)
+            index.add(np.ascontiguousarray(self.dense.data, dtype=np.float32))
             self._cache["flat"] = index
         return self._cache["flat"]
 
@@ -147,8 +154,8 @@ class Corpus:
             import faiss
 
             assert self.dense is not None and self.hnsw is not None
-            index = faiss.IndexHNSWFlat(self.dense.shape[1], self.hnsw.m, faiss.METRIC_INNER_PRODUCT)
+            index = faiss.IndexHNSWFlat(self.dense.dim, self.hnsw.m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efSearch = self.hnsw.ef_search
-            index.add(np.ascontiguousarray(self.dense, dtype=np.float32))
+            index.add(np.ascontiguousarray(self.dense.data, dtype=np.float32))
             self._cache["ann"] = index
         return self._cache["ann"]

@@ -22,8 +22,6 @@ from bgekit.errors import InputError
 
 DenseDtype = Literal["float32", "float16", "int8", "binary"]
 DENSE_DTYPES: tuple[DenseDtype, ...] = ("float32", "float16", "int8", "binary")
-# popcount of every byte value, for Hamming distances of packed bits
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,11 +65,20 @@ def unpack_signs(bits: np.ndarray, dim: int) -> np.ndarray:
     return np.unpackbits(bits, axis=1, count=dim).astype(np.float32) * 2.0 - 1.0
 
 
+def _words(bits: np.ndarray) -> np.ndarray:
+    """Packed bit rows as 64-bit words (zero-padded to a multiple of 8 bytes)."""
+    pad = -bits.shape[1] % 8
+    if pad:
+        bits = np.pad(bits, ((0, 0), (0, pad)))
+    return np.ascontiguousarray(bits).view(np.uint64)
+
+
 def hamming(query_bits: np.ndarray, bits: np.ndarray) -> np.ndarray:
     """``(queries, rows)`` Hamming distances between packed bit rows."""
     out = np.empty((query_bits.shape[0], bits.shape[0]), dtype=np.int32)
-    for i, q in enumerate(query_bits):
-        out[i] = _POPCOUNT[np.bitwise_xor(bits, q)].sum(axis=1, dtype=np.int32)
+    words, qwords = _words(bits), _words(query_bits)
+    for i, q in enumerate(qwords):
+        out[i] = np.bitwise_count(np.bitwise_xor(words, q)).sum(axis=1, dtype=np.int32)
     return out
 
 
