@@ -81,7 +81,24 @@ def test_binary_search_with_every_row_rescored_is_the_int8_ranking() -> None:
         assert np.all(np.diff(c.scores) <= 0) and set(c.indices) <= set(range(300))
 
 
-WORDS = "cat dog fox bird stock market bond price rain snow wind storm river lake sea ship".split()
+WORDS = [
+    "cat",
+    "dog",
+    "fox",
+    "bird",
+    "stock",
+    "market",
+    "bond",
+    "price",
+    "rain",
+    "snow",
+    "wind",
+    "storm",
+    "river",
+    "lake",
+    "sea",
+    "ship",
+]
 
 
 def _docs(n: int, seed: int) -> list[Document]:
@@ -108,7 +125,9 @@ def test_index_with_compact_dense_round_trips(m3: Embedder, tmp_path: Path, dtyp
     assert q.dense is not None
     for qi, hits in enumerate(index.search(queries, 5, mode="dense")):
         rows = np.array([int(h.id[1:]) for h in hits])
-        np.testing.assert_allclose([h.score for h in hits], index._dense.scores_at(q.dense[qi], rows), rtol=1e-5)
+        np.testing.assert_allclose(
+            [h.score for h in hits], index._dense.scores_at(q.dense[qi], rows), rtol=1e-5
+        )
         # and close to float32's (random tiny model: scores differ in the quantisation only)
         want = {h.id: h.score for h in exact.search([queries[qi]], 80, mode="dense")[0]}
         tol = {"float16": 2e-3, "int8": 0.05, "binary": 0.05}[dtype]
@@ -116,7 +135,11 @@ def test_index_with_compact_dense_round_trips(m3: Embedder, tmp_path: Path, dtyp
     before = index.search(queries, 5, mode="hybrid")
     index.save(tmp_path / "ix")
     loaded = Index.load(tmp_path / "ix", m3)
-    assert loaded._dense is not None and loaded._dense.dtype == dtype and isinstance(loaded._dense.data, np.memmap)
+    assert (
+        loaded._dense is not None
+        and loaded._dense.dtype == dtype
+        and isinstance(loaded._dense.data, np.memmap)
+    )
     after = loaded.search(queries, 5, mode="hybrid")
     assert [[(h.id, round(h.score, 5)) for h in r] for r in after] == [
         [(h.id, round(h.score, 5)) for h in r] for r in before
@@ -144,12 +167,12 @@ def test_index_refuses_bad_dense_settings_and_damaged_arrays(m3: Embedder, tmp_p
     manifest = storage.read_manifest(root)
     gen = root / manifest["generation"]
     (gen / "dense_codes.npy").unlink()
-    with pytest.raises(IndexFormatError, match="dense_codes.npy is missing"):
+    with pytest.raises(IndexFormatError, match=r"dense_codes\.npy is missing"):
         Index.load(root, m3)
     # a manifest that claims int8 for binary rows: the shapes disagree
     index.save(root)
     manifest = storage.read_manifest(root)
     manifest["config"]["dense_dtype"] = "int8"
     (root / storage.MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(IndexFormatError, match="dense.npy has shape"):
+    with pytest.raises(IndexFormatError, match=r"dense\.npy has shape"):
         Index.load(root, m3)

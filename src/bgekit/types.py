@@ -109,6 +109,15 @@ class Encoded:
             chunked=chunked,
         )
 
+    def select(self, rows: Sequence[int]) -> Encoded:
+        """These rows, in that order (the counts of cut inputs are not kept)."""
+        pick = list(rows)
+        return Encoded(
+            dense=None if self.dense is None else self.dense[pick],
+            sparse=None if self.sparse is None else [self.sparse[i] for i in pick],
+            multivector=None if self.multivector is None else [self.multivector[i] for i in pick],
+        )
+
     @property
     def outputs(self) -> tuple[OutputKind, ...]:
         """The outputs this value holds, in canonical order."""

@@ -36,8 +36,12 @@ def cmd_build(ns: argparse.Namespace) -> int:
     root = Path(ns.index)
     if (root / MANIFEST).exists() and not ns.overwrite:
         raise InputError(f"{root} already holds an index; use 'bgekit index add' or --overwrite")
+    if (ns.source is None) == (ns.from_encoded is None):
+        raise InputError("give either a source to index or --from-encoded SHARDS (not both)")
+    if ns.from_encoded is not None:
+        return _build_from_encoded(ns, root)
     config = IndexConfig(  # checked before anything is read or loaded
-        outputs=ns.outputs,
+        outputs=ns.outputs or ("dense",),
         chunk_tokens=ns.chunk_tokens,
         chunk_overlap=ns.chunk_overlap,
         chunking=ns.chunking,
@@ -54,6 +58,32 @@ def cmd_build(ns: argparse.Namespace) -> int:
     print(
         f"indexed {report.documents} documents ({report.chunks} chunks{_skipped(report)}) in "
         f"{time.perf_counter() - start:.1f}s -> {root}"
+    )
+    return 0
+
+
+def _build_from_encoded(ns: argparse.Namespace, root: Path) -> int:
+    """An index from the shards of ``bgekit encode --ray`` (each record one chunk)."""
+    from bgekit.distributed.load import load_shards
+    from bgekit.distributed.shards import read_header
+    from bgekit.index import Index, IndexConfig
+    from bgekit.models import Embedder
+
+    start = time.perf_counter()
+    header = read_header(ns.from_encoded)  # checked before the model loads
+    config = IndexConfig(
+        outputs=ns.outputs or header.outputs,
+        dense_index=ns.dense_index,
+        dense_dtype=ns.dense_dtype,
+        rescore=ns.rescore,
+    )
+    embedder = Embedder.from_pretrained(model_path(ns.model), engine=engine_config(ns))
+    index = Index(embedder, config)
+    report = load_shards(index, ns.from_encoded)
+    index.save(root)
+    print(
+        f"indexed {report.documents} documents from {ns.from_encoded}{_skipped(report)} in "
+        f"{time.perf_counter() - start:.1f}s (no encoding) -> {root}"
     )
     return 0
 
@@ -177,10 +207,21 @@ def register(sub: Any) -> None:
     )
 
     p = ixsub.add_parser("build", help="index a folder of .txt/.md files, one text file or a JSONL file")
-    p.add_argument("source", help=source_help)
+    p.add_argument("source", nargs="?", help=source_help)
     p.add_argument("--index", required=True, help="folder to write the index to")
+    p.add_argument(
+        "--from-encoded",
+        metavar="SHARDS",
+        help="build from the shard folder of 'bgekit encode --ray' instead of a source (no encoding; "
+        "each record becomes one chunk)",
+    )
     p.add_argument("--model", help="hub id or local folder (default: the packaged all-MiniLM-L6-v2)")
-    p.add_argument("--outputs", type=outputs_arg, default=("dense",), help="dense[,sparse][,multivector]")
+    p.add_argument(
+        "--outputs",
+        type=outputs_arg,
+        default=None,
+        help="dense[,sparse][,multivector] (default: dense; with --from-encoded, the shards' outputs)",
+    )
     p.add_argument(
         "--chunk-tokens",
         type=int,
@@ -206,7 +247,10 @@ def register(sub: Any) -> None:
         "Hamming candidates rescored with int8 codes read from disk)",
     )
     p.add_argument(
-        "--rescore", type=int, default=DEFAULT_RESCORE, help="binary: Hamming-nearest candidates rescored per query"
+        "--rescore",
+        type=int,
+        default=DEFAULT_RESCORE,
+        help="binary: Hamming-nearest candidates rescored per query",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an index already in --index")
     encoding_arg(p)

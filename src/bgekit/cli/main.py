@@ -25,9 +25,38 @@ from bgekit.cli.serve_cmd import register as register_serve
 from bgekit.cli.train_cmd import register as register_train
 
 
+def cmd_encode_ray(ns: argparse.Namespace) -> int:
+    from bgekit.distributed import RayEncodeConfig, encode_on_ray
+
+    config = RayEncodeConfig(
+        model=model_path(ns.model),
+        outputs=ns.outputs,
+        kind=ns.kind,
+        settings=embedder_settings(ns),
+        engine=engine_config(ns),
+        replicas=ns.replicas,
+        cpus_per_replica=ns.cpus_per_replica,
+        gpus_per_replica=ns.gpus_per_replica,
+        shard_rows=ns.shard_rows,
+        keep_text=not ns.no_text,
+        input_format=ns.input_format,
+        address=ns.ray or None,
+    )
+    report = encode_on_ray(ns.input, ns.output, config)
+    resumed = f"; {report.resumed_rows} already there (resumed)" if report.resumed_rows else ""
+    print(
+        f"encoded {report.new_rows} records into {report.new_shards} shards in {report.seconds:.1f}s"
+        f"{resumed}; {ns.output} holds {report.rows} records in {report.shards} shards"
+    )
+    return 0
+
+
 def cmd_encode(ns: argparse.Namespace) -> int:
     from bgekit.io import read_texts, save_encoded
     from bgekit.models import Embedder
+
+    if ns.ray is not None:
+        return cmd_encode_ray(ns)
 
     texts, ids = read_texts(Path(ns.input), ns.encoding)
     settings = embedder_settings(ns)
@@ -118,12 +147,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--input", required=True, help=".jsonl (strings or objects with text[, id, title]) or .txt"
     )
-    p.add_argument("--output", required=True, help=".npz file to write (atomically)")
+    p.add_argument(
+        "--output", required=True, help=".npz file to write (atomically); with --ray, a folder of shards"
+    )
     p.add_argument("--kind", choices=["query", "document"], default="document")
     p.add_argument(
         "--outputs", type=outputs_arg, default=("dense",), help="comma-separated, e.g. dense,sparse"
     )
     encoding_arg(p)
+    g = p.add_argument_group("distributed (Ray Data; pip install 'bgekit[ray]')")
+    g.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="encode on a Ray cluster (ADDRESS, e.g. auto or ray://head:10001; none: RAY_ADDRESS "
+        "or a local cluster) into Parquet shards in --output; rerun to resume a killed run. "
+        "--input: a JSONL / Parquet file, a folder of them, or a URI Ray reads",
+    )
+    g.add_argument("--replicas", type=int, default=1, help="model replicas (Ray actors)")
+    g.add_argument(
+        "--cpus-per-replica", type=float, default=1.0, help="CPU slots (torch threads) per replica"
+    )
+    g.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs per replica (1: one per GPU)")
+    g.add_argument("--shard-rows", type=int, default=1024, help="records per shard")
+    g.add_argument("--input-format", choices=["auto", "jsonl", "parquet"], default="auto")
+    g.add_argument("--no-text", action="store_true", help="store ids and vectors only (no title/text)")
     long_input_args(p)
     engine_args(p)
     p.set_defaults(func=cmd_encode)

@@ -160,6 +160,28 @@ class Chunk:
     tokens: tuple[int, int] = (0, 0)
 
 
+def one_chunk_each(
+    documents: Sequence[Document],
+    enc: Encoded,
+    outputs: Sequence[OutputKind],
+    existing: set[str] | frozenset[str] = frozenset(),
+) -> tuple[list[Document], list[Chunk], Encoded, int]:
+    """Documents encoded elsewhere, one row of ``enc`` each, as one chunk each: the documents
+    that hold text, their chunks, their rows, and how many were skipped for having none."""
+    docs = check_documents(documents, existing)
+    if len(enc) != len(docs):
+        raise InputError(f"{len(docs)} documents but {len(enc)} encoded rows")
+    missing = [o for o in outputs if o not in enc.outputs]
+    if missing:
+        raise InputError(f"the encoded rows hold no {', '.join(missing)} (the index stores it)")
+    kept = [i for i, d in enumerate(docs) if d.text.strip()]
+    chosen = [docs[i] for i in kept]
+    if len(chosen) < len(docs):
+        logger.warning("skipped %d of %d documents with no text", len(docs) - len(chosen), len(docs))
+    chunks = [Chunk(i, 0, d.text) for i, d in enumerate(chosen)]
+    return chosen, chunks, enc.select(kept), len(docs) - len(chosen)
+
+
 def chunk_documents(
     docs: Sequence[Document],
     tokenizer: TextTokenizer,

@@ -24,6 +24,7 @@ from bgekit.index.documents import (
     check_documents,
     encode_chunks,
     encoding_text,
+    one_chunk_each,
     without_empty,
 )
 from bgekit.inputs import check_texts
@@ -77,7 +78,9 @@ class IndexConfig:
             raise InputError(f"dense_index must be 'flat' or 'hnsw', got {self.dense_index!r}")
         check_dense_dtype(self.dense_dtype)
         if self.dense_index == "hnsw" and self.dense_dtype != "float32":
-            raise InputError(f"dense_index 'hnsw' stores float32 vectors, not {self.dense_dtype} (use 'flat')")
+            raise InputError(
+                f"dense_index 'hnsw' stores float32 vectors, not {self.dense_dtype} (use 'flat')"
+            )
         if self.rescore < 1:
             raise InputError(f"rescore must be at least 1, got {self.rescore}")
 
@@ -144,15 +147,31 @@ class Index:
         chunks, enc = encode_chunks(
             docs, self.embedder, self.outputs, cfg.chunk_tokens, cfg.chunk_overlap, cfg.chunking
         )
+        self._insert(docs, chunks, enc)
+        return AddReport(len(docs), len(chunks), skipped)
+
+    def add_encoded(self, documents: Sequence[Document], enc: Encoded, *, update: bool = False) -> AddReport:
+        """Add documents encoded elsewhere — one row of ``enc`` per document, e.g. shards of
+        :func:`bgekit.distributed.encode_on_ray` — each as one chunk (no re-encoding).
+        ``enc`` must hold this index's outputs, made by its model (the caller checks the
+        fingerprint); documents with no text are skipped, as :meth:`add` does."""
+        existing = frozenset() if update else frozenset(self._doc_pos)
+        docs, chunks, rows, skipped = one_chunk_each(documents, enc, self.outputs, existing)
+        if docs:
+            self._insert(docs, chunks, rows)
+        return AddReport(len(docs), len(docs), skipped)
+
+    def _insert(self, docs: list[Document], chunks: list[Chunk], enc: Encoded) -> None:
+        """New documents (replacing those with their ids) and their chunks' rows; ``chunks``
+        number documents from 0 within ``docs``. Called once encoding has succeeded."""
         replaced = [d.id for d in docs if d.id in self._doc_pos]
-        if replaced:  # after encoding succeeded: the old versions go, the new ones follow
+        if replaced:
             self.delete(replaced)
         base = len(self._docs)
         self._docs.extend(docs)
         for i, d in enumerate(docs):
             self._doc_pos[d.id] = base + i
-        self._append([Chunk(c.doc + base, c.no, c.text) for c in chunks], enc)
-        return AddReport(len(docs), len(chunks), skipped)
+        self._append([Chunk(c.doc + base, c.no, c.text, c.tokens) for c in chunks], enc)
 
     def _append(self, chunks: list[Chunk], enc: Encoded) -> None:
         self._chunk_doc = np.concatenate([self._chunk_doc, [c.doc for c in chunks]]).astype(np.int64)

@@ -11,12 +11,14 @@ from bgekit.retrieval.core import (
     top_k,
 )
 from bgekit.retrieval.corpus import Corpus, Hnsw, available_scorers
+from bgekit.retrieval.dense_store import DenseStore
 from bgekit.retrieval.pipeline import Pipeline
 
 __all__ = [
     "DEFAULT_CANDIDATES",
     "Bm25",
     "Corpus",
+    "DenseStore",
     "Hnsw",
     "HybridConfig",
     "Pipeline",

@@ -34,7 +34,7 @@ DEFAULT_RESCORE = 400
 def check_dense_dtype(dtype: str) -> DenseDtype:
     if dtype not in DENSE_DTYPES:
         raise InputError(f"dense_dtype must be one of {', '.join(DENSE_DTYPES)}, got {dtype!r}")
-    return dtype  # type: ignore[return-value]
+    return dtype
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,7 +88,12 @@ class DenseStore:
         more = DenseStore.build(vectors, self.dtype, calibration=self.calibration, rescore=self.rescore)
         codes = None if self.codes is None else np.concatenate([self.codes, more.codes])
         return DenseStore(
-            self.dtype, self.dim, np.concatenate([self.data, more.data]), self.calibration, codes, self.rescore
+            self.dtype,
+            self.dim,
+            np.concatenate([self.data, more.data]),
+            self.calibration,
+            codes,
+            self.rescore,
         )
 
     def take(self, rows: np.ndarray) -> DenseStore:

@@ -3,15 +3,36 @@
 from bgekit.scoring.dense import dense_pair_scores, dense_scores, truncate_dimensions
 from bgekit.scoring.fusion import reciprocal_rank_fusion, weighted_fusion
 from bgekit.scoring.maxsim import maxsim_packed, maxsim_pair_scores, maxsim_scores
+from bgekit.scoring.quantize import (
+    DENSE_DTYPES,
+    DenseDtype,
+    Int8Calibration,
+    binary_search,
+    bytes_per_vector,
+    hamming,
+    int8_scores,
+    pack_binary,
+    quantize_int8,
+    unpack_signs,
+)
 from bgekit.scoring.segments import segment_rows
 from bgekit.scoring.sparse import sparse_pair_scores, sparse_postings_scores, sparse_scores, to_csr
 
 __all__ = [
+    "DENSE_DTYPES",
+    "DenseDtype",
+    "Int8Calibration",
+    "binary_search",
+    "bytes_per_vector",
     "dense_pair_scores",
     "dense_scores",
+    "hamming",
+    "int8_scores",
     "maxsim_packed",
     "maxsim_pair_scores",
     "maxsim_scores",
+    "pack_binary",
+    "quantize_int8",
     "reciprocal_rank_fusion",
     "segment_rows",
     "sparse_pair_scores",
@@ -19,5 +40,6 @@ __all__ = [
     "sparse_scores",
     "to_csr",
     "truncate_dimensions",
+    "unpack_signs",
     "weighted_fusion",
 ]

@@ -18,6 +18,7 @@ from bgekit.index.documents import (
     best_chunk_per_document,
     check_documents,
     encode_chunks,
+    one_chunk_each,
     without_empty,
 )
 from bgekit.index.store import IndexConfig
@@ -77,6 +78,17 @@ class VectorDBIndex:
             docs, self.embedder, self.outputs, cfg.chunk_tokens, cfg.chunk_overlap, cfg.chunking
         )
         self.backend.upsert(docs, chunks, enc)
+        return AddReport(len(docs), len(chunks), skipped)
+
+    def add_encoded(self, documents: Sequence[Document], enc: Encoded) -> AddReport:
+        """As :meth:`Index.add_encoded`: documents encoded elsewhere (one row each, e.g. a
+        shard of :func:`bgekit.distributed.encode_on_ray`), one chunk each, no re-encoding."""
+        docs, chunks, rows, skipped = one_chunk_each(documents, enc, self.outputs)
+        taken = self.backend.existing([d.id for d in docs])
+        if taken:
+            raise InputError(f"document id {sorted(taken)[0]!r} is already in the index")
+        if docs:
+            self.backend.upsert(docs, chunks, rows)
         return AddReport(len(docs), len(chunks), skipped)
 
     def delete(self, ids: Sequence[str]) -> None:

@@ -1,0 +1,336 @@
+"""Encoding on a Ray cluster: Ray Data reads JSONL or Parquet records (local paths or any
+URI Ray reads), an actor pool runs bgekit's engine (one model replica per actor: per GPU,
+or per ``cpus_per_replica`` CPU slots), and each actor writes its batches as shards
+(:mod:`bgekit.distributed.shards`) and returns one summary row per shard.
+
+Nothing is lost or written twice: a shard appears whole or not at all, and is named by its
+ids, so a block Ray retries after a worker dies rewrites the same file. A run started on a
+folder that already holds shards of the same model and settings skips the ids they hold
+(a resumed run); the run ends by checking that no id was written twice and writing the
+folder's manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from bgekit.distributed import shards as sh
+from bgekit.engine import EngineConfig
+from bgekit.errors import InputError
+from bgekit.inputs import passage_text
+from bgekit.types import OUTPUT_KINDS, OutputKind
+
+logger = logging.getLogger(__name__)
+
+InputFormat = Literal["auto", "jsonl", "parquet"]
+# Log a line at most this often while shards arrive (seconds).
+LOG_EVERY = 10.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RayEncodeConfig:
+    """One distributed encode. ``model``: hub id or folder every worker can read.
+    ``replicas``: model copies (actors); each takes ``cpus_per_replica`` CPUs (its torch
+    threads) and ``gpus_per_replica`` GPUs. ``shard_rows``: records per shard (and per
+    encode call). ``keep_text``: store title / text / metadata beside the vectors (what
+    ``bgekit index build --from-encoded`` needs). ``address``: the cluster to join
+    (``ray.init(address)``); ``None`` uses the one this process joined, else starts a local one."""
+
+    model: str
+    outputs: tuple[OutputKind, ...] = ("dense",)
+    kind: Literal["query", "document"] = "document"
+    settings: Any = None  # bgekit.models.EmbedderSettings (kept untyped: pickled to workers)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    replicas: int = 1
+    cpus_per_replica: float = 1.0
+    gpus_per_replica: float = 0.0
+    shard_rows: int = 1024
+    keep_text: bool = True
+    input_format: InputFormat = "auto"
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        bad = [o for o in self.outputs if o not in OUTPUT_KINDS]
+        if bad or not self.outputs:
+            raise InputError(f"outputs must be from {', '.join(OUTPUT_KINDS)}, got {list(self.outputs)}")
+        if self.kind not in ("query", "document"):
+            raise InputError(f"kind must be 'query' or 'document', got {self.kind!r}")
+        if self.replicas < 1:
+            raise InputError(f"replicas must be at least 1, got {self.replicas}")
+        if self.cpus_per_replica <= 0 or self.gpus_per_replica < 0:
+            raise InputError("cpus_per_replica must be positive and gpus_per_replica not negative")
+        if self.shard_rows < 1:
+            raise InputError(f"shard_rows must be at least 1, got {self.shard_rows}")
+        if self.input_format not in ("auto", "jsonl", "parquet"):
+            raise InputError(f"input_format must be 'auto', 'jsonl' or 'parquet', got {self.input_format!r}")
+
+
+@dataclass(frozen=True)
+class RayEncodeReport:
+    """What a run did: rows and shards in the folder now, those this run wrote, the rows
+    it skipped as already encoded (a resumed run), and its wall time."""
+
+    rows: int
+    shards: int
+    new_rows: int
+    new_shards: int
+    resumed_rows: int
+    seconds: float
+    truncated: int = 0
+    chunked: int = 0
+
+
+class ShardEncoder:
+    """The Ray Data actor: loads the model once, then encodes and writes one shard per batch."""
+
+    def __init__(self, config: RayEncodeConfig, header: sh.ShardHeader, root: str, done: Any) -> None:
+        import torch
+
+        from bgekit.models import Embedder
+
+        torch.set_num_threads(max(1, int(config.cpus_per_replica)))
+        self.config, self.header, self.root = config, header, Path(root)
+        self.embedder = Embedder.from_pretrained(config.model, settings=config.settings, engine=config.engine)
+        if type(done).__name__ == "ObjectRef":  # ids finished earlier, shared by every actor
+            import ray
+
+            done = ray.get(done)
+        self.done = np.asarray(done)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ids, titles, texts, metadata = _records(batch)
+        if len(self.done):
+            keep = ~np.isin(sh.id_hashes(ids), self.done)
+            skipped = int((~keep).sum())
+            pick = np.nonzero(keep)[0].tolist()
+            ids, titles, texts = [ids[i] for i in pick], [titles[i] for i in pick], [texts[i] for i in pick]
+            metadata = [metadata[i] for i in pick]
+        else:
+            skipped = 0
+        if not ids:
+            return _summary("", 0, skipped, 0, 0)
+        encoded_texts = [passage_text(t, x) for t, x in zip(titles, texts, strict=True)]
+        enc = self.embedder.encode(encoded_texts, kind=self.config.kind, outputs=self.config.outputs)
+        keep_text = self.config.keep_text
+        table = sh.shard_table(
+            self.header,
+            ids,
+            enc,
+            titles=titles if keep_text else None,
+            texts=texts if keep_text else None,
+            metadata=metadata if keep_text else None,
+        )
+        name = sh.write_shard(self.root, table)
+        return _summary(name, len(ids), skipped, enc.truncated, enc.chunked)
+
+
+def _summary(name: str, rows: int, skipped: int, truncated: int, chunked: int) -> dict[str, np.ndarray]:
+    return {
+        "shard": np.array([name]),
+        "rows": np.array([rows], dtype=np.int64),
+        "skipped": np.array([skipped], dtype=np.int64),
+        "truncated": np.array([truncated], dtype=np.int64),
+        "chunked": np.array([chunked], dtype=np.int64),
+    }
+
+
+def _records(batch: dict[str, np.ndarray]) -> tuple[list[str], list[str], list[str], list[str]]:
+    """ids, titles, texts and metadata (JSON) of one batch of input records."""
+    key = "id" if "id" in batch else "_id" if "_id" in batch else None
+    if key is None or "text" not in batch:
+        raise InputError(f"records need an id (or _id) and a text; these have {', '.join(sorted(batch))}")
+    n = len(batch[key])
+    ids = [str(i) for i in batch[key].tolist()]
+    texts = ["" if t is None else str(t) for t in batch["text"].tolist()]
+    raw_titles = batch["title"].tolist() if "title" in batch else [""] * n
+    titles = [t if isinstance(t, str) else "" for t in raw_titles]
+    raw_meta = batch["metadata"].tolist() if "metadata" in batch else [None] * n
+    metadata = [json.dumps(_plain(m), ensure_ascii=False) if m else "" for m in raw_meta]
+    return ids, titles, texts, metadata
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready copy of a value Ray hands over (numpy scalars and arrays inside)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _format_of(inputs: Sequence[str], chosen: InputFormat) -> Literal["jsonl", "parquet"]:
+    if chosen != "auto":
+        return chosen
+    suffixes = set()
+    for raw in inputs:
+        p = Path(raw)
+        if "://" not in raw and p.is_dir():
+            suffixes |= {f.suffix.lower() for f in p.rglob("*") if f.is_file()}
+        else:
+            suffixes.add(p.suffix.lower())
+    if suffixes <= {".jsonl", ".json"} and suffixes:
+        return "jsonl"
+    if suffixes <= {".parquet"} and suffixes:
+        return "parquet"
+    raise InputError(
+        f"cannot tell the input format from {', '.join(sorted(suffixes)) or 'no files'}: "
+        "give --input-format jsonl or parquet"
+    )
+
+
+def _check_inputs(inputs: Sequence[str]) -> None:
+    for raw in inputs:
+        if "://" not in raw and not Path(raw).exists():
+            raise InputError(f"missing input {raw}")
+
+
+def _finished(root: Path, header: sh.ShardHeader) -> tuple[list[str], list[str]]:
+    """Shards already in ``root`` (all made with ``header``'s settings) and their ids."""
+    names, ids = [], []
+    for path in sh.shard_files(root):
+        why = header.differs(sh.header_of(path))
+        if why:
+            raise InputError(
+                f"{root} holds shards made with another {why}; choose another folder or overwrite it"
+            )
+        names.append(path.name)
+        ids.extend(sh.shard_ids(path))
+    return names, ids
+
+
+def shard_header(config: RayEncodeConfig) -> sh.ShardHeader:
+    """The header of this run's shards, from the model loaded once on this machine's CPU
+    (which also checks that it has the outputs asked for)."""
+    from bgekit.models import Embedder, model_fingerprint
+
+    local = Embedder.from_pretrained(
+        config.model, settings=config.settings, engine=EngineConfig(device="cpu")
+    )
+    missing = [o for o in config.outputs if o not in local.info.heads]
+    if missing:
+        raise InputError(
+            f"{local.info.name} cannot give {', '.join(missing)} (it has: {', '.join(local.info.heads)})"
+        )
+    return sh.ShardHeader(
+        model_fingerprint(local), local.info.name, tuple(config.outputs), config.kind, local.long.policy
+    )
+
+
+def prepare_folder(root: Path, header: sh.ShardHeader) -> list[str]:
+    """Make ``root`` ready for shards of ``header``: the ids of the shards already there
+    (of the same model and settings, else an error); unfinished writes are removed."""
+    if root.exists() and not root.is_dir():
+        raise InputError(f"{root} is a file; the shards go in a folder")
+    root.mkdir(parents=True, exist_ok=True)
+    _, ids = _finished(root, header)
+    (root / sh.MANIFEST).unlink(missing_ok=True)  # the folder is being added to: not finished
+    for left in root.glob(f".{sh.PREFIX}*.tmp"):  # writes of a killed earlier run
+        left.unlink(missing_ok=True)
+    return ids
+
+
+def finish_folder(root: Path, header: sh.ShardHeader) -> tuple[int, int]:
+    """Check the folder (every id once) and write its manifest; returns (rows, shards)."""
+    names, ids = _finished(root, header)
+    seen: set[str] = set()
+    twice = [i for i in ids if i in seen or seen.add(i)]  # type: ignore[func-returns-value]
+    if twice:
+        raise InputError(
+            f"{len(twice)} ids occur twice in {root} (e.g. {twice[0]!r}): the input repeats ids; "
+            "make them unique and encode into an empty folder"
+        )
+    dims = sh.dims_of(root / names[0]) if names else {}
+    sh.write_manifest(root, header, names, len(ids), dims)
+    return len(ids), len(names)
+
+
+def _user_error(e: BaseException) -> InputError | None:
+    """The bgekit input error behind a failure Ray reports, if that is what it was."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, InputError):
+            return InputError(str(seen).splitlines()[0] if str(seen) else "bad input")
+        seen = seen.__cause__ or seen.__context__
+    text = str(e)
+    if "InputError: " in text:
+        return InputError(text.split("InputError: ", 1)[1].splitlines()[0])
+    return None
+
+
+def encode_on_ray(
+    inputs: str | Sequence[str], output: str | Path, config: RayEncodeConfig
+) -> RayEncodeReport:
+    """Encode every record of ``inputs`` (JSONL or Parquet with ``id`` or ``_id``, ``text``
+    and optionally ``title`` and ``metadata``) into shards in ``output`` on a Ray cluster
+    (see the module docstring); a folder with shards of an earlier, unfinished run of the
+    same model and settings is resumed."""
+    try:
+        import ray
+    except ImportError:
+        raise InputError("distributed encoding needs Ray: pip install 'bgekit[ray]'") from None
+
+    paths = [inputs] if isinstance(inputs, str) else list(inputs)
+    if not paths:
+        raise InputError("no input given")
+    _check_inputs(paths)
+    fmt = _format_of(paths, config.input_format)
+    root = Path(output)
+    header = shard_header(config)
+    done_ids = prepare_folder(root, header)
+    if done_ids:
+        logger.info("resuming: %d records already encoded in %s", len(done_ids), root)
+    if not ray.is_initialized():
+        ray.init(address=config.address, log_to_driver=False, include_dashboard=False)
+    ds = ray.data.read_json(paths, lines=True) if fmt == "jsonl" else ray.data.read_parquet(paths)
+    # held until the run ends: a restarted actor reads it again
+    done_ref = ray.put(np.sort(sh.id_hashes(done_ids)))
+    out = ds.map_batches(
+        ShardEncoder,
+        fn_constructor_args=(config, header, str(root.resolve()), done_ref),
+        batch_size=config.shard_rows,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=config.replicas),
+        num_cpus=config.cpus_per_replica,
+        num_gpus=config.gpus_per_replica or None,
+    )
+    start = last = time.perf_counter()
+    new: set[str] = set()
+    new_rows = truncated = chunked = 0
+    try:
+        for row in out.iter_rows():
+            if row["shard"]:
+                new.add(str(row["shard"]))
+                new_rows += int(row["rows"])
+                truncated += int(row["truncated"])
+                chunked += int(row["chunked"])
+            if time.perf_counter() - last > LOG_EVERY:
+                last = time.perf_counter()
+                rate = new_rows / (last - start)
+                logger.info("encoded %d records into %d shards (%.0f records/s)", new_rows, len(new), rate)
+    except Exception as e:  # Ray wraps what the workers raise
+        user = _user_error(e)
+        if user is not None:
+            raise user from None
+        raise
+    del done_ref
+    rows, shards = finish_folder(root, header)
+    return RayEncodeReport(
+        rows=rows,
+        shards=shards,
+        new_rows=new_rows,
+        new_shards=len(new),
+        resumed_rows=len(done_ids),
+        seconds=time.perf_counter() - start,
+        truncated=truncated,
+        chunked=chunked,
+    )

@@ -1,0 +1,276 @@
+"""Encoded shards: Parquet files of one row per record — ``id``, the outputs (``dense`` a
+fixed-size list; ``sparse_indices`` / ``sparse_values`` lists; ``multivector`` a list of
+fixed-size lists, i.e. values + offsets), optionally ``title`` / ``text`` / ``metadata``
+(JSON) — with the model fingerprint, outputs and kind in the file's schema metadata.
+
+A shard is named by a hash of its ids (a retried block writes the same name again) and
+written atomically (a temporary file renamed into place), so a folder only ever holds whole
+shards. A finished run adds ``manifest.json`` naming every shard; :func:`read_shards` reads
+finished folders only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bgekit.errors import InputError
+from bgekit.io import atomic_write
+from bgekit.types import Encoded, OutputKind, SparseVec
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+PREFIX = "shard-"
+META_KEY = b"bgekit"
+
+
+@dataclass(frozen=True)
+class ShardHeader:
+    """What every shard of one run shares; a resumed run must match it."""
+
+    fingerprint: str
+    model: str
+    outputs: tuple[OutputKind, ...]
+    kind: str
+    long_input: str
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "outputs": list(self.outputs), "format": FORMAT})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str, where: str) -> ShardHeader:
+        try:
+            d = json.loads(raw)
+            if d.get("format") != FORMAT:
+                raise InputError(f"{where}: shard format {d.get('format')}; this bgekit reads {FORMAT}")
+            return cls(d["fingerprint"], d["model"], tuple(d["outputs"]), d["kind"], d["long_input"])
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise InputError(f"{where}: not a bgekit shard ({e})") from None
+
+    def differs(self, other: ShardHeader) -> str | None:
+        """What makes ``other`` (a shard already written) unusable with this run, if anything."""
+        for key in ("fingerprint", "outputs", "kind", "long_input"):
+            if getattr(self, key) != getattr(other, key):
+                return f"{key} {getattr(other, key)!r} (this run: {getattr(self, key)!r})"
+        return None
+
+
+def shard_name(ids: Sequence[str]) -> str:
+    """``shard-<hash of the ids>.parquet``: the same rows always get the same name."""
+    h = hashlib.sha256()
+    for i in ids:
+        h.update(i.encode("utf-8") + b"\0")
+    return f"{PREFIX}{h.hexdigest()[:20]}.parquet"
+
+
+def id_hashes(ids: Sequence[str]) -> np.ndarray:
+    """64-bit hashes of ids (for the set of finished ids a resumed run skips)."""
+    out = np.empty(len(ids), dtype=np.uint64)
+    for j, i in enumerate(ids):
+        out[j] = int.from_bytes(hashlib.blake2b(i.encode("utf-8"), digest_size=8).digest(), "little")
+    return out
+
+
+def _list_of(values: np.ndarray, counts: Sequence[int], type_: pa.DataType) -> pa.Array:
+    offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=type_))
+
+
+def shard_table(
+    header: ShardHeader,
+    ids: Sequence[str],
+    enc: Encoded,
+    *,
+    titles: Sequence[str] | None = None,
+    texts: Sequence[str] | None = None,
+    metadata: Sequence[str] | None = None,
+) -> pa.Table:
+    """One shard's table: ``ids[i]``'s outputs in row ``i``."""
+    cols: dict[str, pa.Array] = {"id": pa.array(list(ids), type=pa.string())}
+    if enc.dense is not None:
+        d = np.ascontiguousarray(enc.dense, dtype=np.float32)
+        cols["dense"] = pa.FixedSizeListArray.from_arrays(pa.array(d.reshape(-1)), d.shape[1])
+    if enc.sparse is not None:
+        counts = [len(v) for v in enc.sparse]
+        idx = np.concatenate([v.indices for v in enc.sparse] or [np.zeros(0)]).astype(np.int32)
+        val = np.concatenate([v.values for v in enc.sparse] or [np.zeros(0)]).astype(np.float32)
+        cols["sparse_indices"] = _list_of(idx, counts, pa.int32())
+        cols["sparse_values"] = _list_of(val, counts, pa.float32())
+    if enc.multivector is not None:
+        width = enc.multivector[0].shape[1] if enc.multivector else 0
+        flat = np.concatenate(enc.multivector).astype(np.float32) if enc.multivector else np.zeros((0, width))
+        vectors = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1), type=pa.float32()), width)
+        offsets = np.concatenate([[0], np.cumsum([m.shape[0] for m in enc.multivector])]).astype(np.int32)
+        cols["multivector"] = pa.ListArray.from_arrays(pa.array(offsets), vectors)
+    for name, col in (("title", titles), ("text", texts), ("metadata", metadata)):
+        if col is not None:
+            cols[name] = pa.array(list(col), type=pa.string())
+    table = pa.table(cols)
+    return table.replace_schema_metadata({META_KEY: header.to_json().encode()})
+
+
+def write_shard(root: Path, table: pa.Table) -> str:
+    """Write ``table`` into ``root`` atomically under its ids' name; returns the name."""
+    name = shard_name(table.column("id").to_pylist())
+    with atomic_write(root / name) as f:
+        pq.write_table(table, f)
+    return name
+
+
+def shard_files(root: Path) -> list[Path]:
+    """The whole shards in ``root`` (temporary files of unfinished writes are not listed)."""
+    return sorted(root.glob(f"{PREFIX}*.parquet")) if root.is_dir() else []
+
+
+def header_of(path: Path) -> ShardHeader:
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowException) as e:
+        raise InputError(f"{path} is not a readable Parquet file ({e})") from None
+    if META_KEY not in meta:
+        raise InputError(f"{path} is not a bgekit shard (no bgekit schema metadata)")
+    return ShardHeader.from_json(meta[META_KEY], str(path))
+
+
+def dims_of(path: Path) -> dict[str, int]:
+    """Vector sizes of a shard's dense and multi-vector columns, from its schema."""
+    schema = pq.read_schema(path)
+    dims = {}
+    if "dense" in schema.names:
+        dims["dense"] = int(schema.field("dense").type.list_size)
+    if "multivector" in schema.names:
+        dims["multivector"] = int(schema.field("multivector").type.value_type.list_size)
+    return dims
+
+
+def shard_ids(path: Path) -> list[str]:
+    try:
+        return [str(i) for i in pq.read_table(path, columns=["id"]).column("id").to_pylist()]
+    except (OSError, pa.ArrowException) as e:
+        raise InputError(f"{path} is not a readable Parquet file ({e})") from None
+
+
+def write_manifest(
+    root: Path, header: ShardHeader, shards: Sequence[str], rows: int, dims: dict[str, int]
+) -> None:
+    body = {"format": FORMAT, "header": json.loads(header.to_json()), "rows": rows, "dims": dims}
+    body["shards"] = sorted(shards)
+    with atomic_write(root / MANIFEST) as f:
+        f.write((json.dumps(body, indent=2) + "\n").encode())
+
+
+@dataclass(frozen=True)
+class EncodedShards:
+    """Every row of a finished shard folder, in shard-name order."""
+
+    header: ShardHeader
+    ids: list[str]
+    encoded: Encoded
+    titles: list[str] | None
+    texts: list[str] | None
+    metadata: list[dict[str, Any]] | None
+    dims: dict[str, int]
+
+
+def _lists(col: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """A list column as (offsets, flat values)."""
+    arr = col.combine_chunks()
+    offsets = np.asarray(arr.offsets.to_numpy(), dtype=np.int64)
+    values = arr.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+    return offsets - offsets[0], values
+
+
+def _finished_folder(root: Path) -> tuple[ShardHeader, list[str], int, dict[str, int]]:
+    """A finished folder's header, shard names, row count and dims, checked."""
+    manifest_path = root / MANIFEST
+    if not root.is_dir():
+        raise InputError(f"no encoded shards at {root} (no such folder)")
+    if not manifest_path.is_file():
+        if shard_files(root):
+            raise InputError(f"{root} holds an unfinished encode run (no {MANIFEST}); rerun it to finish")
+        raise InputError(f"{root} holds no encoded shards")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        header = ShardHeader.from_json(json.dumps(manifest["header"]), str(manifest_path))
+        names = [str(n) for n in manifest["shards"]]
+        dims = {str(k): int(v) for k, v in manifest["dims"].items()}
+        rows = int(manifest["rows"])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise InputError(f"{manifest_path} is damaged ({e})") from None
+    missing = [n for n in names if not (root / n).is_file()]
+    if missing:
+        raise InputError(
+            f"{root}: {len(missing)} shard(s) named by {MANIFEST} are missing, e.g. {missing[0]}"
+        )
+    return header, names, rows, dims
+
+
+def read_header(root: str | Path) -> ShardHeader:
+    """A finished folder's header (model, outputs, kind), checked."""
+    return _finished_folder(Path(root))[0]
+
+
+def _read_table(path: Path) -> pa.Table:
+    try:
+        return pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise InputError(f"{path} is not a readable Parquet file ({e})") from None
+
+
+def _rows(header: ShardHeader, table: pa.Table, dims: dict[str, int]) -> EncodedShards:
+    ids = [str(i) for i in table.column("id").to_pylist()]
+    texts = table.column("text").to_pylist() if "text" in table.column_names else None
+    titles = table.column("title").to_pylist() if "title" in table.column_names else None
+    meta = None
+    if "metadata" in table.column_names:
+        meta = [json.loads(m) if m else {} for m in table.column("metadata").to_pylist()]
+    return EncodedShards(header, ids, _encoded(table, header.outputs, dims), titles, texts, meta, dims)
+
+
+def read_shards(root: str | Path) -> EncodedShards:
+    """Every row of a finished folder (its manifest names the shards), in shard-name order;
+    errors name what is wrong."""
+    root = Path(root)
+    header, names, rows, dims = _finished_folder(root)
+    tables = [_read_table(root / n) for n in names]
+    table = pa.concat_tables(tables) if tables else pa.table({"id": pa.array([], type=pa.string())})
+    if table.num_rows != rows:
+        raise InputError(f"{root}: the shards hold {table.num_rows} rows, {MANIFEST} says {rows}")
+    return _rows(header, table, dims)
+
+
+def iter_shards(root: str | Path) -> Iterator[EncodedShards]:
+    """A finished folder one shard at a time (for bulk loads that need not hold it all)."""
+    root = Path(root)
+    header, names, _, dims = _finished_folder(root)
+    for n in names:
+        yield _rows(header, _read_table(root / n), dims)
+
+
+def _encoded(table: pa.Table, outputs: Sequence[OutputKind], dims: dict[str, int]) -> Encoded:
+    n = table.num_rows
+    dense = sparse = multi = None
+    if "dense" in outputs:
+        flat = table.column("dense").combine_chunks().flatten().to_numpy()
+        dense = np.asarray(flat, dtype=np.float32).reshape(n, dims["dense"])
+    if "sparse" in outputs:
+        off, idx = _lists(table.column("sparse_indices"))
+        _, val = _lists(table.column("sparse_values"))
+        idx_np = np.asarray(idx.to_numpy(), dtype=np.int64)
+        val_np = np.asarray(val.to_numpy(), dtype=np.float32)
+        sparse = [SparseVec(idx_np[a:b], val_np[a:b]) for a, b in itertools.pairwise(off)]
+    if "multivector" in outputs:
+        off, vectors = _lists(table.column("multivector"))
+        width = dims["multivector"]
+        flat = np.asarray(vectors.flatten().to_numpy(), dtype=np.float32).reshape(-1, width)
+        multi = [flat[a:b] for a, b in itertools.pairwise(off)]
+    return Encoded(dense=dense, sparse=sparse, multivector=multi)
