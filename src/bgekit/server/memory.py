@@ -50,7 +50,7 @@ class MemoryTrimmer:
         self.every = every
         self.trims = 0
         self._libc = _glibc()
-        self._last = 0.0
+        self._last: float | None = None  # never trimmed (time.monotonic() may start near 0)
         self._lock = threading.Lock()
 
     @property
@@ -61,7 +61,8 @@ class MemoryTrimmer:
         if self._libc is None:
             return
         now = time.monotonic()
-        if (not idle and now - self._last < self.every) or not self._lock.acquire(blocking=False):
+        recent = self._last is not None and now - self._last < self.every
+        if (not idle and recent) or not self._lock.acquire(blocking=False):
             return
         try:
             self._last = now
