@@ -94,7 +94,7 @@ def main() -> None:
         cfg = RayEncodeConfig(
             model=model, engine=engine, replicas=replicas, cpus_per_replica=cpus, shard_rows=1024
         )
-        assert max(1, int(cpus + 0.5)) == threads
+        assert max(1, round(cpus)) == threads
         start = time.perf_counter()
         report = encode_on_ray(str(src), out, cfg)
         took = time.perf_counter() - start

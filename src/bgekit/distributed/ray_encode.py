@@ -38,7 +38,7 @@ LOG_EVERY = 10.0
 @dataclass(frozen=True, kw_only=True)
 class RayEncodeConfig:
     """One distributed encode. ``model``: hub id or folder every worker can read.
-    ``replicas``: model copies (actors); each takes ``cpus_per_replica`` CPUs (its torch
+    ``replicas``: model copies (actors); each takes ``cpus_per_replica`` CPUs (rounded, its torch
     threads) and ``gpus_per_replica`` GPUs. ``shard_rows``: records per shard (and per
     encode call). ``keep_text``: store title / text / metadata beside the vectors (what
     ``bgekit index build --from-encoded`` needs). ``address``: the cluster to join
@@ -96,7 +96,7 @@ class ShardEncoder:
 
         from bgekit.models import Embedder
 
-        torch.set_num_threads(max(1, int(config.cpus_per_replica)))
+        torch.set_num_threads(max(1, round(config.cpus_per_replica)))
         self.config, self.header, self.root = config, header, Path(root)
         self.embedder = Embedder.from_pretrained(config.model, settings=config.settings, engine=config.engine)
         if type(done).__name__ == "ObjectRef":  # ids finished earlier, shared by every actor
