@@ -84,7 +84,10 @@ def main() -> None:
     print("\n| runner | seconds | documents/s | tokens/s | vs one process | max abs diff |")
     print("|---|---|---|---|---|---|")
     rate = len(texts) / one
-    print(f"| one process, 2 threads | {one:.1f} | {rate:.1f} | {kept_tokens / one:,.0f} | 1.00x | - |", flush=True)
+    print(
+        f"| one process, 2 threads | {one:.1f} | {rate:.1f} | {kept_tokens / one:,.0f} | 1.00x | - |",
+        flush=True,
+    )
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     ray.data.DataContext.get_current().enable_progress_bars = False
     # one replica with 2 torch threads, or two with one each; the read task takes the rest

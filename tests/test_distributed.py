@@ -379,7 +379,15 @@ def test_shard_folder_errors(bert_m3: Path, xlmr_m3: Path, tmp_path: Path) -> No
     _local_shards(bert_m3, _docs(), root)
     with pytest.raises(InputError, match=r"was encoded with .* is a different model"):
         load_shards(Index(Embedder.from_pretrained(str(xlmr_m3)), IndexConfig(outputs=ALL)), root)
-    (root / MANIFEST).unlink()
+    # the same id in two batches (the input repeats it): refused when the run ends
+    config = RayEncodeConfig(model=str(bert_m3), outputs=ALL)
+    header = shard_header(config)
+    actor = ShardEncoder(config, header, str(root), np.zeros(0, np.uint64))
+    actor({"id": np.array(["d0-again", "x"], dtype=object), "text": np.array(["a", "b"], dtype=object)})
+    actor({"id": np.array(["d0-again"], dtype=object), "text": np.array(["c"], dtype=object)})
+    with pytest.raises(InputError, match=r"1 ids occur twice .* 'd0-again'"):
+        finish_folder(root, header)
+    (root / MANIFEST).unlink(missing_ok=True)
     with pytest.raises(InputError, match="unfinished encode run"):
         read_shards(root)
     with pytest.raises(InputError, match="holds no encoded shards"):

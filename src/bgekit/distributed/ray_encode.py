@@ -194,9 +194,11 @@ def _check_inputs(inputs: Sequence[str]) -> None:
             raise InputError(f"missing input {raw}")
 
 
-def _finished(root: Path, header: sh.ShardHeader) -> tuple[list[str], list[str]]:
-    """Shards already in ``root`` (all made with ``header``'s settings) and their ids."""
-    names, ids = [], []
+def _finished(root: Path, header: sh.ShardHeader) -> tuple[list[str], np.ndarray]:
+    """Shards already in ``root`` (all made with ``header``'s settings) and the 64-bit hashes
+    of their ids (8 bytes an id: 800 MB for 100 million, where Python strings would take
+    several GB on the driver)."""
+    names, hashes = [], []
     for path in sh.shard_files(root):
         why = header.differs(sh.header_of(path))
         if why:
@@ -204,8 +206,8 @@ def _finished(root: Path, header: sh.ShardHeader) -> tuple[list[str], list[str]]
                 f"{root} holds shards made with another {why}; choose another folder or overwrite it"
             )
         names.append(path.name)
-        ids.extend(sh.shard_ids(path))
-    return names, ids
+        hashes.append(sh.id_hashes(sh.shard_ids(path)))
+    return names, np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
 
 
 def shard_header(config: RayEncodeConfig) -> sh.ShardHeader:
@@ -226,32 +228,36 @@ def shard_header(config: RayEncodeConfig) -> sh.ShardHeader:
     )
 
 
-def prepare_folder(root: Path, header: sh.ShardHeader) -> list[str]:
-    """Make ``root`` ready for shards of ``header``: the ids of the shards already there
-    (of the same model and settings, else an error); unfinished writes are removed."""
+def prepare_folder(root: Path, header: sh.ShardHeader) -> np.ndarray:
+    """Make ``root`` ready for shards of ``header``: the sorted id hashes of the shards
+    already there (of the same model and settings, else an error); unfinished writes are
+    removed."""
     if root.exists() and not root.is_dir():
         raise InputError(f"{root} is a file; the shards go in a folder")
     root.mkdir(parents=True, exist_ok=True)
-    _, ids = _finished(root, header)
+    _, hashes = _finished(root, header)
     (root / sh.MANIFEST).unlink(missing_ok=True)  # the folder is being added to: not finished
     for left in root.glob(f".{sh.PREFIX}*.tmp"):  # writes of a killed earlier run
         left.unlink(missing_ok=True)
-    return ids
+    return np.sort(hashes)
 
 
 def finish_folder(root: Path, header: sh.ShardHeader) -> tuple[int, int]:
     """Check the folder (every id once) and write its manifest; returns (rows, shards)."""
-    names, ids = _finished(root, header)
-    seen: set[str] = set()
-    twice = [i for i in ids if i in seen or seen.add(i)]  # type: ignore[func-returns-value]
-    if twice:
+    names, hashes = _finished(root, header)
+    values, counts = np.unique(hashes, return_counts=True)
+    if len(values) < len(hashes):
+        repeated = set(values[counts > 1].tolist())
+        example = next(
+            i for n in names for i in sh.shard_ids(root / n) if int(sh.id_hashes([i])[0]) in repeated
+        )
         raise InputError(
-            f"{len(twice)} ids occur twice in {root} (e.g. {twice[0]!r}): the input repeats ids; "
-            "make them unique and encode into an empty folder"
+            f"{len(hashes) - len(values)} ids occur twice in {root} (e.g. {example!r}): the input "
+            "repeats ids; make them unique and encode into an empty folder"
         )
     dims = sh.dims_of(root / names[0]) if names else {}
-    sh.write_manifest(root, header, names, len(ids), dims)
-    return len(ids), len(names)
+    sh.write_manifest(root, header, names, len(hashes), dims)
+    return len(hashes), len(names)
 
 
 def _user_error(e: BaseException) -> InputError | None:
@@ -286,14 +292,14 @@ def encode_on_ray(
     fmt = _format_of(paths, config.input_format)
     root = Path(output)
     header = shard_header(config)
-    done_ids = prepare_folder(root, header)
-    if done_ids:
-        logger.info("resuming: %d records already encoded in %s", len(done_ids), root)
+    done = prepare_folder(root, header)
+    if len(done):
+        logger.info("resuming: %d records already encoded in %s", len(done), root)
     if not ray.is_initialized():
         ray.init(address=config.address, log_to_driver=False, include_dashboard=False)
     ds = ray.data.read_json(paths, lines=True) if fmt == "jsonl" else ray.data.read_parquet(paths)
     # held until the run ends: a restarted actor reads it again
-    done_ref = ray.put(np.sort(sh.id_hashes(done_ids)))
+    done_ref = ray.put(done)
     out = ds.map_batches(
         ShardEncoder,
         fn_constructor_args=(config, header, str(root.resolve()), done_ref),
@@ -329,7 +335,7 @@ def encode_on_ray(
         shards=shards,
         new_rows=new_rows,
         new_shards=len(new),
-        resumed_rows=len(done_ids),
+        resumed_rows=len(done),
         seconds=time.perf_counter() - start,
         truncated=truncated,
         chunked=chunked,
