@@ -6,8 +6,8 @@ the per-document sizes the scaling plan (docs/SCALING.md) builds on.
 SciFact's corpus (title + abstract, the first ``--docs`` records) with the packaged
 all-MiniLM-L6-v2: (1) ``Embedder.encode`` in this process with 2 torch threads; (2)
 ``bgekit.distributed.encode_on_ray`` on a local Ray cluster of this machine's CPUs, as one
-replica with 2 CPU slots and as 2 replicas with 1 slot each (the read task shares the
-slots: each replica takes 0.9 of a CPU), 1,024 records a shard. Ray's start-up is outside
+replica with 2 torch threads (1.9 CPU slots) and as 2 replicas with 1 thread each (0.9
+slots each; the read tasks take 0.1 of a slot), 1,024 records a shard. Ray's start-up is outside
 the timing; each Ray run includes loading the model in its actors (as a real run does)
 and writing the Parquet shards. Outputs are checked equal to the one-process vectors (max
 abs difference).
@@ -90,7 +90,7 @@ def main() -> None:
     )
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     ray.data.DataContext.get_current().enable_progress_bars = False
-    # one replica with 2 torch threads, or two with one each; the read task takes the rest
+    # one replica with 2 torch threads, or two with one each (read tasks take 0.1 of a slot)
     for replicas, cpus, threads in ((1, 1.9, 2), (2, 0.9, 1)):
         out = ns.work / f"shards-{replicas}"
         shutil.rmtree(out, ignore_errors=True)

@@ -124,7 +124,7 @@ def test_worker_killed_mid_run_loses_and_repeats_nothing(
     def run() -> None:
         try:
             result["report"] = encode_on_ray(
-                str(src), out, _config(minilm, replicas=2, cpus_per_replica=0.5, shard_rows=10)
+                str(src), out, _config(minilm, replicas=2, cpus_per_replica=0.9, shard_rows=10)
             )
         except BaseException as e:  # handed to the test thread
             result["error"] = e

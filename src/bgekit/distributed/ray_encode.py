@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 InputFormat = Literal["auto", "jsonl", "parquet"]
 # Log a line at most this often while shards arrive (seconds).
 LOG_EVERY = 10.0
+# CPU slots a read task asks for.
+READ_CPUS = 0.1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -297,7 +299,13 @@ def encode_on_ray(
         logger.info("resuming: %d records already encoded in %s", len(done), root)
     if not ray.is_initialized():
         ray.init(address=config.address, log_to_driver=False, include_dashboard=False)
-    ds = ray.data.read_json(paths, lines=True) if fmt == "jsonl" else ray.data.read_parquet(paths)
+    # reading is light beside encoding: a tenth of a CPU slot, so that replicas taking every
+    # slot do not starve the read tasks (that stalls the run without an error)
+    read_args = {"num_cpus": READ_CPUS}
+    if fmt == "jsonl":
+        ds = ray.data.read_json(paths, lines=True, ray_remote_args=read_args)
+    else:
+        ds = ray.data.read_parquet(paths, ray_remote_args=read_args)
     # held until the run ends: a restarted actor reads it again
     done_ref = ray.put(done)
     out = ds.map_batches(
