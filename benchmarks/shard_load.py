@@ -56,7 +56,9 @@ def main() -> None:
         load_shards(index, ns.shards)
         index.save(out)
         took = time.perf_counter() - t
-        print(f"| embedded index, {dtype} dense, built + saved | {took:.2f} | {rows / took:,.0f} |", flush=True)
+        print(
+            f"| embedded index, {dtype} dense, built + saved | {took:.2f} | {rows / took:,.0f} |", flush=True
+        )
     for name in ("qdrant", "milvus"):
         target = ns.work / name
         shutil.rmtree(target, ignore_errors=True)

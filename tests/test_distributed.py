@@ -399,3 +399,13 @@ def test_shard_folder_errors(bert_m3: Path, xlmr_m3: Path, tmp_path: Path) -> No
 def _mkdir(p: Path) -> Path:
     p.mkdir()
     return p
+
+
+def test_importing_bgekit_or_its_shard_reader_does_not_import_ray() -> None:
+    code = (
+        "import sys, bgekit, bgekit.distributed, bgekit.distributed.load\n"
+        "assert 'ray' not in sys.modules, 'ray imported'\n"
+        "import bgekit.cli.main\n"
+        "assert 'ray' not in sys.modules, 'the CLI imported ray'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
