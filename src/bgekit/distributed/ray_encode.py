@@ -301,11 +301,10 @@ def encode_on_ray(
         ray.init(address=config.address, log_to_driver=False, include_dashboard=False)
     # reading is light beside encoding: a tenth of a CPU slot, so that replicas taking every
     # slot do not starve the read tasks (that stalls the run without an error)
-    read_args = {"num_cpus": READ_CPUS}
     if fmt == "jsonl":
-        ds = ray.data.read_json(paths, lines=True, ray_remote_args=read_args)
+        ds = ray.data.read_json(paths, lines=True, num_cpus=READ_CPUS)
     else:
-        ds = ray.data.read_parquet(paths, ray_remote_args=read_args)
+        ds = ray.data.read_parquet(paths, num_cpus=READ_CPUS)
     # held until the run ends: a restarted actor reads it again
     done_ref = ray.put(done)
     out = ds.map_batches(
