@@ -64,8 +64,9 @@ def main() -> None:
 
     torch.set_num_threads(2)
     emb = Embedder.from_pretrained(model, engine=engine)
-    lengths = [len(t) for t in emb.tokenizer.ids(texts)]
-    distinct = [len(set(t)) for t in emb.tokenizer.ids(texts)]
+    token_ids = emb.tokenizer.ids(texts)
+    lengths = [len(t) for t in token_ids]
+    distinct = [len(set(t)) for t in token_ids]
     emb.encode(texts[:64])  # warm-up
     start = time.perf_counter()
     ref = emb.encode(texts).dense
