@@ -4,9 +4,14 @@ bodies, unauthenticated slot-holders, loose types — each a regression test of 
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +204,95 @@ def test_unauthenticated_slow_clients_cannot_take_the_slots(emb: Embedder) -> No
         finally:
             for s in held:
                 s.close()
+
+
+# -- a body over the limit while the client is still sending (issue 22) ----------------------
+
+BIG = b'{"input": "' + b"x" * 20_000_000 + b'"}'  # 20 MB: more than loopback's socket buffers hold
+
+
+def _parts() -> Iterator[bytes]:
+    for i in range(0, len(BIG), 1 << 16):
+        yield BIG[i : i + (1 << 16)]
+
+
+def _by_urllib(url: str, data: Any) -> tuple[int, dict[str, Any], str | None]:
+    req = urllib.request.Request(
+        f"{url}/v1/embeddings", data=data, headers={"Content-Type": "application/json"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(req, timeout=60)
+    return caught.value.code, json.loads(caught.value.read()), caught.value.headers.get("connection")
+
+
+def test_a_client_still_uploading_gets_its_413(emb: Embedder) -> None:
+    """urllib sends the whole body before it reads (and asks for Connection: close): the
+    server used to close on it mid-upload, and urllib saw a reset instead of the 413."""
+    app = create_app(ServerConfig(max_body_bytes=1 << 20), embedder=emb)
+    limit = f"over the limit of {1 << 20} bytes"
+    with live(app) as url:
+        # Content-Length over the limit: refused up front, the rest is read and dropped
+        status, body, connection = _by_urllib(url, BIG)
+        assert (status, connection) == (413, "close") and limit in body["error"]["message"]
+        # no Content-Length (chunked): refused once the body passes the limit
+        status, body, connection = _by_urllib(url, _parts())
+        assert (status, connection) == (413, "close") and limit in body["error"]["message"]
+        port = int(url.rsplit(":", 1)[1])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request(
+            "POST", "/v1/embeddings", body=_parts(), encode_chunked=True, headers={"Connection": "close"}
+        )
+        r = conn.getresponse()
+        assert r.status == 413 and limit in json.loads(r.read())["error"]["message"]
+        conn.close()
+        answers = [httpx.post(f"{url}/v1/embeddings", content=BIG, timeout=60)]
+        requests = pytest.importorskip("requests")
+        answers.append(requests.post(f"{url}/v1/embeddings", data=BIG, timeout=60))
+        for a in answers:
+            assert a.status_code == 413 and limit in a.json()["error"]["message"]
+        # other answers keep their connection open; the server goes on serving
+        ok = httpx.post(f"{url}/v1/embeddings", json={"input": "cats"}, timeout=60)
+        assert ok.status_code == 200 and ok.headers.get("connection") != "close"
+
+
+def _early_413(declared: bytes | None, parts: int, drain_bytes: int) -> tuple[int, list[Any]]:
+    """A 413 sent through the middleware's sender before any of the body was read: how
+    many body parts it read (of ``parts`` of 1 MiB) and what it sent."""
+    from bgekit.server import middleware
+
+    received, sent = 0, []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal received
+        received += 1
+        return {"type": "http.request", "body": b"x" * (1 << 20), "more_body": received < parts}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    async def main() -> None:
+        answer = middleware._answer_early(send, receive, middleware._Body(declared), timeout=30)
+        await middleware.error_response(413, "too big")({"type": "http"}, receive, answer)
+
+    old = middleware.DRAIN_BYTES
+    middleware.DRAIN_BYTES = drain_bytes
+    try:
+        asyncio.run(main())
+    finally:
+        middleware.DRAIN_BYTES = old
+    return received, sent
+
+
+def test_the_drain_of_a_refused_body_is_bounded() -> None:
+    # all of it read before the response is completed; the response says Connection: close
+    received, sent = _early_413(str(5 << 20).encode(), parts=5, drain_bytes=8 << 20)
+    assert received == 5
+    assert (b"connection", b"close") in sent[0]["headers"]
+    assert [m.get("more_body", False) for m in sent[1:]] == [True, False]
+    assert b"too big" in sent[1]["body"]
+    # a streamed body is read up to the bound, then the response is completed (and closed)
+    received, sent = _early_413(None, parts=1000, drain_bytes=4 << 20)
+    assert received == 5 and sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
+    # a declared body over the bound is not read at all
+    received, sent = _early_413(str(100 << 20).encode(), parts=100, drain_bytes=4 << 20)
+    assert received == 0 and len(sent) == 2 and (b"connection", b"close") not in sent[0]["headers"]

@@ -7,6 +7,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
@@ -120,7 +121,8 @@ class LimitsMiddleware:
     authentication (401, before any slot is taken or any byte of the body is read), the
     body-size limit (413 from ``Content-Length``, or as soon as a streamed body passes it),
     the concurrency limit (429 + Retry-After); then a timeout for slow bodies (408), request
-    metrics, and 500 for server faults. A plain ASGI middleware: Starlette's
+    metrics, and 500 for server faults. A 413 sent while the client is still uploading is
+    answered as :func:`_answer_early` describes. A plain ASGI middleware: Starlette's
     ``BaseHTTPMiddleware`` costs a task and a stream per request, which shows at high rates."""
 
     def __init__(self, app: Any, state: ServerState):
@@ -135,6 +137,8 @@ class LimitsMiddleware:
         cfg = state.config
         headers = dict(scope["headers"])
         start = time.perf_counter()
+        body = _Body(headers.get(b"content-length"), headers.get(b"expect", b"").lower() == b"100-continue")
+        send = _answer_early(send, receive, body, cfg.body_timeout)
 
         async def refuse(status: int, message: str, extra: dict[str, str] | None = None) -> None:
             state.metrics.requests.labels(path, str(status)).inc()
@@ -147,7 +151,7 @@ class LimitsMiddleware:
                 {"WWW-Authenticate": "Bearer"},
             )
             return
-        declared = headers.get(b"content-length")
+        declared = body.declared
         if declared is not None and (not declared.isdigit() or int(declared) > cfg.max_body_bytes):
             await refuse(413, f"the request body is over the limit of {cfg.max_body_bytes} bytes")
             return
@@ -167,7 +171,9 @@ class LimitsMiddleware:
             state.in_flight += 1
             state.metrics.in_flight.inc()
         try:
-            await self.app(scope, _guarded_body(receive, cfg.max_body_bytes, cfg.body_timeout), send_and_note)
+            await self.app(
+                scope, _guarded_body(receive, body, cfg.max_body_bytes, cfg.body_timeout), send_and_note
+            )
         except Exception:
             logger.exception("error serving %s", path)
             if not status["started"]:
@@ -183,25 +189,90 @@ class LimitsMiddleware:
                     state.metrics.queue_depth.labels(name).set(b.depth)
 
 
-def _guarded_body(receive: Any, max_bytes: int, timeout: float) -> Callable[[], Coroutine[Any, Any, Any]]:
+# The most of a refused body read and thrown away so that its client sees the 413.
+DRAIN_BYTES = 64 << 20
+
+
+@dataclass
+class _Body:
+    """How much of the request body has arrived, and whether all of it has."""
+
+    declared: bytes | None = None  # the Content-Length header
+    waits_for_continue: bool = False  # Expect: 100-continue
+    received: int = 0
+    done: bool = False
+
+    def note(self, message: Any) -> None:
+        self.received += len(message.get("body", b""))
+        self.done = not message.get("more_body", False)
+
+    def worth_draining(self) -> bool:
+        """Whether the rest of the body is expected and within :data:`DRAIN_BYTES`."""
+        too_much = self.declared is not None and self.declared.isdigit() and int(self.declared) > DRAIN_BYTES
+        return not (self.done or too_much or (self.waits_for_continue and self.received == 0))
+
+
+def _answer_early(send: Any, receive: Any, body: _Body, timeout: float) -> Any:
+    """``send`` for a 413 that goes out while the client is still sending its body.
+
+    Closing a socket with unread data resets the connection, and a client still uploading
+    (``urllib``, which sends the whole body before it reads) then sees only the reset, not
+    the answer. So such a response says ``Connection: close``, its bytes are sent at once
+    (a client that reads early has them), and before it is completed (after which the
+    server no longer reads) the rest of the body is read and thrown away: up to
+    :data:`DRAIN_BYTES` in all, for at most ``timeout`` seconds, and not when the client
+    waits for ``100 Continue`` or declared more than that; past those bounds the
+    connection is closed as before. Every other response passes untouched."""
+    draining = {"on": False}
+
+    async def answer(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            draining["on"] = message["status"] == 413 and body.worth_draining()
+            if draining["on"]:
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+        elif (
+            message["type"] == "http.response.body" and draining["on"] and not message.get("more_body", False)
+        ):
+            await send({**message, "more_body": True})
+            await _drain(receive, body, timeout)
+            message = {"type": "http.response.body", "body": b"", "more_body": False}
+        await send(message)
+
+    return answer
+
+
+async def _drain(receive: Any, body: _Body, timeout: float) -> None:
+    """Read and drop the rest of the body, within :data:`DRAIN_BYTES` and ``timeout`` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not body.done and body.received <= DRAIN_BYTES:
+        try:
+            message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
+        except asyncio.TimeoutError:
+            return
+        if message["type"] != "http.request":  # the client went away
+            return
+        body.note(message)
+
+
+def _guarded_body(
+    receive: Any, body: _Body, max_bytes: int, timeout: float
+) -> Callable[[], Coroutine[Any, Any, Any]]:
     """``receive`` that stops a body at ``max_bytes`` (413) and a client that sends it too
     slowly (408: each part must arrive within ``timeout`` seconds). After the body, messages
     pass untouched (the disconnect watch waits on them for as long as a request runs)."""
-    seen = {"bytes": 0, "done": False}
 
     async def guarded() -> Any:
-        if seen["done"]:
+        if body.done:
             return await receive()
         try:
             message = await asyncio.wait_for(receive(), timeout)
         except asyncio.TimeoutError:
             raise HTTPException(408, f"the request body did not arrive within {timeout:g} s") from None
         if message["type"] == "http.request":
-            seen["bytes"] += len(message.get("body", b""))
-            if seen["bytes"] > max_bytes:
+            body.note(message)
+            if body.received > max_bytes:
                 raise HTTPException(413, f"the request body is over the limit of {max_bytes} bytes")
-            if not message.get("more_body", False):
-                seen["done"] = True
         return message
 
     return guarded
