@@ -144,7 +144,7 @@ def test_index_with_compact_dense_round_trips(m3: Embedder, tmp_path: Path, dtyp
     assert [[(h.id, round(h.score, 5)) for h in r] for r in after] == [
         [(h.id, round(h.score, 5)) for h in r] for r in before
     ]
-    sizes = storage.disk_size(tmp_path / "ix", storage.read_manifest(tmp_path / "ix"))
+    sizes = storage.disk_size(tmp_path / "ix", storage.read_manifest(tmp_path / "ix")["generation"])
     width = index._dense.dim
     assert sizes["dense.npy"] - 128 == 80 * {"float16": 2 * width, "int8": width, "binary": width // 8}[dtype]
     # deletes and adds keep the stored form and its calibration

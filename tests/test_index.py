@@ -3,13 +3,14 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from bgekit import Document, Embedder, Index, IndexConfig, InputError, Pipeline, Reranker
 from bgekit.cli.main import main
-from bgekit.index import IndexFormatError, chunk_documents, read_source, storage
+from bgekit.index import IndexFormatError, IndexWriteError, chunk_documents, read_source, storage
 from bgekit.retrieval import HybridConfig
 from bgekit.scoring import maxsim_scores, sparse_scores, weighted_fusion
 from tests.test_eval import DOCS
@@ -126,7 +127,7 @@ def test_save_load_round_trip_memory_maps(index: Index, tmp_path: Path, m3: Embe
     loaded.add([Document("d10", "a new document about pets")])
     loaded.save()
     assert Index.load(root, m3).search(["a new document about pets"], 1, mode="dense")[0][0].id == "d10"
-    assert sorted(p.name for p in root.iterdir()) == ["gen-000002", "manifest.json"]
+    assert sorted(p.name for p in root.iterdir()) == [".bgekit-write.lock", "gen-000002", "manifest.json"]
 
 
 def test_interrupted_save_keeps_the_previous_index(
@@ -138,20 +139,23 @@ def test_interrupted_save_keeps_the_previous_index(
     real_save = np.save
     calls = {"n": 0}
 
-    def failing_save(f: object, arr: np.ndarray, **kw: object) -> None:
+    def failing_save(f: Any, arr: np.ndarray, **kw: object) -> None:
         calls["n"] += 1
         if calls["n"] == 3:
-            raise OSError("disk full (simulated)")
-        real_save(f, arr, **kw)  # type: ignore[arg-type]
+            f.write(b"half an array")
+            raise OSError("61824 requested and 35808 written")  # what numpy says on a full disk
+        real_save(f, arr, **kw)
 
     monkeypatch.setattr(np, "save", failing_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(IndexWriteError, match=r"^no space left on device while writing .*gen-000002\.tmp/"):
         index.save(root)
+    # removed at once, not at the next save; the index is the one before
+    assert sorted(p.name for p in root.iterdir()) == [".bgekit-write.lock", "gen-000001", "manifest.json"]
     monkeypatch.setattr(np, "save", real_save)
     again = Index.load(root, m3)
     assert len(again) == 6 and [h.id for h in again.search(["cats"], 6, mode="dense")[0]] == before
-    index.save(root)  # the next save cleans up the half-written generation
-    assert not list(root.glob("*.tmp")) and len(Index.load(root, m3)) == 5
+    index.save(root)
+    assert len(Index.load(root, m3)) == 5
 
 
 def test_wrong_model_or_format_is_refused(index: Index, tmp_path: Path, bert_st_mean: Path) -> None:

@@ -54,7 +54,7 @@ def cmd_build(ns: argparse.Namespace) -> int:
     index = Index(embedder, config)
     start = time.perf_counter()
     report = index.add(docs)
-    index.save(root)
+    index.save(root, wait=ns.wait, exist_ok=ns.overwrite)
     print(
         f"indexed {report.documents} documents ({report.chunks} chunks{_skipped(report)}) in "
         f"{time.perf_counter() - start:.1f}s -> {root}"
@@ -80,7 +80,7 @@ def _build_from_encoded(ns: argparse.Namespace, root: Path) -> int:
     embedder = Embedder.from_pretrained(model_path(ns.model), engine=engine_config(ns))
     index = Index(embedder, config)
     report = load_shards(index, ns.from_encoded)
-    index.save(root)
+    index.save(root, wait=ns.wait, exist_ok=ns.overwrite)
     print(
         f"indexed {report.documents} documents from {ns.from_encoded}{_skipped(report)} in "
         f"{time.perf_counter() - start:.1f}s (no encoding) -> {root}"
@@ -92,10 +92,9 @@ def cmd_add(ns: argparse.Namespace) -> int:
     from bgekit.index import Index, read_source
 
     docs = read_source(ns.source, encoding=ns.encoding)
-    index = Index.load(ns.index, mmap=False, engine=engine_config(ns))
     start = time.perf_counter()
-    report = index.add(docs, update=ns.update)
-    index.save()
+    with Index.edit(ns.index, wait=ns.wait, engine=engine_config(ns)) as index:
+        report = index.add(docs, update=ns.update)
     print(
         f"added {report.documents} documents ({report.chunks} chunks{_skipped(report)}) in "
         f"{time.perf_counter() - start:.1f}s; now {len(index)}"
@@ -107,9 +106,8 @@ def cmd_delete(ns: argparse.Namespace) -> int:
     from bgekit.index import Index
 
     ids = list(dict.fromkeys(ns.ids))
-    index = Index.load(ns.index, mmap=False, engine=engine_config(ns))
-    chunks = index.delete(ids)
-    index.save()
+    with Index.edit(ns.index, wait=ns.wait, engine=engine_config(ns)) as index:
+        chunks = index.delete(ids)
     print(f"deleted {len(ids)} documents ({chunks} chunks); now {len(index)}")
     return 0
 
@@ -199,6 +197,17 @@ def cmd_search(ns: argparse.Namespace) -> int:
     return 0
 
 
+def wait_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="while another process writes the index, wait at most this long (0: fail at once; "
+        "default: wait until it is done)",
+    )
+
+
 def register(sub: Any) -> None:
     ix = sub.add_parser("index", help="build, extend and inspect an embedded search index")
     ixsub = ix.add_subparsers(dest="index_command", required=True)
@@ -253,6 +262,7 @@ def register(sub: Any) -> None:
         help="binary: Hamming-nearest candidates rescored per query",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an index already in --index")
+    wait_arg(p)
     encoding_arg(p)
     engine_args(p)
     p.set_defaults(func=cmd_build)
@@ -261,6 +271,7 @@ def register(sub: Any) -> None:
     p.add_argument("source", help=source_help)
     p.add_argument("--index", required=True, help="the index folder")
     p.add_argument("--update", action="store_true", help="replace documents whose id is already indexed")
+    wait_arg(p)
     encoding_arg(p)
     engine_args(p)
     p.set_defaults(func=cmd_add)
@@ -268,6 +279,7 @@ def register(sub: Any) -> None:
     p = ixsub.add_parser("delete", help="delete documents (all their chunks) by id")
     p.add_argument("ids", nargs="+", help="document ids")
     p.add_argument("--index", required=True, help="the index folder")
+    wait_arg(p)
     engine_args(p)
     p.set_defaults(func=cmd_delete)
 

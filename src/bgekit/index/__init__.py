@@ -1,7 +1,8 @@
 """The embedded index: documents in, hybrid search out, saved safely on disk."""
 
 from bgekit.index.documents import AddReport, Chunk, Document, chunk_documents, read_source
-from bgekit.index.storage import IndexFormatError
+from bgekit.index.lock import IndexBusyError, IndexConflictError
+from bgekit.index.storage import IndexFormatError, IndexWriteError
 from bgekit.index.store import Index, IndexConfig, IndexInfo
 from bgekit.types import SEARCH_MODES
 
@@ -11,9 +12,12 @@ __all__ = [
     "Chunk",
     "Document",
     "Index",
+    "IndexBusyError",
     "IndexConfig",
+    "IndexConflictError",
     "IndexFormatError",
     "IndexInfo",
+    "IndexWriteError",
     "chunk_documents",
     "read_source",
 ]

@@ -5,17 +5,21 @@ the arrays (``.npy``, memory-mapped on load) and the document records (JSONL). A
 writes a complete new generation under a temporary name, renames it into place, then
 replaces the manifest atomically (write + fsync + rename). Until that last rename the old
 manifest still names the old, untouched generation; old generations are removed only
-after the switch.
+after the switch. Writers hold the folder's lock (:mod:`bgekit.index.lock`) throughout;
+readers take none and retry when a save removes the generation they were reading
+(:func:`read_consistent`).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -29,6 +33,10 @@ MANIFEST = "manifest.json"
 
 class IndexFormatError(BgekitError):
     """The folder is not a bgekit index, or one this version cannot read."""
+
+
+class IndexWriteError(BgekitError):
+    """A save could not write its files (a full disk, no permission); the index is unchanged."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -171,42 +179,73 @@ def verify_generation(root: Path, manifest: dict[str, Any]) -> None:
             )
 
 
+def current_generation(root: Path) -> str | None:
+    """The generation the manifest names now (``None``: no readable manifest)."""
+    try:
+        return str(read_manifest(root)["generation"])
+    except IndexFormatError:
+        return None
+
+
+def _write_error(err: OSError, path: Path) -> IndexWriteError:
+    """A failed write as one line naming the path (numpy reports a full disk only as
+    ``N requested and M written``)."""
+    if err.errno == errno.ENOSPC or "requested and" in str(err):
+        return IndexWriteError(f"no space left on device while writing {path}; the index is unchanged")
+    return IndexWriteError(f"cannot write {path}: {err.strerror or err}; the index is unchanged")
+
+
 def write_generation(
     root: Path, arrays: dict[str, np.ndarray], records: dict[str, list[Any]], manifest: dict[str, Any]
-) -> None:
-    """Write a new generation and switch the manifest to it."""
+) -> str:
+    """Write a new generation, switch the manifest to it and remove the others; returns its
+    name. The caller holds the folder's :class:`~bgekit.index.lock.WriteLock`, so every
+    other generation and temporary file here is this writer's or a dead writer's. A failed
+    write (a full disk) removes what it wrote at once and leaves the index as it was."""
     root.mkdir(parents=True, exist_ok=True)
-    previous = None
-    if (root / MANIFEST).is_file():
-        previous = read_manifest(root).get("generation")
     number = 1 + max((int(p.name[4:10]) for p in root.glob("gen-*") if p.name[4:10].isdigit()), default=0)
     name = f"gen-{number:06d}"
     tmp = root / f"{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for key, arr in arrays.items():
-        with (tmp / f"{key}.npy").open("wb") as f:
-            np.save(f, arr, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-    for key, rows in records.items():
-        with (tmp / f"{key}.jsonl").open("w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-    _fsync_dir(tmp)
-    os.replace(tmp, root / name)
-    _fsync_dir(root)
-    manifest = {**manifest, "format": FORMAT_VERSION, "generation": name, "saved_at": time.time()}
-    with atomic_write(root / MANIFEST) as f:
-        f.write((json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
-    _fsync_dir(root)
+    where = tmp
+    try:
+        tmp.mkdir()
+        for key, arr in arrays.items():
+            where = tmp / f"{key}.npy"
+            with where.open("wb") as f:
+                np.save(f, arr, allow_pickle=False)
+                f.flush()
+                os.fsync(f.fileno())
+        for key, rows in records.items():
+            where = tmp / f"{key}.jsonl"
+            with where.open("w", encoding="utf-8") as f:
+                for row in rows:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        where = root / name
+        os.replace(tmp, root / name)
+        _fsync_dir(root)
+        manifest = {**manifest, "format": FORMAT_VERSION, "generation": name, "saved_at": time.time()}
+        where = root / MANIFEST
+        with atomic_write(root / MANIFEST) as f:
+            f.write((json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
+        _fsync_dir(root)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if current_generation(root) != name:
+            shutil.rmtree(root / name, ignore_errors=True)
+        raise _write_error(e, where) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     for old in root.glob("gen-*"):
-        if old.name != name and (old.name == previous or old.name.endswith(".tmp") or old.is_dir()):
+        if old.name != name:
             shutil.rmtree(old, ignore_errors=True)
     for left in root.glob(f".{MANIFEST}.*.tmp"):  # from a save killed while writing the manifest
         left.unlink(missing_ok=True)
+    return name
 
 
 def read_generation(
@@ -217,17 +256,21 @@ def read_generation(
     verify_generation(root, manifest)
     gen = root / str(manifest["generation"])
     arrays = {}
-    for p in gen.glob("*.npy"):
-        try:
-            arrays[p.stem] = np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
-        except (ValueError, EOFError, OSError) as e:
-            raise IndexFormatError(f"cannot read {p} ({e}): the file is damaged") from None
     records = {}
-    for p in gen.glob("*.jsonl"):
+    for name in expected_files(manifest):  # by name: a glob would miss files a save just removed
+        p = gen / name
+        if name.endswith(".npy"):
+            try:
+                arrays[p.stem] = np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False)
+            except (ValueError, EOFError, OSError) as e:
+                raise IndexFormatError(f"cannot read {p} ({e}): the file is damaged") from None
+            continue
         rows: list[Any] = []
         try:
             for line in p.read_bytes().decode("utf-8").splitlines():
                 rows.append(json.loads(line))
+        except OSError as e:
+            raise IndexFormatError(f"cannot read {p} ({e.strerror}): the file is damaged") from None
         except UnicodeDecodeError as e:
             raise IndexFormatError(f"{p} is not UTF-8 text (byte {e.start}): the file is damaged") from None
         except json.JSONDecodeError as e:
@@ -238,7 +281,36 @@ def read_generation(
     return arrays, records
 
 
-def disk_size(root: Path, manifest: dict[str, Any]) -> dict[str, int]:
-    """Bytes per file of the current generation."""
-    gen = root / str(manifest["generation"])
-    return {p.name: p.stat().st_size for p in sorted(gen.iterdir())}
+def disk_size(root: Path, generation: str) -> dict[str, int]:
+    """Bytes per file of a generation (empty once a later save has removed it)."""
+    try:
+        return {p.name: p.stat().st_size for p in sorted((root / generation).iterdir())}
+    except OSError:
+        return {}
+
+
+T = TypeVar("T")
+
+
+def read_consistent(root: Path, read: Callable[[dict[str, Any]], T], attempts: int = 5) -> T:
+    """``read(manifest)`` of the generation the manifest names, again from the new manifest
+    when a save switched generations (and removed the old one) while it read: a reader
+    always gets one complete generation, never a "missing file" from a save's race."""
+    for attempt in range(attempts):
+        manifest = read_manifest(root)
+        try:
+            return read(manifest)
+        except (IndexFormatError, OSError):
+            if attempt == attempts - 1 or current_generation(root) in (None, manifest["generation"]):
+                raise
+    raise AssertionError("unreachable")
+
+
+def checked_manifest(root: Path) -> dict[str, Any]:
+    """The manifest, once every file of its generation checks out (:func:`verify_generation`)."""
+
+    def check(manifest: dict[str, Any]) -> dict[str, Any]:
+        verify_generation(root, manifest)
+        return manifest
+
+    return read_consistent(root, check)

@@ -4,6 +4,7 @@ searched in any mode or a hybrid of them, with deletes, incremental adds and saf
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +28,7 @@ from bgekit.index.documents import (
     one_chunk_each,
     without_empty,
 )
+from bgekit.index.lock import IndexConflictError, WriteLock
 from bgekit.inputs import check_texts
 from bgekit.models import Embedder, model_fingerprint
 from bgekit.retrieval.bm25 import Bm25
@@ -95,6 +97,7 @@ class IndexInfo:
     dims: dict[str, int]
     config: dict[str, Any]
     disk_bytes: dict[str, int] = field(default_factory=dict)
+    generation: str | None = None
 
 
 class Index:
@@ -110,6 +113,8 @@ class Index:
                 f"{embedder.info.name} cannot give {', '.join(missing)} (it has: {', '.join(embedder.info.heads)})"
             )
         self.path: Path | None = None
+        self._generation: str | None = None  # what ``path``'s manifest named when loaded / saved
+        self._lock: WriteLock | None = None  # held by :meth:`edit`
         self._docs: list[Document] = []
         self._doc_pos: dict[str, int] = {}
         self._chunk_doc = np.zeros(0, dtype=np.int64)
@@ -125,6 +130,10 @@ class Index:
 
     def __len__(self) -> int:
         return len(self._docs)
+
+    def ids(self) -> list[str]:
+        """The documents' ids, in the order they were added."""
+        return [d.id for d in self._docs]
 
     @property
     def num_chunks(self) -> int:
@@ -316,11 +325,38 @@ class Index:
 
     # -- persistence ----------------------------------------------------------------------
 
-    def save(self, path: str | Path | None = None) -> Path:
-        """Write the index to ``path`` (default: where it was loaded from), atomically."""
+    def save(
+        self, path: str | Path | None = None, *, wait: float | None = None, exist_ok: bool = True
+    ) -> Path:
+        """Write the index to ``path`` (default: where it was loaded from), atomically, holding
+        the folder's writer lock (waiting ``wait`` seconds for another writer; ``None``: as
+        long as it takes). Saving back to the folder it was loaded from is refused
+        (:class:`~bgekit.index.lock.IndexConflictError`) when another process has saved
+        there since: that would undo its change (:meth:`edit` holds the lock across
+        load, change and save instead). ``exist_ok=False`` refuses a folder that already
+        holds an index (checked under the lock)."""
         root = Path(path) if path is not None else self.path
         if root is None:
             raise InputError("give a folder to save the index in")
+        same = self.path is not None and root.resolve() == self.path.resolve()
+        held = self._lock if self._lock is not None and self._lock.root.resolve() == root.resolve() else None
+        arrays, records, manifest = self._contents()
+        with held or WriteLock(root, wait):
+            current = storage.current_generation(root)
+            if current is not None and not exist_ok:
+                raise InputError(f"{root} already holds an index; add to it, or overwrite it")
+            if same and current is not None and current != self._generation:
+                raise IndexConflictError(
+                    f"{root} was saved by another process after this index was loaded "
+                    f"({self._generation} -> {current}); saving would undo that change: load it "
+                    "again and repeat your changes (Index.edit holds the lock across both)"
+                )
+            self._generation = storage.write_generation(root, arrays, records, manifest)
+        self.path = root
+        return root
+
+    def _contents(self) -> tuple[dict[str, np.ndarray], dict[str, list[Any]], dict[str, Any]]:
+        """What a save writes: arrays, records and the manifest's body."""
         arrays: dict[str, np.ndarray] = {"chunk_doc": self._chunk_doc, "chunk_no": self._chunk_no}
         if self._dense is not None:
             arrays |= self._dense.arrays()
@@ -350,9 +386,38 @@ class Index:
             arrays |= bm25.arrays()
             records["bm25_vocab"] = bm25.vocab
             manifest["bm25"] = {"k1": bm25.k1, "b": bm25.b, "stemmed": bm25.stemmed, "terms": len(bm25.vocab)}
-        storage.write_generation(root, arrays, records, manifest)
-        self.path = root
-        return root
+        return arrays, records, manifest
+
+    @classmethod
+    @contextmanager
+    def edit(
+        cls,
+        path: str | Path,
+        embedder: Embedder | None = None,
+        *,
+        wait: float | None = None,
+        engine: EngineConfig | None = None,
+    ) -> Iterator[Index]:
+        """Change a saved index with no other writer in between: the folder's writer lock is
+        taken (waiting ``wait`` seconds; ``None``: as long as it takes, saying once whom it
+        waits for), the index loaded, the block run, and the index saved when the block
+        succeeds — all under the lock, so concurrent edits (another process's
+        ``bgekit index add``) all land. Nothing is saved when the block raises.
+
+        >>> with Index.edit("my-index") as index:  # doctest: +SKIP
+        ...     index.add(docs)
+        """
+        root = Path(path)
+        storage.read_manifest(root)  # a clear error for a folder with no index, before the lock
+        lock = WriteLock(root, wait)
+        with lock:
+            index = cls.load(root, embedder, mmap=False, engine=engine)
+            index._lock = lock
+            try:
+                yield index
+                index.save()
+            finally:
+                index._lock = None
 
     def _dims(self) -> dict[str, int]:
         dims = {}
@@ -375,12 +440,18 @@ class Index:
         ``engine``); with one, it must be the model the index was built with. Every file is
         checked (headers and sizes) before the model loads; a damaged one is named."""
         root = Path(path)
-        manifest = storage.read_manifest(root)
-        storage.verify_generation(root, manifest)
-        recorded = manifest["model"]
+        manifest = storage.checked_manifest(root)
         if embedder is None:
+            recorded = manifest["model"]
             source = recorded["path"] if Path(recorded["path"]).is_dir() else recorded["name"]
             embedder = Embedder.from_pretrained(source, engine=engine)
+        model = embedder
+        return storage.read_consistent(root, lambda m: cls._from_generation(root, m, model, mmap))
+
+    @classmethod
+    def _from_generation(cls, root: Path, manifest: dict[str, Any], embedder: Embedder, mmap: bool) -> Index:
+        """The index of the generation ``manifest`` names, read with ``embedder``."""
+        recorded = manifest["model"]
         if model_fingerprint(embedder) != recorded["fingerprint"]:
             raise InputError(
                 f"{root} was built with {recorded['name']}; {embedder.info.name} is a different model "
@@ -428,6 +499,7 @@ class Index:
                 b=float(b["b"]),
             )
         index.path = root
+        index._generation = str(manifest["generation"])
         return index
 
     @staticmethod
@@ -435,8 +507,7 @@ class Index:
         """What a saved index holds, from its manifest, after checking every file (headers
         and sizes); no model is loaded."""
         root = Path(path)
-        manifest = storage.read_manifest(root)
-        storage.verify_generation(root, manifest)
+        manifest = storage.checked_manifest(root)
         counts = manifest["counts"]
         return IndexInfo(
             path=str(root),
@@ -446,13 +517,15 @@ class Index:
             chunks=int(counts["chunks"]),
             dims=dict(manifest.get("dims") or {}),
             config=dict(manifest["config"]),
-            disk_bytes=storage.disk_size(root, manifest),
+            disk_bytes=storage.disk_size(root, str(manifest["generation"])),
+            generation=str(manifest["generation"]),
         )
 
     def info(self) -> IndexInfo:
+        """What this index holds (on disk: the generation it was loaded from or saved as)."""
         disk: dict[str, int] = {}
-        if self.path is not None and (self.path / storage.MANIFEST).is_file():
-            disk = storage.disk_size(self.path, storage.read_manifest(self.path))
+        if self.path is not None and self._generation is not None:
+            disk = storage.disk_size(self.path, self._generation)
         return IndexInfo(
             path=None if self.path is None else str(self.path),
             model=self.embedder.info.name,
@@ -462,4 +535,5 @@ class Index:
             dims=self._dims(),
             config=asdict(self.config),
             disk_bytes=disk,
+            generation=self._generation,
         )
