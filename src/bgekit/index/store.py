@@ -131,6 +131,11 @@ class Index:
     def __len__(self) -> int:
         return len(self._docs)
 
+    @property
+    def generation(self) -> str | None:
+        """The saved generation this index holds (``None`` until it is saved or loaded)."""
+        return self._generation
+
     def ids(self) -> list[str]:
         """The documents' ids, in the order they were added."""
         return [d.id for d in self._docs]

@@ -36,6 +36,9 @@ class ServerConfig:
     long-input policy (:class:`bgekit.EmbedderSettings`); ``long_passage`` /
     ``passage_overlap``: the reranker's (:func:`bgekit.models.reranker.load_reranker`). ``max_body_bytes``: the largest request body (413 beyond it, before it is
     read); ``body_timeout``: seconds each part of a body may take to arrive (408 after).
+    ``index_poll``: seconds between looks at the served index's manifest; a new generation
+    (another process's add or delete) is loaded and served from then on (0: only on
+    ``POST /admin/reload``).
     """
 
     model: str | None = None
@@ -56,11 +59,14 @@ class ServerConfig:
     mcls_stride: int = DEFAULT_MCLS_STRIDE
     long_passage: LongPassage = "truncate"
     passage_overlap: int = DEFAULT_OVERLAP
+    index_poll: float = 1.0
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     def __post_init__(self) -> None:
         if not self.body_timeout > 0:
             raise InputError(f"body_timeout must be positive, got {self.body_timeout}")
+        if not self.index_poll >= 0:
+            raise InputError(f"index_poll must be 0 (off) or a number of seconds, got {self.index_poll}")
         for name in ("gather_tokens", "max_concurrent_requests", "max_inputs_per_request", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")

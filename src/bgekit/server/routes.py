@@ -312,11 +312,12 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
     async def search(body: SearchRequest, request: Request) -> SearchResponse:
         from bgekit.retrieval import HybridConfig, Pipeline
 
-        if state.index is None:
+        index = state.index  # this request's, even if a newer generation is served meanwhile
+        if index is None:
             raise HTTPException(404, "this server has no index (start it with --index)")
         reranker = state.need_reranker() if body.rerank else None
         # the same length rule as every route: over the query limit is 413 unless truncating
-        emb = state.index.embedder
+        emb = index.embedder
         limit = emb.info.query_max_length
         (query,) = state.bound_chars([body.query], limit, "query")
         seqs = await run_in_threadpool(emb.tokenize, [query], kind="query")
@@ -327,7 +328,7 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
             candidates=body.candidates or defaults.candidates,
             fusion=body.fusion,
         )
-        pipe = Pipeline(None, state.index, reranker, retrieve=body.rerank_top, mode=body.mode, hybrid=hybrid)
+        pipe = Pipeline(None, index, reranker, retrieve=body.rerank_top, mode=body.mode, hybrid=hybrid)
 
         def run() -> list[Hit]:
             try:
@@ -337,7 +338,25 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
 
         hits = await run_in_threadpool(run)
         out = [SearchHit(**asdict(h)) for h in hits]
-        return SearchResponse(hits=out, model=state.index.embedder.info.name)
+        return SearchResponse(hits=out, model=emb.info.name)
+
+    @app.post("/admin/reload", responses=ERROR_RESPONSES)
+    async def reload() -> dict[str, Any]:
+        """Serve the index's newest generation now (the server also looks every
+        ``--index-poll`` seconds); a generation that does not load is refused and the one
+        served stays."""
+        watch = state.index_watch
+        if watch is None:
+            raise HTTPException(404, "this server serves no saved index (start it with --index)")
+        result = await run_in_threadpool(watch.check, force=True)
+        if result.error:
+            raise HTTPException(422, result.error)
+        index = state.index
+        return {
+            "generation": result.generation,
+            "reloaded": result.reloaded,
+            "documents": len(index) if index is not None else 0,
+        }
 
     # -- service endpoints ----------------------------------------------------------------
 
@@ -371,6 +390,15 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         texts = state.bound_chars(texts, emb.info.passage_max_length, "inputs")
         tokens = await run_in_threadpool(emb.tokenizer.tokens, texts, body.add_special_tokens)
         return Response(orjson.dumps(tokens), media_type="application/json")
+
+    def index_info() -> dict[str, Any] | None:
+        index = state.index
+        if index is None:
+            return None
+        out = asdict(index.info())
+        if state.index_watch is not None:
+            out["reload_error"] = state.index_watch.error
+        return out
 
     @app.get("/info")
     async def info() -> dict[str, Any]:
@@ -417,7 +445,7 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
             "model": asdict(state.embedder.info) if state.embedder else None,
             "outputs": list(state.embedder.info.heads) if state.embedder else [],
             "reranker": asdict(state.reranker.info) if state.reranker else None,
-            "index": asdict(state.index.info()) if state.index else None,
+            "index": index_info(),
             "auth": cfg.api_key is not None,
             "limits": limits,
             "engine": asdict(cfg.served_engine()),

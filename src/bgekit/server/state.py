@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException
 
 from bgekit.server.batcher import Batcher, BatchStats
 from bgekit.server.config import LONGEST_TEXT_TOKENS, ServerConfig
+from bgekit.server.index_watch import IndexWatcher
 from bgekit.server.memory import MemoryTrimmer
 from bgekit.server.metrics import Metrics
 from bgekit.types import OUTPUT_KINDS, EmbeddingRow, OutputKind, TokenSeq
@@ -44,6 +45,7 @@ class ServerState:
         self.in_flight = 0
         self.embed_batcher: Batcher[frozenset[OutputKind]] | None = None
         self.rerank_batcher: Batcher[None] | None = None
+        self.index_watch: IndexWatcher | None = None
 
     # -- start and stop ------------------------------------------------------------------
 
@@ -90,6 +92,9 @@ class ServerState:
             self.index = Index.load(cfg.index, self.embedder)
 
     def start(self) -> None:
+        if self.index is not None and self.index.path is not None:
+            self.index_watch = IndexWatcher(self.index, self._serve_index, self.config.index_poll)
+            self.index_watch.start()
         budget = self.config.gather_tokens
         if self.embedder is not None:
             self.embed_batcher = Batcher(
@@ -119,7 +124,13 @@ class ServerState:
 
         return after
 
+    def _serve_index(self, index: Index) -> None:
+        """From the next request on (one that started keeps the index it took)."""
+        self.index = index
+
     def stop(self) -> None:
+        if self.index_watch is not None:
+            self.index_watch.stop()
         for b in (self.embed_batcher, self.rerank_batcher):
             if b is not None:
                 b.stop()
