@@ -217,7 +217,7 @@ def test_read_source(tmp_path: Path) -> None:
     jl.write_text('{"id": "1", "text": "x", "title": "T", "metadata": {"k": 1}}\n{"_id": 2, "text": "y"}\n')
     assert read_source(jl) == [Document("1", "x", "T", {"k": 1}), Document("2", "y")]
     jl.write_text('{"id": "1", "text": "x"}\n{"id": "1", "text": "y"}\n')
-    with pytest.raises(InputError, match="'1' is given twice"):
+    with pytest.raises(InputError, match=r"docs\.jsonl:2: document id '1' was already given on line 1$"):
         read_source(jl)
     jl.write_text('{"id": "1", "text": ""}\n{"id": "2"}\n')
     with pytest.raises(InputError, match=r"docs\.jsonl:2: expected"):

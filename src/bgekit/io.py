@@ -95,6 +95,8 @@ def iter_jsonl(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, Any]]
             yield n, json.loads(line)
         except json.JSONDecodeError as e:
             raise InputError(f"{path}:{n}: malformed JSON ({e.msg})") from None
+        except RecursionError:
+            raise InputError(f"{path}:{n}: the JSON is nested too deeply to read") from None
 
 
 def read_texts(path: Path, encoding: str = "utf-8") -> tuple[list[str], list[str] | None]:

@@ -20,12 +20,16 @@ from bgekit.cli.common import (
     search_args,
 )
 from bgekit.errors import InputError
+from bgekit.index.documents import DEFAULT_MAX_DOCUMENT_CHARS
 from bgekit.retrieval.dense_store import DEFAULT_RESCORE
 from bgekit.scoring.quantize import DENSE_DTYPES
 
 
 def _skipped(report: Any) -> str:
-    return f"; {report.skipped} with no text skipped" if report.skipped else ""
+    out = f"; {report.skipped} with no text skipped" if report.skipped else ""
+    if report.oversized:
+        out += f"; {report.oversized} over the size limit skipped"
+    return out
 
 
 def cmd_build(ns: argparse.Namespace) -> int:
@@ -48,6 +52,8 @@ def cmd_build(ns: argparse.Namespace) -> int:
         dense_index=ns.dense_index,
         dense_dtype=ns.dense_dtype,
         rescore=ns.rescore,
+        max_document_chars=ns.max_document_chars or None,
+        oversize=ns.oversize,
     )
     docs = read_source(ns.source, encoding=ns.encoding)
     embedder = Embedder.from_pretrained(model_path(ns.model), engine=engine_config(ns))
@@ -134,6 +140,16 @@ def cmd_info(ns: argparse.Namespace) -> int:
     return 0
 
 
+# Control characters (C0, DEL, C1) shown as escapes: a document's text must not be able to
+# drive the terminal (clear it, set its title, hide or fake lines) when hits are printed.
+_VISIBLE = {c: f"\\x{c:02x}" for c in [*range(32), *range(127, 160)]}
+
+
+def visible(text: str) -> str:
+    """``text`` with its control characters written as ``\\xNN``."""
+    return text.translate(_VISIBLE)
+
+
 def _hit_dict(h: Any) -> dict[str, Any]:
     return {
         "id": h.id,
@@ -186,14 +202,14 @@ def cmd_search(ns: argparse.Namespace) -> int:
         )
         return 0
     print(
-        f'{len(hits)} results for "{ns.query}" ({ns.mode}{", reranked" if reranker else ""}, {1000 * seconds:.0f} ms)\n'
+        f'{len(hits)} results for "{visible(ns.query)}" ({ns.mode}{", reranked" if reranker else ""}, {1000 * seconds:.0f} ms)\n'
     )
     for rank, h in enumerate(hits, start=1):
         detail = ", ".join(f"{k} {v:.3f}" for k, v in h.scores.items() if k != "retrieval" or reranker)
-        print(f"{rank:>2}. [{h.id}] {h.title or ''}".rstrip())
+        print(f"{rank:>2}. [{visible(h.id)}] {visible(h.title or '')}".rstrip())
         print(f"    score {h.score:.4f} ({detail})")
         text = " ".join(h.text.split())
-        print(f"    {text[:300]}{'...' if len(text) > 300 else ''}\n")
+        print(f"    {visible(text[:300])}{'...' if len(text) > 300 else ''}\n")
     return 0
 
 
@@ -260,6 +276,18 @@ def register(sub: Any) -> None:
         type=int,
         default=DEFAULT_RESCORE,
         help="binary: Hamming-nearest candidates rescored per query",
+    )
+    p.add_argument(
+        "--max-document-chars",
+        type=int,
+        default=DEFAULT_MAX_DOCUMENT_CHARS,
+        help="the longest document the index takes, in characters (0: no limit); kept for later adds",
+    )
+    p.add_argument(
+        "--oversize",
+        choices=["error", "skip"],
+        default="error",
+        help="a longer document: stop with an error naming it, or skip it and count it",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an index already in --index")
     wait_arg(p)

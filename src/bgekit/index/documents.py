@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
 
 from bgekit.errors import InputError
 from bgekit.inputs import passage_text
@@ -20,6 +23,10 @@ if TYPE_CHECKING:
 
 TEXT_SUFFIXES = (".txt", ".md")
 UNLIMITED = 1 << 62  # a token limit that never cuts
+# Metadata nested deeper than this is refused (JSON readers and writers recurse).
+MAX_METADATA_DEPTH = 32
+# An id longer than this is cut in messages.
+SHOWN_ID_CHARS = 60
 
 
 logger = logging.getLogger(__name__)
@@ -43,6 +50,35 @@ class AddReport:
     documents: int
     chunks: int
     skipped: int
+    oversized: int = 0  # skipped for being over the index's max_document_chars
+
+
+Oversize = Literal["error", "skip"]
+OVERSIZE: tuple[Oversize, ...] = ("error", "skip")
+# The longest document an index takes by default (about 500,000 tokens of English).
+DEFAULT_MAX_DOCUMENT_CHARS = 2_000_000
+
+
+def within_size(
+    docs: Sequence[Document], limit: int | None, oversize: Oversize
+) -> tuple[list[Document], int]:
+    """The documents of at most ``limit`` characters, and how many longer ones were skipped
+    (``oversize="skip"``; ``"error"`` refuses the first, before anything is encoded)."""
+    if limit is None:
+        return list(docs), 0
+    kept = [d for d in docs if len(d.text) <= limit]
+    if len(kept) == len(docs):
+        return kept, 0
+    over = [d for d in docs if len(d.text) > limit]
+    if oversize == "error":
+        more = f" (and {len(over) - 1} more)" if len(over) > 1 else ""
+        raise InputError(
+            f"document {shown_id(over[0].id)} has {len(over[0].text):,} characters{more}, over the "
+            f"index's limit of {limit:,} (max_document_chars): split it, raise the limit "
+            "(--max-document-chars) or skip such documents (--oversize skip)"
+        )
+    logger.warning("skipped %d documents over %s characters", len(over), f"{limit:,}")
+    return kept, len(over)
 
 
 def without_empty(docs: Sequence[Document]) -> tuple[list[Document], int]:
@@ -54,19 +90,85 @@ def without_empty(docs: Sequence[Document]) -> tuple[list[Document], int]:
     return kept, skipped
 
 
+def shown_id(doc_id: str) -> str:
+    """An id for a message: quoted, and cut when long."""
+    if len(doc_id) <= SHOWN_ID_CHARS:
+        return repr(doc_id)
+    return f"{doc_id[:SHOWN_ID_CHARS]!r}... ({len(doc_id):,} characters)"
+
+
+def _not_unicode(text: str) -> int | None:
+    """Where ``text`` holds a lone surrogate (``"\\ud800"`` in JSON), which no encoder,
+    tokenizer or file accepts; ``None`` when it is valid Unicode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return e.start
+    return None
+
+
+def _json_problem(value: Any, where: str, depth: int = 0) -> str | None:
+    """What makes ``value`` unusable as metadata: not JSON data, nested too deep, or text
+    that is not valid Unicode."""
+    if isinstance(value, (dict, list, tuple)) and depth >= MAX_METADATA_DEPTH:
+        return f"{where} is nested deeper than {MAX_METADATA_DEPTH} levels"
+    if isinstance(value, str):
+        at = _not_unicode(value)
+        return None if at is None else f"{where} holds a lone surrogate at character {at} (not valid Unicode)"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{where} has a key {key!r} that is not a string"
+            problem = _json_problem(key, f"{where} key {shown_id(key)}", depth) or _json_problem(
+                item, f"{where}.{key}", depth + 1
+            )
+            if problem:
+                return problem
+        return None
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            problem = _json_problem(item, f"{where}[{i}]", depth + 1)
+            if problem:
+                return problem
+        return None
+    if value is None or isinstance(value, (bool, int, float)):
+        return None
+    return f"{where} holds a {type(value).__name__}, which is not JSON data"
+
+
+def document_problem(doc: Document) -> str | None:
+    """Why ``doc`` cannot be indexed (``None``: it can): an id, text and title that are
+    strings of valid Unicode, and metadata that is a JSON object of bounded depth."""
+    if not isinstance(doc.id, str) or not doc.id:
+        return "the id is empty" if doc.id == "" else f"the id is a {type(doc.id).__name__}, not a string"
+    for name in ("id", "text", "title"):
+        value = getattr(doc, name)
+        if not isinstance(value, str):
+            return f"the {name} is a {type(value).__name__}, not a string"
+        at = _not_unicode(value)
+        if at is not None:
+            return f"the {name} holds a lone surrogate at character {at} (not valid Unicode)"
+    if not isinstance(doc.metadata, dict):
+        return f"the metadata is a {type(doc.metadata).__name__}, not an object"
+    return _json_problem(doc.metadata, "metadata")
+
+
 def check_documents(
     docs: Iterable[Document], existing: set[str] | frozenset[str] = frozenset()
 ) -> list[Document]:
-    """Refuse documents that are not :class:`Document` values, without an id, with ids seen
-    twice or already indexed (documents with no text pass: :meth:`Index.add` skips them)."""
+    """Refuse documents that are not :class:`Document` values, that :func:`document_problem`
+    finds wrong, with ids seen twice or already indexed (documents with no text pass:
+    :meth:`Index.add` skips them)."""
     out = []
     seen: set[str] = set()
     twice: list[str] = []
     for i, d in enumerate(docs):
         if not isinstance(d, Document):
             raise InputError(f"documents[{i}] is {type(d).__name__}, expected a Document")
-        if not d.id:
-            raise InputError(f"documents[{i}] has an empty id")
+        problem = document_problem(d)
+        if problem:
+            named = "" if problem.startswith("the id") else f" ({shown_id(d.id)})"
+            raise InputError(f"documents[{i}]{named}: {problem}")
         if d.id in seen:
             twice.append(d.id)
         seen.add(d.id)
@@ -82,13 +184,15 @@ def check_documents(
 def _ids(ids: Sequence[str]) -> str:
     """``document id 'a' is`` / ``3 document ids ('a', 'b', 'c') are``."""
     if len(ids) == 1:
-        return f"document id {ids[0]!r} is"
-    shown = ", ".join(map(repr, ids[:5])) + (", ..." if len(ids) > 5 else "")
+        return f"document id {shown_id(ids[0])} is"
+    shown = ", ".join(map(shown_id, ids[:5])) + (", ..." if len(ids) > 5 else "")
     return f"{len(ids)} document ids ({shown}) are"
 
 
 def _from_jsonl(path: Path, encoding: str) -> list[Document]:
+    """Documents of a JSONL file, each checked as it is read: an error names the line."""
     docs = []
+    first_line: dict[str, int] = {}
     for n, obj in iter_jsonl(path, encoding):
         if not isinstance(obj, dict):
             raise InputError(f"{path}:{n}: expected a JSON object")
@@ -99,7 +203,17 @@ def _from_jsonl(path: Path, encoding: str) -> list[Document]:
         meta = obj.get("metadata") or {}
         if not isinstance(meta, dict):
             raise InputError(f'{path}:{n}: "metadata" must be an object')
-        docs.append(Document(str(key), text, str(obj.get("title") or ""), meta))
+        title = obj.get("title") or ""
+        doc = Document(str(key), text, title if isinstance(title, str) else str(title), meta)
+        problem = document_problem(doc)
+        if problem:
+            raise InputError(f"{path}:{n}: {problem}")
+        if doc.id in first_line:
+            raise InputError(
+                f"{path}:{n}: document id {shown_id(doc.id)} was already given on line {first_line[doc.id]}"
+            )
+        first_line[doc.id] = n
+        docs.append(doc)
     return docs
 
 
@@ -129,6 +243,12 @@ def read_source(source: str | Path, *, encoding: str = "utf-8") -> list[Document
         if binary:
             names = ", ".join(str(p.relative_to(path)) for p in binary[:5])
             logger.warning("skipped %d files that are not text: %s", len(binary), names)
+        for p in files:
+            if _not_unicode(str(p)) is not None:  # undecodable bytes come back as lone surrogates
+                raise InputError(
+                    f"{path}: the file name {os.fsencode(p.relative_to(path))!r} is not valid UTF-8; "
+                    "rename it (convmv can) or move it out of the folder"
+                )
         docs = [_text_file(p, str(p.relative_to(path)), encoding) for p in files if p not in binary]
     elif path.is_file():
         suffix = path.suffix.lower()
@@ -182,6 +302,46 @@ def one_chunk_each(
     return chosen, chunks, enc.select(kept), len(docs) - len(chosen)
 
 
+# Texts longer than this are tokenised for chunking in pieces of about this many characters,
+# cut at whitespace, so that the tokenizer's working memory does not grow with a document.
+SPAN_PIECE_CHARS = 1 << 16
+
+
+def _pieces(text: str) -> list[int]:
+    """Where to cut ``text`` into pieces of at most :data:`SPAN_PIECE_CHARS` characters: just
+    after whitespace where there is some (no token crosses a cut), else hard."""
+    cuts = [0]
+    while len(text) - cuts[-1] > SPAN_PIECE_CHARS:
+        lo, hi = cuts[-1], cuts[-1] + SPAN_PIECE_CHARS
+        at = max(text.rfind(c, lo + 1, hi) for c in " \n\t")
+        cuts.append(at + 1 if at > lo else hi)
+    return cuts
+
+
+def token_spans(tokenizer: TextTokenizer, texts: Sequence[str]) -> list[np.ndarray]:
+    """Each text's token character spans, ``(n_tokens, 2)`` int64 (16 bytes a token). Long
+    texts are tokenised in pieces (:func:`_pieces`) and the pieces in batches of about
+    :data:`SPAN_PIECE_CHARS` x 16 characters, so memory follows the spans kept, not the
+    tokenizer's per-token objects for a whole document or corpus."""
+    pieces: list[tuple[int, int, int]] = []  # (text, start, stop)
+    for i, text in enumerate(texts):
+        cuts = _pieces(text)
+        pieces += [(i, a, b) for a, b in zip(cuts, [*cuts[1:], len(text)], strict=True)]
+    parts: list[list[np.ndarray]] = [[] for _ in texts]
+    batch: list[tuple[int, int, int]] = []
+    chars = 0
+    for n, piece in enumerate(pieces):
+        batch.append(piece)
+        chars += piece[2] - piece[1]
+        if n + 1 < len(pieces) and chars < 16 * SPAN_PIECE_CHARS:
+            continue
+        found = tokenizer.spans([texts[i][a:b] for i, a, b in batch])
+        for (i, a, _), spans in zip(batch, found, strict=True):
+            parts[i].append(np.asarray(spans, dtype=np.int64).reshape(-1, 2) + a)
+        batch, chars = [], 0
+    return [p[0] if len(p) == 1 else np.concatenate(p) for p in parts]
+
+
 def chunk_documents(
     docs: Sequence[Document],
     tokenizer: TextTokenizer,
@@ -197,7 +357,7 @@ def chunk_documents(
     if not 0 <= overlap < chunk_tokens:
         raise InputError(f"chunk_overlap must be in 0..{chunk_tokens - 1}, got {overlap}")
     out = []
-    for i, (doc, spans) in enumerate(zip(docs, tokenizer.spans([d.text for d in docs]), strict=True)):
+    for i, (doc, spans) in enumerate(zip(docs, token_spans(tokenizer, [d.text for d in docs]), strict=True)):
         size = chunk_tokens if budgets is None else budgets[i]
         if len(spans) <= size:
             out.append(Chunk(i, 0, doc.text.strip(), (0, len(spans))))

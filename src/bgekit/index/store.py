@@ -17,15 +17,19 @@ from bgekit.errors import InputError
 from bgekit.index import storage
 from bgekit.index.documents import (
     CHUNKINGS,
+    DEFAULT_MAX_DOCUMENT_CHARS,
+    OVERSIZE,
     AddReport,
     Chunk,
     Chunking,
     Document,
+    Oversize,
     best_chunk_per_document,
     check_documents,
     encode_chunks,
     encoding_text,
     one_chunk_each,
+    within_size,
     without_empty,
 )
 from bgekit.index.lock import IndexConflictError, WriteLock
@@ -51,7 +55,9 @@ class IndexConfig:
     ``dense_dtype`` stores dense vectors as float16 (half the bytes), calibrated int8 (a
     quarter) or binary (1/32 in memory, candidates by Hamming distance, the ``rescore``
     nearest rescored with int8 codes read from disk);
-    ``multivector_dtype="float16"`` halves multi-vector storage."""
+    ``multivector_dtype="float16"`` halves multi-vector storage;
+    a document longer than ``max_document_chars`` (``None``: no limit) is refused, or
+    skipped and counted with ``oversize="skip"``, before anything is encoded."""
 
     outputs: tuple[OutputKind, ...] = ("dense",)
     chunk_tokens: int | None = None
@@ -63,6 +69,8 @@ class IndexConfig:
     multivector_dtype: Literal["float32", "float16"] = "float32"
     dense_dtype: DenseDtype = "float32"
     rescore: int = DEFAULT_RESCORE
+    max_document_chars: int | None = DEFAULT_MAX_DOCUMENT_CHARS
+    oversize: Oversize = "error"
 
     def __post_init__(self) -> None:
         bad = [o for o in self.outputs if o not in OUTPUT_KINDS]
@@ -85,6 +93,12 @@ class IndexConfig:
             )
         if self.rescore < 1:
             raise InputError(f"rescore must be at least 1, got {self.rescore}")
+        if self.max_document_chars is not None and self.max_document_chars < 1:
+            raise InputError(
+                f"max_document_chars must be at least 1 (or None), got {self.max_document_chars}"
+            )
+        if self.oversize not in OVERSIZE:
+            raise InputError(f"oversize must be one of {', '.join(OVERSIZE)}, got {self.oversize!r}")
 
 
 @dataclass(frozen=True)
@@ -149,20 +163,22 @@ class Index:
         return tuple(o for o in OUTPUT_KINDS if o in self.config.outputs)
 
     def add(self, documents: Sequence[Document], *, update: bool = False) -> AddReport:
-        """Chunk, encode and add documents (those with no text are skipped and counted).
+        """Chunk, encode and add documents (those with no text are skipped and counted, and
+        so are those over ``max_document_chars`` when the config says ``oversize="skip"``).
         An id already in the index is an error, or, with ``update``, replaces that document.
 
         Nothing changes when encoding fails."""
         existing = frozenset() if update else frozenset(self._doc_pos)
-        docs, skipped = without_empty(check_documents(documents, existing))
-        if not docs:
-            return AddReport(0, 0, skipped)
         cfg = self.config
+        docs, skipped = without_empty(check_documents(documents, existing))
+        docs, oversized = within_size(docs, cfg.max_document_chars, cfg.oversize)
+        if not docs:
+            return AddReport(0, 0, skipped, oversized)
         chunks, enc = encode_chunks(
             docs, self.embedder, self.outputs, cfg.chunk_tokens, cfg.chunk_overlap, cfg.chunking
         )
         self._insert(docs, chunks, enc)
-        return AddReport(len(docs), len(chunks), skipped)
+        return AddReport(len(docs), len(chunks), skipped, oversized)
 
     def add_encoded(self, documents: Sequence[Document], enc: Encoded, *, update: bool = False) -> AddReport:
         """Add documents encoded elsewhere — one row of ``enc`` per document, e.g. shards of
