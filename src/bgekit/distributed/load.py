@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Protocol
 
-from bgekit.distributed.shards import EncodedShards, iter_shards, read_shards
+from bgekit.distributed.shards import EncodedShards, iter_shards, read_shards, verify_shards
 from bgekit.errors import InputError
 from bgekit.index.documents import AddReport, Document
 from bgekit.models import Embedder, model_fingerprint
@@ -49,7 +49,11 @@ def check_shard_model(part: EncodedShards, embedder: Embedder, where: str) -> No
 def load_shards(target: EncodedTarget, root: str | Path, *, streaming: bool = False) -> AddReport:
     """Add every record of a finished shard folder to ``target`` (whose model must be the
     shards' model). ``streaming`` adds one shard at a time (a vector database's bulk load:
-    memory holds one shard); otherwise all rows are added at once (the embedded index)."""
+    memory holds one shard); otherwise all rows are added at once (the embedded index).
+    Every shard is checked before any row is added (streaming reads the folder twice for
+    that), so a damaged shard leaves ``target`` as it was."""
+    if streaming:
+        verify_shards(root)
     parts = iter_shards(root) if streaming else iter([read_shards(root)])
     documents = chunks = skipped = 0
     for n, part in enumerate(parts):

@@ -6,8 +6,10 @@ or per ``cpus_per_replica`` CPU slots), and each actor writes its batches as sha
 Nothing is lost or written twice: a shard appears whole or not at all, and is named by its
 ids, so a block Ray retries after a worker dies rewrites the same file. A run started on a
 folder that already holds shards of the same model and settings skips the ids they hold
-(a resumed run); the run ends by checking that no id was written twice and writing the
-folder's manifest.
+(a resumed run) once they check out: a shard whose bytes are not those its checksum file
+records (or that has none), or whose columns or ids are wrong, is removed with a log line and
+its records are encoded again. The run ends by checking that no id was written twice and
+writing the folder's manifest with every shard's sha256.
 """
 
 from __future__ import annotations
@@ -196,20 +198,49 @@ def _check_inputs(inputs: Sequence[str]) -> None:
             raise InputError(f"missing input {raw}")
 
 
-def _finished(root: Path, header: sh.ShardHeader) -> tuple[list[str], np.ndarray]:
-    """Shards already in ``root`` (all made with ``header``'s settings) and the 64-bit hashes
-    of their ids (8 bytes an id: 800 MB for 100 million, where Python strings would take
-    several GB on the driver)."""
-    names, hashes = [], []
+def _refuse_other_run(root: Path, path: Path, header: sh.ShardHeader) -> None:
+    """A folder with a shard of another model or settings is not this run's to add to."""
+    why = header.differs(sh.header_of(path))
+    if why:
+        raise InputError(
+            f"{root} holds shards made with another {why}; choose another folder or overwrite it"
+        )
+
+
+def _finished(root: Path, header: sh.ShardHeader, *, resume: bool) -> tuple[dict[str, str], np.ndarray]:
+    """Shards already in ``root`` (all made with ``header``'s settings) with their sha256, and
+    the 64-bit hashes of their ids (8 bytes an id: 800 MB for 100 million, where Python strings
+    would take several GB on the driver). Each shard's columns and ids are checked; with
+    ``resume`` its bytes are hashed too (every byte of the folder is read) and a shard that does
+    not check out is removed, to be encoded again; without, the checksum its writer recorded is
+    taken (the build checks it) and a shard that does not check out is an error."""
+    sums: dict[str, str] = {}
+    hashes = []
+    dims: dict[str, int] | None = None
     for path in sh.shard_files(root):
-        why = header.differs(sh.header_of(path))
-        if why:
-            raise InputError(
-                f"{root} holds shards made with another {why}; choose another folder or overwrite it"
-            )
-        names.append(path.name)
-        hashes.append(sh.id_hashes(sh.shard_ids(path)))
-    return names, np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+        recorded = sh.read_sum(path)
+        intact = recorded is not None and (not resume or sh.file_sha256(path) == recorded)
+        if intact or recorded is None:  # its header is its writer's: never remove another run's shards
+            _refuse_other_run(root, path, header)
+        try:
+            if recorded is None:
+                raise InputError(f"{path} has no checksum file ({sh.sum_path(path).name})")
+            if not intact:
+                raise InputError(
+                    f"{path} has changed since it was written (its sha256 is not the one recorded)"
+                )
+            ids = sh.read_checked(path, None, header, dims, columns=["id"]).column("id").to_pylist()
+        except InputError as e:
+            if not resume:
+                raise
+            logger.warning("%s; removed, its records are encoded again", e)
+            path.unlink(missing_ok=True)
+            sh.sum_path(path).unlink(missing_ok=True)
+            continue
+        dims = sh.dims_of(path) if dims is None else dims
+        sums[path.name] = recorded
+        hashes.append(sh.id_hashes([str(i) for i in ids]))
+    return sums, np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
 
 
 def shard_header(config: RayEncodeConfig) -> sh.ShardHeader:
@@ -232,21 +263,26 @@ def shard_header(config: RayEncodeConfig) -> sh.ShardHeader:
 
 def prepare_folder(root: Path, header: sh.ShardHeader) -> np.ndarray:
     """Make ``root`` ready for shards of ``header``: the sorted id hashes of the shards
-    already there (of the same model and settings, else an error); unfinished writes are
-    removed."""
+    already there (of the same model and settings, else an error; damaged ones are removed,
+    see :func:`_finished`); unfinished writes are removed."""
     if root.exists() and not root.is_dir():
         raise InputError(f"{root} is a file; the shards go in a folder")
     root.mkdir(parents=True, exist_ok=True)
-    _, hashes = _finished(root, header)
+    _, hashes = _finished(root, header, resume=True)
     (root / sh.MANIFEST).unlink(missing_ok=True)  # the folder is being added to: not finished
     for left in root.glob(f".{sh.PREFIX}*.tmp"):  # writes of a killed earlier run
         left.unlink(missing_ok=True)
+    for left in root.glob(f"{sh.PREFIX}*.parquet{sh.SUM_SUFFIX}"):  # its shard was never renamed in
+        if not left.with_name(left.name.removesuffix(sh.SUM_SUFFIX)).exists():
+            left.unlink(missing_ok=True)
     return np.sort(hashes)
 
 
 def finish_folder(root: Path, header: sh.ShardHeader) -> tuple[int, int]:
-    """Check the folder (every id once) and write its manifest; returns (rows, shards)."""
-    names, hashes = _finished(root, header)
+    """Check the folder (every id once; each shard's columns and ids) and write its manifest
+    with every shard's sha256; returns (rows, shards)."""
+    sums, hashes = _finished(root, header, resume=False)
+    names = list(sums)
     values, counts = np.unique(hashes, return_counts=True)
     if len(values) < len(hashes):
         repeated = set(values[counts > 1].tolist())
@@ -258,7 +294,7 @@ def finish_folder(root: Path, header: sh.ShardHeader) -> tuple[int, int]:
             "repeats ids; make them unique and encode into an empty folder"
         )
     dims = sh.dims_of(root / names[0]) if names else {}
-    sh.write_manifest(root, header, names, len(hashes), dims)
+    sh.write_manifest(root, header, sums, len(hashes), dims)
     return len(hashes), len(names)
 
 

@@ -5,8 +5,11 @@ fixed-size lists, i.e. values + offsets), optionally ``title`` / ``text`` / ``me
 
 A shard is named by a hash of its ids (a retried block writes the same name again) and
 written atomically (a temporary file renamed into place), so a folder only ever holds whole
-shards. A finished run adds ``manifest.json`` naming every shard; :func:`read_shards` reads
-finished folders only.
+shards. The sha256 of its bytes goes first into ``<name>.sha256`` (``sha256sum -c`` reads
+it), so every shard in a folder has its checksum beside it, even in a killed run. A finished
+run adds ``manifest.json`` naming every shard with its sha256; :func:`read_shards` reads
+finished folders only, and checks each shard's bytes, columns and ids (which must hash to its
+name) before using it.
 """
 
 from __future__ import annotations
@@ -14,10 +17,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
@@ -30,7 +33,10 @@ from bgekit.types import Encoded, OutputKind, SparseVec
 FORMAT = 1
 MANIFEST = "manifest.json"
 PREFIX = "shard-"
+SUM_SUFFIX = ".sha256"
 META_KEY = b"bgekit"
+# Bytes read at a time when hashing a shard.
+HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -118,12 +124,64 @@ def shard_table(
     return table.replace_schema_metadata({META_KEY: header.to_json().encode()})
 
 
+class _Hashing:
+    """A file being written that hashes the bytes passing through (no second read)."""
+
+    closed = False
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f, self.sha, self.pos = f, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.pos += len(data)
+        return self.f.write(data)
+
+    def tell(self) -> int:
+        return self.pos
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def sum_path(path: Path) -> Path:
+    """The checksum file of the shard at ``path``."""
+    return path.with_name(path.name + SUM_SUFFIX)
+
+
 def write_shard(root: Path, table: pa.Table) -> str:
-    """Write ``table`` into ``root`` atomically under its ids' name; returns the name."""
+    """Write ``table`` into ``root`` atomically under its ids' name, its checksum file first
+    (renamed into place before the shard is); returns the name."""
     name = shard_name(table.column("id").to_pylist())
     with atomic_write(root / name) as f:
-        pq.write_table(table, f)
+        out = _Hashing(f)
+        pq.write_table(table, out)
+        with atomic_write(sum_path(root / name)) as s:
+            s.write(f"{out.sha.hexdigest()}  {name}\n".encode())
     return name
+
+
+def read_sum(path: Path) -> str | None:
+    """The sha256 recorded beside the shard at ``path`` (None: no checksum file)."""
+    try:
+        raw = sum_path(path).read_text(encoding="ascii", errors="replace")
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise InputError(f"{sum_path(path)} cannot be read ({e.strerror})") from None
+    return (raw.split() or [""])[0]
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, read a chunk at a time."""
+    h = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(HASH_CHUNK):
+                h.update(chunk)
+    except OSError as e:
+        raise InputError(f"{path} cannot be read ({e.strerror})") from None
+    return h.hexdigest()
 
 
 def shard_files(root: Path) -> list[Path]:
@@ -131,24 +189,40 @@ def shard_files(root: Path) -> list[Path]:
     return sorted(root.glob(f"{PREFIX}*.parquet")) if root.is_dir() else []
 
 
-def header_of(path: Path) -> ShardHeader:
-    try:
-        meta = pq.read_schema(path).metadata or {}
-    except (OSError, pa.ArrowException) as e:
-        raise InputError(f"{path} is not a readable Parquet file ({e})") from None
+def _unreadable(path: Path, e: Exception) -> InputError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return InputError(f"{path} is not a readable Parquet file ({first})")
+
+
+def _header_in(path: Path, schema: pa.Schema) -> ShardHeader:
+    meta = schema.metadata or {}
     if META_KEY not in meta:
         raise InputError(f"{path} is not a bgekit shard (no bgekit schema metadata)")
     return ShardHeader.from_json(meta[META_KEY], str(path))
 
 
+def header_of(path: Path) -> ShardHeader:
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as e:
+        raise _unreadable(path, e) from None
+    return _header_in(path, schema)
+
+
 def dims_of(path: Path) -> dict[str, int]:
     """Vector sizes of a shard's dense and multi-vector columns, from its schema."""
-    schema = pq.read_schema(path)
+    return _dims(pq.read_schema(path))
+
+
+def _dims(schema: pa.Schema) -> dict[str, int]:
+    """Vector sizes in ``schema`` (columns of other types are left out, for the caller to refuse)."""
     dims = {}
-    if "dense" in schema.names:
+    if "dense" in schema.names and pa.types.is_fixed_size_list(schema.field("dense").type):
         dims["dense"] = int(schema.field("dense").type.list_size)
     if "multivector" in schema.names:
-        dims["multivector"] = int(schema.field("multivector").type.value_type.list_size)
+        t = schema.field("multivector").type
+        if pa.types.is_list(t) and pa.types.is_fixed_size_list(t.value_type):
+            dims["multivector"] = int(t.value_type.list_size)
     return dims
 
 
@@ -156,14 +230,75 @@ def shard_ids(path: Path) -> list[str]:
     try:
         return [str(i) for i in pq.read_table(path, columns=["id"]).column("id").to_pylist()]
     except (OSError, pa.ArrowException) as e:
-        raise InputError(f"{path} is not a readable Parquet file ({e})") from None
+        raise _unreadable(path, e) from None
+
+
+def _columns(
+    outputs: Sequence[str], dims: Mapping[str, int] | None, schema: pa.Schema
+) -> dict[str, pa.DataType]:
+    """The columns a shard of ``outputs`` holds, by type (vector sizes from ``dims``, or from
+    ``schema`` where ``dims`` is None; 0 where neither knows), text columns too where
+    ``schema`` has them."""
+    sizes = _dims(schema) if dims is None else dims
+    want: dict[str, pa.DataType] = {"id": pa.string()}
+    if "dense" in outputs:
+        want["dense"] = pa.list_(pa.float32(), sizes.get("dense", 0))
+    if "sparse" in outputs:
+        want["sparse_indices"] = pa.list_(pa.int32())
+        want["sparse_values"] = pa.list_(pa.float32())
+    if "multivector" in outputs:
+        want["multivector"] = pa.list_(pa.list_(pa.float32(), sizes.get("multivector", 0)))
+    want.update({n: pa.string() for n in ("title", "text", "metadata") if n in schema.names})
+    return want
+
+
+def _check_schema(path: Path, schema: pa.Schema, header: ShardHeader, dims: Mapping[str, int] | None) -> None:
+    """``schema`` is that of a shard of ``header``'s run with vector sizes ``dims``."""
+    why = header.differs(_header_in(path, schema))
+    if why:
+        raise InputError(f"{path} was made with another {why}")
+    for name, type_ in _columns(header.outputs, dims, schema).items():
+        if name not in schema.names:
+            raise InputError(f"{path} is not a shard of this folder: it has no column {name!r}")
+        if schema.field(name).type != type_:
+            want = str(type_).replace("[0]", "[n]")  # size 0: not known (see _columns)
+            raise InputError(
+                f"{path} is not a shard of this folder: its column {name!r} is "
+                f"{schema.field(name).type}, not {want}"
+            )
+
+
+def read_checked(
+    path: Path,
+    sha256: str | None,
+    header: ShardHeader,
+    dims: Mapping[str, int] | None,
+    columns: Sequence[str] | None = None,
+) -> pa.Table:
+    """A shard's rows (``columns`` of them), once checked: its bytes hash to ``sha256``
+    (unless None), its columns are those of ``header``'s outputs with vector sizes ``dims``
+    (None: any), and its ids hash to its name; else an :class:`InputError` naming the file."""
+    if sha256 is not None and file_sha256(path) != sha256:
+        raise InputError(f"{path} has changed since it was written (its sha256 is not the one recorded)")
+    try:
+        with pq.ParquetFile(path) as f:
+            schema = f.schema_arrow
+            _check_schema(path, schema, header, dims)
+            table = f.read(columns=None if columns is None else ["id", *(c for c in columns if c != "id")])
+    except (OSError, pa.ArrowException) as e:
+        raise _unreadable(path, e) from None
+    if shard_name([str(i) for i in table.column("id").to_pylist()]) != path.name:
+        raise InputError(f"{path} holds ids that do not hash to its name (rows of another shard)")
+    return table
 
 
 def write_manifest(
-    root: Path, header: ShardHeader, shards: Sequence[str], rows: int, dims: dict[str, int]
+    root: Path, header: ShardHeader, shards: Mapping[str, str], rows: int, dims: dict[str, int]
 ) -> None:
+    """The manifest of a finished folder: ``shards`` maps each shard's name to its sha256."""
     body = {"format": FORMAT, "header": json.loads(header.to_json()), "rows": rows, "dims": dims}
     body["shards"] = sorted(shards)
+    body["sha256"] = dict(sorted(shards.items()))
     with atomic_write(root / MANIFEST) as f:
         f.write((json.dumps(body, indent=2) + "\n").encode())
 
@@ -189,8 +324,8 @@ def _lists(col: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     return offsets - offsets[0], values
 
 
-def _finished_folder(root: Path) -> tuple[ShardHeader, list[str], int, dict[str, int]]:
-    """A finished folder's header, shard names, row count and dims, checked."""
+def _finished_folder(root: Path) -> tuple[ShardHeader, dict[str, str], int, dict[str, int]]:
+    """A finished folder's header, shard names (with their sha256), row count and dims."""
     manifest_path = root / MANIFEST
     if not root.is_dir():
         raise InputError(f"no encoded shards at {root} (no such folder)")
@@ -204,26 +339,26 @@ def _finished_folder(root: Path) -> tuple[ShardHeader, list[str], int, dict[str,
         names = [str(n) for n in manifest["shards"]]
         dims = {str(k): int(v) for k, v in manifest["dims"].items()}
         rows = int(manifest["rows"])
+        recorded = manifest.get("sha256")
+        sums = {str(n): str(recorded[n]) for n in names} if recorded is not None else {}
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise InputError(f"{manifest_path} is damaged ({e})") from None
+    if recorded is None:
+        raise InputError(
+            f"{manifest_path} records no shard checksums (an older bgekit wrote it); rerun the "
+            "encode into this folder: shards it cannot check are encoded again"
+        )
     missing = [n for n in names if not (root / n).is_file()]
     if missing:
         raise InputError(
             f"{root}: {len(missing)} shard(s) named by {MANIFEST} are missing, e.g. {missing[0]}"
         )
-    return header, names, rows, dims
+    return header, sums, rows, dims
 
 
 def read_header(root: str | Path) -> ShardHeader:
     """A finished folder's header (model, outputs, kind), checked."""
     return _finished_folder(Path(root))[0]
-
-
-def _read_table(path: Path) -> pa.Table:
-    try:
-        return pq.read_table(path)
-    except (OSError, pa.ArrowException) as e:
-        raise InputError(f"{path} is not a readable Parquet file ({e})") from None
 
 
 def _rows(header: ShardHeader, table: pa.Table, dims: dict[str, int]) -> EncodedShards:
@@ -237,11 +372,11 @@ def _rows(header: ShardHeader, table: pa.Table, dims: dict[str, int]) -> Encoded
 
 
 def read_shards(root: str | Path) -> EncodedShards:
-    """Every row of a finished folder (its manifest names the shards), in shard-name order;
-    errors name what is wrong."""
+    """Every row of a finished folder (its manifest names the shards), in shard-name order,
+    each shard checked (:func:`read_checked`); errors name what is wrong."""
     root = Path(root)
-    header, names, rows, dims = _finished_folder(root)
-    tables = [_read_table(root / n) for n in names]
+    header, sums, rows, dims = _finished_folder(root)
+    tables = [read_checked(root / n, s, header, dims) for n, s in sums.items()]
     table = pa.concat_tables(tables) if tables else pa.table({"id": pa.array([], type=pa.string())})
     if table.num_rows != rows:
         raise InputError(f"{root}: the shards hold {table.num_rows} rows, {MANIFEST} says {rows}")
@@ -249,11 +384,23 @@ def read_shards(root: str | Path) -> EncodedShards:
 
 
 def iter_shards(root: str | Path) -> Iterator[EncodedShards]:
-    """A finished folder one shard at a time (for bulk loads that need not hold it all)."""
+    """A finished folder one shard at a time (for bulk loads that need not hold it all),
+    each shard checked as it is read (:func:`verify_shards` checks them all first)."""
     root = Path(root)
-    header, names, _, dims = _finished_folder(root)
-    for n in names:
-        yield _rows(header, _read_table(root / n), dims)
+    header, sums, _, dims = _finished_folder(root)
+    for n, s in sums.items():
+        yield _rows(header, read_checked(root / n, s, header, dims), dims)
+
+
+def verify_shards(root: str | Path) -> int:
+    """Check every shard of a finished folder (bytes, columns, ids) without decoding its
+    vectors; returns the row count. Hashing reads every byte once."""
+    root = Path(root)
+    header, sums, rows, dims = _finished_folder(root)
+    got = sum(read_checked(root / n, s, header, dims, columns=["id"]).num_rows for n, s in sums.items())
+    if got != rows:
+        raise InputError(f"{root}: the shards hold {got} rows, {MANIFEST} says {rows}")
+    return rows
 
 
 def _encoded(table: pa.Table, outputs: Sequence[OutputKind], dims: dict[str, int]) -> Encoded:
