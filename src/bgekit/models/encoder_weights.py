@@ -19,27 +19,32 @@ import torch
 from torch import nn
 
 from bgekit.models.backbones import PackedEncoder, PackedLayer, config_unsupported, position_offset
-from bgekit.models.loading import safe_torch_load, weights_error
+from bgekit.models.loading import key_mismatch, safe_torch_load, weights_error
 
 logger = logging.getLogger(__name__)
 
 # Prefixes a task model puts before the encoder's keys (transformers strips them too).
 _PREFIXES = ("", "bert.", "roberta.", "xlm-roberta.", "model.")
+# The encoder's own parts (a tensor under them that the encoder does not take is one the
+# config does not account for) and the buffers some checkpoints save beside the weights.
+_ENCODER_PARTS = ("embeddings", "encoder")
+_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor] | None:
+def _read_weights(path: Path) -> tuple[Path, dict[str, torch.Tensor]] | None:
+    """The weights file and its tensors, when the folder has one file bgekit reads itself."""
     safetensors = path / "model.safetensors"
     if safetensors.is_file():
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(safetensors))
+            return safetensors, load_file(str(safetensors))
         except Exception as e:  # safetensors raises its own error types for damaged files
             raise weights_error(safetensors, e) from None
     binary = path / "pytorch_model.bin"
     if binary.is_file():
         state = safe_torch_load(binary)
-        return state if isinstance(state, dict) else None
+        return (binary, state) if isinstance(state, dict) else None
     return None
 
 
@@ -85,15 +90,17 @@ class _LayerNorm(nn.LayerNorm):
 
 
 class _Tensors:
-    """Named tensors as float32, each one's shape checked."""
+    """Named tensors as float32, each one's shape checked; ``used``: the names taken."""
 
     def __init__(self, state: Mapping[str, torch.Tensor]):
         self.state = state
+        self.used: set[str] = set()
 
     def get(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         t = self.state.get(name)
         if t is None or tuple(t.shape) != shape:
             raise KeyError(name)
+        self.used.add(name)
         return t.to(torch.float32).contiguous()
 
     def linear(self, prefix: str, n_in: int, n_out: int) -> nn.Linear:
@@ -149,13 +156,22 @@ def packed_from_folder(path: Path, config: Mapping[str, Any]) -> PackedEncoder |
     reason = config_unsupported(config)
     if reason is not None:
         return None
-    state = _read_weights(path)
-    encoder = _encoder_state(state) if state is not None else None
-    if encoder is None:
+    read = _read_weights(path)
+    encoder = _encoder_state(read[1]) if read is not None else None
+    if read is None or encoder is None:
         return None
+    tensors = _Tensors(encoder)
     try:
-        model = _build(config, _Tensors(encoder))
+        model = _build(config, tensors)
     except (KeyError, ValueError) as e:
+        # transformers loads it, or names what is missing (runtime.check_loading_info)
         logger.debug("%s: loading through transformers (%s missing or misshapen)", path, e)
         return None
+    unused = [k for k in encoder if k.split(".", 1)[0] in _ENCODER_PARTS and k not in tensors.used]
+    unused = [k for k in unused if k not in _BUFFERS]
+    if unused:  # e.g. layers beyond config.json's num_hidden_layers
+        layers = config["num_hidden_layers"]
+        raise key_mismatch(
+            read[0], f"config.json ({config['model_type']}, {layers} layers)", unexpected=unused
+        )
     return model.eval()

@@ -8,13 +8,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bgekit.models.loading import safe_torch_load
+from bgekit.models.tokenizer import tokenizer_files
 
 if TYPE_CHECKING:
     from bgekit.models.embedder import Embedder
 
 
 def model_fingerprint(embedder: Embedder) -> str:
-    """Changes when the weights, heads or encoding settings change; not when the folder moves."""
+    """Changes when the weights, heads, tokenizer or encoding settings change; not when the
+    folder moves."""
     info = embedder.info
     root = Path(info.path)
     h = hashlib.sha256()
@@ -25,6 +27,8 @@ def model_fingerprint(embedder: Embedder) -> str:
             state = safe_torch_load(root / name)
             for key in sorted(state):
                 h.update(name.encode() + key.encode() + state[key].float().numpy().tobytes())
+    for f in tokenizer_files(root):  # the same weights with another vocabulary are another model
+        h.update(f"tokenizer:{f.name}:".encode() + hashlib.sha256(f.read_bytes()).digest())
     for p in sorted([*root.glob("*.safetensors"), *root.glob("pytorch_model*.bin")]):
         h.update(f"{p.name}:{p.stat().st_size}".encode())
     settings = [

@@ -22,15 +22,26 @@ POOLINGS = ("cls", "mean", "last_token")
 
 
 def load_linear(path: Path, hidden_size: int) -> nn.Linear:
-    """A Linear layer from a state-dict file, read with ``weights_only=True`` (no pickled code)."""
+    """A Linear layer from a state-dict file, read with ``weights_only=True`` (no pickled code);
+    anything but a ``weight`` of ``(n, hidden_size)`` and an optional ``bias`` of ``(n,)`` is
+    an error naming the file."""
     state = safe_torch_load(path)
-    weight = state.get("weight") if isinstance(state, dict) else None
+    what = f"{path} is not a Linear({hidden_size}, n) state dict"
+    if not isinstance(state, dict):
+        raise ModelFormatError(f"{what} (it holds a {type(state).__name__})")
+    weight = state.get("weight")
     if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or weight.shape[1] != hidden_size:
-        raise ModelFormatError(
-            f"{path} is not a Linear({hidden_size}, n) state dict "
-            f"(weight shape {None if weight is None else tuple(weight.shape)})"
-        )
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else None
+        raise ModelFormatError(f"{what} (weight shape {shape})")
+    extra = sorted(str(k) for k in state if k not in ("weight", "bias"))
+    if extra:
+        raise ModelFormatError(f"{what}: unexpected keys {extra[:3]}")
     bias = state.get("bias")
+    if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (weight.shape[0],)):
+        got = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
+        raise ModelFormatError(f"{what}: bias shape {got} does not match weight shape {tuple(weight.shape)}")
+    if not weight.is_floating_point() or (bias is not None and not bias.is_floating_point()):
+        raise ModelFormatError(f"{what}: its tensors are not floating point")
     layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
     layer.load_state_dict(state)
     return layer

@@ -17,7 +17,7 @@ lightweight model is a layer-wise scorer that also compresses passage tokens).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -31,10 +31,11 @@ from bgekit.engine.device import MatmulKind
 from bgekit.errors import InputError, ModelFormatError
 from bgekit.inputs import check_pairs
 from bgekit.models.kernels import patch_linears
-from bgekit.models.llm_checkpoints import costwise_as_gemma2, minicpm_as_llama, yes_no_model
-from bgekit.models.loading import FolderMeta
+from bgekit.models.llm_checkpoints import costwise_as_gemma2, minicpm_as_llama
+from bgekit.models.loading import FolderMeta, weights_file
 from bgekit.models.registry import RerankerVariant
 from bgekit.models.reranker import Reranker, WindowParts, register_reranker_builder
+from bgekit.models.runtime import load_pretrained
 from bgekit.models.tokenizer import TextTokenizer
 from bgekit.types import ModelInfo, TokenSeq
 
@@ -439,6 +440,29 @@ class LLMReranker(Reranker):
         return layers
 
 
+def _yes_no_model(path: Path) -> tuple[nn.Module, Any]:
+    """The decoder and output embeddings of a ``*ForCausalLM`` folder, its weights checked
+    against the config (nothing left at random: the "Yes" row is read from the head)."""
+    from transformers import AutoModelForCausalLM
+
+    lm: Any = load_pretrained(AutoModelForCausalLM, path, attn_implementation="eager")
+    return lm.get_decoder().eval(), lm.get_output_embeddings()
+
+
+def _converted(
+    convert: Callable[[Path, dict[str, Any]], tuple[nn.Module, torch.Tensor]],
+    path: Path,
+    config: dict[str, Any],
+) -> tuple[nn.Module, torch.Tensor]:
+    """A converted checkpoint (MiniCPM, CostWise-Gemma); its errors name the weights file."""
+    try:
+        return convert(path, config)
+    except ModelFormatError as e:
+        if str(path) in str(e):
+            raise
+        raise ModelFormatError(f"{weights_file(path)}: {e}") from None
+
+
 def build_llm_reranker(
     name: str,
     path: Path,
@@ -452,10 +476,10 @@ def build_llm_reranker(
     tokenizer = TextTokenizer.from_folder(path, with_type_ids=True)
     scorer: YesNoScorer | LayerwiseScorer
     if variant == "layerwise":
-        base, heads = minicpm_as_llama(path, config)
+        base, heads = _converted(minicpm_as_llama, path, config)
         scorer = LayerwiseScorer(base, heads, start_layer=int(config.get("start_layer", 8)))
     elif variant == "lightweight":
-        base, heads = costwise_as_gemma2(path, config)
+        base, heads = _converted(costwise_as_gemma2, path, config)
         scorer = LayerwiseScorer(
             base,
             heads,
@@ -466,7 +490,7 @@ def build_llm_reranker(
             head_per_request=True,
         )
     else:
-        base, lm_head = yes_no_model(path)
+        base, lm_head = _yes_no_model(path)
         yes = tokenizer.ids(["Yes"])[0]
         if not yes:
             raise ModelFormatError(f"{name}: the tokenizer has no token for 'Yes'")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,7 @@ from torch import nn
 from bgekit.engine import Engine, EngineConfig, Precision, pad_batch, resolve_device, resolve_precision
 from bgekit.errors import ModelFormatError
 from bgekit.models.kernels import fast_paths
-from bgekit.models.loading import weights_error
+from bgekit.models.loading import key_mismatch, weights_error, weights_file
 from bgekit.types import ModelInfo, TokenSeq
 
 if TYPE_CHECKING:
@@ -43,16 +43,76 @@ def quiet_hf_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_transformers_model(path: Path, *, cross_encoder: bool) -> nn.Module:
-    """The encoder (or sequence-classification model) in fp32 on the CPU, with SDPA attention."""
-    from transformers import AutoModel, AutoModelForSequenceClassification
+@contextmanager
+def quiet_hf_load() -> Iterator[None]:
+    """No transformers progress bars and no load report inside the block (what the report
+    says becomes one error, see :func:`check_loading_info`)."""
+    from transformers.utils import logging as hf_logging
 
-    cls = AutoModelForSequenceClassification if cross_encoder else AutoModel
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
         with quiet_hf_bars():
-            model = cls.from_pretrained(str(path), attn_implementation="sdpa", dtype=torch.float32)
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def check_loading_info(
+    path: Path, model: nn.Module, info: Mapping[str, Any], unused: Sequence[str] = ()
+) -> None:
+    """Refuse weights that do not cover ``model`` (transformers would initialise the rest at
+    random) or hold more of it than ``config.json`` says (layers beyond its count), or a
+    tensor of another shape. Keys outside the model (a pre-training head in a checkpoint
+    loaded as an encoder) are what transformers drops on purpose; ``unused``: prefixes of
+    the model's parameters bgekit never runs (may be missing)."""
+    own = {name for name, _ in model.named_children()} | {str(getattr(model, "base_model_prefix", ""))}
+    missing = [k for k in info.get("missing_keys") or () if not k.startswith(tuple(unused))]
+    unexpected = [k for k in info.get("unexpected_keys") or () if k.split(".", 1)[0] in own]
+    # transformers lists (key, shape in the file, shape the config gives)
+    wrong = [
+        f"{m[0]} ({tuple(m[1])} in the file, {tuple(m[2])} in the model)"
+        for m in info.get("mismatched_keys") or ()
+    ]
+    if missing or unexpected or wrong:
+        n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+        layers = f", {n} layers" if isinstance(n, int) else ""
+        raise key_mismatch(
+            weights_file(path),
+            f"config.json ({type(model).__name__}{layers})",
+            missing=missing,
+            unexpected=unexpected,
+            wrong_shape=wrong,
+        )
+
+
+def load_pretrained(auto_class: Any, path: Path, *, unused: Sequence[str] = (), **kwargs: Any) -> nn.Module:
+    """``auto_class.from_pretrained(path, **kwargs)`` in fp32, its weights checked against the
+    config (:func:`check_loading_info`), any failure one :class:`ModelFormatError`."""
+    try:
+        with quiet_hf_load():
+            model, info = auto_class.from_pretrained(
+                str(path),
+                dtype=torch.float32,
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,
+                **kwargs,
+            )
     except Exception as e:  # transformers raises many types for a bad or unsafe checkpoint
         raise weights_error(path, e) from None
+    check_loading_info(path, model, info, unused)
+    return cast(nn.Module, model)
+
+
+def load_transformers_model(path: Path, *, cross_encoder: bool) -> nn.Module:
+    """The encoder (or sequence-classification model) in fp32 on the CPU, with SDPA attention.
+    An encoder may lack the pooler (bgekit pools itself); a cross-encoder's classifies."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    if cross_encoder:
+        model = load_pretrained(AutoModelForSequenceClassification, path, attn_implementation="sdpa")
+    else:
+        model = load_pretrained(AutoModel, path, unused=("pooler.",), attn_implementation="sdpa")
     return model.eval()
 
 

@@ -34,6 +34,44 @@ TOKENIZER_FILES = (
     "spiece.model",
     "tokenizer.model",
 )
+# The files that hold a vocabulary: from a folder with none of them transformers builds a
+# tokenizer of special tokens only (every word [UNK]).
+VOCABULARY_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+    "tokenizer.model",
+)
+
+
+def tokenizer_files(path: Path) -> list[Path]:
+    """The tokenizer files in folder ``path`` (what shapes its tokens)."""
+    return [path / name for name in TOKENIZER_FILES if (path / name).is_file()]
+
+
+def _check_files(path: Path) -> None:
+    if not any((path / name).is_file() for name in VOCABULARY_FILES):
+        present = [f.name for f in tokenizer_files(path)]
+        raise ModelFormatError(
+            f"{path} has no tokenizer: {VOCABULARY_FILES[0]} and a vocabulary file "
+            f"({', '.join(VOCABULARY_FILES[1:])}) are all missing"
+            + (f" (only {', '.join(present)} is there)" if present else "")
+        )
+
+
+def _check_vocabulary(path: Path, backend: Tokenizer, special: frozenset[int]) -> None:
+    """A vocabulary of special tokens only (an emptied vocabulary file) is refused."""
+    vocab = backend.get_vocab(with_added_tokens=True)
+    added = {i for i, tok in backend.get_added_tokens_decoder().items() if tok.special}
+    if set(vocab.values()) <= added | special:
+        source = next((path / n for n in VOCABULARY_FILES if (path / n).is_file()), path)
+        tokens = sorted(vocab, key=vocab.__getitem__)
+        raise ModelFormatError(
+            f"{source}: the tokenizer's vocabulary holds only special tokens ({' '.join(tokens[:8])}), "
+            "so every word would be unknown"
+        )
 
 
 def cache_dir() -> Path | None:
@@ -96,8 +134,9 @@ def _from_transformers(path: Path) -> _Parts:
 
     try:
         hf = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as e:
-        raise ModelFormatError(f"cannot load a tokenizer from {path}: {e}") from None
+    except Exception as e:  # transformers and tokenizers raise many types for damaged files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelFormatError(f"cannot load a tokenizer from {path}: {first}") from None
     backend = getattr(hf, "backend_tokenizer", None)
     if backend is None:
         raise ModelFormatError(f"{path}: bgekit needs a fast (Rust) tokenizer; none could be built")
@@ -166,7 +205,9 @@ class TextTokenizer:
         """The folder's tokenizer as transformers builds it (it converts slow-tokenizer files
         and applies the folder's settings), kept as its fast backend. The result is cached
         (see :func:`tokenizer_cache`), so later loads need neither transformers nor the
-        conversion."""
+        conversion. A folder without tokenizer files, or whose vocabulary holds only special
+        tokens, is an error naming it."""
+        _check_files(path)
         cache = tokenizer_cache(path)
         parts = _read_cached(cache) if cache is not None else None
         if parts is None:
@@ -174,6 +215,7 @@ class TextTokenizer:
             if cache is not None:
                 _write_cached(cache, parts)
         backend, pad_id, special, bos_id = parts
+        _check_vocabulary(path, backend, special)
         return cls(backend, pad_id=pad_id, special_ids=special, with_type_ids=with_type_ids, bos_id=bos_id)
 
     def _seq(self, enc: Encoding, truncated: bool) -> TokenSeq:
