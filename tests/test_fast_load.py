@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bgekit import Document, Embedder, EngineConfig, Index, IndexConfig
+from bgekit.errors import ModelFormatError
 from bgekit.index.storage import IndexFormatError
 from bgekit.models import embedder as embedder_module
 from bgekit.models import tokenizer as tokenizer_module
@@ -82,7 +83,7 @@ def test_prefixed_keys_and_old_layer_norm_names_load_the_same(
             np.testing.assert_allclose(dense(folder), ref, atol=1e-6)
 
 
-def test_an_incomplete_weights_file_is_left_to_transformers(
+def test_an_incomplete_weights_file_is_refused_by_the_checked_load(
     bert_m3: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder = tmp_path / "m"
@@ -98,7 +99,12 @@ def test_an_incomplete_weights_file_is_left_to_transformers(
         return real(path, cross_encoder=cross_encoder)
 
     monkeypatch.setattr(embedder_module, "load_transformers_model", counting)
-    Embedder.from_pretrained(str(folder), engine=FP32)
+    # handed to transformers, whose load report the checked load turns into an error
+    with pytest.raises(
+        ModelFormatError,
+        match=r"model\.safetensors does not fit .*missing encoder\.layer\.0\.output\.dense\.bias$",
+    ):
+        Embedder.from_pretrained(str(folder), engine=FP32)
     assert calls == [folder]
 
 

@@ -132,3 +132,15 @@ def test_reload_needs_the_key_and_a_saved_index(served: tuple[Embedder, Path]) -
     with live(create_app(ServerConfig(), embedder=emb, index=unsaved)) as url:
         resp = httpx.post(f"{url}/admin/reload")
         assert resp.status_code == 404 and "no saved index" in resp.json()["error"]["message"]
+
+
+def test_the_poll_interval_comes_from_the_command_line_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bgekit.cli.main import build_parser
+
+    assert build_parser().parse_args(["serve", "--index-poll", "0.5"]).index_poll == 0.5
+    monkeypatch.setenv("BGEKIT_INDEX_POLL", "0")
+    assert build_parser().parse_args(["serve"]).index_poll == 0.0
+    with pytest.raises(Exception, match="index_poll must be 0"):
+        ServerConfig(index_poll=-1)

@@ -55,6 +55,7 @@ def cmd_serve(ns: argparse.Namespace) -> int:
         mcls_stride=ns.mcls_stride,
         long_passage=ns.long_passage,
         passage_overlap=ns.passage_overlap,
+        index_poll=ns.index_poll,
         engine=engine_config(ns),
     )
     app = create_app(config)
@@ -73,6 +74,13 @@ def register(sub: Any) -> None:
     p.add_argument("--model", default=_env("model", None), help="embedder (default: the packaged model)")
     p.add_argument("--reranker", default=_env("reranker", None), help="cross-encoder for /rerank")
     p.add_argument("--index", default=_env("index", None), help="index folder for /search")
+    p.add_argument(
+        "--index-poll",
+        type=float,
+        default=_env("index_poll", 1.0, float),
+        help="seconds between looks for a new generation of --index (another process's add or "
+        "delete), served from then on; 0: only on POST /admin/reload",
+    )
     p.add_argument("--host", default=_env("host", "127.0.0.1"), help="address to listen on")
     p.add_argument("--port", type=int, default=_env("port", 8080, int), help="port to listen on")
     p.add_argument("--api-key", default=_env("api_key", None), help="require 'Authorization: Bearer KEY'")
