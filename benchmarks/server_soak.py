@@ -10,9 +10,11 @@ each send --requests requests drawn at random (fixed seed): /v1/embeddings (floa
 base64) and /encode with 1-16 SciFact texts cut to 1-150 words, and /search when an index is
 given. All the while --slow connections without a key send headers and part of a body and
 then stall (reopened when the server closes them). After each round (and --settle
-seconds): the server's RSS, keyed requests, errors (anything but 200; a 413 for a text over
-the model's limit is the right answer and counted apart), p50 / p99 latency, and how many
-stalled connections the server closed. Prints a table and the RSS spread over the measured rounds (goal: within +-10%).
+seconds): the server's RSS and its anonymous part (heap and private memory, not mapped
+files), keyed requests, errors (anything but 200; a 413 for a text over the model's limit
+is the right answer and counted apart), p50 / p99 latency, and how many stalled
+connections the server closed. Prints a table and the RSS spread over the measured rounds
+(goal: within +-10%).
 """
 
 from __future__ import annotations
@@ -40,6 +42,15 @@ def rss_mib(pid: int) -> float:
     import psutil
 
     return float(psutil.Process(pid).memory_info().rss / 2**20)
+
+
+def anon_mib(pid: int) -> float:
+    """The anonymous part of the RSS (``RssAnon``: heap and other private memory), Linux only."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(float(line.split()[1]) / 1024 for line in f if line.startswith("RssAnon:"))
+    except (OSError, StopIteration):
+        return float("nan")
 
 
 def request(rng: random.Random, docs: list[str], search: bool) -> tuple[str, dict[str, object]]:
@@ -152,6 +163,7 @@ async def soak(args: argparse.Namespace, url: str, port: int, pid: int) -> list[
         row |= await round_(url, args.clients, args.requests, rng, docs, args.index is not None)
         await asyncio.sleep(args.settle)  # RSS of the idle server, not of the last batch
         row["rss_mib"] = rss_mib(pid)
+        row["anon_mib"] = anon_mib(pid)
         row["stalled_closed"] = stallers.closed_by_server - closed
         rows.append(row)
         print(json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
@@ -198,13 +210,13 @@ def main() -> None:
         f"last vs first {100 * (measured[-1] / measured[0] - 1):+.1f}%"
     )
     print(
-        "\n| round | keyed requests | errors | 413 too long | p50 ms | p99 ms | stalled conns closed by server | RSS MiB |"
+        "\n| round | keyed requests | errors | 413 too long | p50 ms | p99 ms | stalled conns closed by server | RSS MiB | of it anonymous |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['round']} | {r['requests']} | {r['errors']} | {r['too_long_413']} | {float(r['p50_ms']):.0f} | {float(r['p99_ms']):.0f} | "  # type: ignore[arg-type]
-            f"{r['stalled_closed']} | {float(r['rss_mib']):.0f} |"  # type: ignore[arg-type]
+            f"{r['stalled_closed']} | {float(r['rss_mib']):.0f} | {float(r['anon_mib']):.0f} |"  # type: ignore[arg-type]
         )
 
 

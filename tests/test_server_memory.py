@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,15 @@ def test_the_server_trims_after_a_model_run(bert_m3: Path) -> None:
         before = state.trimmer.trims
         assert client.post("/v1/embeddings", json={"input": ["a", "b"]}).status_code == 200
         assert state.trimmer.trims > before
+
+
+def test_kernel_caches_are_capped_unless_the_environment_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = {"LRU_CACHE_CAPACITY": "64"}  # the operator's choice stands
+    monkeypatch.setattr(os, "environ", env)
+    assert memory.limit_kernel_caches() == {
+        "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "256",
+        "LRU_CACHE_CAPACITY": "64",
+    }
+    assert env == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "256", "LRU_CACHE_CAPACITY": "64"}
