@@ -150,7 +150,8 @@ def test_concurrent_edits_all_land_and_readers_always_load(bert_m3: Path, tmp_pa
     for mode in ("dense", "sparse", "multivector", "hybrid"):
         got, want = index.search(queries, 5, mode=mode), fresh.search(queries, 5, mode=mode)  # type: ignore[arg-type]
         assert [[h.id for h in r] for r in got] == [[h.id for h in r] for r in want]
-        scores = [[h.score for h in r] for r in got], [[h.score for h in r] for r in want]
+        # (a sparse search can find fewer than k documents: compare the scores flat)
+        scores = [h.score for r in got for h in r], [h.score for r in want for h in r]
         np.testing.assert_allclose(*scores, atol=1e-5)
 
 

@@ -35,6 +35,7 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     from bgekit.server import ServerConfig, create_app, memory
 
     memory.limit_arenas()  # before the server's threads allocate (see bgekit.server.memory)
+    memory.limit_kernel_caches()  # before the first model run: bounds the per-shape kernel caches
 
     config = ServerConfig(
         model=ns.model,
