@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from bgekit.errors import ModelFormatError
-from bgekit.models.loading import safe_torch_load, weights_error
+from bgekit.models.loading import safe_torch_load
 from bgekit.models.runtime import quiet_hf_bars
 
 
@@ -118,16 +118,3 @@ def costwise_as_gemma2(path: Path, config: dict[str, Any]) -> tuple[nn.Module, t
     state = _state_dict(path)
     _base_from_state(base, state)
     return base.eval(), _heads(state)
-
-
-def yes_no_model(path: Path) -> tuple[nn.Module, Any]:
-    from transformers import AutoModelForCausalLM
-
-    try:
-        with quiet_hf_bars():
-            lm = AutoModelForCausalLM.from_pretrained(
-                str(path), dtype=torch.float32, attn_implementation="eager"
-            )
-    except Exception as e:  # transformers raises many types for a bad or unsafe checkpoint
-        raise weights_error(path, e) from None
-    return lm.get_decoder().eval(), lm.get_output_embeddings()
