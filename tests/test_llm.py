@@ -151,13 +151,17 @@ def test_icl_embedder_layout(qwen: Path, llm_root: Path) -> None:
         emb.encode_queries([query], instruction=task).dense, _last_token_vectors(qwen, [text]), atol=1e-5
     )
     assert emb.tokenize(["doc"])[0].ids == hf("doc")["input_ids"]  # documents: plain
-    emb.set_examples([])  # examples swapped per task; none: just the query and suffix
+    bare = emb.with_examples([])  # examples swapped per task; none: just the query and suffix
     assert (
-        emb.tokenize(["q"], kind="query", instruction="T")[0].ids
+        bare.tokenize(["q"], kind="query", instruction="T")[0].ids
         == hf("<instruct>T\n<query>q\n<response>")["input_ids"]
     )
+    assert emb.tokenize([query], kind="query", instruction=task)[0].ids == want_ids  # unchanged
     with pytest.raises(InputError, match="unknown keys"):
-        emb.set_examples([{"question": "x"}])
+        emb.with_examples([{"question": "x"}])
+    with pytest.warns(DeprecationWarning, match="with_examples"):
+        emb.set_examples([])  # the old call still works, in place
+    assert emb.tokenize(["q"], kind="query", instruction="T")[0].ids == bare.tokenize(["q"], kind="query", instruction="T")[0].ids
 
 
 # -- yes/no reranker ------------------------------------------------------------------------------

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+
+from bgekit.errors import InputError
 
 Kind = Literal["query", "document"]
 OutputKind = Literal["dense", "sparse", "multivector"]
@@ -54,6 +56,49 @@ class SparseVec:
 
 
 @dataclass(frozen=True)
+class Outputs:
+    """Output kinds, checked once and kept in canonical order (dense, sparse, multivector):
+    what every room below an entry point reads, without converting or re-checking.
+
+    >>> Outputs.parse(["multivector", "dense", "dense"]).kinds
+    ('dense', 'multivector')
+    >>> "sparse" in Outputs.parse("dense") | Outputs.parse(["sparse"])
+    True
+    """
+
+    kinds: tuple[OutputKind, ...]
+
+    def __post_init__(self) -> None:
+        if self.kinds != tuple(k for k in OUTPUT_KINDS if k in self.kinds):
+            raise ValueError(f"Outputs holds kinds in canonical order, once each: {self.kinds}")
+
+    @classmethod
+    def parse(cls, value: Outputs | str | Iterable[str]) -> Outputs:
+        """``value`` (one name or several) as Outputs; an unknown or empty one is an error."""
+        if isinstance(value, Outputs):
+            return value
+        names = [value] if isinstance(value, str) else list(value)
+        for name in names:
+            if name not in OUTPUT_KINDS:
+                raise InputError(f"unknown output {name!r}; choose from {', '.join(OUTPUT_KINDS)}")
+        if not names:
+            raise InputError("outputs is empty; ask for at least one of dense, sparse, multivector")
+        return cls(tuple(k for k in OUTPUT_KINDS if k in names))
+
+    def __iter__(self) -> Iterator[OutputKind]:
+        return iter(self.kinds)
+
+    def __len__(self) -> int:
+        return len(self.kinds)
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self.kinds
+
+    def __or__(self, other: Outputs) -> Outputs:
+        return Outputs(tuple(k for k in OUTPUT_KINDS if k in self.kinds or k in other.kinds))
+
+
+@dataclass(frozen=True)
 class EmbeddingRow:
     """One input's outputs as the engine returns them (``None``: not asked for)."""
 
@@ -88,7 +133,7 @@ class Encoded:
     def from_rows(
         cls,
         rows: Sequence[EmbeddingRow],
-        outputs: Sequence[OutputKind],
+        outputs: Collection[OutputKind],
         dim: int = 0,
         *,
         truncated: int = 0,
@@ -230,6 +275,9 @@ class ModelInfo:
     query_format: str = "{}{}"
     pair_max_length: int | None = None
     long_input: str = "truncate"
+    passage_instruction: str = ""
+    tasks: tuple[str, ...] = ()
+    default_task: str | None = None
 
     def describe(self) -> Iterator[tuple[str, str]]:
         """Readable (label, value) rows, for ``bgekit info``."""
@@ -249,6 +297,13 @@ class ModelInfo:
             )
             if self.query_format != "{}{}":
                 yield "query format", repr(self.query_format)
+            if self.passage_instruction:
+                yield "passage instruction", repr(self.passage_instruction)
+            if self.tasks:
+                yield (
+                    "tasks",
+                    ", ".join(self.tasks) + (f" (default {self.default_task})" if self.default_task else ""),
+                )
             longer = {
                 "truncate": "longer inputs are truncated at the end",
                 "chunk": "longer documents are encoded as overlapping windows, combined",

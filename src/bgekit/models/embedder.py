@@ -1,111 +1,61 @@
-"""Embedders: dense for every encoder, plus sparse and multi-vector for BGE-M3, in one pass."""
+"""Embedders: dense for every encoder, plus sparse and multi-vector for BGE-M3, in one pass.
+
+An :class:`Embedder` composes the parts that each do one job: settings resolution
+(:mod:`~bgekit.models.settings`), prompts (:mod:`~bgekit.models.prompts`), the processor that
+turns inputs into token sequences (:mod:`~bgekit.models.processor`), the modules with their
+heads (:mod:`~bgekit.models.heads`) run by the engine, and pair scoring
+(:func:`bgekit.scoring.encoded_pair_scores`).
+"""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
-import sys
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TypeVar, cast
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import cast
 
 import numpy as np
 
 from bgekit.engine import EngineConfig
 from bgekit.errors import InputError, MissingHeadError, ModelFormatError
-from bgekit.inputs import check_pairs, check_texts
+from bgekit.inputs import check_pairs
 from bgekit.models.backbones import make_backbone
 from bgekit.models.encoder_weights import packed_from_folder
-from bgekit.models.heads import (
-    POOLINGS,
-    EmbedRunner,
-    EncoderWithHeads,
-    TokenOutputs,
-    TokenRunner,
-    load_linear,
-)
+from bgekit.models.heads import EmbedRunner, EncoderWithHeads, TokenOutputs, TokenRunner, load_linear
 from bgekit.models.loading import read_folder, resolve_model_dir
-from bgekit.models.long_input import (
-    DEFAULT_MCLS_STRIDE,
-    DEFAULT_OVERLAP,
-    LongInput,
-    LongInputPolicy,
-    Split,
-    check_policy,
-    combine_rows,
-    mcls_capacity,
-    mcls_ids,
-    mcls_positions,
-    split_windows,
-    stitch_each,
-)
-from bgekit.models.registry import DECODER_TYPES, LLM_FORMAT, PREFIX_FORMAT, lookup
+from bgekit.models.long_input import LongInputPolicy, combine_rows, stitch_each
+from bgekit.models.processor import TextProcessor, long_input_policy
+from bgekit.models.prompts import Example, Prompts
+from bgekit.models.registry import lookup
 from bgekit.models.runtime import LoadedModel, load_transformers_model
+from bgekit.models.settings import EmbedderSettings, is_decoder, resolve_info
 from bgekit.models.tokenizer import TextTokenizer
-from bgekit.scoring import (
-    dense_pair_scores,
-    maxsim_pair_scores,
-    sparse_pair_scores,
-    weighted_fusion,
-)
-from bgekit.types import (
-    KINDS,
-    OUTPUT_KINDS,
-    EmbeddingRow,
-    Encoded,
-    Kind,
-    ModelInfo,
-    OutputKind,
-    PairScores,
-    TokenSeq,
-)
+from bgekit.scoring import encoded_pair_scores
+from bgekit.types import EmbeddingRow, Encoded, Kind, OutputKind, Outputs, PairScores, TokenSeq
 
-
-@dataclass(frozen=True, kw_only=True)
-class EmbedderSettings:
-    """Overrides of what the folder and bgekit's table say; ``None`` keeps theirs.
-
-    ``long_input`` says what happens to a document longer than ``passage_max_length`` (see
-    :mod:`bgekit.models.long_input`): ``"truncate"`` cuts it (the reference behaviour);
-    ``"chunk"`` encodes it as windows of the passage length sharing ``long_input_overlap``
-    tokens (default 64, at most half a window) and combines them; ``"mcls"`` (CLS-pooled
-    encoders) puts a CLS token before every ``mcls_stride`` tokens and averages their
-    states, reading up to the model's position table. ``max_input_tokens``: under chunk and
-    mcls, the longest document kept (longer ones are cut at the end and counted as
-    truncated; default: no limit for chunk, the position table for mcls). Queries are cut
-    at ``query_max_length`` under every policy (under mcls they get its CLS layout too).
-    """
-
-    pooling: str | None = None
-    normalize: bool | None = None
-    query_instruction: str | None = None
-    query_max_length: int | None = None
-    passage_max_length: int | None = None
-    query_format: str | None = None
-    long_input: LongInput = "truncate"
-    long_input_overlap: int | None = None
-    mcls_stride: int = DEFAULT_MCLS_STRIDE
-    max_input_tokens: int | None = None
-
-
-ICL_EXAMPLE_FORMAT = "<instruct>{}\n<query>{}\n<response>{}"
-ICL_SUFFIX = "\n<response>"
+__all__ = ["Embedder", "EmbedderSettings"]
 
 logger = logging.getLogger(__name__)
-V = TypeVar("V")
-UNLIMITED = sys.maxsize  # a token limit that never cuts
-
-
-def _first(*values: V | None) -> V:
-    """The first value that is set: explicit setting, folder, table, default."""
-    for v in values:
-        if v is not None:
-            return v
-    raise ValueError("no value set")
+HEAD_FILES = {"sparse": "sparse_linear.pt", "multivector": "colbert_linear.pt"}
 
 
 class Embedder(LoadedModel):
     """Encodes texts into dense, sparse and multi-vector outputs with one forward pass."""
+
+    def __init__(
+        self,
+        model: EncoderWithHeads,
+        processor: TextProcessor,
+        prompts: Prompts,
+        settings: EmbedderSettings,
+        engine: EngineConfig | None = None,
+    ):
+        super().__init__(model, processor.tokenizer, processor.info, engine)
+        self.processor = processor
+        self.prompts = prompts
+        self.settings = settings  # what it was loaded with: an index manifest records them
 
     @classmethod
     def from_pretrained(
@@ -115,7 +65,7 @@ class Embedder(LoadedModel):
         revision: str | None = None,
         settings: EmbedderSettings | None = None,
         engine: EngineConfig | None = None,
-        examples: Sequence[Mapping[str, str]] | None = None,
+        examples: Iterable[Mapping[str, str] | Example] | None = None,
     ) -> Embedder:
         """Load from a hub id or a local folder.
 
@@ -123,7 +73,7 @@ class Embedder(LoadedModel):
         models, the folder's sentence-transformers metadata, and ``settings``. Decoder LLMs
         default to last-token pooling and the ``"Instruct: {}\nQuery: {}"`` query format.
         ``examples`` (``{"instruct", "query", "response"}`` dicts) turn on in-context
-        learning for queries, as bge-en-icl does (see :meth:`set_examples`).
+        learning for queries, as bge-en-icl does.
         """
         path = resolve_model_dir(name_or_path, revision)
         meta = read_folder(path)
@@ -135,22 +85,7 @@ class Embedder(LoadedModel):
         if known is not None and known[1].task != "embedder":
             raise ModelFormatError(f"{name_or_path} is a {known[1].task}; load it with Reranker")
         s = settings or EmbedderSettings()
-        k = known[1] if known else None
-        config = meta.config
-        hidden_size = int(config.get("hidden_size", 0))
-        positions = meta.max_positions
-        decoder = str(config.get("model_type", "")) in DECODER_TYPES
-        default_len = min(meta.max_seq_length or positions, positions, 512 if decoder else positions)
-        pooling = str(
-            _first(s.pooling, meta.pooling, k.pooling if k else None, "last_token" if decoder else "cls")
-        )
-        query_format = str(
-            _first(s.query_format, k.query_format if k else None, LLM_FORMAT if decoder else PREFIX_FORMAT)
-        )
-        if query_format.count("{}") != 2:
-            raise ModelFormatError(f"query format {query_format!r} needs two {{}} (instruction, query)")
-        if pooling not in POOLINGS:
-            raise ModelFormatError(f"pooling {pooling!r} is not supported; use one of {POOLINGS}")
+        hidden_size = int(meta.config.get("hidden_size", 0))
         colbert = load_linear(meta.colbert_head, hidden_size) if meta.colbert_head else None
         sparse = load_linear(meta.sparse_head, hidden_size) if meta.sparse_head else None
         if sparse is not None and sparse.out_features != 1:
@@ -158,105 +93,126 @@ class Embedder(LoadedModel):
         heads: tuple[OutputKind, ...] = ("dense",)
         heads += ("sparse",) if sparse is not None else ()
         heads += ("multivector",) if colbert is not None else ()
-        info = ModelInfo(
-            name=name_or_path,
-            path=str(path),
-            task="embedder",
-            model_type=str(config.get("model_type", "?")),
-            architecture=meta.architecture,
-            hidden_size=hidden_size,
-            pooling=pooling,
-            normalize=bool(_first(s.normalize, meta.normalize, k.normalize if k else None, True)),
-            query_instruction=str(
-                _first(s.query_instruction, meta.prompts.get("query"), k.query_instruction if k else None, "")
-            ),
-            query_max_length=int(
-                _first(s.query_max_length, min(k.query_max_length, default_len) if k else None, default_len)
-            ),
-            passage_max_length=int(
-                _first(s.passage_max_length, min(k.passage_max_length, positions) if k else None, default_len)
-            ),
+        info, prompts = resolve_info(
+            name_or_path,
+            meta,
+            known,
+            s,
             heads=heads,
             multivector_dim=colbert.out_features if colbert is not None else None,
-            known_as=known[0] if known else None,
-            query_format=query_format,
         )
-        for label, value in (
-            ("query", info.query_max_length),
-            ("passage", info.passage_max_length),
-        ):
-            if not 2 < value <= positions:
-                raise ModelFormatError(f"{label} max length {value} is outside 3..{positions}")
-        with_types = int(config.get("type_vocab_size", 0)) > 1
+        with_types = int(meta.config.get("type_vocab_size", 0)) > 1
         tokenizer = TextTokenizer.from_folder(path, with_type_ids=with_types)
         engine = engine or EngineConfig()
-        packed = packed_from_folder(path, config) if engine.backend == "auto" else None
+        packed = packed_from_folder(path, meta.config) if engine.backend == "auto" else None
         backbone = (
             make_backbone(load_transformers_model(path, cross_encoder=False), engine.backend)
             if packed is None
             else packed
         )
-        long = _long_input_policy(s, info, tokenizer, positions, decoder)
+        long = long_input_policy(s, info, tokenizer, meta.max_positions, is_decoder(meta))
         info = dataclasses.replace(info, long_input=long.policy)
-        model = cls(EncoderWithHeads(backbone, colbert, sparse), tokenizer, info, engine)
-        model.long = long
-        model.icl = bool(k.icl) if k else False
+        processor = TextProcessor(tokenizer, info, long)
         if examples is not None:
-            model.set_examples(examples)
-        return model
+            prompts = prompts.with_examples(examples)
+        return cls(EncoderWithHeads(backbone, colbert, sparse), processor, prompts, s, engine)
 
-    icl: bool = False
-    _icl_prefix: str = ""
-    long: LongInputPolicy = LongInputPolicy("truncate", 512, 0, DEFAULT_MCLS_STRIDE, 512)
+    # -- prompts --------------------------------------------------------------------------
+
+    @property
+    def long(self) -> LongInputPolicy:
+        """The long-input policy documents are encoded under."""
+        return self.processor.long
+
+    @property
+    def icl(self) -> bool:
+        """Whether queries take bge-en-icl's in-context layout."""
+        return self.prompts.examples is not None
+
+    def with_examples(self, examples: Iterable[Mapping[str, str] | Example]) -> Embedder:
+        """This embedder (same modules, no copy of the weights) with in-context examples for
+        queries (bge-en-icl): each ``{"instruct", "query", "response"}`` becomes
+        ``"<instruct>{}\n<query>{}\n<response>{}"``, joined by blank lines into a prefix. An
+        empty list keeps the ICL layout without examples."""
+        other = copy.copy(self)
+        other.prompts = self.prompts.with_examples(examples)
+        return other
+
+    def with_task(self, task: str | None) -> Embedder:
+        """This embedder (same modules) with another default task (``None``: no task)."""
+        other = copy.copy(self)
+        other.prompts = self.prompts.with_task(task)
+        other.info = dataclasses.replace(other.info, default_task=task)
+        return other
 
     def set_examples(self, examples: Sequence[Mapping[str, str]]) -> None:
-        """In-context examples for queries (bge-en-icl): each ``{"instruct", "query",
-        "response"}`` becomes ``"<instruct>{}\n<query>{}\n<response>{}"``; they are joined by
-        blank lines into a prefix. An empty list keeps the ICL format without examples."""
-        parts = []
-        for i, ex in enumerate(examples):
-            if not isinstance(ex, Mapping) or not all(isinstance(v, str) for v in ex.values()):
-                raise InputError(f"examples[{i}] must be a dict of strings (instruct, query, response)")
-            unknown = set(ex) - {"instruct", "query", "response"}
-            if unknown:
-                raise InputError(f"examples[{i}] has unknown keys {sorted(unknown)}")
-            instruct = ex.get("instruct", self.info.query_instruction)
-            parts.append(ICL_EXAMPLE_FORMAT.format(instruct, ex.get("query", ""), ex.get("response", "")))
-        self._icl_prefix = "\n\n".join(parts) + "\n\n" if parts else ""
-        self.icl = True
+        """Deprecated: use :meth:`with_examples` (or ``from_pretrained(examples=...)``), which
+        leaves this embedder as it is."""
+        warnings.warn(
+            "Embedder.set_examples is deprecated; use embedder.with_examples(examples)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        self.prompts = self.prompts.with_examples(examples)
 
-    # -- encoding -------------------------------------------------------------------------
+    def query_texts(self, texts: Sequence[str], instruction: str | None = None) -> list[str]:
+        """Queries as the model reads them: in the query format with the instruction (the
+        model's or its task's unless ``instruction`` is given), unchanged without one."""
+        return self.prompts.apply(texts, "query", instruction=instruction)
 
-    def check_outputs(self, outputs: Sequence[str]) -> tuple[OutputKind, ...]:
-        """``outputs`` in canonical order, or an error naming an unknown kind or a missing head
-        (the one check every entry point runs: library calls, CLI, HTTP)."""
-        if isinstance(outputs, str):
-            outputs = (outputs,)
-        wanted = tuple(dict.fromkeys(outputs))
+    # -- tokens ---------------------------------------------------------------------------
+
+    def check_outputs(self, outputs: Outputs | str | Iterable[str]) -> Outputs:
+        """``outputs`` checked once (an unknown kind, or a head this model lacks, is an
+        error) into the :class:`~bgekit.types.Outputs` value the rooms below read."""
+        wanted = Outputs.parse(outputs)
         for o in wanted:
-            if o not in OUTPUT_KINDS:
-                raise InputError(f"unknown output {o!r}; choose from {', '.join(OUTPUT_KINDS)}")
             if o not in self.info.heads:
                 raise MissingHeadError(
-                    f"{self.info.name} has no {o} head (no "
-                    f"{'sparse_linear.pt' if o == 'sparse' else 'colbert_linear.pt'} beside the "
-                    f"weights); it gives: {', '.join(self.info.heads)}"
+                    f"{self.info.name} has no {o} head (no {HEAD_FILES[o]} beside the weights); "
+                    f"it gives: {', '.join(self.info.heads)}"
                 )
-        if not wanted:
-            raise InputError("outputs is empty; ask for at least one of dense, sparse, multivector")
-        return tuple(o for o in OUTPUT_KINDS if o in wanted)
+        return wanted
+
+    def tokenize(
+        self,
+        texts: Sequence[str],
+        *,
+        kind: Kind = "document",
+        instruction: str | None = None,
+        task: str | None = None,
+    ) -> list[TokenSeq]:
+        """Token ids as :meth:`encode` feeds them to the model (the side's instruction
+        added, cut to the query or passage max length; ``truncated`` marks a cut)."""
+        return self.processor.tokenize(texts, self.prompts, kind=kind, task=task, instruction=instruction)
+
+    def tokenize_ids(self, ids: Sequence[Sequence[int]]) -> list[TokenSeq]:
+        """Documents given as token ids (no special tokens), laid out as documents are."""
+        return self.processor.tokenize_ids(ids)
+
+    def input_limit(self, kind: Kind) -> int | None:
+        """The most tokens an input of ``kind`` keeps (``None``: no limit)."""
+        return self.processor.input_limit(kind)
+
+    def long_counts(self, seqs: Sequence[TokenSeq]) -> tuple[int, int]:
+        """How many inputs were cut, and how many the long-input policy handled."""
+        return self.processor.long_counts(seqs)
+
+    # -- encoding -------------------------------------------------------------------------
 
     def encode(
         self,
         texts: Sequence[str],
         *,
         kind: Kind = "document",
-        outputs: Sequence[OutputKind] = ("dense",),
+        outputs: Outputs | Sequence[str] = ("dense",),
         instruction: str | None = None,
+        task: str | None = None,
     ) -> Encoded:
-        """Encode texts; queries get the query instruction (or ``instruction``) prefixed."""
+        """Encode texts; queries get the query instruction (or ``instruction``), passages
+        the passage instruction, both the ``task``'s when one is named (or the default)."""
         wanted = self.check_outputs(outputs)
-        seqs = self.tokenize(texts, kind=kind, instruction=instruction)
+        seqs = self.tokenize(texts, kind=kind, instruction=instruction, task=task)
         enc = self.encode_tokens(seqs, outputs=wanted)
         if enc.truncated:
             limit = self.input_limit(kind)
@@ -266,105 +222,59 @@ class Embedder(LoadedModel):
             logger.info("%d of %d texts were longer than the window and %s", enc.chunked, len(seqs), how)
         return enc
 
-    def input_limit(self, kind: Kind) -> int | None:
-        """The most tokens an input of ``kind`` keeps before it is cut (``None``: no limit):
-        the query max length for queries; for documents the passage max length under
-        truncate, else the long-input policy's ``max_tokens``."""
-        return self.info.query_max_length if kind == "query" else self.long.max_tokens
+    def encode_queries(
+        self,
+        texts: Sequence[str],
+        *,
+        outputs: Outputs | Sequence[str] = ("dense",),
+        instruction: str | None = None,
+        task: str | None = None,
+    ) -> Encoded:
+        """``encode(texts, kind="query")``: the query instruction is prefixed."""
+        return self.encode(texts, kind="query", outputs=outputs, instruction=instruction, task=task)
 
-    def long_counts(self, seqs: Sequence[TokenSeq]) -> tuple[int, int]:
-        """How many of these inputs were cut, and how many the long-input policy handles
-        (chunk: split into several windows; mcls: given more than one CLS token)."""
-        cut = sum(s.truncated for s in seqs)
-        long = self.long
-        if long.policy == "chunk":
-            return cut, sum(len(s) > long.window for s in seqs)
-        if long.policy == "mcls":
-            n_suffix = len(self._frame()[1])
-            return cut, sum(len(mcls_positions(len(s), long.stride, n_suffix)) > 1 for s in seqs)
-        return cut, 0
-
-    def query_texts(self, texts: Sequence[str], instruction: str | None = None) -> list[str]:
-        """Queries as the model reads them: each in the query format with the instruction
-        (the model's own unless ``instruction`` is given), unchanged without one."""
-        task = self.info.query_instruction if instruction is None else instruction
-        return [self.info.query_format.format(task, t) for t in texts] if task else list(texts)
-
-    def tokenize(
-        self, texts: Sequence[str], *, kind: Kind = "document", instruction: str | None = None
-    ) -> list[TokenSeq]:
-        """Token ids as :meth:`encode` feeds them to the model (instruction added for
-        queries, cut to the query or passage max length; ``truncated`` marks a cut)."""
-        if kind not in KINDS:
-            raise InputError(f"kind must be 'query' or 'document', got {kind!r}")
-        if instruction is not None and kind != "query":
-            raise InputError("an instruction applies to queries only (kind='query')")
-        items = check_texts(texts)
-        if not items:
-            return []
-        limit = self.long.max_tokens
-        if kind == "query":
-            items = self.query_texts(items, instruction)
-            if self.icl:
-                return self._icl_queries(items)
-            limit = self.info.query_max_length
-        if self.long.policy == "mcls":
-            return self._mcls(self.tokenizer.ids(items), limit)
-        return self.tokenizer.encode(items, UNLIMITED if limit is None else limit)
-
-    def tokenize_ids(self, ids: Sequence[Sequence[int]]) -> list[TokenSeq]:
-        """Documents given as token ids (no special tokens), laid out as :meth:`tokenize`
-        lays out documents."""
-        if self.long.policy == "mcls":
-            return self._mcls(ids, self.long.max_tokens)
-        limit = self.long.max_tokens
-        return self.tokenizer.wrap_ids(ids, UNLIMITED if limit is None else limit)
-
-    def _frame(self) -> tuple[list[int], list[int]]:
-        frame = self.tokenizer.frame
-        if frame is None:  # refused at load for chunk and mcls
-            raise ModelFormatError(f"{self.info.name}: its tokenizer cannot be windowed")
-        return frame
-
-    def _mcls(self, ids: Sequence[Sequence[int]], limit: int | None) -> list[TokenSeq]:
-        """Texts' token ids in the MCLS layout, each cut to fit ``limit`` tokens in all."""
-        prefix, suffix = self._frame()
-        stride = self.long.stride
-        cap = mcls_capacity(UNLIMITED if limit is None else limit, stride, len(suffix))
-        out = []
-        for one in ids:
-            full = mcls_ids(list(one)[:cap], prefix[0], stride, suffix)
-            types = [0] * len(full) if self.tokenizer.with_type_ids else None
-            out.append(TokenSeq(full, types, len(one) > cap))
-        return out
-
-    def _icl_queries(self, queries: list[str]) -> list[TokenSeq]:
-        """bge-en-icl's query layout: the instructed query alone is cut to the max length
-        less room for ``<s>`` and ``"\n<response></s>"``, then ``prefix + query + suffix`` is
-        tokenised (the examples do not count against the query's budget)."""
-        tok = self.tokenizer
-        room = self.info.query_max_length - len(tok.ids(["<s>"])[0]) - len(tok.ids([ICL_SUFFIX + "</s>"])[0])
-        if room < 1:
-            raise ModelFormatError(
-                f"query max length {self.info.query_max_length} leaves no room for the query"
-            )
-        prefix_len = len(tok.ids([self._icl_prefix])[0]) if self._icl_prefix else 0
-        limit = (prefix_len + len(tok.ids([ICL_SUFFIX])[0]) + self.info.query_max_length + 8) // 8 * 8 + 8
-        out = []
-        for ids in tok.ids(queries):
-            text = self._icl_prefix + tok.decode(ids[:room]) + ICL_SUFFIX
-            seq = tok.encode([text], limit)[0]
-            out.append(TokenSeq(seq.ids, seq.type_ids, len(ids) > room or seq.truncated))
-        return out
+    def encode_corpus(
+        self, texts: Sequence[str], *, outputs: Outputs | Sequence[str] = ("dense",), task: str | None = None
+    ) -> Encoded:
+        """``encode(texts, kind="document")``: passages get the passage instruction, if any."""
+        return self.encode(texts, kind="document", outputs=outputs, task=task)
 
     def encode_tokens(
-        self, seqs: Sequence[TokenSeq], *, outputs: Sequence[OutputKind] = ("dense",)
+        self, seqs: Sequence[TokenSeq], *, outputs: Outputs | Sequence[str] = ("dense",)
     ) -> Encoded:
         """Encode already tokenised inputs (from :meth:`tokenize`) in one engine run."""
         wanted = self.check_outputs(outputs)
         rows = self.encode_rows(seqs, outputs=wanted)
         cut, split = self.long_counts(seqs)
         return Encoded.from_rows(rows, wanted, self.info.hidden_size, truncated=cut, chunked=split)
+
+    def encode_rows(self, seqs: Sequence[TokenSeq], *, outputs: Outputs) -> list[EmbeddingRow]:
+        """One row per tokenised input, as the engine returns them (the server hands each
+        request its own rows). ``outputs`` comes from :meth:`check_outputs`."""
+        if not seqs:
+            return []
+        if self.long.policy == "chunk":  # every window of every input in one engine run
+            split = self.processor.split(seqs)
+            before, after = (len(part) for part in self.processor.frame())
+            rows = self._run_rows(split.pieces, outputs)
+            return combine_rows(split, rows, normalize=self.info.normalize, n_prefix=before, n_suffix=after)
+        return self._run_rows(seqs, outputs)
+
+    def _run_rows(self, seqs: Sequence[TokenSeq], wanted: Outputs) -> list[EmbeddingRow]:
+        runners = [
+            EmbedRunner(
+                cast(EncoderWithHeads, model),
+                device,
+                pooling=self.info.pooling,
+                normalize=self.info.normalize,
+                outputs=wanted.kinds,
+                special_ids=self.tokenizer.special_ids,
+                mcls=self.processor.mcls_layout(),
+            )
+            for model, device in self._replicas
+        ]
+        rows: list[EmbeddingRow] = self._engine.run(list(seqs), runners, pad_id=self.tokenizer.pad_id)
+        return rows
 
     def token_states(self, texts: Sequence[str], *, kind: Kind = "document") -> list[np.ndarray]:
         """Each text's last hidden states, ``(n_tokens, hidden_size)`` float32, one row per
@@ -378,80 +288,33 @@ class Embedder(LoadedModel):
         return [t.hidden for t in outs]
 
     def token_outputs(
-        self, seqs: Sequence[TokenSeq], outputs: Sequence[OutputKind] = ()
+        self, seqs: Sequence[TokenSeq], outputs: Outputs | Sequence[str] = ()
     ) -> list[TokenOutputs]:
         """Each input's per-token outputs (hidden states, and the sparse weights and
         multi-vectors when asked for), special tokens included. An input longer than the
         passage window runs as overlapping windows whose token rows are stitched, each token
         taken once (what late chunking pools)."""
-        return self._token_outputs(seqs, self.check_outputs(outputs) if outputs else (), windowed=True)
+        kinds = self.check_outputs(outputs).kinds if len(outputs) else ()
+        return self._token_outputs(seqs, kinds, windowed=True)
 
     def _token_outputs(
-        self, seqs: Sequence[TokenSeq], outputs: Sequence[OutputKind], *, windowed: bool
+        self, seqs: Sequence[TokenSeq], outputs: tuple[OutputKind, ...], *, windowed: bool
     ) -> list[TokenOutputs]:
         if not seqs:
             return []
         runners = [TokenRunner(cast(EncoderWithHeads, m), d, outputs) for m, d in self._replicas]
+        pad = self.tokenizer.pad_id
         if not windowed:
-            done: list[TokenOutputs] = self._engine.run(list(seqs), runners, pad_id=self.tokenizer.pad_id)
+            done: list[TokenOutputs] = self._engine.run(list(seqs), runners, pad_id=pad)
             return done
-        split = self._split(seqs)
-        outs: list[TokenOutputs] = self._engine.run(split.pieces, runners, pad_id=self.tokenizer.pad_id)
-        before, after = (len(part) for part in self._frame())
+        split = self.processor.split(seqs)
+        outs: list[TokenOutputs] = self._engine.run(split.pieces, runners, pad_id=pad)
+        before, after = (len(part) for part in self.processor.frame())
         hidden, sparse, mv = (
             stitch_each(split, [getattr(t, name) for t in outs], before, after)
             for name in ("hidden", "sparse", "multivector")
         )
         return [TokenOutputs(cast(np.ndarray, h), s, m) for h, s, m in zip(hidden, sparse, mv, strict=True)]
-
-    def _split(self, seqs: Sequence[TokenSeq]) -> Split:
-        return split_windows(seqs, self.long.window, self.long.overlap, self._frame())
-
-    def encode_rows(
-        self, seqs: Sequence[TokenSeq], *, outputs: Sequence[OutputKind] = ("dense",)
-    ) -> list[EmbeddingRow]:
-        """One row per tokenised input, as the engine returns them (the server hands each
-        request its own rows)."""
-        wanted = self.check_outputs(outputs)
-        if not seqs:
-            return []
-        if self.long.policy == "chunk":  # every window of every input in one engine run
-            split = self._split(seqs)
-            before, after = (len(part) for part in self._frame())
-            rows = self._run_rows(split.pieces, wanted)
-            return combine_rows(split, rows, normalize=self.info.normalize, n_prefix=before, n_suffix=after)
-        return self._run_rows(seqs, wanted)
-
-    def _run_rows(self, seqs: Sequence[TokenSeq], wanted: tuple[OutputKind, ...]) -> list[EmbeddingRow]:
-        mcls = (self.long.stride, len(self._frame()[1])) if self.long.policy == "mcls" else None
-        runners = [
-            EmbedRunner(
-                cast(EncoderWithHeads, model),
-                device,
-                pooling=self.info.pooling,
-                normalize=self.info.normalize,
-                outputs=wanted,
-                special_ids=self.tokenizer.special_ids,
-                mcls=mcls,
-            )
-            for model, device in self._replicas
-        ]
-        rows: list[EmbeddingRow] = self._engine.run(list(seqs), runners, pad_id=self.tokenizer.pad_id)
-        return rows
-
-    def encode_queries(
-        self,
-        texts: Sequence[str],
-        *,
-        outputs: Sequence[OutputKind] = ("dense",),
-        instruction: str | None = None,
-    ) -> Encoded:
-        """``encode(texts, kind="query")``: the query instruction is prefixed."""
-        return self.encode(texts, kind="query", outputs=outputs, instruction=instruction)
-
-    def encode_corpus(self, texts: Sequence[str], *, outputs: Sequence[OutputKind] = ("dense",)) -> Encoded:
-        """``encode(texts, kind="document")``: passages never get an instruction."""
-        return self.encode(texts, kind="document", outputs=outputs)
 
     def sparse_tokens(self, vec: object) -> dict[str, float]:
         """A sparse vector as ``{token text: weight}``, for reading."""
@@ -471,90 +334,21 @@ class Embedder(LoadedModel):
         pairs: Sequence[tuple[str, str]],
         *,
         weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        task: str | None = None,
     ) -> PairScores:
-        """Score (query, passage) pairs in every mode the model has.
-
-        Each distinct text is encoded once; the combined scores use ``weights`` ordered
-        (dense, sparse, multi-vector): weighted sum divided by the sum of the weights.
-        """
+        """Score (query, passage) pairs in every mode the model has (see
+        :func:`bgekit.scoring.encoded_pair_scores`); each distinct text is encoded once."""
         if len(weights) != 3:
             raise InputError(f"weights must be (dense, sparse, multivector), got {weights!r}")
-        modes = self.info.heads
+        modes = Outputs(self.info.heads)
         queries, passages = check_pairs(pairs)
         q_uniq = list(dict.fromkeys(queries))
         p_uniq = list(dict.fromkeys(passages))
-        q_enc = self.encode(q_uniq, kind="query", outputs=modes)
-        p_enc = self.encode(p_uniq, kind="document", outputs=modes)
-        qi = _positions(q_uniq, queries)
-        pi = _positions(p_uniq, passages)
-        assert q_enc.dense is not None and p_enc.dense is not None
-        dense = dense_pair_scores(q_enc.dense[qi], p_enc.dense[pi])
-        sparse = multi = both = every = None
-        if q_enc.sparse is not None and p_enc.sparse is not None:
-            sparse = sparse_pair_scores([q_enc.sparse[i] for i in qi], [p_enc.sparse[i] for i in pi])
-            both = weighted_fusion([dense, sparse], weights[:2])
-        if q_enc.multivector is not None and p_enc.multivector is not None:
-            q_mv, p_mv = q_enc.multivector, p_enc.multivector
-            multi = maxsim_pair_scores([q_mv[i] for i in qi], [p_mv[i] for i in pi])
-        if sparse is not None and multi is not None:
-            every = weighted_fusion([dense, sparse, multi], weights)
-        return PairScores(dense=dense, sparse=sparse, multivector=multi, sparse_dense=both, all=every)
-
-
-def _long_input_policy(
-    s: EmbedderSettings, info: ModelInfo, tokenizer: TextTokenizer, positions: int, decoder: bool
-) -> LongInputPolicy:
-    """The settings' long-input policy checked against the model (one-line errors)."""
-    policy = check_policy(s.long_input)
-    window = info.passage_max_length
-    if s.max_input_tokens is not None and s.max_input_tokens < 3:
-        raise InputError(f"max_input_tokens must be at least 3, got {s.max_input_tokens}")
-    frame = tokenizer.frame
-    if frame is None:
-        if policy != "truncate":
-            raise ModelFormatError(
-                f"{info.name}: its tokenizer changes a text's tokens when it adds special ones, "
-                f"so long_input={policy!r} cannot window it; use 'truncate'"
-            )
-        return LongInputPolicy(policy, window, 0, s.mcls_stride, window)
-    room = window - len(frame[0]) - len(frame[1])
-    overlap = min(DEFAULT_OVERLAP, room // 2) if s.long_input_overlap is None else s.long_input_overlap
-    if not 0 <= overlap < room:
-        raise InputError(
-            f"long_input_overlap must be in 0..{room - 1} (a window holds {room} text tokens), got {overlap}"
+        q_enc = self.encode(q_uniq, kind="query", outputs=modes, task=task)
+        p_enc = self.encode(p_uniq, kind="document", outputs=modes, task=task)
+        return encoded_pair_scores(
+            q_enc, p_enc, _positions(q_uniq, queries), _positions(p_uniq, passages), weights
         )
-    if policy == "truncate":
-        return LongInputPolicy(policy, window, overlap, s.mcls_stride, window)
-    if policy == "chunk":
-        if info.query_max_length > window:
-            raise ModelFormatError(
-                f"long_input='chunk' needs query_max_length ({info.query_max_length}) at most "
-                f"passage_max_length ({window})"
-            )
-        return LongInputPolicy(policy, window, overlap, s.mcls_stride, s.max_input_tokens)
-    why = (
-        "is a decoder"
-        if decoder
-        else f"pools by {info.pooling}"
-        if info.pooling != "cls"
-        else "has no single CLS token before a text"
-        if len(frame[0]) != 1
-        else None
-    )
-    if why is not None:
-        raise ModelFormatError(
-            f"long_input='mcls' needs an encoder that pools its CLS token; {info.name} {why} "
-            "(use long_input='chunk')"
-        )
-    if s.mcls_stride < 1:
-        raise InputError(f"mcls_stride must be at least 1, got {s.mcls_stride}")
-    cap = min(positions, s.max_input_tokens or positions)
-    if mcls_capacity(cap, s.mcls_stride, len(frame[1])) <= s.mcls_stride:
-        raise ModelFormatError(
-            f"long_input='mcls' with mcls_stride {s.mcls_stride} needs room for two CLS tokens; "
-            f"{info.name} takes {cap} tokens"
-        )
-    return LongInputPolicy(policy, window, overlap, s.mcls_stride, cap)
 
 
 def _positions(unique: list[str], items: list[str]) -> np.ndarray:

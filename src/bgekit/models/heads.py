@@ -16,9 +16,8 @@ from bgekit.engine import TokenBatch
 from bgekit.errors import ModelFormatError
 from bgekit.models.loading import safe_torch_load
 from bgekit.models.long_input import mcls_positions
+from bgekit.models.settings import POOLINGS
 from bgekit.types import EmbeddingRow, OutputKind, SparseVec
-
-POOLINGS = ("cls", "mean", "last_token")
 
 
 def load_linear(path: Path, hidden_size: int) -> nn.Linear:

@@ -43,6 +43,45 @@ class KnownModel:
     query_format: str = PREFIX_FORMAT
     icl: bool = False
     reranker_variant: RerankerVariant = "cross_encoder"
+    # (name, query instruction, passage instruction) per task, and the task used by default
+    tasks: tuple[tuple[str, str, str], ...] = ()
+    default_task: str | None = None
+
+
+# BAAI/llm-embedder's instructions (its model card and the reference's LLMEmbedder): each task
+# prefixes the query and the key (passage) with its own instruction.
+LLM_EMBEDDER_TASKS: tuple[tuple[str, str, str], ...] = (
+    (
+        "qa",
+        "Represent this query for retrieving relevant documents: ",
+        "Represent this document for retrieval: ",
+    ),
+    (
+        "icl",
+        "Convert this example into vector to look for useful examples: ",
+        "Convert this example into vector for retrieval: ",
+    ),
+    (
+        "chat",
+        "Embed this dialogue to find useful historical dialogues: ",
+        "Embed this historical dialogue for retrieval: ",
+    ),
+    (
+        "lrlm",
+        "Embed this text chunk for finding useful historical chunks: ",
+        "Embed this historical text chunk for retrieval: ",
+    ),
+    (
+        "tool",
+        "Transform this user request for fetching helpful tool descriptions: ",
+        "Transform this tool description for retrieval: ",
+    ),
+    (
+        "convsearch",
+        "Encode this query and context for searching relevant passages: ",
+        "Encode this passage for retrieval: ",
+    ),
+)
 
 
 def _table() -> dict[str, KnownModel]:
@@ -51,6 +90,10 @@ def _table() -> dict[str, KnownModel]:
         for suffix in ("", "-v1.5"):
             table[f"bge-{size}-en{suffix}"] = KnownModel("embedder", query_instruction=EN_INSTRUCTION)
             table[f"bge-{size}-zh{suffix}"] = KnownModel("embedder", query_instruction=ZH_INSTRUCTION)
+    # the reference's LLMEmbedder reads queries up to 256 tokens and keys up to 512
+    table["llm-embedder"] = KnownModel(
+        "embedder", query_max_length=256, tasks=LLM_EMBEDDER_TASKS, default_task="qa"
+    )
     table["bge-m3"] = KnownModel("embedder", query_max_length=512, passage_max_length=8192)
     for name in ("bge-reranker-base", "bge-reranker-large", "bge-reranker-v2-m3"):
         # The reference keeps the query to at most 3/4 of the pair's max length.

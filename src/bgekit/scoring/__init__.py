@@ -3,6 +3,7 @@
 from bgekit.scoring.dense import dense_pair_scores, dense_scores, truncate_dimensions
 from bgekit.scoring.fusion import reciprocal_rank_fusion, weighted_fusion
 from bgekit.scoring.maxsim import maxsim_packed, maxsim_pair_scores, maxsim_scores
+from bgekit.scoring.pairs import encoded_pair_scores
 from bgekit.scoring.quantize import (
     DENSE_DTYPES,
     DenseDtype,
@@ -26,6 +27,7 @@ __all__ = [
     "bytes_per_vector",
     "dense_pair_scores",
     "dense_scores",
+    "encoded_pair_scores",
     "hamming",
     "int8_scores",
     "maxsim_packed",

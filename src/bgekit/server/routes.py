@@ -41,7 +41,7 @@ from bgekit.server.schemas import (
     Usage,
 )
 from bgekit.server.state import ServerState
-from bgekit.types import EmbeddingRow, Hit, Kind, OutputKind, TokenSeq
+from bgekit.types import EmbeddingRow, Hit, Kind, OutputKind, Outputs, TokenSeq
 
 
 def _json(body: dict[str, Any]) -> Response:
@@ -67,14 +67,16 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
     """Every endpoint of the bgekit server, on ``app``."""
     cfg = state.config
 
-    async def tokenized(texts: list[str], kind: Kind, truncate: bool | None = None) -> list[TokenSeq]:
+    async def tokenized(
+        texts: list[str], kind: Kind, truncate: bool | None = None, task: str | None = None
+    ) -> list[TokenSeq]:
         """The length rule of every embedding route: a cheap character bound, tokenising off
         the event loop, then the token limit (413, or cut when truncating)."""
         emb = state.need_embedder()
         state.check_count(len(texts), "input")
         limit = emb.input_limit(kind) or LONGEST_TEXT_TOKENS
         texts = state.bound_chars(texts, limit, "input", truncate)
-        seqs = await run_in_threadpool(emb.tokenize, texts, kind=kind)
+        seqs = await run_in_threadpool(emb.tokenize, texts, kind=kind, task=task)
         state.check_lengths(seqs, limit, "input", truncate)
         return seqs
 
@@ -84,15 +86,18 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         kind: Kind,
         outputs: Sequence[OutputKind],
         truncate: bool | None = None,
+        task: str | None = None,
     ) -> tuple[list[EmbeddingRow], int]:
-        wanted = state.need_embedder().check_outputs(outputs)  # a bad request never joins a batch
-        return await run_seqs(request, await tokenized(texts, kind, truncate), wanted)
+        wanted = state.need_embedder().check_outputs(
+            outputs
+        )  # the one check; a bad request never joins a batch
+        return await run_seqs(request, await tokenized(texts, kind, truncate, task), wanted)
 
     async def run_seqs(
-        request: Request, seqs: list[TokenSeq], wanted: Sequence[OutputKind]
+        request: Request, seqs: list[TokenSeq], wanted: Outputs
     ) -> tuple[list[EmbeddingRow], int]:
         assert state.embed_batcher is not None
-        rows = await wait_or_drop(request, state.embed_batcher.submit(seqs, frozenset(wanted)))
+        rows = await wait_or_drop(request, state.embed_batcher.submit(seqs, wanted))
         request.state.long_counts = state.need_embedder().long_counts(seqs)
         return rows, sum(len(s) for s in seqs)
 
@@ -112,7 +117,7 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         limit = emb.input_limit("document") or LONGEST_TEXT_TOKENS
         seqs = emb.tokenize_ids(ids)
         state.check_lengths(seqs, limit, "input")
-        return await run_seqs(request, seqs, ("dense",))
+        return await run_seqs(request, seqs, Outputs(("dense",)))
 
     @app.post("/v1/embeddings", response_model=EmbeddingsResponse, responses=ERROR_RESPONSES)
     async def openai_embeddings(body: EmbeddingsRequest, request: Request) -> Response:

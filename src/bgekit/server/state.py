@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import operator
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -13,7 +15,7 @@ from bgekit.server.config import LONGEST_TEXT_TOKENS, ServerConfig
 from bgekit.server.index_watch import IndexWatcher
 from bgekit.server.memory import MemoryTrimmer
 from bgekit.server.metrics import Metrics
-from bgekit.types import OUTPUT_KINDS, EmbeddingRow, OutputKind, TokenSeq
+from bgekit.types import EmbeddingRow, Outputs, TokenSeq
 
 if TYPE_CHECKING:
     from bgekit.index import Index
@@ -43,7 +45,7 @@ class ServerState:
         self.trimmer = MemoryTrimmer()
         self.ready = False
         self.in_flight = 0
-        self.embed_batcher: Batcher[frozenset[OutputKind]] | None = None
+        self.embed_batcher: Batcher[Outputs] | None = None
         self.rerank_batcher: Batcher[None] | None = None
         self.index_watch: IndexWatcher | None = None
 
@@ -139,18 +141,17 @@ class ServerState:
         """One tiny request through every model, so the first client does not pay for it."""
         if self.embedder is not None and self.embed_batcher is not None:
             seqs = self.embedder.tokenize(["warm up"])
-            await self.embed_batcher.submit(seqs, frozenset(self.embedder.info.heads))
+            await self.embed_batcher.submit(seqs, Outputs(self.embedder.info.heads))
         if self.reranker is not None and self.rerank_batcher is not None:
             await self.rerank_batcher.submit(self.reranker.tokenize([("warm", "up")]), None)
 
     # -- model runs (on the batcher threads) ---------------------------------------------
 
-    def _run_embed(self, seqs: list[TokenSeq], options: list[frozenset[OutputKind]]) -> list[EmbeddingRow]:
+    def _run_embed(self, seqs: list[TokenSeq], options: list[Outputs]) -> list[EmbeddingRow]:
         """One engine run for every queued request: the union of the outputs they asked for
         (each was checked before it was queued); each request keeps only its own."""
         assert self.embedder is not None
-        wanted = set().union(*options)
-        return self.embedder.encode_rows(seqs, outputs=tuple(o for o in OUTPUT_KINDS if o in wanted))
+        return self.embedder.encode_rows(seqs, outputs=functools.reduce(operator.or_, options))
 
     def _run_rerank(self, seqs: list[TokenSeq], options: list[None]) -> list[float]:
         assert self.reranker is not None
