@@ -102,13 +102,27 @@ def long_input_args(p: argparse.ArgumentParser, default: Default = _given) -> No
         default=default("mcls_stride", DEFAULT_MCLS_STRIDE, int),
         help="mcls: text tokens per CLS token",
     )
+    task_arg(p, default)
+
+
+def task_arg(p: argparse.ArgumentParser, default: Default = _given) -> None:
+    p.add_argument(
+        "--task",
+        default=default("task", None),
+        help="a task of the model's table, whose query and passage instructions both sides get "
+        "(BAAI/llm-embedder: qa, icl, chat, lrlm, tool, convsearch; sentence-transformers folders: "
+        "their prompt names)",
+    )
 
 
 def embedder_settings(ns: argparse.Namespace) -> EmbedderSettings:
     from bgekit.models import EmbedderSettings
 
     return EmbedderSettings(
-        long_input=ns.long_input, long_input_overlap=ns.long_input_overlap, mcls_stride=ns.mcls_stride
+        long_input=ns.long_input,
+        long_input_overlap=ns.long_input_overlap,
+        mcls_stride=ns.mcls_stride,
+        task=ns.task,
     )
 
 

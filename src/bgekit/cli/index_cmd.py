@@ -18,6 +18,7 @@ from bgekit.cli.common import (
     model_path,
     outputs_arg,
     search_args,
+    task_arg,
 )
 from bgekit.errors import InputError
 from bgekit.index.documents import DEFAULT_MAX_DOCUMENT_CHARS
@@ -54,6 +55,7 @@ def cmd_build(ns: argparse.Namespace) -> int:
         rescore=ns.rescore,
         max_document_chars=ns.max_document_chars or None,
         oversize=ns.oversize,
+        task=ns.task,
     )
     docs = read_source(ns.source, encoding=ns.encoding)
     embedder = Embedder.from_pretrained(model_path(ns.model), engine=engine_config(ns))
@@ -289,6 +291,7 @@ def register(sub: Any) -> None:
         default="error",
         help="a longer document: stop with an error naming it, or skip it and count it",
     )
+    task_arg(p)
     p.add_argument("--overwrite", action="store_true", help="replace an index already in --index")
     wait_arg(p)
     encoding_arg(p)

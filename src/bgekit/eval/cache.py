@@ -5,33 +5,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bgekit.io import load_encoded, save_encoded
-from bgekit.models.long_input import LongInputPolicy
-from bgekit.types import Encoded, ModelInfo
+from bgekit.types import Encoded
 
 logger = logging.getLogger(__name__)
 
 
 def cache_key(
-    info: ModelInfo,
-    dataset: str,
-    fingerprint: str,
-    side: str,
-    outputs: tuple[str, ...],
-    long: LongInputPolicy | None = None,
+    fingerprint: str, dataset: str, data_fingerprint: str, side: str, outputs: Sequence[str], task: str | None
 ) -> str:
-    """Changes whenever anything that shapes the vectors changes (model files, settings and
-    long-input policy, data)."""
-    weights = sorted(Path(info.path).glob("*.safetensors")) + sorted(Path(info.path).glob("*.bin"))
-    stamp = [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in weights]
-    policy = asdict(long) if long is not None else None
-    blob = json.dumps(
-        [asdict(info), stamp, dataset, fingerprint, side, list(outputs), policy], sort_keys=True
-    )
+    """Changes whenever anything that shapes the vectors changes: the model's identity
+    (:func:`bgekit.models.model_fingerprint`: files, settings, prompts, long-input policy),
+    the task, the data, the side and the outputs."""
+    blob = json.dumps([fingerprint, dataset, data_fingerprint, side, list(outputs), task])
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 

@@ -12,7 +12,7 @@ from bgekit.eval.cache import cache_key, cached_encode
 from bgekit.eval.data import RetrievalDataset
 from bgekit.eval.metrics import compute_metrics
 from bgekit.io import atomic_write
-from bgekit.models import Embedder, Reranker
+from bgekit.models import Embedder, Reranker, model_fingerprint
 from bgekit.retrieval import Corpus, HybridConfig, available_scorers, query_outputs, search
 from bgekit.retrieval.rerank import rerank_rankings
 from bgekit.types import SEARCH_MODES, Encoded, Ranking, SearchMode
@@ -24,7 +24,8 @@ Run = dict[str, dict[str, float]]
 class RetrievalEvalConfig:
     """``k`` hits per query are kept (1000: enough for Recall@1000). ``hybrid`` holds the
     weights, candidate count and fusion for ``hybrid`` and ``multivector`` modes (the same
-    search core and defaults as the index: :func:`bgekit.retrieval.search`)."""
+    search core and defaults as the index: :func:`bgekit.retrieval.search`). ``task`` picks
+    the instructions of both sides from the model's task table (``None``: its default)."""
 
     mode: SearchMode = "dense"
     k: int = 1000
@@ -32,6 +33,7 @@ class RetrievalEvalConfig:
     rerank_top: int = 100
     cache_dir: Path | None = None
     progress: bool = True
+    task: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in SEARCH_MODES:
@@ -81,20 +83,21 @@ def first_stage(
     start = time.perf_counter()
     if outputs:
         assert embedder is not None
-        info, fp = embedder.info, dataset.fingerprint
+        embedder.prompts.pick(cfg.task)  # an unknown task fails before anything is encoded
+        model, fp = model_fingerprint(embedder), dataset.fingerprint
         docs = cached_encode(
             cfg.cache_dir,
-            cache_key(info, dataset.name, fp, "corpus", outputs, embedder.long),
+            cache_key(model, dataset.name, fp, "corpus", outputs, cfg.task),
             f"{dataset.name}-corpus",
-            lambda: embedder.encode(dataset.docs, kind="document", outputs=outputs),
+            lambda: embedder.encode(dataset.docs, kind="document", outputs=outputs, task=cfg.task),
         )
         timings["encode_corpus"] = time.perf_counter() - start
         start = time.perf_counter()
         queries = cached_encode(
             cfg.cache_dir,
-            cache_key(info, dataset.name, fp, f"queries-{dataset.split}", outputs, embedder.long),
+            cache_key(model, dataset.name, fp, f"queries-{dataset.split}", outputs, cfg.task),
             f"{dataset.name}-{dataset.split}-queries",
-            lambda: embedder.encode(dataset.queries, kind="query", outputs=outputs),
+            lambda: embedder.encode(dataset.queries, kind="query", outputs=outputs, task=cfg.task),
         )
         timings["encode_queries"] = time.perf_counter() - start
         start = time.perf_counter()

@@ -390,31 +390,40 @@ def encode_chunks(
     chunk_tokens: int | None,
     chunk_overlap: int,
     chunking: Chunking = "independent",
+    task: str | None = None,
 ) -> tuple[list[Chunk], Encoded]:
     """Chunk ``docs`` (``chunk_tokens=None``: the model's passage length less its special
     tokens, with the overlap capped at half of it for short-context models) and encode the
     chunks. ``"independent"``: each chunk on its own as a document, title first (a chunk's
-    budget leaves room for its title, so title and chunk fit the model together);
-    ``"late"``: see :func:`late_chunk_rows`."""
+    budget leaves room for its title and the passage instruction of ``task`` (or the model's),
+    so all of them fit the model together); ``"late"``: see :func:`late_chunk_rows`."""
     tok = embedder.tokenizer
     room = max(8, embedder.info.passage_max_length - tok.n_special)
     size = chunk_tokens or room
     overlap = chunk_overlap if chunk_tokens else min(chunk_overlap, size // 2)
+    instruction = embedder.prompts.instruction("document", task)
     if chunking == "late":
         chunks = chunk_documents(docs, tok, size, overlap)
-        rows = late_chunk_rows(docs, chunks, embedder, outputs)
+        rows = late_chunk_rows(docs, chunks, embedder, outputs, instruction)
         return chunks, Encoded.from_rows(rows, outputs, embedder.info.hidden_size)
     titles = tok.ids([d.title for d in docs])
+    room -= len(tok.ids([instruction])[0]) if instruction else 0
     budgets = [max(8, min(size, room - len(t) - CUT_SLACK)) for t in titles]
     chunks = chunk_documents(docs, tok, size, overlap, budgets)
-    enc = embedder.encode([encoding_text(docs[c.doc], c.text) for c in chunks], outputs=outputs)
+    texts = [encoding_text(docs[c.doc], c.text) for c in chunks]
+    enc = embedder.encode(texts, outputs=outputs, task=task)
     return chunks, enc
 
 
 def late_chunk_rows(
-    docs: Sequence[Document], chunks: Sequence[Chunk], embedder: Embedder, outputs: tuple[OutputKind, ...]
+    docs: Sequence[Document],
+    chunks: Sequence[Chunk],
+    embedder: Embedder,
+    outputs: tuple[OutputKind, ...],
+    instruction: str = "",
 ) -> list[EmbeddingRow]:
-    """Late chunking: each document runs whole (title tokens, then its text's; past the
+    """Late chunking: each document runs whole (the passage ``instruction``'s tokens, the
+    title's, then its text's; past the
     model's length as overlapping windows stitched token by token, see
     :meth:`Embedder.token_outputs`), and each chunk's vectors pool that run's outputs over
     the chunk's own tokens (:func:`~bgekit.models.long_input.pool_span`), so every chunk
@@ -425,7 +434,8 @@ def late_chunk_rows(
         raise InputError(
             f"late chunking needs a tokenizer bgekit can window; {embedder.info.name}'s is not one"
         )
-    titles = tok.ids([d.title for d in docs])
+    lead = tok.ids([instruction])[0] if instruction else []
+    titles = [lead + t for t in tok.ids([d.title for d in docs])]
     texts = tok.ids([d.text for d in docs])
     seqs = tok.wrap_ids([t + x for t, x in zip(titles, texts, strict=True)], UNLIMITED)
     by_doc: dict[int, list[int]] = {}

@@ -33,8 +33,9 @@ from bgekit.index.documents import (
     without_empty,
 )
 from bgekit.index.lock import IndexConflictError, WriteLock
+from bgekit.index.model_record import check_same_model, embedder_from_record, model_record
 from bgekit.inputs import check_texts
-from bgekit.models import Embedder, model_fingerprint
+from bgekit.models import Embedder
 from bgekit.retrieval.bm25 import Bm25
 from bgekit.retrieval.core import HybridConfig, query_outputs, search
 from bgekit.retrieval.corpus import Corpus, Hnsw, available_scorers
@@ -57,7 +58,9 @@ class IndexConfig:
     nearest rescored with int8 codes read from disk);
     ``multivector_dtype="float16"`` halves multi-vector storage;
     a document longer than ``max_document_chars`` (``None``: no limit) is refused, or
-    skipped and counted with ``oversize="skip"``, before anything is encoded."""
+    skipped and counted with ``oversize="skip"``, before anything is encoded; ``task`` (a
+    name in the model's task table, e.g. BAAI/llm-embedder's ``"qa"``) gives documents its
+    passage instruction and queries its query instruction (``None``: the model's default)."""
 
     outputs: tuple[OutputKind, ...] = ("dense",)
     chunk_tokens: int | None = None
@@ -71,6 +74,7 @@ class IndexConfig:
     rescore: int = DEFAULT_RESCORE
     max_document_chars: int | None = DEFAULT_MAX_DOCUMENT_CHARS
     oversize: Oversize = "error"
+    task: str | None = None
 
     def __post_init__(self) -> None:
         bad = [o for o in self.outputs if o not in OUTPUT_KINDS]
@@ -126,6 +130,7 @@ class Index:
             raise InputError(
                 f"{embedder.info.name} cannot give {', '.join(missing)} (it has: {', '.join(embedder.info.heads)})"
             )
+        embedder.prompts.pick(self.config.task)  # an unknown task is an error naming the tasks
         self.path: Path | None = None
         self._generation: str | None = None  # what ``path``'s manifest named when loaded / saved
         self._lock: WriteLock | None = None  # held by :meth:`edit`
@@ -175,7 +180,7 @@ class Index:
         if not docs:
             return AddReport(0, 0, skipped, oversized)
         chunks, enc = encode_chunks(
-            docs, self.embedder, self.outputs, cfg.chunk_tokens, cfg.chunk_overlap, cfg.chunking
+            docs, self.embedder, self.outputs, cfg.chunk_tokens, cfg.chunk_overlap, cfg.chunking, cfg.task
         )
         self._insert(docs, chunks, enc)
         return AddReport(len(docs), len(chunks), skipped, oversized)
@@ -307,7 +312,9 @@ class Index:
         """The query encodings a search in ``mode`` needs (none for BM25)."""
         texts = check_texts(queries, "queries")
         wanted = query_outputs(mode, self.scorers, hybrid)
-        return self.embedder.encode(texts, kind="query", outputs=wanted) if wanted and texts else Encoded()
+        if not wanted or not texts:
+            return Encoded()
+        return self.embedder.encode(texts, kind="query", outputs=wanted, task=self.config.task)
 
     def search_encoded(
         self,
@@ -393,9 +400,8 @@ class Index:
             "documents": [{"id": d.id, "title": d.title, "metadata": d.metadata} for d in self._docs],
             "chunks": self._chunk_text,
         }
-        info = self.embedder.info
         manifest = {
-            "model": {"name": info.name, "path": info.path, "fingerprint": model_fingerprint(self.embedder)},
+            "model": model_record(self.embedder),
             "outputs": list(self.outputs),
             "dims": self._dims(),
             "counts": {"documents": len(self._docs), "chunks": self.num_chunks},
@@ -462,22 +468,13 @@ class Index:
         checked (headers and sizes) before the model loads; a damaged one is named."""
         root = Path(path)
         manifest = storage.checked_manifest(root)
-        if embedder is None:
-            recorded = manifest["model"]
-            source = recorded["path"] if Path(recorded["path"]).is_dir() else recorded["name"]
-            embedder = Embedder.from_pretrained(source, engine=engine)
-        model = embedder
+        model = embedder or embedder_from_record(root, manifest["model"], engine)
         return storage.read_consistent(root, lambda m: cls._from_generation(root, m, model, mmap))
 
     @classmethod
     def _from_generation(cls, root: Path, manifest: dict[str, Any], embedder: Embedder, mmap: bool) -> Index:
         """The index of the generation ``manifest`` names, read with ``embedder``."""
-        recorded = manifest["model"]
-        if model_fingerprint(embedder) != recorded["fingerprint"]:
-            raise InputError(
-                f"{root} was built with {recorded['name']}; {embedder.info.name} is a different model "
-                "or uses different settings"
-            )
+        check_same_model(root, manifest["model"], embedder)
         try:
             cfg = dict(manifest["config"])
             cfg["outputs"] = tuple(cfg["outputs"])

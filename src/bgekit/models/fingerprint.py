@@ -1,11 +1,13 @@
-"""A model's identity for saved artefacts: what must match for stored vectors to be reused."""
+"""A model's identity: everything that shapes its vectors, in one place. The index (its
+manifest), the Ray shards and the evaluation cache all use it."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bgekit.models.loading import safe_torch_load
 from bgekit.models.tokenizer import tokenizer_files
@@ -13,30 +15,85 @@ from bgekit.models.tokenizer import tokenizer_files
 if TYPE_CHECKING:
     from bgekit.models.embedder import Embedder
 
+# Bytes read from each end of a weight file: fine-tuned weights differ there too, where the
+# size alone does not change (reading whole multi-GB files on every load would be slow).
+EDGE_BYTES = 1 << 20
+_digests: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
 
-def model_fingerprint(embedder: Embedder) -> str:
-    """Changes when the weights, heads, tokenizer or encoding settings change; not when the
-    folder moves."""
-    info = embedder.info
-    root = Path(info.path)
+
+def _weight_files(root: Path) -> list[Path]:
+    return sorted([*root.glob("*.safetensors"), *root.glob("pytorch_model*.bin")])
+
+
+def files_digest(root: Path) -> str:
+    """The model files' digest: config, head weights (values: ``torch.save`` adds a random
+    id to the bytes), tokenizer files, and each weight file's size and both ends. Cached per
+    folder while no file changes; moving the folder does not change it."""
+    watched = [root / "config.json", *tokenizer_files(root), *_weight_files(root)]
+    watched += [root / n for n in ("colbert_linear.pt", "sparse_linear.pt")]
+    stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in watched if p.is_file())
+    key = (str(root.resolve()), stamp)
+    if key in _digests:
+        return _digests[key]
     h = hashlib.sha256()
     if (root / "config.json").is_file():
         h.update((root / "config.json").read_bytes())
     for name in ("colbert_linear.pt", "sparse_linear.pt"):
-        if (root / name).is_file():  # the weights, not the file bytes (torch.save adds a random id)
+        if (root / name).is_file():
             state = safe_torch_load(root / name)
-            for key in sorted(state):
-                h.update(name.encode() + key.encode() + state[key].float().numpy().tobytes())
+            for k in sorted(state):
+                h.update(name.encode() + k.encode() + state[k].float().numpy().tobytes())
     for f in tokenizer_files(root):  # the same weights with another vocabulary are another model
         h.update(f"tokenizer:{f.name}:".encode() + hashlib.sha256(f.read_bytes()).digest())
-    for p in sorted([*root.glob("*.safetensors"), *root.glob("pytorch_model*.bin")]):
-        h.update(f"{p.name}:{p.stat().st_size}".encode())
-    settings = [
-        info.pooling,
-        info.normalize,
-        info.query_instruction,
-        info.query_max_length,
-        info.passage_max_length,
-    ]
-    h.update(json.dumps(settings).encode())
-    return h.hexdigest()[:24]
+    for p in _weight_files(root):
+        size = p.stat().st_size
+        with p.open("rb") as fh:
+            head = fh.read(EDGE_BYTES)
+            fh.seek(max(0, size - EDGE_BYTES))
+            tail = fh.read(EDGE_BYTES)
+        h.update(f"{p.name}:{size}:".encode() + hashlib.sha256(head + tail).digest())
+    _digests[key] = h.hexdigest()
+    return _digests[key]
+
+
+def model_identity(embedder: Embedder) -> dict[str, Any]:
+    """What shapes the vectors, as JSON-ready data: the model files, pooling and
+    normalisation, both sides' lengths, every prompt (instructions, query format, tasks,
+    the default task, in-context examples) and the long-input policy."""
+    info = embedder.info
+    return {
+        "files": files_digest(Path(info.path)),
+        "pooling": info.pooling,
+        "normalize": info.normalize,
+        "query_max_length": info.query_max_length,
+        "passage_max_length": info.passage_max_length,
+        "prompts": embedder.prompts.describe(),
+        "long_input": asdict(embedder.long),
+    }
+
+
+def fingerprint_of(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def model_fingerprint(embedder: Embedder) -> str:
+    """A short hash of :func:`model_identity`: equal fingerprints give equal vectors."""
+    return fingerprint_of(model_identity(embedder))
+
+
+def identity_diff(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between two identities, one readable item each (``pooling: cls ->
+    mean``; the model files and long values by name only)."""
+    out = []
+    for key in sorted(set(recorded) | set(current)):
+        a, b = recorded.get(key), current.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{key}.{item}" for item in identity_diff(a, b)]
+        elif key == "files":
+            out.append("model files (weights, config or tokenizer)")
+        else:
+            shown = [json.dumps(v, ensure_ascii=False) for v in (a, b)]
+            out.append(key if max(map(len, shown)) > 60 else f"{key}: {shown[0]} -> {shown[1]}")
+    return out

@@ -101,11 +101,13 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         request.state.long_counts = state.need_embedder().long_counts(seqs)
         return rows, sum(len(s) for s in seqs)
 
-    async def embed_ids(request: Request, ids: list[list[int]], kind: Kind) -> tuple[list[EmbeddingRow], int]:
+    async def embed_ids(
+        request: Request, ids: list[list[int]], kind: Kind, task: str | None
+    ) -> tuple[list[EmbeddingRow], int]:
         """Token-id input: checked against the vocabulary, framed by the special tokens."""
         emb = state.need_embedder()
-        if kind == "query":
-            raise HTTPException(422, "input_type query needs text input (the query instruction is text)")
+        if kind == "query" or task is not None:
+            raise HTTPException(422, "input_type query and task need text input (instructions are text)")
         state.check_count(len(ids), "input")
         vocab = emb.tokenizer.vocab_size
         for i, one in enumerate(ids):
@@ -124,9 +126,10 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         emb = state.need_embedder()
         given = body.input if isinstance(body.input, list) else [body.input]
         if given and isinstance(given[0], list):
-            rows, tokens = await embed_ids(request, given, body.input_type)
+            rows, tokens = await embed_ids(request, given, body.input_type, body.task)
         else:
-            rows, tokens = await embed_rows(request, given, body.input_type, ("dense",))  # type: ignore[arg-type]
+            texts: list[str] = given  # type: ignore[assignment]
+            rows, tokens = await embed_rows(request, texts, body.input_type, ("dense",), task=body.task)
         dense = np.stack([r.dense for r in rows if r.dense is not None])
         if body.dimensions is not None:
             dense = truncate_dimensions(dense, body.dimensions, normalize=emb.info.normalize)
@@ -146,7 +149,7 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
     async def encode(body: EmbedRequest, request: Request) -> Response:
         emb = state.need_embedder()
         texts = body.inputs if isinstance(body.inputs, list) else [body.inputs]
-        rows, tokens = await embed_rows(request, texts, body.kind, body.outputs)
+        rows, tokens = await embed_rows(request, texts, body.kind, body.outputs, task=body.task)
         items = []
         for i, row in enumerate(rows):
             item: dict[str, Any] = {"index": i}
@@ -168,22 +171,30 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
 
     # -- text-embeddings-inference (TEI) routes and shapes ----------------------------------
 
-    def tei_kind(body: TeiEmbedRequest) -> Kind:
+    def tei_kind(body: TeiEmbedRequest) -> tuple[Kind, str | None]:
         if body.truncation_direction != "Right":
             raise HTTPException(
                 422, "truncation_direction: only Right is supported (texts are cut at the end)"
             )
-        if body.prompt_name in (None, "document", "passage"):
-            return "document"
-        if body.prompt_name == "query":
-            return "query"
-        raise HTTPException(422, f"prompt_name {body.prompt_name!r} is unknown; use query or document")
+        return prompt_side(body.prompt_name)
+
+    def prompt_side(name: str | None) -> tuple[Kind, str | None]:
+        """TEI's ``prompt_name``: the side, and the task it names (its query instruction)."""
+        if name in (None, "document", "passage"):
+            return "document", None
+        if name == "query":
+            return "query", None
+        if name in state.need_embedder().prompts.task_names:
+            return "query", name
+        tasks = "".join(f", {t}" for t in state.need_embedder().prompts.task_names)
+        raise HTTPException(422, f"prompt_name {name!r} is unknown; use query, document{tasks}")
 
     async def tei_embed(body: TeiEmbedRequest, request: Request) -> Response:
         emb = state.need_embedder()
         if not body.normalize and emb.info.normalize:
             raise HTTPException(422, "normalize: this server gives normalised vectors only")
-        rows, _ = await embed_rows(request, body.texts(), tei_kind(body), ("dense",), body.truncate)
+        kind, task = tei_kind(body)
+        rows, _ = await embed_rows(request, body.texts(), kind, ("dense",), body.truncate, task)
         dense = np.stack([r.dense for r in rows if r.dense is not None])
         if body.dimensions is not None:
             dense = truncate_dimensions(dense, body.dimensions, normalize=emb.info.normalize)
@@ -207,7 +218,8 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
     async def embed_all(body: TeiEmbedRequest, request: Request) -> Response:
         """TEI's ``/embed_all``: every token's last hidden state, ``[[[float]]]`` (no pooling).
         Runs beside the batcher, as a whole request."""
-        seqs = await tokenized(body.texts(), tei_kind(body), body.truncate)
+        kind, task = tei_kind(body)
+        seqs = await tokenized(body.texts(), kind, body.truncate, task)
         states = await run_in_threadpool(state.need_embedder().token_states_of, seqs)
         state.trimmer.maybe_trim()
         request.state.long_counts = state.need_embedder().long_counts(seqs)
@@ -217,7 +229,8 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/embed_sparse", response_model=list[list[TeiSparseValue]], responses=ERROR_RESPONSES)
     async def embed_sparse(body: TeiEmbedRequest, request: Request) -> Response:
         """TEI's ``/embed_sparse``: the lexical weights, ``[[{index, value}]]`` (BGE-M3's head)."""
-        rows, _ = await embed_rows(request, body.texts(), tei_kind(body), ("sparse",), body.truncate)
+        kind, task = tei_kind(body)
+        rows, _ = await embed_rows(request, body.texts(), kind, ("sparse",), body.truncate, task)
         out = [
             [
                 {"index": int(i), "value": float(v)}
@@ -388,10 +401,8 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         emb = state.need_embedder()
         texts = body.texts()
         state.check_count(len(texts), "inputs")
-        if body.prompt_name == "query":
-            texts = emb.query_texts(texts)
-        elif body.prompt_name not in (None, "document", "passage"):
-            raise HTTPException(422, f"prompt_name {body.prompt_name!r} is unknown; use query or document")
+        kind, task = prompt_side(body.prompt_name)
+        texts = emb.prompts.apply(texts, kind, task=task)
         texts = state.bound_chars(texts, emb.info.passage_max_length, "inputs")
         tokens = await run_in_threadpool(emb.tokenizer.tokens, texts, body.add_special_tokens)
         return Response(orjson.dumps(tokens), media_type="application/json")

@@ -58,7 +58,8 @@ def _dense_only() -> list[OutputKind]:
 
 class EmbeddingsRequest(BaseModel):
     """OpenAI ``POST /v1/embeddings``. ``input_type`` (an extension) marks queries, which
-    get the model's query instruction; OpenAI clients leave it unset (documents)."""
+    get the model's query instruction; OpenAI clients leave it unset (documents). ``task``
+    (an extension) picks both sides' instructions from the model's task table."""
 
     model_config = ConfigDict(extra="ignore")
     input: Texts | TokenIds | list[TokenIds]
@@ -67,6 +68,7 @@ class EmbeddingsRequest(BaseModel):
     dimensions: StrictInt | None = Field(default=None, ge=1)
     user: Text | None = None
     input_type: Kind = "document"
+    task: Text | None = None
 
     @field_validator("input", mode="before")
     @classmethod
@@ -117,6 +119,7 @@ class EmbedRequest(BaseModel):
     kind: Kind = "document"
     outputs: list[OutputKind] = Field(default_factory=_dense_only, min_length=1)
     return_tokens: StrictBool = False
+    task: Text | None = None
 
     @field_validator("inputs")
     @classmethod
@@ -127,7 +130,9 @@ class EmbedRequest(BaseModel):
 class TeiEmbedRequest(BaseModel):
     """text-embeddings-inference's embedding request (``/embed``, ``/embed_sparse``, ``POST /``).
     ``truncate`` overrides the server's rule for this request; ``prompt_name`` ``query``
-    adds the model's query instruction."""
+    adds the model's query instruction, ``document`` / ``passage`` its passage instruction,
+    and a task's name (BAAI/llm-embedder's ``qa``, a sentence-transformers prompt name) that
+    task's query instruction."""
 
     model_config = ConfigDict(extra="ignore")
     inputs: Texts

@@ -1,7 +1,8 @@
 """Training data: one JSON object per line, checked before any training starts.
 
 A line is ``{"query": str, "pos": [str, ...], "neg": [str, ...], "pos_scores"?: [float],
-"neg_scores"?: [float], "prompt"?: str}`` (SPEC §3).
+"neg_scores"?: [float], "prompt"?: str, "task"?: str}`` (SPEC §3; ``task`` names an entry
+of the model's task table, whose instructions the query and the passages get).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from bgekit.errors import InputError
 from bgekit.io import atomic_write, iter_jsonl
 
-_KEYS = frozenset({"query", "pos", "neg", "pos_scores", "neg_scores", "prompt"})
+_KEYS = frozenset({"query", "pos", "neg", "pos_scores", "neg_scores", "prompt", "task"})
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class TrainExample:
     pos_scores: tuple[float, ...] | None = None
     neg_scores: tuple[float, ...] | None = None
     prompt: str | None = None
+    task: str | None = None
 
     @property
     def has_scores(self) -> bool:
@@ -44,6 +46,8 @@ class TrainExample:
             out["neg_scores"] = list(self.neg_scores)
         if self.prompt is not None:
             out["prompt"] = self.prompt
+        if self.task is not None:
+            out["task"] = self.task
         return out
 
 
@@ -91,10 +95,11 @@ def parse_example(obj: Any, where: str) -> TrainExample:
     neg_scores = _scores(obj, "neg_scores", len(neg), where)
     if (pos_scores is None) != (neg_scores is None):
         raise InputError(f'{where}: give both "pos_scores" and "neg_scores" or neither')
-    prompt = obj.get("prompt")
-    if prompt is not None and not isinstance(prompt, str):
-        raise InputError(f'{where}: "prompt" must be a string')
-    return TrainExample(query, pos, neg, pos_scores, neg_scores, prompt)
+    prompt, task = obj.get("prompt"), obj.get("task")
+    for key, value in (("prompt", prompt), ("task", task)):
+        if value is not None and not isinstance(value, str):
+            raise InputError(f'{where}: "{key}" must be a string')
+    return TrainExample(query, pos, neg, pos_scores, neg_scores, prompt, task)
 
 
 def load_train_data(path: str | Path) -> list[TrainExample]:

@@ -156,26 +156,33 @@ def _teacher(items: Sequence[tuple[TrainExample, list[str], list[float] | None]]
 class EmbedderCollator:
     """Tokenises a batch of groups exactly as the embedder does at inference
     (:meth:`Embedder.tokenize`): queries with the model's instruction and query format (a
-    line's own ``prompt`` replaces the instruction), passages plain; each side padded to its
+    line's ``task`` picks both sides' instructions from the model's table; its ``prompt``
+    replaces the query's), passages with the passage instruction; each side padded to its
     batch's longest."""
 
     embedder: Embedder
 
     def __call__(self, items: Sequence[tuple[TrainExample, list[str], list[float] | None]]) -> dict[str, Any]:
         emb = self.embedder
-        by_prompt: dict[str | None, list[int]] = {}
+        by_prompt: dict[tuple[str | None, str | None], list[int]] = {}
         for i, (ex, _, _) in enumerate(items):
-            by_prompt.setdefault(ex.prompt, []).append(i)
+            by_prompt.setdefault((ex.prompt, ex.task), []).append(i)
         queries: list[TokenSeq | None] = [None] * len(items)
-        for prompt, rows in by_prompt.items():
-            seqs = emb.tokenize([items[i][0].query for i in rows], kind="query", instruction=prompt)
+        passages: list[list[TokenSeq]] = [[] for _ in items]
+        for (prompt, task), rows in by_prompt.items():
+            seqs = emb.tokenize(
+                [items[i][0].query for i in rows], kind="query", instruction=prompt, task=task
+            )
+            group_seqs = emb.tokenize([p for i in rows for p in items[i][1]], task=task)
+            at = 0
             for i, seq in zip(rows, seqs, strict=True):
                 queries[i] = seq
-        passages = emb.tokenize([p for _, group, _ in items for p in group])
+                passages[i] = group_seqs[at : at + len(items[i][1])]
+                at += len(items[i][1])
         pad = emb.tokenizer.pad_id
         return {
             **_tensors("q_", [q for q in queries if q is not None], pad),
-            **_tensors("p_", passages, pad),
+            **_tensors("p_", [p for group in passages for p in group], pad),
             **_teacher(items),
         }
 
@@ -299,6 +306,8 @@ def train_embedder(
         settings=settings,
         engine=_TRAIN_ENGINE,
     )
+    for task in sorted({ex.task for ex in examples if ex.task is not None}):
+        emb.prompts.pick(task)  # an unknown task fails before training, naming the model's tasks
     info = emb.info
     source = Path(info.path)
     module = emb.torch_module()  # the inference modules themselves: backbone and heads
