@@ -1,5 +1,5 @@
 """Fine-tuning on the transformers Trainer, so torchrun, DDP, accelerate and DeepSpeed
-launch it unchanged: ``torchrun --nproc_per_node N -m bgekit.train embedder ...``."""
+launch it unchanged: ``torchrun --nproc_per_node N -m bgekit train embedder ...``."""
 
 from __future__ import annotations
 
