@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +119,35 @@ def test_npz_round_trip_and_atomic_failure(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         save_encoded(path, broken)  # fails while writing
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["x.npz"]
+
+
+def _module(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m ARGS`` in a fresh interpreter (this one's ``PYTHONPATH``, so this checkout)."""
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_python_dash_m_bgekit_runs_the_commands() -> None:
+    top = _module("bgekit", "--help")
+    assert top.returncode == 0 and top.stderr == "", top.stderr
+    assert top.stdout.startswith("usage: bgekit") and "train" in top.stdout and "serve" in top.stdout
+    train = _module("bgekit", "train", "--help")
+    assert train.returncode == 0 and train.stderr == "", train.stderr
+    assert train.stdout.startswith("usage: bgekit train") and "reranker" in train.stdout
+    # a user's mistake is the command's own error (status 2), as from the bgekit script
+    bad = _module("bgekit", "train", "reranker", "--output", "x")
+    assert bad.returncode == 2 and "the following arguments are required: --data" in bad.stderr
+
+
+def test_python_dash_m_bgekit_train_is_deprecated_but_runs() -> None:
+    old = _module("bgekit.train", "reranker", "--help", env={"RANK": "0"})
+    assert old.returncode == 0, old.stderr
+    assert old.stdout == _module("bgekit", "train", "reranker", "--help").stdout
+    assert old.stderr == "bgekit: python -m bgekit.train is deprecated; use python -m bgekit train ...\n"
+    # torchrun's other processes (RANK 1..N-1) stay quiet: one line per run, not per process
+    assert _module("bgekit.train", "embedder", "--help", env={"RANK": "1"}).stderr == ""

@@ -1,4 +1,5 @@
-"""Dense quantisation: codes, approximate scores and binary rescoring against direct numpy."""
+"""Dense quantisation: int8 codes and approximate scores, binary bits and Hamming distances,
+against direct numpy (the binary search and its rescoring: tests/test_dense_store.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,10 @@ import pytest
 from bgekit.errors import InputError
 from bgekit.scoring.quantize import (
     Int8Calibration,
-    binary_search,
-    bytes_per_vector,
     hamming,
     int8_scores,
     pack_binary,
     quantize_int8,
-    unpack_signs,
 )
 
 
@@ -38,31 +36,14 @@ def test_int8_codes_round_trip_within_half_a_step() -> None:
         Int8Calibration.fit(np.zeros((0, 4), np.float32))
 
 
-def test_binary_bits_hamming_and_signs_by_hand() -> None:
+def test_binary_bits_and_hamming_by_hand() -> None:
     x = np.array([[0.5, -1.0, 0.0, 2.0, -0.1, 0.3, 0.2, -0.4, 0.9]], np.float32)
     bits = pack_binary(x)
     assert bits.shape == (1, 2) and bits[0, 0] == 0b10010110 and bits[0, 1] == 0b10000000
-    assert unpack_signs(bits, 9).tolist() == [[1, -1, -1, 1, -1, 1, 1, -1, 1]]
     y = -x
     assert hamming(pack_binary(y), bits).tolist() == [[8]]  # the zero stays "not positive"
-    assert bytes_per_vector("binary", 384) == 48 and bytes_per_vector("float32", 384) == 1536
 
-
-def test_binary_search_rescores_the_hamming_candidates() -> None:
-    docs, q = _unit(300, 64, 2), _unit(4, 64, 3)
-    bits = pack_binary(docs)
-    idx, scores = binary_search(q, bits, 64, k=10, rescore=40)
-    signs = unpack_signs(bits, 64)
-    for i in range(4):
-        dist = np.array([int(np.sum((docs[j] > 0) != (q[i] > 0))) for j in range(300)])
-        cand = np.argsort(dist, kind="stable")[:40]
-        # ties at the 40th distance may pick other rows: compare with the distance cut
-        assert set(idx[i]) <= set(np.nonzero(dist <= np.sort(dist)[39])[0])
-        s = signs @ q[i]
-        np.testing.assert_allclose(scores[i], s[idx[i]], rtol=1e-6)
-        assert np.all(np.diff(scores[i]) <= 0)
-        assert len(cand) == 40
-    # rescoring every row is the exact sign-vector ranking
-    idx_all, _ = binary_search(q, bits, 64, k=5, rescore=300)
-    for i in range(4):
-        assert idx_all[i].tolist() == np.argsort(-(signs @ q[i]), kind="stable")[:5].tolist()
+    # several 64-bit words, the last one padded: against a count of differing signs
+    docs, q = _unit(50, 200, 4), _unit(3, 200, 5)
+    want = ((q[:, None, :] > 0) != (docs[None, :, :] > 0)).sum(axis=2)
+    np.testing.assert_array_equal(hamming(pack_binary(q), pack_binary(docs)), want)

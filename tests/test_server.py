@@ -319,7 +319,7 @@ def test_batcher_drops_a_cancelled_job_that_has_not_started() -> None:
         seen.append([s.ids[0] for s in seqs])
         return [s.ids[0] * 10 for s in seqs]
 
-    batcher: Batcher[None] = Batcher(work, gather_tokens=100, name="test")
+    batcher: Batcher[None, int] = Batcher(work, gather_tokens=100, name="test")
     batcher.start()
 
     async def main() -> tuple[list[int], list[int]]:
@@ -360,12 +360,20 @@ def test_serve_options_read_environment_variables(monkeypatch: pytest.MonkeyPatc
         build_parser()
 
 
+def test_batcher_is_typed_by_option_and_result() -> None:
+    from typing import Any, get_args
+
+    assert get_args(Batcher[None, float]) == (type(None), float)
+    # the result type defaults to Any: the one-parameter spelling of earlier versions still works
+    assert get_args(Batcher[None]) == (type(None), Any)
+
+
 def test_batcher_stop_finishes_queued_work_first() -> None:
     def work(seqs: list[TokenSeq], options: list[None]) -> list[int]:
         time.sleep(0.05)
         return [s.ids[0] for s in seqs]
 
-    batcher: Batcher[None] = Batcher(work, gather_tokens=1, name="test")  # one job per run
+    batcher: Batcher[None, int] = Batcher(work, gather_tokens=1, name="test")  # one job per run
     batcher.start()
 
     async def main() -> list[list[int]]:

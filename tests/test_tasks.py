@@ -133,7 +133,7 @@ def test_a_different_model_or_setting_is_named(emb: Embedder, llm_embedder: Path
     message = str(err.value)
     assert 'pooling: "cls" -> "mean"' in message and 'prompts.query_instruction: "" -> "Q: "' in message
     assert Index.load(tmp_path / "ix", emb.with_task("qa")).embedder is not None  # same settings: fine
-    with pytest.raises(InputError, match="prompts.task"):
+    with pytest.raises(InputError, match=r"prompts\.task"):
         Index.load(tmp_path / "ix", emb.with_task("chat"))
 
 

@@ -26,7 +26,7 @@ from bgekit.models.long_input import (
     window_bounds,
 )
 from bgekit.models.registry import RerankerVariant, lookup
-from bgekit.models.runtime import LoadedModel, load_transformers_model
+from bgekit.models.runtime import TRAINING_ENGINE, LoadedModel, load_transformers_model
 from bgekit.models.tokenizer import TextTokenizer
 from bgekit.types import ModelInfo, RerankResult, TokenSeq
 
@@ -120,6 +120,7 @@ def load_reranker(
     engine: EngineConfig | None = None,
     long_passage: LongPassage = "truncate",
     passage_overlap: int = DEFAULT_OVERLAP,
+    training: bool = False,
 ) -> Reranker:
     """The one reranker loader: finds the folder, detects the variant (cross-encoder, yes/no,
     layer-wise, lightweight), resolves the lengths, then builds it. A pair holds at most
@@ -127,14 +128,30 @@ def load_reranker(
     ``query_max_length`` (3/4 of ``max_length`` unless given). A passage that does not fit
     is cut (``long_passage="truncate"``), or scored as windows of what fits, consecutive
     windows sharing ``passage_overlap`` tokens (at most half a window), each paired with the
-    query: the pair's score is the best window's (``"max"``) or their mean (``"mean"``)."""
+    query: the pair's score is the best window's (``"max"``) or their mean (``"mean"``).
+
+    ``training``: a cross-encoder to fine-tune (what ``train_reranker`` starts from), on
+    :data:`~bgekit.models.runtime.TRAINING_ENGINE` (exact fp32, transformers' forward); an
+    encoder checkpoint becomes a cross-encoder with a fresh one-logit head, an LLM reranker
+    is refused. Its weights are checked as for inference."""
     long_passage = check_long_passage(long_passage)
     if passage_overlap < 0:
         raise InputError(f"passage_overlap must be at least 0, got {passage_overlap}")
+    if training and engine is not None:
+        raise InputError(
+            "training=True loads on the training engine (fp32, transformers); leave engine unset"
+        )
     path = resolve_model_dir(name_or_path, revision)
     meta = read_folder(path)
     known = lookup(name_or_path, str(path))
     variant = reranker_variant(meta, known[1].reranker_variant if known else None)
+    fresh_head = training and variant is None
+    if training:
+        if variant not in (None, "cross_encoder"):
+            raise ModelFormatError(
+                f"{name_or_path} is a {variant} LLM reranker; bgekit fine-tunes cross-encoders only"
+            )
+        variant, engine = "cross_encoder", TRAINING_ENGINE
     if variant is None:
         raise ModelFormatError(
             f"{name_or_path} is not a cross-encoder ({meta.architecture}); load it with Embedder"
@@ -142,17 +159,22 @@ def load_reranker(
     config = meta.config
     if (
         variant == "cross_encoder"
+        and not fresh_head
         and int(config.get("num_labels", len(config.get("id2label") or {0: 0}))) != 1
     ):
         raise ModelFormatError(f"{name_or_path}: a reranker needs one output logit (num_labels=1)")
     max_length, q_max = reranker_lengths(meta, max_length, query_max_length)
     pooling = "cls" if variant == "cross_encoder" else "last_token"
-    info = reranker_info(name_or_path, meta, pooling, q_max, max_length, known[0] if known else None)
+    # an embedder's registry entry (bge-small-en-v1.5 given a fresh head) is not this model's name
+    known_as = known[0] if known and not fresh_head else None
+    info = reranker_info(name_or_path, meta, pooling, q_max, max_length, known_as)
     info = dataclasses.replace(info, long_input=long_passage)
     build = _BUILDERS.get(variant)
     if build is None:
         raise ModelFormatError(f"{name_or_path}: no loader for {variant} rerankers in this installation")
     model = build(name_or_path, path, meta, variant, info, engine)
+    if fresh_head:  # said once loaded: a damaged folder's error is the only line
+        logger.info("%s has no classification head; added a fresh one-logit head", name_or_path)
     if long_passage != "truncate" and not model.can_window():
         raise ModelFormatError(
             f"{name_or_path}: its tokenizer changes a pair's tokens when it adds special ones, so "
@@ -202,11 +224,15 @@ def _build_cross_encoder(
     info: ModelInfo,
     engine: EngineConfig | None,
 ) -> Reranker:
+    """The one place a cross-encoder is built, for scoring and for fine-tuning: checked
+    weights (a damaged folder is one :class:`ModelFormatError`), its head fresh when the
+    folder holds an encoder (only :func:`load_reranker` with ``training=True`` gets here
+    with one)."""
     with_types = int(meta.config.get("type_vocab_size", 0)) > 1
     tokenizer = TextTokenizer.from_folder(path, with_type_ids=with_types)
     engine = engine or EngineConfig()
-    model = CrossEncoderForward(load_transformers_model(path, cross_encoder=True), engine.backend)
-    return Reranker(model, tokenizer, info, engine)
+    hf = load_transformers_model(path, cross_encoder=True, fresh_head=not meta.is_cross_encoder)
+    return Reranker(CrossEncoderForward(hf, engine.backend), tokenizer, info, engine)
 
 
 class Reranker(LoadedModel):

@@ -65,9 +65,16 @@ def check_loading_info(
     random) or hold more of it than ``config.json`` says (layers beyond its count), or a
     tensor of another shape. Keys outside the model (a pre-training head in a checkpoint
     loaded as an encoder) are what transformers drops on purpose; ``unused``: prefixes of
-    the model's parameters bgekit never runs (may be missing)."""
-    own = {name for name, _ in model.named_children()} | {str(getattr(model, "base_model_prefix", ""))}
-    missing = [k for k in info.get("missing_keys") or () if not k.startswith(tuple(unused))]
+    the model's parameters (with or without the base model's prefix, ``bert.``) that bgekit
+    never runs or initialises itself (may be missing)."""
+    base = str(getattr(model, "base_model_prefix", ""))
+    own = {name for name, _ in model.named_children()} | {base}
+
+    def may_miss(key: str) -> bool:  # ``unused`` names parts of the base model without its prefix
+        inner = key[len(base) + 1 :] if base and key.startswith(f"{base}.") else key
+        return key.startswith(tuple(unused)) or inner.startswith(tuple(unused))
+
+    missing = [k for k in info.get("missing_keys") or () if not may_miss(k)]
     unexpected = [k for k in info.get("unexpected_keys") or () if k.split(".", 1)[0] in own]
     # transformers lists (key, shape in the file, shape the config gives)
     wrong = [
@@ -104,12 +111,29 @@ def load_pretrained(auto_class: Any, path: Path, *, unused: Sequence[str] = (), 
     return cast(nn.Module, model)
 
 
-def load_transformers_model(path: Path, *, cross_encoder: bool) -> nn.Module:
+# How fine-tuning runs the inference modules: exact fp32 with the transformers forward
+# (bgekit's packed forward and the bf16 / int8 CPU kernels are inference-only), on the CPU
+# until the Trainer moves them.
+TRAINING_ENGINE = EngineConfig(device="cpu", dtype="float32", backend="transformers", progress=False)
+
+
+def load_transformers_model(path: Path, *, cross_encoder: bool, fresh_head: bool = False) -> nn.Module:
     """The encoder (or sequence-classification model) in fp32 on the CPU, with SDPA attention.
-    An encoder may lack the pooler (bgekit pools itself); a cross-encoder's classifies."""
+    An encoder may lack the pooler (bgekit pools itself); a cross-encoder's classifies.
+    ``fresh_head``: a cross-encoder from an encoder checkpoint, its one-logit head (and a
+    BERT pooler the checkpoint lacks) freshly initialised from torch's RNG; the encoder's
+    weights are still checked."""
     from transformers import AutoModel, AutoModelForSequenceClassification
 
-    if cross_encoder:
+    if cross_encoder and fresh_head:
+        model = load_pretrained(
+            AutoModelForSequenceClassification,
+            path,
+            unused=("classifier.", "pooler."),
+            num_labels=1,
+            attn_implementation="sdpa",
+        )
+    elif cross_encoder:
         model = load_pretrained(AutoModelForSequenceClassification, path, attn_implementation="sdpa")
     else:
         model = load_pretrained(AutoModel, path, unused=("pooler.",), attn_implementation="sdpa")

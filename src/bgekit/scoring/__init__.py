@@ -8,13 +8,10 @@ from bgekit.scoring.quantize import (
     DENSE_DTYPES,
     DenseDtype,
     Int8Calibration,
-    binary_search,
-    bytes_per_vector,
     hamming,
     int8_scores,
     pack_binary,
     quantize_int8,
-    unpack_signs,
 )
 from bgekit.scoring.segments import segment_rows
 from bgekit.scoring.sparse import sparse_pair_scores, sparse_postings_scores, sparse_scores, to_csr
@@ -23,8 +20,6 @@ __all__ = [
     "DENSE_DTYPES",
     "DenseDtype",
     "Int8Calibration",
-    "binary_search",
-    "bytes_per_vector",
     "dense_pair_scores",
     "dense_scores",
     "encoded_pair_scores",
@@ -42,6 +37,5 @@ __all__ = [
     "sparse_scores",
     "to_csr",
     "truncate_dimensions",
-    "unpack_signs",
     "weighted_fusion",
 ]

@@ -1,14 +1,14 @@
-"""Compact dense vectors: float16, calibrated int8 and binary codes, their approximate scores,
-and the rescoring step (search the codes, rescore the best candidates with the full-precision
-query). Pure numpy; nothing here loads a model.
+"""Compact dense vectors: float16, calibrated int8 and binary codes, and their approximate
+scores. Pure numpy; nothing here loads a model.
 
 - float16: half the bytes; scores are the float32 product of the upcast vectors.
 - int8 (scalar): per dimension, the calibration vectors' range ``[lo, hi]`` maps to the 256
   codes ``-128..127``; a vector is ``lo + (code + 128) * step``, so a query's score is
   ``(code + 128) @ (q * step) + q @ lo`` (no dequantised copy).
 - binary: one bit per dimension (``x > 0``), packed 8 per byte (1/32 of float32); candidates
-  by Hamming distance to the query's signs, rescored with the float query against each
-  candidate's ``+-1`` vector (the standard binary-plus-rescoring recipe).
+  by Hamming distance to the query's signs. The search that rescores them (with int8 codes
+  kept beside the bits) is :class:`bgekit.retrieval.dense_store.DenseStore`'s, the one
+  binary recipe.
 """
 
 from __future__ import annotations
@@ -60,11 +60,6 @@ def pack_binary(vectors: np.ndarray) -> np.ndarray:
     return np.packbits(vectors > 0, axis=1)
 
 
-def unpack_signs(bits: np.ndarray, dim: int) -> np.ndarray:
-    """``(n, dim)`` float32 of ``+1`` (bit set) and ``-1``."""
-    return np.unpackbits(bits, axis=1, count=dim).astype(np.float32) * 2.0 - 1.0
-
-
 def _words(bits: np.ndarray) -> np.ndarray:
     """Packed bit rows as 64-bit words (zero-padded to a multiple of 8 bytes)."""
     pad = -bits.shape[1] % 8
@@ -80,30 +75,3 @@ def hamming(query_bits: np.ndarray, bits: np.ndarray) -> np.ndarray:
     for i, q in enumerate(qwords):
         out[i] = np.bitwise_count(np.bitwise_xor(words, q)).sum(axis=1, dtype=np.int32)
     return out
-
-
-def binary_search(
-    queries: np.ndarray, bits: np.ndarray, dim: int, k: int, rescore: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per query, the ``k`` best rows: the ``max(k, rescore)`` nearest by Hamming distance,
-    rescored as ``q . sign_vector`` (float query) and ranked by that. Returns ``(indices,
-    scores)``, each ``(queries, k)``, best first."""
-    q = np.asarray(queries, dtype=np.float32)
-    n = bits.shape[0]
-    take = min(n, max(k, rescore))
-    dist = hamming(pack_binary(q), bits)
-    cand = (
-        np.argpartition(dist, take - 1, axis=1)[:, :take] if take < n else np.tile(np.arange(n), (len(q), 1))
-    )
-    idx = np.empty((len(q), min(k, take)), dtype=np.int64)
-    scores = np.empty(idx.shape, dtype=np.float32)
-    for i in range(len(q)):
-        s = unpack_signs(bits[cand[i]], dim) @ q[i]
-        order = np.argsort(-s, kind="stable")[: idx.shape[1]]
-        idx[i], scores[i] = cand[i][order], s[order]
-    return idx, scores
-
-
-def bytes_per_vector(dtype: DenseDtype, dim: int) -> int:
-    """Stored bytes of one vector of ``dim`` dimensions."""
-    return {"float32": 4 * dim, "float16": 2 * dim, "int8": dim, "binary": (dim + 7) // 8}[dtype]

@@ -16,19 +16,24 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic
+
+from typing_extensions import TypeVar
 
 from bgekit.types import TokenSeq
 
 logger = logging.getLogger(__name__)
 Opt = TypeVar("Opt")  # what a job asks for (e.g. a set of outputs); the run receives the union
+# what the run gives back per sequence (an embedding row, a score); the default keeps the
+# one-parameter spelling ``Batcher[Opt]`` valid (typing_extensions: defaults are PEP 696, 3.13)
+R = TypeVar("R", default=Any)
 
 
 @dataclass
-class _Job(Generic[Opt]):
+class _Job(Generic[Opt, R]):
     seqs: list[TokenSeq]
     option: Opt
-    future: asyncio.Future[list[Any]]
+    future: asyncio.Future[list[R]]
     loop: asyncio.AbstractEventLoop
     tokens: int = 0
     queued_at: float = field(default_factory=time.perf_counter)
@@ -44,16 +49,17 @@ class BatchStats:
     seconds: float
 
 
-class Batcher(Generic[Opt]):
+class Batcher(Generic[Opt, R]):
     """Groups jobs by a token budget and runs them on one worker thread.
 
     ``run(seqs, options)`` gets the concatenated sequences of the jobs in a batch and the
-    list of their options, and returns one result per sequence, in order.
+    list of their options, and returns one result (an ``R``) per sequence, in order; each
+    job's ``submit`` gets its own results back as a ``list[R]``.
     """
 
     def __init__(
         self,
-        run: Callable[[list[TokenSeq], list[Opt]], Sequence[Any]],
+        run: Callable[[list[TokenSeq], list[Opt]], Sequence[R]],
         *,
         gather_tokens: int,
         name: str,
@@ -65,7 +71,7 @@ class Batcher(Generic[Opt]):
         self.gather_tokens = gather_tokens
         self.name = name
         self._on_batch = on_batch
-        self._queue: deque[_Job[Opt]] = deque()
+        self._queue: deque[_Job[Opt, R]] = deque()
         self._cond = threading.Condition()
         self._stopping = False
         self._busy = False
@@ -91,7 +97,7 @@ class Batcher(Generic[Opt]):
             self._thread.join(timeout)
             self._thread = None
 
-    async def submit(self, seqs: Sequence[TokenSeq], option: Opt) -> list[Any]:
+    async def submit(self, seqs: Sequence[TokenSeq], option: Opt) -> list[R]:
         """Queue the sequences and wait for their results (one per sequence)."""
         if self._thread is None or self._stopping:
             raise RuntimeError(f"the {self.name} batcher is not running")
@@ -104,13 +110,13 @@ class Batcher(Generic[Opt]):
             self._cond.notify()
         return await job.future  # cancelled when the client goes away; the worker then skips the job
 
-    def _take(self) -> list[_Job[Opt]] | None:
+    def _take(self) -> list[_Job[Opt, R]] | None:
         with self._cond:
             while not self._queue and not self._stopping:
                 self._cond.wait()
             if not self._queue:
                 return None
-            jobs: list[_Job[Opt]] = []
+            jobs: list[_Job[Opt, R]] = []
             tokens = 0
             while self._queue:
                 job = self._queue[0]
@@ -152,7 +158,7 @@ class Batcher(Generic[Opt]):
                 job.loop.call_soon_threadsafe(_settle, job.future, part, error)
 
 
-def _settle(future: asyncio.Future[list[Any]], result: list[Any], error: BaseException | None) -> None:
+def _settle(future: asyncio.Future[list[R]], result: list[R], error: BaseException | None) -> None:
     if future.done():  # cancelled while running: nobody is waiting
         return
     if error is not None:

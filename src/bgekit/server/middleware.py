@@ -8,7 +8,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -18,13 +18,14 @@ from starlette.exceptions import HTTPException
 from bgekit.server.state import ServerState
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ClientGone(Exception):
     """The client disconnected before its result was ready."""
 
 
-async def wait_or_drop(request: Request, work: Awaitable[list[Any]]) -> list[Any]:
+async def wait_or_drop(request: Request, work: Awaitable[T]) -> T:
     """Await ``work`` unless the client disconnects first; then cancel it (a queued job is
     dropped before it runs)."""
     task = asyncio.ensure_future(work)

@@ -45,8 +45,9 @@ class ServerState:
         self.trimmer = MemoryTrimmer()
         self.ready = False
         self.in_flight = 0
-        self.embed_batcher: Batcher[Outputs] | None = None
-        self.rerank_batcher: Batcher[None] | None = None
+        # what each request asks for -> what each of its sequences gets back
+        self.embed_batcher: Batcher[Outputs, EmbeddingRow] | None = None
+        self.rerank_batcher: Batcher[None, float] | None = None
         self.index_watch: IndexWatcher | None = None
 
     # -- start and stop ------------------------------------------------------------------

@@ -1,26 +1,27 @@
-"""``python -m bgekit.train embedder|reranker ...``: the ``bgekit train`` commands as a module,
-for launchers that start one Python module per process (``torchrun``, ``accelerate launch``)."""
+"""Deprecated: ``python -m bgekit.train embedder|reranker ...`` is now ``python -m bgekit
+train embedder|reranker ...`` (``torchrun -m bgekit train ...``). This alias says so in one
+line on stderr and runs that command.
+
+It reaches the command line at run time, through the package's own entry point
+(``runpy`` runs ``bgekit.__main__`` as ``python -m bgekit`` would), so that the training
+layer never imports ``bgekit.cli``, which sits above it (tests/test_layers.py)."""
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Sequence
+import os
+import runpy
+import sys
 
-from bgekit.cli.common import run_parser
-from bgekit.cli.train_cmd import register_train
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m bgekit.train", description="fine-tune an embedder or a reranker"
-    )
-    register_train(parser.add_subparsers(dest="what", required=True))
-    return parser
+DEPRECATED = "bgekit: python -m bgekit.train is deprecated; use python -m bgekit train ..."
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_parser(build_parser, argv)
+def main() -> None:
+    # torchrun starts one process per device with RANK set: the first says it, not every one
+    if os.environ.get("RANK", "0") == "0":
+        print(DEPRECATED, file=sys.stderr)
+    sys.argv[1:1] = ["train"]
+    runpy.run_module("bgekit", run_name="__main__", alter_sys=True)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

@@ -1,5 +1,5 @@
 """Fine-tuning on the transformers Trainer, so torchrun, DDP, accelerate and DeepSpeed
-launch it unchanged: ``torchrun --nproc_per_node N -m bgekit.train embedder ...``."""
+launch it unchanged: ``torchrun --nproc_per_node N -m bgekit train embedder ...``."""
 
 from __future__ import annotations
 
@@ -18,23 +18,19 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from bgekit.engine import EngineConfig, pad_batch
+from bgekit.engine import pad_batch
 from bgekit.errors import InputError
 from bgekit.io import atomic_dir, check_output_dir
 from bgekit.models import Embedder, EmbedderSettings, Reranker
 from bgekit.models.backbones import CrossEncoderForward, TransformersBackbone
 from bgekit.models.heads import EncoderWithHeads
-from bgekit.models.loading import read_folder, resolve_model_dir, weights_error
-from bgekit.models.reranker import reranker_info, reranker_lengths
-from bgekit.models.tokenizer import TextTokenizer
+from bgekit.models.reranker import load_reranker
+from bgekit.models.runtime import TRAINING_ENGINE
 from bgekit.train.data import TrainExample, check_for_training, load_train_data, sample_group
 from bgekit.train.modeling import EmbedderTrainModel, RerankerTrainModel, copy_metadata
 from bgekit.types import TokenSeq
 
 logger = logging.getLogger(__name__)
-# Training runs the inference modules in exact fp32 with the transformers forward (bgekit's
-# packed forward is inference-only: see EmbedderTrainModel).
-_TRAIN_ENGINE = EngineConfig(device="cpu", dtype="float32", backend="transformers", progress=False)
 Precision = Literal["fp32", "fp16", "bf16"]
 
 
@@ -304,7 +300,7 @@ def train_embedder(
     emb = Embedder.from_pretrained(
         model,
         settings=settings,
-        engine=_TRAIN_ENGINE,
+        engine=TRAINING_ENGINE,  # the inference modules, in exact fp32 (see EmbedderTrainModel)
     )
     for task in sorted({ex.task for ex in examples if ex.task is not None}):
         emb.prompts.pick(task)  # an unknown task fails before training, naming the model's tasks
@@ -361,32 +357,22 @@ def train_reranker(
 ) -> TrainResult:
     """Fine-tune a cross-encoder (or start one from an encoder checkpoint, adding a fresh
     one-logit head) and save it to ``output`` (loadable with ``Reranker.from_pretrained``)."""
-    from transformers import AutoModelForSequenceClassification
-
     cfg = config or RerankerTrainConfig()
     out = Path(output)
     check_output_dir(out, overwrite=cfg.overwrite)  # fail before training, not after
     examples = _examples(data)
     check_for_training(examples, cfg.group_size)
-    source = resolve_model_dir(model)
-    meta = read_folder(source)
-    max_length, q_max = reranker_lengths(meta, cfg.max_length, cfg.query_max_length)
-    torch.manual_seed(cfg.seed)
-    try:  # a cross-encoder as it is, or an encoder with a fresh one-logit head
-        hf = AutoModelForSequenceClassification.from_pretrained(
-            str(source), num_labels=1, dtype=torch.float32
-        )
-    except Exception as e:  # transformers raises many types for a bad or unsafe checkpoint
-        raise weights_error(source, e) from None
-    module = CrossEncoderForward(hf, "transformers")
-    assert isinstance(module.backbone, TransformersBackbone)
+    torch.manual_seed(cfg.seed)  # a fresh head is drawn as the model loads
+    # the inference loader itself: the same checked weights, and the Reranker tokenises as
+    # inference does
+    reranker = load_reranker(
+        model, max_length=cfg.max_length, query_max_length=cfg.query_max_length, training=True
+    )
+    source = Path(reranker.info.path)
+    module = reranker.torch_module()
+    assert isinstance(module, CrossEncoderForward) and isinstance(module.backbone, TransformersBackbone)
     if cfg.gradient_checkpointing:
         module.backbone.enable_gradient_checkpointing()
-    tokenizer = TextTokenizer.from_folder(
-        source, with_type_ids=int(meta.config.get("type_vocab_size", 0)) > 1
-    )
-    info = reranker_info(model, meta, "cls", q_max, max_length, None)
-    reranker = Reranker(module, tokenizer, info, _TRAIN_ENGINE)  # tokenises as inference does
     train_model = RerankerTrainModel(module, group_size=cfg.group_size)
 
     def save(folder: Path) -> None:
