@@ -54,6 +54,7 @@ def cmd_serve(ns: argparse.Namespace) -> int:
         long_input=ns.long_input,
         long_input_overlap=ns.long_input_overlap,
         mcls_stride=ns.mcls_stride,
+        task=ns.task,
         long_passage=ns.long_passage,
         passage_overlap=ns.passage_overlap,
         index_poll=ns.index_poll,

@@ -33,7 +33,8 @@ class ServerConfig:
     accepted (default: the model's limit; under ``long_input="chunk"`` 32,768 tokens, under
     ``"mcls"`` the position table); a longer one gets 413, or is cut to it when
     ``truncate``. ``long_input`` / ``long_input_overlap`` / ``mcls_stride``: the embedder's
-    long-input policy (:class:`bgekit.EmbedderSettings`); ``long_passage`` /
+    long-input policy (:class:`bgekit.EmbedderSettings`); ``task``: the embedder's default
+    task (a request's ``task`` or TEI ``prompt_name`` overrides it); ``long_passage`` /
     ``passage_overlap``: the reranker's (:func:`bgekit.models.reranker.load_reranker`). ``max_body_bytes``: the largest request body (413 beyond it, before it is
     read); ``body_timeout``: seconds each part of a body may take to arrive (408 after).
     ``index_poll``: seconds between looks at the served index's manifest; a new generation
@@ -57,6 +58,7 @@ class ServerConfig:
     long_input: LongInput = "truncate"
     long_input_overlap: int | None = None
     mcls_stride: int = DEFAULT_MCLS_STRIDE
+    task: str | None = None
     long_passage: LongPassage = "truncate"
     passage_overlap: int = DEFAULT_OVERLAP
     index_poll: float = 1.0

@@ -71,12 +71,13 @@ class ServerState:
             from bgekit.models.packaged import packaged_model_dir
 
             if cfg.long_input == "truncate":  # the limit is the model's window
-                settings = EmbedderSettings(query_max_length=limit, passage_max_length=limit)
+                settings = EmbedderSettings(query_max_length=limit, passage_max_length=limit, task=cfg.task)
             else:  # the window stays the model's; the limit is the longest document kept
                 settings = EmbedderSettings(
                     long_input=cfg.long_input,
                     long_input_overlap=cfg.long_input_overlap,
                     mcls_stride=cfg.mcls_stride,
+                    task=cfg.task,
                     max_input_tokens=limit or (LONGEST_TEXT_TOKENS if cfg.long_input == "chunk" else None),
                 )
             name = cfg.model or str(packaged_model_dir())
