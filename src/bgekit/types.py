@@ -55,6 +55,17 @@ class SparseVec:
     __hash__ = None  # type: ignore[assignment]
 
 
+def canonical(kinds: Iterable[object]) -> tuple[OutputKind, ...]:
+    """The output kinds among ``kinds``, once each, in canonical order (the one place that
+    order is derived).
+
+    >>> canonical({"multivector", "dense"})
+    ('dense', 'multivector')
+    """
+    given = set(kinds)
+    return tuple(k for k in OUTPUT_KINDS if k in given)
+
+
 @dataclass(frozen=True)
 class Outputs:
     """Output kinds, checked once and kept in canonical order (dense, sparse, multivector):
@@ -69,7 +80,7 @@ class Outputs:
     kinds: tuple[OutputKind, ...]
 
     def __post_init__(self) -> None:
-        if self.kinds != tuple(k for k in OUTPUT_KINDS if k in self.kinds):
+        if self.kinds != canonical(self.kinds):
             raise ValueError(f"Outputs holds kinds in canonical order, once each: {self.kinds}")
 
     @classmethod
@@ -83,7 +94,7 @@ class Outputs:
                 raise InputError(f"unknown output {name!r}; choose from {', '.join(OUTPUT_KINDS)}")
         if not names:
             raise InputError("outputs is empty; ask for at least one of dense, sparse, multivector")
-        return cls(tuple(k for k in OUTPUT_KINDS if k in names))
+        return cls(canonical(names))
 
     def __iter__(self) -> Iterator[OutputKind]:
         return iter(self.kinds)
@@ -95,7 +106,7 @@ class Outputs:
         return kind in self.kinds
 
     def __or__(self, other: Outputs) -> Outputs:
-        return Outputs(tuple(k for k in OUTPUT_KINDS if k in self.kinds or k in other.kinds))
+        return Outputs(canonical((*self.kinds, *other.kinds)))
 
 
 @dataclass(frozen=True)
@@ -166,12 +177,8 @@ class Encoded:
     @property
     def outputs(self) -> tuple[OutputKind, ...]:
         """The outputs this value holds, in canonical order."""
-        present = {
-            "dense": self.dense is not None,
-            "sparse": self.sparse is not None,
-            "multivector": self.multivector is not None,
-        }
-        return tuple(k for k in OUTPUT_KINDS if present[k])
+        parts = {"dense": self.dense, "sparse": self.sparse, "multivector": self.multivector}
+        return canonical(k for k, v in parts.items() if v is not None)
 
 
 @dataclass(frozen=True)

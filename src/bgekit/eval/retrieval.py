@@ -13,9 +13,9 @@ from bgekit.eval.data import RetrievalDataset
 from bgekit.eval.metrics import compute_metrics
 from bgekit.io import atomic_write
 from bgekit.models import Embedder, Reranker, model_fingerprint
-from bgekit.retrieval import Corpus, HybridConfig, available_scorers, query_outputs, search
+from bgekit.retrieval import Corpus, HybridConfig, SearchPlan, available_scorers, check_mode, search
 from bgekit.retrieval.rerank import rerank_rankings
-from bgekit.types import SEARCH_MODES, Encoded, Ranking, SearchMode
+from bgekit.types import Encoded, Ranking, SearchMode
 
 Run = dict[str, dict[str, float]]
 
@@ -36,8 +36,7 @@ class RetrievalEvalConfig:
     task: str | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in SEARCH_MODES:
-            raise InputError(f"mode must be one of {', '.join(SEARCH_MODES)}, got {self.mode!r}")
+        check_mode(self.mode)
         if self.k < 1 or self.rerank_top < 1:
             raise InputError("k and rerank_top must be at least 1")
 
@@ -78,7 +77,8 @@ def first_stage(
     if embedder is None and cfg.mode != "bm25":
         raise InputError(f"mode {cfg.mode} needs a model")
     heads = embedder.info.heads if embedder is not None else ()
-    outputs = query_outputs(cfg.mode, available_scorers(heads, texts=True), cfg.hybrid)
+    plan = SearchPlan.make(cfg.mode, available_scorers(heads, texts=True), cfg.hybrid)
+    outputs = plan.outputs
     docs = queries = Encoded()
     start = time.perf_counter()
     if outputs:
@@ -102,9 +102,7 @@ def first_stage(
         timings["encode_queries"] = time.perf_counter() - start
         start = time.perf_counter()
     corpus = Corpus.from_encoded(docs, texts=dataset.docs)
-    hits = search(
-        corpus, queries, cfg.k, mode=cfg.mode, config=cfg.hybrid, texts=dataset.queries, progress=cfg.progress
-    )
+    hits = search(corpus, queries, cfg.k, texts=dataset.queries, progress=cfg.progress, plan=plan)
     timings["search"] = time.perf_counter() - start
     return hits
 

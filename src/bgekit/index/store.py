@@ -37,13 +37,13 @@ from bgekit.index.model_record import check_same_model, embedder_from_record, mo
 from bgekit.inputs import check_texts
 from bgekit.models import Embedder
 from bgekit.retrieval.bm25 import Bm25
-from bgekit.retrieval.core import HybridConfig, query_outputs, search
+from bgekit.retrieval.core import HybridConfig, SearchPlan, chunk_depth, search
 from bgekit.retrieval.corpus import Corpus, Hnsw, available_scorers
 from bgekit.retrieval.dense_store import DEFAULT_RESCORE, DenseStore, check_dense_dtype
 from bgekit.scoring import segment_rows
 from bgekit.scoring.quantize import DenseDtype
 from bgekit.scoring.sparse import to_csr
-from bgekit.types import OUTPUT_KINDS, Encoded, Hit, OutputKind, Ranking, Scorer, SearchMode
+from bgekit.types import Encoded, Hit, OutputKind, Outputs, Ranking, Scorer, SearchMode, TokenSeq
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,9 +77,7 @@ class IndexConfig:
     task: str | None = None
 
     def __post_init__(self) -> None:
-        bad = [o for o in self.outputs if o not in OUTPUT_KINDS]
-        if bad or not self.outputs:
-            raise InputError(f"outputs must be from {', '.join(OUTPUT_KINDS)}, got {list(self.outputs)}")
+        object.__setattr__(self, "outputs", Outputs.parse(self.outputs).kinds)  # checked, in canonical order
         if self.chunk_tokens is not None and self.chunk_tokens < 8:
             raise InputError(
                 f"chunk_tokens must be at least 8 (or None for the model's length), got {self.chunk_tokens}"
@@ -165,7 +163,7 @@ class Index:
 
     @property
     def outputs(self) -> tuple[OutputKind, ...]:
-        return tuple(o for o in OUTPUT_KINDS if o in self.config.outputs)
+        return self.config.outputs
 
     def add(self, documents: Sequence[Document], *, update: bool = False) -> AddReport:
         """Chunk, encode and add documents (those with no text are skipped and counted, and
@@ -298,23 +296,40 @@ class Index:
         *,
         mode: SearchMode = "hybrid",
         hybrid: HybridConfig | None = None,
+        tokens: Sequence[TokenSeq] | None = None,
     ) -> list[list[Hit]]:
         """The ``k`` best documents per query (each shown with its best chunk), searched by
         :func:`bgekit.retrieval.search` (a hybrid is dense + lexical — the sparse head, or
         BM25 for models without one — + multi-vector when indexed)."""
         texts = check_texts(queries, "queries")
-        q = self.encode_queries(texts, mode, hybrid)
-        return self.search_encoded(q, texts, k, mode=mode, hybrid=hybrid)
+        plan = self.plan(mode, hybrid)
+        q = self.encode_queries(texts, plan, tokens=tokens)
+        return self.search_encoded(q, texts, k, plan=plan)
+
+    def plan(self, mode: SearchMode = "hybrid", hybrid: HybridConfig | None = None) -> SearchPlan:
+        """The plan of a search in ``mode`` over this index (made once per search)."""
+        return SearchPlan.make(mode, self.scorers, hybrid)
+
+    def tokenize_queries(self, queries: Sequence[str]) -> list[TokenSeq]:
+        """Queries as this index's searches tokenise them (its task's query instruction)."""
+        return self.embedder.tokenize(check_texts(queries, "queries"), kind="query", task=self.config.task)
 
     def encode_queries(
-        self, queries: Sequence[str], mode: SearchMode = "hybrid", hybrid: HybridConfig | None = None
+        self,
+        queries: Sequence[str],
+        plan: SearchPlan | SearchMode = "hybrid",
+        hybrid: HybridConfig | None = None,
+        *,
+        tokens: Sequence[TokenSeq] | None = None,
     ) -> Encoded:
-        """The query encodings a search in ``mode`` needs (none for BM25)."""
+        """The query encodings a search needs (none for BM25); ``tokens``: the queries
+        already tokenised by :meth:`tokenize_queries` (not tokenised again)."""
         texts = check_texts(queries, "queries")
-        wanted = query_outputs(mode, self.scorers, hybrid)
+        wanted = (plan if isinstance(plan, SearchPlan) else self.plan(plan, hybrid)).outputs
         if not wanted or not texts:
             return Encoded()
-        return self.embedder.encode(texts, kind="query", outputs=wanted, task=self.config.task)
+        seqs = self.tokenize_queries(texts) if tokens is None else tokens
+        return self.embedder.encode_tokens(seqs, outputs=wanted)
 
     def search_encoded(
         self,
@@ -324,13 +339,15 @@ class Index:
         *,
         mode: SearchMode = "hybrid",
         hybrid: HybridConfig | None = None,
+        plan: SearchPlan | None = None,
     ) -> list[list[Hit]]:
-        """:meth:`search` for queries already encoded with :meth:`encode_queries`."""
+        """:meth:`search` for queries already encoded with :meth:`encode_queries` (under
+        ``plan``, or one made from ``mode`` and ``hybrid``)."""
         if k < 1:
             raise InputError(f"k must be at least 1, got {k}")
-        # a document may own several of the best chunks: rank more chunks than documents asked
-        rows = min(self.num_chunks, max(4 * k, k + 50)) if self.num_chunks else 1
-        rankings = search(self.corpus(), q, rows, mode=mode, config=hybrid, texts=list(texts))
+        plan = plan or self.plan(mode, hybrid)
+        rows = chunk_depth(k, self.num_chunks)
+        rankings = search(self.corpus(), q, rows, texts=list(texts), plan=plan)
         return [self._collapse(r, k) for r in rankings]
 
     def _collapse(self, ranking: Ranking, k: int) -> list[Hit]:

@@ -29,7 +29,7 @@ from bgekit.scoring import (
     sparse_postings_scores,
     weighted_fusion,
 )
-from bgekit.types import OUTPUT_KINDS, SEARCH_MODES, Encoded, OutputKind, Ranking, Scorer, SearchMode
+from bgekit.types import SEARCH_MODES, Encoded, OutputKind, Ranking, Scorer, SearchMode, canonical
 
 # Candidates per first-stage scorer, measured on SciFact (benchmarks/RESULTS.md, issue 12).
 DEFAULT_CANDIDATES = 100
@@ -93,10 +93,27 @@ def _lexical(available: Sequence[Scorer]) -> Scorer | None:
     return "sparse" if "sparse" in available else "bm25" if "bm25" in available else None
 
 
-def scorers_for(mode: SearchMode, available: Sequence[Scorer], config: HybridConfig) -> list[Scorer]:
-    """The scorers ``mode`` uses on a corpus that offers ``available``."""
+def check_mode(mode: object) -> SearchMode:
+    """``mode`` when it is a search mode, else an error naming the modes (the one check every
+    entry point's search runs)."""
     if mode not in SEARCH_MODES:
         raise InputError(f"mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
+    return mode
+
+
+def chunk_depth(k: int, n_rows: int | None = None) -> int:
+    """Chunks to rank for ``k`` documents: a document may own several of the best chunks.
+
+    >>> chunk_depth(10), chunk_depth(100), chunk_depth(10, n_rows=20)
+    (60, 400, 20)
+    """
+    depth = max(4 * k, k + 50)
+    return depth if n_rows is None else max(1, min(n_rows, depth))
+
+
+def scorers_for(mode: SearchMode, available: Sequence[Scorer], config: HybridConfig) -> list[Scorer]:
+    """The scorers ``mode`` uses on a corpus that offers ``available``."""
+    check_mode(mode)
     if mode == "hybrid":
         w = config.weights
         picks = [(s, wt) for s, wt in (("dense", w[0]), (_lexical(available), w[1]), ("multivector", w[2]))]
@@ -128,8 +145,7 @@ def query_outputs(
     mode: SearchMode, available: Sequence[Scorer], config: HybridConfig | None = None
 ) -> tuple[OutputKind, ...]:
     """The query encodings a search in ``mode`` needs (none for BM25 alone)."""
-    cfg = config or HybridConfig()
-    return _outputs_for(scorers_for(mode, available, cfg), available, cfg)
+    return SearchPlan.make(mode, available, config).outputs
 
 
 def _outputs_for(
@@ -138,7 +154,45 @@ def _outputs_for(
     need = set(scorers)
     if "multivector" in need and cfg.candidates is not None:
         need |= set(_first_stage(scorers, available))
-    return tuple(o for o in OUTPUT_KINDS if o in need)
+    return canonical(need)
+
+
+def _single(scorers: Sequence[Scorer]) -> bool:
+    return len(scorers) == 1 and scorers[0] != "multivector"
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """One search's decisions, made once from the mode, the corpus's scorers and the hybrid
+    config: the scorers, the first-stage ones, the query encodings needed, the fusion.
+    The index, evaluation and the server build it once per search and pass it down."""
+
+    mode: SearchMode
+    scorers: tuple[Scorer, ...]
+    first: tuple[Scorer, ...]  # candidate lists (empty: a single exhaustive scorer)
+    outputs: tuple[OutputKind, ...]  # what the queries must be encoded with
+    config: HybridConfig
+    fusion: Literal["weighted", "rrf"]
+
+    @classmethod
+    def make(
+        cls, mode: SearchMode, available: Sequence[Scorer], config: HybridConfig | None = None
+    ) -> SearchPlan:
+        cfg = config or HybridConfig()
+        scorers = scorers_for(mode, available, cfg)
+        return cls(
+            mode=mode,
+            scorers=tuple(scorers),
+            first=() if _single(scorers) else tuple(_first_stage(scorers, available)),
+            outputs=_outputs_for(scorers, available, cfg),
+            config=cfg,
+            fusion=cfg.fusion_for(scorers),
+        )
+
+    @property
+    def single(self) -> bool:
+        """One scorer that ranks every row on its own (no candidates, no fusion)."""
+        return _single(self.scorers)
 
 
 class _OneQuery:
@@ -247,41 +301,46 @@ def search(
     config: HybridConfig | None = None,
     texts: Sequence[str] | None = None,
     progress: bool = False,
+    plan: SearchPlan | None = None,
 ) -> list[Ranking]:
     """The ``k`` best rows of ``corpus`` per query (see the module docstring).
 
-    ``queries`` holds the encodings :func:`query_outputs` names; ``texts`` (the query
-    texts) is needed when BM25 takes part. Rankings carry every scorer's score in ``modes``.
+    ``queries`` holds the encodings the plan names (:attr:`SearchPlan.outputs`; without a
+    ``plan`` one is made from ``mode`` and ``config``); ``texts`` (the query texts) is
+    needed when BM25 takes part. Rankings carry every scorer's score in ``modes``.
     """
-    cfg = config or HybridConfig()
+    if plan is None:
+        plan = SearchPlan.make(mode, corpus.scorers, config)
+    cfg = plan.config
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}")
-    scorers = scorers_for(mode, corpus.scorers, cfg)
+    scorers = list(plan.scorers)
     if "bm25" in scorers and texts is None:
         raise InputError("bm25 needs the query texts")
     n_queries = len(texts) if texts is not None else len(queries)
-    missing = [o for o in _outputs_for(scorers, corpus.scorers, cfg) if o not in queries.outputs]
+    missing = [o for o in plan.outputs if o not in queries.outputs]
     if missing and n_queries:
-        raise InputError(f"the query encodings hold no {', '.join(missing)} (the {mode} search needs it)")
+        raise InputError(
+            f"the query encodings hold no {', '.join(missing)} (the {plan.mode} search needs it)"
+        )
     n = corpus.n_rows
     if n == 0 or n_queries == 0:
         return [Ranking(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in range(n_queries)]
-    single = len(scorers) == 1 and scorers[0] != "multivector"
-    first = [] if single else _first_stage(scorers, corpus.scorers)
-    plan = _Plan(
+    first = list(plan.first)
+    rank = _Plan(
         scorers=scorers,
         first=first,
-        exhaustive=not single and (cfg.candidates is None or not first),
+        exhaustive=not plan.single and (cfg.candidates is None or not first),
         depth=n if cfg.candidates is None else min(n, max(cfg.candidates, k)),
         k=k,
         weights=[cfg.weights[_SLOT[s]] for s in scorers],
-        fusion=cfg.fusion_for(scorers),
+        fusion=plan.fusion,
         rrf_k=cfg.rrf_k,
     )
     # Dense scores of every row, for a block of queries at a time (one matrix product).
-    ranked_by = plan.first if plan.first and not plan.exhaustive else plan.scorers
+    ranked_by = rank.first if rank.first and not rank.exhaustive else rank.scorers
     # one query over many rows: faiss's scan (see SCAN_ROWS); several: one product per block
-    scan = n_queries == 1 and n > SCAN_ROWS and not plan.exhaustive
+    scan = n_queries == 1 and n > SCAN_ROWS and not rank.exhaustive
     binary = corpus.dense is not None and corpus.dense.dtype == "binary"
     dense_full = "dense" in ranked_by and corpus.hnsw is None and not scan and not binary
     step = max(1, BLOCK // n) if dense_full else n_queries
@@ -297,7 +356,7 @@ def search(
             for j, qi in enumerate(block):
                 text = texts[qi] if texts is not None else None
                 row = dense[j] if dense is not None else None
-                out.append(plan.rank(_OneQuery(corpus, queries, qi, text, row)))
+                out.append(rank.rank(_OneQuery(corpus, queries, qi, text, row)))
             if bar is not None:
                 bar.update(len(block))
     finally:

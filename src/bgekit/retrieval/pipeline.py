@@ -12,7 +12,7 @@ from bgekit.errors import InputError
 from bgekit.inputs import passage_text
 from bgekit.retrieval.core import HybridConfig
 from bgekit.retrieval.rerank import rerank_rankings
-from bgekit.types import Hit, Ranking, SearchMode
+from bgekit.types import Hit, Ranking, SearchMode, TokenSeq
 
 if TYPE_CHECKING:
     from bgekit.models import Embedder, Reranker
@@ -30,6 +30,7 @@ class Searchable(Protocol):
         *,
         mode: SearchMode = "hybrid",
         hybrid: HybridConfig | None = None,
+        tokens: Sequence[TokenSeq] | None = None,
     ) -> list[list[Hit]]: ...
 
 
@@ -61,11 +62,15 @@ class Pipeline:
         self.mode = mode
         self.hybrid = hybrid
 
-    def search(self, queries: Sequence[str], k: int = 10) -> list[list[Hit]]:
+    def search(
+        self, queries: Sequence[str], k: int = 10, *, tokens: Sequence[TokenSeq] | None = None
+    ) -> list[list[Hit]]:
+        """The ``k`` best hits per query; ``tokens``: the queries already tokenised the way
+        the index does (``Index.tokenize_queries``), not tokenised again."""
         if k < 1:
             raise InputError(f"k must be at least 1, got {k}")
         depth = max(k, self.retrieve) if self.reranker is not None else k
-        first = self.index.search(queries, depth, mode=self.mode, hybrid=self.hybrid)
+        first = self.index.search(queries, depth, mode=self.mode, hybrid=self.hybrid, tokens=tokens)
         if self.reranker is None:
             return [
                 [dataclasses.replace(h, scores={**h.scores, "retrieval": h.score}) for h in hits]

@@ -338,7 +338,7 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         emb = index.embedder
         limit = emb.info.query_max_length
         (query,) = state.bound_chars([body.query], limit, "query")
-        seqs = await run_in_threadpool(emb.tokenize, [query], kind="query")
+        seqs = await run_in_threadpool(index.tokenize_queries, [query])  # tokenised once, here
         state.check_lengths(seqs, limit, "query")
         defaults = HybridConfig()
         hybrid = HybridConfig(
@@ -350,7 +350,7 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
 
         def run() -> list[Hit]:
             try:
-                return pipe.search([query], body.k)[0]
+                return pipe.search([query], body.k, tokens=seqs)[0]
             finally:
                 state.trimmer.maybe_trim()
 

@@ -24,8 +24,8 @@ from bgekit.index.documents import (
 from bgekit.index.store import IndexConfig
 from bgekit.inputs import check_texts
 from bgekit.models import Embedder
-from bgekit.retrieval.core import HybridConfig
-from bgekit.types import SEARCH_MODES, Encoded, Hit, OutputKind, SearchMode
+from bgekit.retrieval.core import HybridConfig, check_mode, chunk_depth
+from bgekit.types import Encoded, Hit, OutputKind, SearchMode, TokenSeq
 
 
 class Backend(Protocol):
@@ -104,10 +104,11 @@ class VectorDBIndex:
         *,
         mode: SearchMode = "hybrid",
         hybrid: HybridConfig | None = None,
+        tokens: Sequence[TokenSeq] | None = None,
     ) -> list[list[Hit]]:
-        if mode not in SEARCH_MODES:
-            raise InputError(f"mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
-        if mode not in self.backend.modes:
+        """The ``k`` best documents per query; ``tokens``: the queries already tokenised
+        (``embedder.tokenize(queries, kind="query")``), not tokenised again."""
+        if check_mode(mode) not in self.backend.modes:
             raise InputError(f"{type(self.backend).__name__} does not search in {mode} mode")
         if mode in ("dense", "sparse", "multivector") and mode not in self.outputs:
             raise InputError(f"this index holds no {mode} vectors (it holds: {', '.join(self.outputs)})")
@@ -120,8 +121,9 @@ class VectorDBIndex:
             if cfg.fusion == "auto" and fusion not in self.backend.fusions:
                 fusion = self.backend.fusions[0]  # type: ignore[assignment]
             cfg = dataclasses.replace(cfg, fusion=fusion)
-        q = self.embedder.encode(texts, kind="query", outputs=self.outputs)
-        limit = max(4 * k, k + 50)
+        seqs = self.embedder.tokenize(texts, kind="query") if tokens is None else tokens
+        q = self.embedder.encode_tokens(seqs, outputs=self.outputs)
+        limit = chunk_depth(k)
         return [
             best_chunk_per_document(self.backend.search(q, i, mode, limit, cfg), k) for i in range(len(texts))
         ]
