@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,26 @@ def test_index_rows_from_shards_are_a_direct_builds_chunks_and_hits(
     # saved and loaded, it is still the direct build
     built.save(tmp_path / "ix")
     _assert_same_hits(Index.load(tmp_path / "ix", m3), direct, queries)
+
+
+def test_index_rows_are_encoded_with_the_index_task(bert_m3: Path, tmp_path: Path) -> None:
+    """A model with a task table (the tiny BERT under llm-embedder's name): the shards' chunks
+    carry the task's passage instruction, as a direct build's do."""
+    model = tmp_path / "llm-embedder"
+    shutil.copytree(bert_m3, model)
+    emb = Embedder.from_pretrained(str(model), engine=FP32)
+    docs, queries, limit = _scifact()
+    config = _config(limit, task="icl")
+    _encode_rows(model, docs[:8], tmp_path / "shards", config)
+    direct, other = Index(emb, config), Index(emb, _config(limit, task="qa"))
+    direct.add(docs[:8])
+    other.add(docs[:8])
+    built = Index(emb, config)
+    load_shards(built, tmp_path / "shards")
+    assert _rows(built) == _rows(direct)
+    _assert_same_hits(built, direct, queries)
+    with pytest.raises(AssertionError):  # another task's instruction: other vectors
+        _assert_same_hits(built, other, queries)
 
 
 def test_shards_of_other_chunk_settings_are_refused_in_one_line(
