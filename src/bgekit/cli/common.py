@@ -105,13 +105,13 @@ def long_input_args(p: argparse.ArgumentParser, default: Default = _given) -> No
     task_arg(p, default)
 
 
-def task_arg(p: argparse.ArgumentParser, default: Default = _given) -> None:
+def task_arg(p: argparse.ArgumentParser, default: Default = _given, note: str = "") -> None:
     p.add_argument(
         "--task",
         default=default("task", None),
         help="a task of the model's table, whose query and passage instructions both sides get "
         "(BAAI/llm-embedder: qa, icl, chat, lrlm, tool, convsearch; sentence-transformers folders: "
-        "their prompt names)",
+        f"their prompt names; none: the model's default{note})",
     )
 
 
@@ -144,6 +144,66 @@ def long_passage_args(p: argparse.ArgumentParser, default: Default = _given) -> 
         default=default("passage_overlap", DEFAULT_OVERLAP, int),
         help="tokens consecutive passage windows share (at most half a window)",
     )
+
+
+# The options of chunk_args, by IndexConfig field.
+CHUNK_OPTIONS = ("chunk_tokens", "chunk_overlap", "chunking", "max_document_chars", "oversize")
+
+
+def chunk_args(p: argparse.ArgumentParser, *, title: str = "chunking", note: str = "") -> None:
+    """How an index cuts documents into chunks and which it takes (``bgekit index build``,
+    ``bgekit encode --ray --as-index``). Options not given are absent from the namespace
+    (:func:`chunk_options` leaves them out), so a caller can tell them from defaults: an
+    index built from shards takes the shards' settings where none is given."""
+    from bgekit.index.documents import DEFAULT_MAX_DOCUMENT_CHARS
+
+    g = p.add_argument_group(title)
+    unset = argparse.SUPPRESS
+    g.add_argument(
+        "--chunk-tokens",
+        type=int,
+        default=unset,
+        help=f"tokens per chunk, at least 8 (default: the model's max{note})",
+    )
+    g.add_argument(
+        "--chunk-overlap",
+        type=int,
+        default=unset,
+        help=f"tokens shared by consecutive chunks (default: 64{note})",
+    )
+    g.add_argument(
+        "--chunking",
+        choices=["independent", "late"],
+        default=unset,
+        help="independent: each chunk encoded on its own (title first); late: each document encoded "
+        f"whole (windowed past the model's length) and each chunk pooled from its tokens (default: "
+        f"independent{note})",
+    )
+    g.add_argument(
+        "--max-document-chars",
+        type=int,
+        default=unset,
+        help="the longest document the index takes, in characters (0: no limit); kept for later adds "
+        f"(default: {DEFAULT_MAX_DOCUMENT_CHARS}{note})",
+    )
+    g.add_argument(
+        "--oversize",
+        choices=["error", "skip"],
+        default=unset,
+        help=f"a longer document: stop with an error naming it, or skip it and count it (default: error{note})",
+    )
+
+
+def chunk_options(ns: argparse.Namespace, *, task: bool = True) -> dict[str, Any]:
+    """The :func:`chunk_args` options given, as ``IndexConfig`` fields (``--max-document-chars
+    0``: no limit), and with ``task`` the ``--task`` when given (documents are encoded with
+    its passage instruction, which also takes room in each chunk)."""
+    given = {k: getattr(ns, k) for k in CHUNK_OPTIONS if hasattr(ns, k)}
+    if "max_document_chars" in given:
+        given["max_document_chars"] = given["max_document_chars"] or None
+    if task and getattr(ns, "task", None) is not None:
+        given["task"] = ns.task
+    return given
 
 
 def model_path(name: str | None) -> str:

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from bgekit.cli.common import (
+    chunk_args,
+    chunk_options,
     encoding_arg,
     engine_args,
     engine_config,
@@ -21,7 +23,6 @@ from bgekit.cli.common import (
     task_arg,
 )
 from bgekit.errors import InputError
-from bgekit.index.documents import DEFAULT_MAX_DOCUMENT_CHARS
 from bgekit.retrieval.dense_store import DEFAULT_RESCORE
 from bgekit.scoring.quantize import DENSE_DTYPES
 
@@ -47,15 +48,10 @@ def cmd_build(ns: argparse.Namespace) -> int:
         return _build_from_encoded(ns, root)
     config = IndexConfig(  # checked before anything is read or loaded
         outputs=ns.outputs or ("dense",),
-        chunk_tokens=ns.chunk_tokens,
-        chunk_overlap=ns.chunk_overlap,
-        chunking=ns.chunking,
         dense_index=ns.dense_index,
         dense_dtype=ns.dense_dtype,
         rescore=ns.rescore,
-        max_document_chars=ns.max_document_chars or None,
-        oversize=ns.oversize,
-        task=ns.task,
+        **chunk_options(ns),
     )
     docs = read_source(ns.source, encoding=ns.encoding)
     embedder = Embedder.from_pretrained(model_path(ns.model), engine=engine_config(ns))
@@ -71,26 +67,39 @@ def cmd_build(ns: argparse.Namespace) -> int:
 
 
 def _build_from_encoded(ns: argparse.Namespace, root: Path) -> int:
-    """An index from the shards of ``bgekit encode --ray`` (each record one chunk)."""
-    from bgekit.distributed.load import load_shards
+    """An index from the shards of ``bgekit encode --ray``: with ``--as-index``, their chunks
+    (the chunk settings and task are the shards'; one given here must agree), else each record
+    one chunk."""
+    from bgekit.distributed.load import check_chunking, load_shards
     from bgekit.distributed.shards import read_header
     from bgekit.index import Index, IndexConfig
     from bgekit.models import Embedder
 
     start = time.perf_counter()
     header = read_header(ns.from_encoded)  # checked before the model loads
+    given = chunk_options(ns)
+    if header.chunking is None and given:
+        option = "--" + next(iter(given)).replace("_", "-")
+        raise InputError(
+            f"{ns.from_encoded} holds one row per record (encoded without --as-index), so {option} "
+            "cannot apply: encode with --ray --as-index to chunk"
+        )
+    chunking = {} if header.chunking is None else header.chunking.to_dict()
     config = IndexConfig(
         outputs=ns.outputs or header.outputs,
         dense_index=ns.dense_index,
         dense_dtype=ns.dense_dtype,
         rescore=ns.rescore,
+        **(chunking | given),
     )
+    check_chunking(header, config, ns.from_encoded)
     embedder = Embedder.from_pretrained(model_path(ns.model), engine=engine_config(ns))
     index = Index(embedder, config)
     report = load_shards(index, ns.from_encoded)
     index.save(root, wait=ns.wait, exist_ok=ns.overwrite)
+    rows = f"{report.chunks} chunks" if header.chunking else "one chunk each: encoded without --as-index"
     print(
-        f"indexed {report.documents} documents from {ns.from_encoded}{_skipped(report)} in "
+        f"indexed {report.documents} documents ({rows}) from {ns.from_encoded}{_skipped(report)} in "
         f"{time.perf_counter() - start:.1f}s (no encoding) -> {root}"
     )
     return 0
@@ -239,8 +248,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--from-encoded",
         metavar="SHARDS",
-        help="build from the shard folder of 'bgekit encode --ray' instead of a source (no encoding; "
-        "each record becomes one chunk)",
+        help="build from the shard folder of 'bgekit encode --ray' instead of a source (no encoding): "
+        "shards of --as-index hold the chunks a direct build makes; others, one chunk per record",
     )
     p.add_argument("--model", help="hub id or local folder (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument(
@@ -248,20 +257,6 @@ def register(sub: Any) -> None:
         type=outputs_arg,
         default=None,
         help="dense[,sparse][,multivector] (default: dense; with --from-encoded, the shards' outputs)",
-    )
-    p.add_argument(
-        "--chunk-tokens",
-        type=int,
-        default=None,
-        help="tokens per chunk, at least 8 (default: the model's max)",
-    )
-    p.add_argument("--chunk-overlap", type=int, default=64, help="tokens shared by consecutive chunks")
-    p.add_argument(
-        "--chunking",
-        choices=["independent", "late"],
-        default="independent",
-        help="independent: each chunk encoded on its own (title first); late: each document encoded "
-        "whole (windowed past the model's length) and each chunk pooled from its tokens",
     )
     p.add_argument(
         "--dense-index", choices=["flat", "hnsw"], default="flat", help="exact, or approximate (HNSW)"
@@ -279,19 +274,8 @@ def register(sub: Any) -> None:
         default=DEFAULT_RESCORE,
         help="binary: Hamming-nearest candidates rescored per query",
     )
-    p.add_argument(
-        "--max-document-chars",
-        type=int,
-        default=DEFAULT_MAX_DOCUMENT_CHARS,
-        help="the longest document the index takes, in characters (0: no limit); kept for later adds",
-    )
-    p.add_argument(
-        "--oversize",
-        choices=["error", "skip"],
-        default="error",
-        help="a longer document: stop with an error naming it, or skip it and count it",
-    )
-    task_arg(p)
+    chunk_args(p, note="; with --from-encoded, the shards'")
+    task_arg(p, note="; with --from-encoded, the shards'")
     p.add_argument("--overwrite", action="store_true", help="replace an index already in --index")
     wait_arg(p)
     encoding_arg(p)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -10,6 +11,8 @@ from pathlib import Path
 
 from bgekit.cli.common import (
     Parser,
+    chunk_args,
+    chunk_options,
     embedder_settings,
     encoding_arg,
     engine_args,
@@ -23,16 +26,27 @@ from bgekit.cli.eval_cmd import register as register_eval
 from bgekit.cli.index_cmd import register as register_index
 from bgekit.cli.serve_cmd import register as register_serve
 from bgekit.cli.train_cmd import register as register_train
+from bgekit.errors import InputError
 
 
 def cmd_encode_ray(ns: argparse.Namespace) -> int:
     from bgekit.distributed import RayEncodeConfig, encode_on_ray
+    from bgekit.index import IndexConfig
 
+    given = chunk_options(ns, task=False)
+    if given and not ns.as_index:
+        option = "--" + next(iter(given)).replace("_", "-")
+        raise InputError(f"{option} chunks documents for an index: give it with --as-index")
+    settings = embedder_settings(ns)
+    index_config = None
+    if ns.as_index:  # the task is the index's, as with index build (the model keeps its default)
+        index_config = IndexConfig(**chunk_options(ns))
+        settings = dataclasses.replace(settings, task=None)
     config = RayEncodeConfig(
         model=model_path(ns.model),
         outputs=ns.outputs,
         kind=ns.kind,
-        settings=embedder_settings(ns),
+        settings=settings,
         engine=engine_config(ns),
         replicas=ns.replicas,
         cpus_per_replica=ns.cpus_per_replica,
@@ -41,12 +55,17 @@ def cmd_encode_ray(ns: argparse.Namespace) -> int:
         keep_text=not ns.no_text,
         input_format=ns.input_format,
         address=ns.ray or None,
+        index_config=index_config,
     )
     report = encode_on_ray(ns.input, ns.output, config)
     resumed = f"; {report.resumed_rows} already there (resumed)" if report.resumed_rows else ""
+    left = [f"{report.empty} with no text", f"{report.oversized} over the size limit"]
+    left = [w for w, n in zip(left, (report.empty, report.oversized), strict=True) if n]
+    skipped = f" ({', '.join(left)} skipped)" if left else ""
+    chunks = f" as {report.chunks} chunks" if ns.as_index else ""
     print(
         f"encoded {report.new_rows} records into {report.new_shards} shards in {report.seconds:.1f}s"
-        f"{resumed}; {ns.output} holds {report.rows} records in {report.shards} shards"
+        f"{skipped}{resumed}; {ns.output} holds {report.rows} records{chunks} in {report.shards} shards"
     )
     return 0
 
@@ -57,6 +76,8 @@ def cmd_encode(ns: argparse.Namespace) -> int:
 
     if ns.ray is not None:
         return cmd_encode_ray(ns)
+    if ns.as_index or chunk_options(ns, task=False):
+        raise InputError("--as-index and the chunk options write index rows as shards: they need --ray")
 
     texts, ids = read_texts(Path(ns.input), ns.encoding)
     settings = embedder_settings(ns)
@@ -174,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--shard-rows", type=int, default=1024, help="records per shard")
     g.add_argument("--input-format", choices=["auto", "jsonl", "parquet"], default="auto")
     g.add_argument("--no-text", action="store_true", help="store ids and vectors only (no title/text)")
+    g.add_argument(
+        "--as-index",
+        action="store_true",
+        help="write an index's rows: documents chunked as 'bgekit index build' chunks them (the "
+        "options below), one row per chunk; 'index build --from-encoded' then makes the index a "
+        "direct build makes",
+    )
+    chunk_args(p, title="index rows (--ray --as-index)")
     long_input_args(p)
     engine_args(p)
     p.set_defaults(func=cmd_encode)

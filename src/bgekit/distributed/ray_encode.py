@@ -1,7 +1,9 @@
 """Encoding on a Ray cluster: Ray Data reads JSONL or Parquet records (local paths or any
 URI Ray reads), an actor pool runs bgekit's engine (one model replica per actor: per GPU,
 or per ``cpus_per_replica`` CPU slots), and each actor writes its batches as shards
-(:mod:`bgekit.distributed.shards`) and returns one summary row per shard.
+(:mod:`bgekit.distributed.shards`) and returns one summary row per shard. With an
+``index_config`` the shards hold an index's rows: each record is checked, filtered, chunked
+and encoded by :func:`bgekit.index.rows.chunk_rows`, the function ``Index.add`` calls.
 
 Nothing is lost or written twice: a shard appears whole or not at all, and is named by its
 ids, so a block Ray retries after a worker dies rewrites the same file. A run started on a
@@ -20,15 +22,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from bgekit.distributed import shards as sh
 from bgekit.engine import EngineConfig
 from bgekit.errors import InputError
+from bgekit.index.documents import Document
+from bgekit.index.rows import ChunkSettings, chunk_rows
 from bgekit.inputs import passage_text
 from bgekit.types import OUTPUT_KINDS, OutputKind
+
+if TYPE_CHECKING:
+    from bgekit.index import IndexConfig
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +53,12 @@ class RayEncodeConfig:
     threads) and ``gpus_per_replica`` GPUs. ``shard_rows``: records per shard (and per
     encode call). ``keep_text``: store title / text / metadata beside the vectors (what
     ``bgekit index build --from-encoded`` needs). ``address``: the cluster to join
-    (``ray.init(address)``); ``None`` uses the one this process joined, else starts a local one."""
+    (``ray.init(address)``); ``None`` uses the one this process joined, else starts a local one.
+    ``index_config``: write an index's rows (one per chunk) instead of one row per record,
+    made with its chunk settings (:class:`~bgekit.index.rows.ChunkSettings`: chunk tokens,
+    overlap, chunking, max_document_chars, oversize) by the function ``Index.add`` calls; an
+    index built from them with the same settings holds the chunks a direct build makes. Its
+    outputs and storage settings are not used (the shards hold ``outputs``)."""
 
     model: str
     outputs: tuple[OutputKind, ...] = ("dense",)
@@ -60,6 +72,7 @@ class RayEncodeConfig:
     keep_text: bool = True
     input_format: InputFormat = "auto"
     address: str | None = None
+    index_config: IndexConfig | None = None
 
     def __post_init__(self) -> None:
         bad = [o for o in self.outputs if o not in OUTPUT_KINDS]
@@ -75,12 +88,16 @@ class RayEncodeConfig:
             raise InputError(f"shard_rows must be at least 1, got {self.shard_rows}")
         if self.input_format not in ("auto", "jsonl", "parquet"):
             raise InputError(f"input_format must be 'auto', 'jsonl' or 'parquet', got {self.input_format!r}")
+        if self.index_config is not None and (self.kind != "document" or not self.keep_text):
+            raise InputError("index rows are documents with their texts: kind 'document', keep_text on")
 
 
 @dataclass(frozen=True)
 class RayEncodeReport:
-    """What a run did: rows and shards in the folder now, those this run wrote, the rows
-    it skipped as already encoded (a resumed run), and its wall time."""
+    """What a run did: records (documents) and shards in the folder now, those this run
+    wrote, the records it skipped as already encoded (a resumed run), and its wall time.
+    Index rows: ``chunks`` in the folder now, and the records this run left out for holding
+    no text (``empty``) or for being over ``max_document_chars`` (``oversized``)."""
 
     rows: int
     shards: int
@@ -90,6 +107,9 @@ class RayEncodeReport:
     seconds: float
     truncated: int = 0
     chunked: int = 0
+    chunks: int = 0
+    empty: int = 0
+    oversized: int = 0
 
 
 class ShardEncoder:
@@ -120,7 +140,9 @@ class ShardEncoder:
         else:
             skipped = 0
         if not ids:
-            return _summary("", 0, skipped, 0, 0)
+            return _summary("", 0, skipped)
+        if self.config.index_config is not None:
+            return self._index_rows(ids, titles, texts, metadata, skipped)
         encoded_texts = [passage_text(t, x) for t, x in zip(titles, texts, strict=True)]
         enc = self.embedder.encode(encoded_texts, kind=self.config.kind, outputs=self.config.outputs)
         keep_text = self.config.keep_text
@@ -133,17 +155,50 @@ class ShardEncoder:
             metadata=metadata if keep_text else None,
         )
         name = sh.write_shard(self.root, table)
-        return _summary(name, len(ids), skipped, enc.truncated, enc.chunked)
+        return _summary(name, len(ids), skipped, truncated=enc.truncated, chunked=enc.chunked)
+
+    def _index_rows(
+        self, ids: list[str], titles: list[str], texts: list[str], metadata: list[str], skipped: int
+    ) -> dict[str, np.ndarray]:
+        """The records as an index's rows (documents checked and chunked as ``Index.add`` does)."""
+        assert self.config.index_config is not None
+        docs = [
+            Document(i, x, t, json.loads(m) if m else {})
+            for i, t, x, m in zip(ids, titles, texts, metadata, strict=True)
+        ]
+        settings = ChunkSettings.of(self.config.index_config)
+        rows = chunk_rows(docs, self.embedder, settings, self.config.outputs)
+        left = {"empty": rows.skipped, "oversized": rows.oversized}
+        if not rows.docs:
+            return _summary("", 0, skipped, **left)
+        kept = rows.docs
+        meta = [json.dumps(d.metadata, ensure_ascii=False) if d.metadata else "" for d in kept]
+        table = sh.shard_table(
+            self.header,
+            [kept[c.doc].id for c in rows.chunks],
+            rows.enc,
+            titles=[kept[c.doc].title for c in rows.chunks],
+            texts=[c.text for c in rows.chunks],
+            metadata=[meta[c.doc] for c in rows.chunks],
+            chunks=[(c.no, *c.tokens) for c in rows.chunks],
+        )
+        name = sh.write_shard(self.root, table)
+        counts = {"truncated": rows.enc.truncated, "chunked": rows.enc.chunked, "chunks": len(rows.chunks)}
+        return _summary(name, len(kept), skipped, **counts, **left)
 
 
-def _summary(name: str, rows: int, skipped: int, truncated: int, chunked: int) -> dict[str, np.ndarray]:
-    return {
-        "shard": np.array([name]),
-        "rows": np.array([rows], dtype=np.int64),
-        "skipped": np.array([skipped], dtype=np.int64),
-        "truncated": np.array([truncated], dtype=np.int64),
-        "chunked": np.array([chunked], dtype=np.int64),
-    }
+# What each summary row counts (besides the shard's name); one row per batch.
+SUMMARY = ("rows", "skipped", "truncated", "chunked", "chunks", "empty", "oversized")
+
+
+def _summary(name: str, rows: int, skipped: int, **counts: int) -> dict[str, np.ndarray]:
+    """A batch's summary row: its shard (\"\" when it wrote none), the records it wrote and
+    skipped as done, and ``counts`` (the others of :data:`SUMMARY`; 0 where not given)."""
+    out = {"shard": np.array([name])}
+    given = {"rows": rows, "skipped": skipped, **counts}
+    for key in SUMMARY:
+        out[key] = np.array([given.get(key, 0)], dtype=np.int64)
+    return out
 
 
 def _records(batch: dict[str, np.ndarray]) -> tuple[list[str], list[str], list[str], list[str]]:
@@ -207,16 +262,19 @@ def _refuse_other_run(root: Path, path: Path, header: sh.ShardHeader) -> None:
         )
 
 
-def _finished(root: Path, header: sh.ShardHeader, *, resume: bool) -> tuple[dict[str, str], np.ndarray]:
-    """Shards already in ``root`` (all made with ``header``'s settings) with their sha256, and
-    the 64-bit hashes of their ids (8 bytes an id: 800 MB for 100 million, where Python strings
-    would take several GB on the driver). Each shard's columns and ids are checked; with
+def _finished(root: Path, header: sh.ShardHeader, *, resume: bool) -> tuple[dict[str, str], np.ndarray, int]:
+    """Shards already in ``root`` (all made with ``header``'s settings) with their sha256, the
+    64-bit hashes of their records' ids (8 bytes an id: 800 MB for 100 million, where Python
+    strings would take several GB on the driver; a document of index rows counts once, by
+    its chunk 0), and their rows. Each shard's columns and ids are checked; with
     ``resume`` its bytes are hashed too (every byte of the folder is read) and a shard that does
     not check out is removed, to be encoded again; without, the checksum its writer recorded is
     taken (the build checks it) and a shard that does not check out is an error."""
     sums: dict[str, str] = {}
     hashes = []
+    rows = 0
     dims: dict[str, int] | None = None
+    columns = ["id"] if header.chunking is None else ["id", "chunk"]
     for path in sh.shard_files(root):
         recorded = sh.read_sum(path)
         intact = recorded is not None and (not resume or sh.file_sha256(path) == recorded)
@@ -229,7 +287,7 @@ def _finished(root: Path, header: sh.ShardHeader, *, resume: bool) -> tuple[dict
                 raise InputError(
                     f"{path} has changed since it was written (its sha256 is not the one recorded)"
                 )
-            ids = sh.read_checked(path, None, header, dims, columns=["id"]).column("id").to_pylist()
+            table = sh.read_checked(path, None, header, dims, columns=columns)
         except InputError as e:
             if not resume:
                 raise
@@ -239,8 +297,12 @@ def _finished(root: Path, header: sh.ShardHeader, *, resume: bool) -> tuple[dict
             continue
         dims = sh.dims_of(path) if dims is None else dims
         sums[path.name] = recorded
+        ids = table.column("id").to_pylist()
+        if header.chunking is not None:
+            ids = [i for i, no in zip(ids, table.column("chunk").to_pylist(), strict=True) if no == 0]
         hashes.append(sh.id_hashes([str(i) for i in ids]))
-    return sums, np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+        rows += table.num_rows
+    return sums, np.concatenate(hashes) if hashes else np.zeros(0, np.uint64), rows
 
 
 def shard_header(config: RayEncodeConfig) -> sh.ShardHeader:
@@ -256,8 +318,16 @@ def shard_header(config: RayEncodeConfig) -> sh.ShardHeader:
         raise InputError(
             f"{local.info.name} cannot give {', '.join(missing)} (it has: {', '.join(local.info.heads)})"
         )
+    chunking = None if config.index_config is None else ChunkSettings.of(config.index_config)
+    if chunking is not None:
+        local.prompts.pick(chunking.task)  # an unknown task: an error naming the model's, before Ray starts
     return sh.ShardHeader(
-        model_fingerprint(local), local.info.name, tuple(config.outputs), config.kind, local.long.policy
+        model_fingerprint(local),
+        local.info.name,
+        tuple(config.outputs),
+        config.kind,
+        local.long.policy,
+        chunking,
     )
 
 
@@ -268,7 +338,7 @@ def prepare_folder(root: Path, header: sh.ShardHeader) -> np.ndarray:
     if root.exists() and not root.is_dir():
         raise InputError(f"{root} is a file; the shards go in a folder")
     root.mkdir(parents=True, exist_ok=True)
-    _, hashes = _finished(root, header, resume=True)
+    _, hashes, _ = _finished(root, header, resume=True)
     (root / sh.MANIFEST).unlink(missing_ok=True)  # the folder is being added to: not finished
     for left in root.glob(f".{sh.PREFIX}*.tmp"):  # writes of a killed earlier run
         left.unlink(missing_ok=True)
@@ -278,10 +348,11 @@ def prepare_folder(root: Path, header: sh.ShardHeader) -> np.ndarray:
     return np.sort(hashes)
 
 
-def finish_folder(root: Path, header: sh.ShardHeader) -> tuple[int, int]:
+def finish_folder(root: Path, header: sh.ShardHeader) -> tuple[int, int, int]:
     """Check the folder (every id once; each shard's columns and ids) and write its manifest
-    with every shard's sha256; returns (rows, shards)."""
-    sums, hashes = _finished(root, header, resume=False)
+    with every shard's sha256; returns (records, shards, rows): rows are chunks for shards
+    of index rows, else the records."""
+    sums, hashes, rows = _finished(root, header, resume=False)
     names = list(sums)
     values, counts = np.unique(hashes, return_counts=True)
     if len(values) < len(hashes):
@@ -294,8 +365,8 @@ def finish_folder(root: Path, header: sh.ShardHeader) -> tuple[int, int]:
             "repeats ids; make them unique and encode into an empty folder"
         )
     dims = sh.dims_of(root / names[0]) if names else {}
-    sh.write_manifest(root, header, sums, len(hashes), dims)
-    return len(hashes), len(names)
+    sh.write_manifest(root, header, sums, rows, dims)
+    return len(hashes), len(names), rows
 
 
 def _user_error(e: BaseException) -> InputError | None:
@@ -354,32 +425,36 @@ def encode_on_ray(
     )
     start = last = time.perf_counter()
     new: set[str] = set()
-    new_rows = truncated = chunked = 0
+    sums = dict.fromkeys(SUMMARY, 0)
     try:
         for row in out.iter_rows():
             if row["shard"]:
                 new.add(str(row["shard"]))
-                new_rows += int(row["rows"])
-                truncated += int(row["truncated"])
-                chunked += int(row["chunked"])
+            for key in SUMMARY:
+                sums[key] += int(row[key])
             if time.perf_counter() - last > LOG_EVERY:
                 last = time.perf_counter()
-                rate = new_rows / (last - start)
-                logger.info("encoded %d records into %d shards (%.0f records/s)", new_rows, len(new), rate)
+                n = sums["rows"]
+                logger.info(
+                    "encoded %d records into %d shards (%.0f records/s)", n, len(new), n / (last - start)
+                )
     except Exception as e:  # Ray wraps what the workers raise
         user = _user_error(e)
         if user is not None:
             raise user from None
         raise
     del done_ref
-    rows, shards = finish_folder(root, header)
+    records, shards, rows = finish_folder(root, header)
     return RayEncodeReport(
-        rows=rows,
+        rows=records,
         shards=shards,
-        new_rows=new_rows,
+        new_rows=sums["rows"],
         new_shards=len(new),
         resumed_rows=len(done),
         seconds=time.perf_counter() - start,
-        truncated=truncated,
-        chunked=chunked,
+        truncated=sums["truncated"],
+        chunked=sums["chunked"],
+        chunks=rows if header.chunking is not None else 0,
+        empty=sums["empty"],
+        oversized=sums["oversized"],
     )

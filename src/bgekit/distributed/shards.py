@@ -3,6 +3,12 @@ fixed-size list; ``sparse_indices`` / ``sparse_values`` lists; ``multivector`` a
 fixed-size lists, i.e. values + offsets), optionally ``title`` / ``text`` / ``metadata``
 (JSON) — with the model fingerprint, outputs and kind in the file's schema metadata.
 
+Shards of index rows (``encode --ray --as-index``) hold one row per chunk, as
+:func:`bgekit.index.rows.chunk_rows` makes them: the document's ``id``, ``title`` and
+``metadata`` on each of its rows (all in one shard), ``chunk`` (0, 1, ...), ``token_start`` /
+``token_stop`` (among its text's tokens), ``text`` (the chunk's); the header records the
+chunk settings (:class:`~bgekit.index.rows.ChunkSettings`).
+
 A shard is named by a hash of its ids (a retried block writes the same name again) and
 written atomically (a temporary file renamed into place), so a folder only ever holds whole
 shards. The sha256 of its bytes goes first into ``<name>.sha256`` (``sha256sum -c`` reads
@@ -27,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bgekit.errors import InputError
+from bgekit.index.rows import ChunkSettings
 from bgekit.io import atomic_write
 from bgekit.types import Encoded, OutputKind, SparseVec
 
@@ -37,20 +44,32 @@ SUM_SUFFIX = ".sha256"
 META_KEY = b"bgekit"
 # Bytes read at a time when hashing a shard.
 HASH_CHUNK = 1 << 20
+# The columns that place a row of an index-row shard within its document.
+CHUNK_COLUMNS = {"chunk": pa.int32(), "token_start": pa.int64(), "token_stop": pa.int64()}
 
 
 @dataclass(frozen=True)
 class ShardHeader:
-    """What every shard of one run shares; a resumed run must match it."""
+    """What every shard of one run shares; a resumed run must match it. ``chunking``: the
+    chunk settings of shards of index rows (one row per chunk); ``None``: one row per record."""
 
     fingerprint: str
     model: str
     outputs: tuple[OutputKind, ...]
     kind: str
     long_input: str
+    chunking: ChunkSettings | None = None
+
+    @property
+    def rows(self) -> str:
+        """What a row is: ``"chunks"`` (an index's rows) or ``"records"``."""
+        return "records" if self.chunking is None else "chunks"
 
     def to_json(self) -> str:
-        return json.dumps({**asdict(self), "outputs": list(self.outputs), "format": FORMAT})
+        body = {**asdict(self), "outputs": list(self.outputs), "format": FORMAT}
+        if self.chunking is None:  # what bgekit wrote before index rows: older readers read it
+            del body["chunking"]
+        return json.dumps(body)
 
     @classmethod
     def from_json(cls, raw: bytes | str, where: str) -> ShardHeader:
@@ -58,7 +77,15 @@ class ShardHeader:
             d = json.loads(raw)
             if d.get("format") != FORMAT:
                 raise InputError(f"{where}: shard format {d.get('format')}; this bgekit reads {FORMAT}")
-            return cls(d["fingerprint"], d["model"], tuple(d["outputs"]), d["kind"], d["long_input"])
+            chunking = d.get("chunking")
+            return cls(
+                d["fingerprint"],
+                d["model"],
+                tuple(d["outputs"]),
+                d["kind"],
+                d["long_input"],
+                None if chunking is None else ChunkSettings.from_dict(chunking, where),
+            )
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise InputError(f"{where}: not a bgekit shard ({e})") from None
 
@@ -67,6 +94,12 @@ class ShardHeader:
         for key in ("fingerprint", "outputs", "kind", "long_input"):
             if getattr(self, key) != getattr(other, key):
                 return f"{key} {getattr(other, key)!r} (this run: {getattr(self, key)!r})"
+        if self.rows != other.rows:
+            return f"layout: one row per {other.rows[:-1]} (this run: one per {self.rows[:-1]})"
+        if self.chunking is not None and other.chunking is not None:
+            diff = self.chunking.difference(other.chunking)
+            if diff is not None:
+                return f"{diff[0]} {diff[2]!r} (this run: {diff[1]!r})"
         return None
 
 
@@ -99,9 +132,15 @@ def shard_table(
     titles: Sequence[str] | None = None,
     texts: Sequence[str] | None = None,
     metadata: Sequence[str] | None = None,
+    chunks: Sequence[tuple[int, int, int]] | None = None,
 ) -> pa.Table:
-    """One shard's table: ``ids[i]``'s outputs in row ``i``."""
+    """One shard's table: ``ids[i]``'s outputs in row ``i``; ``chunks`` (shards of index
+    rows): each row's (chunk number, first token, token past the last)."""
     cols: dict[str, pa.Array] = {"id": pa.array(list(ids), type=pa.string())}
+    if chunks is not None:
+        placed = np.asarray(chunks, dtype=np.int64).reshape(-1, 3)
+        for j, (name, type_) in enumerate(CHUNK_COLUMNS.items()):
+            cols[name] = pa.array(placed[:, j], type=type_)
     if enc.dense is not None:
         d = np.ascontiguousarray(enc.dense, dtype=np.float32)
         cols["dense"] = pa.FixedSizeListArray.from_arrays(pa.array(d.reshape(-1)), d.shape[1])
@@ -234,13 +273,16 @@ def shard_ids(path: Path) -> list[str]:
 
 
 def _columns(
-    outputs: Sequence[str], dims: Mapping[str, int] | None, schema: pa.Schema
+    header: ShardHeader, dims: Mapping[str, int] | None, schema: pa.Schema
 ) -> dict[str, pa.DataType]:
-    """The columns a shard of ``outputs`` holds, by type (vector sizes from ``dims``, or from
-    ``schema`` where ``dims`` is None; 0 where neither knows), text columns too where
-    ``schema`` has them."""
+    """The columns a shard of ``header``'s run holds, by type (vector sizes from ``dims``, or
+    from ``schema`` where ``dims`` is None; 0 where neither knows), text columns too where
+    ``schema`` has them (shards of index rows always have them)."""
+    outputs = header.outputs
     sizes = _dims(schema) if dims is None else dims
     want: dict[str, pa.DataType] = {"id": pa.string()}
+    if header.chunking is not None:
+        want |= CHUNK_COLUMNS | {n: pa.string() for n in ("title", "text", "metadata")}
     if "dense" in outputs:
         want["dense"] = pa.list_(pa.float32(), sizes.get("dense", 0))
     if "sparse" in outputs:
@@ -257,7 +299,7 @@ def _check_schema(path: Path, schema: pa.Schema, header: ShardHeader, dims: Mapp
     why = header.differs(_header_in(path, schema))
     if why:
         raise InputError(f"{path} was made with another {why}")
-    for name, type_ in _columns(header.outputs, dims, schema).items():
+    for name, type_ in _columns(header, dims, schema).items():
         if name not in schema.names:
             raise InputError(f"{path} is not a shard of this folder: it has no column {name!r}")
         if schema.field(name).type != type_:
@@ -305,7 +347,9 @@ def write_manifest(
 
 @dataclass(frozen=True)
 class EncodedShards:
-    """Every row of a finished shard folder, in shard-name order."""
+    """Every row of a finished shard folder, in shard-name order. Shards of index rows
+    (``header.chunking``) also give each row's ``chunks``: (chunk number, first token,
+    token past the last), and their ``texts`` are the chunks'."""
 
     header: ShardHeader
     ids: list[str]
@@ -314,6 +358,7 @@ class EncodedShards:
     texts: list[str] | None
     metadata: list[dict[str, Any]] | None
     dims: dict[str, int]
+    chunks: list[tuple[int, int, int]] | None = None
 
 
 def _lists(col: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
@@ -368,7 +413,11 @@ def _rows(header: ShardHeader, table: pa.Table, dims: dict[str, int]) -> Encoded
     meta = None
     if "metadata" in table.column_names:
         meta = [json.loads(m) if m else {} for m in table.column("metadata").to_pylist()]
-    return EncodedShards(header, ids, _encoded(table, header.outputs, dims), titles, texts, meta, dims)
+    chunks = None
+    if header.chunking is not None:
+        chunks = list(zip(*(table.column(n).to_pylist() for n in CHUNK_COLUMNS), strict=True))
+    enc = _encoded(table, header.outputs, dims)
+    return EncodedShards(header, ids, enc, titles, texts, meta, dims, chunks)
 
 
 def read_shards(root: str | Path) -> EncodedShards:

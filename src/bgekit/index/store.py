@@ -25,15 +25,12 @@ from bgekit.index.documents import (
     Document,
     Oversize,
     best_chunk_per_document,
-    check_documents,
-    encode_chunks,
     encoding_text,
     one_chunk_each,
-    within_size,
-    without_empty,
 )
 from bgekit.index.lock import IndexConflictError, WriteLock
 from bgekit.index.model_record import check_same_model, embedder_from_record, model_record
+from bgekit.index.rows import ChunkSettings, chunk_rows, encoded_chunk_rows
 from bgekit.inputs import check_texts
 from bgekit.models import Embedder
 from bgekit.retrieval.bm25 import Bm25
@@ -172,27 +169,36 @@ class Index:
 
         Nothing changes when encoding fails."""
         existing = frozenset() if update else frozenset(self._doc_pos)
-        cfg = self.config
-        docs, skipped = without_empty(check_documents(documents, existing))
-        docs, oversized = within_size(docs, cfg.max_document_chars, cfg.oversize)
-        if not docs:
-            return AddReport(0, 0, skipped, oversized)
-        chunks, enc = encode_chunks(
-            docs, self.embedder, self.outputs, cfg.chunk_tokens, cfg.chunk_overlap, cfg.chunking, cfg.task
-        )
-        self._insert(docs, chunks, enc)
-        return AddReport(len(docs), len(chunks), skipped, oversized)
+        rows = chunk_rows(documents, self.embedder, ChunkSettings.of(self.config), self.outputs, existing)
+        if rows.docs:
+            self._insert(rows.docs, rows.chunks, rows.enc)
+        return AddReport(len(rows.docs), len(rows.chunks), rows.skipped, rows.oversized)
 
-    def add_encoded(self, documents: Sequence[Document], enc: Encoded, *, update: bool = False) -> AddReport:
-        """Add documents encoded elsewhere — one row of ``enc`` per document, e.g. shards of
-        :func:`bgekit.distributed.encode_on_ray` — each as one chunk (no re-encoding).
+    def add_encoded(
+        self,
+        documents: Sequence[Document],
+        enc: Encoded,
+        *,
+        update: bool = False,
+        chunks: Sequence[Chunk] | None = None,
+    ) -> AddReport:
+        """Add documents encoded elsewhere, e.g. shards of
+        :func:`bgekit.distributed.encode_on_ray`, with no re-encoding. Without ``chunks``:
+        one row of ``enc`` per document, each document one chunk (those with no text are
+        skipped, as :meth:`add` does). With ``chunks``: one row per chunk, as
+        :func:`~bgekit.index.rows.chunk_rows` makes them with this index's chunk settings
+        (shards encoded as index rows; checked by :func:`~bgekit.index.rows.encoded_chunk_rows`).
         ``enc`` must hold this index's outputs, made by its model (the caller checks the
-        fingerprint); documents with no text are skipped, as :meth:`add` does."""
+        fingerprint and the chunk settings)."""
         existing = frozenset() if update else frozenset(self._doc_pos)
-        docs, chunks, rows, skipped = one_chunk_each(documents, enc, self.outputs, existing)
+        if chunks is None:
+            docs, rows, enc, skipped = one_chunk_each(documents, enc, self.outputs, existing)
+        else:
+            docs, rows, enc = encoded_chunk_rows(documents, chunks, enc, self.outputs, existing)
+            skipped = 0
         if docs:
-            self._insert(docs, chunks, rows)
-        return AddReport(len(docs), len(docs), skipped)
+            self._insert(docs, rows, enc)
+        return AddReport(len(docs), len(rows), skipped)
 
     def _insert(self, docs: list[Document], chunks: list[Chunk], enc: Encoded) -> None:
         """New documents (replacing those with their ids) and their chunks' rows; ``chunks``

@@ -17,10 +17,10 @@ from bgekit.index.documents import (
     Document,
     best_chunk_per_document,
     check_documents,
-    encode_chunks,
     one_chunk_each,
     without_empty,
 )
+from bgekit.index.rows import ChunkSettings, chunk_rows, encoded_chunk_rows
 from bgekit.index.store import IndexConfig
 from bgekit.inputs import check_texts
 from bgekit.models import Embedder
@@ -66,30 +66,36 @@ class VectorDBIndex:
         backend.create(self.outputs, dims)
 
     def add(self, documents: Sequence[Document]) -> AddReport:
-        """As :meth:`Index.add`: documents with no text are skipped and counted."""
+        """As :meth:`Index.add` (the same rows: :func:`~bgekit.index.rows.chunk_rows`):
+        documents with no text, or over ``max_document_chars`` with ``oversize="skip"``, are
+        skipped and counted."""
         docs, skipped = without_empty(check_documents(documents))
-        taken = self.backend.existing([d.id for d in docs])
-        if taken:
-            raise InputError(f"document id {sorted(taken)[0]!r} is already in the index")
-        if not docs:
-            return AddReport(0, 0, skipped)
-        cfg = self.config
-        chunks, enc = encode_chunks(
-            docs, self.embedder, self.outputs, cfg.chunk_tokens, cfg.chunk_overlap, cfg.chunking
-        )
-        self.backend.upsert(docs, chunks, enc)
-        return AddReport(len(docs), len(chunks), skipped)
+        self._refuse_taken(docs)  # before anything is encoded
+        rows = chunk_rows(docs, self.embedder, ChunkSettings.of(self.config), self.outputs)
+        if rows.docs:
+            self.backend.upsert(rows.docs, rows.chunks, rows.enc)
+        return AddReport(len(rows.docs), len(rows.chunks), skipped, rows.oversized)
 
-    def add_encoded(self, documents: Sequence[Document], enc: Encoded) -> AddReport:
-        """As :meth:`Index.add_encoded`: documents encoded elsewhere (one row each, e.g. a
-        shard of :func:`bgekit.distributed.encode_on_ray`), one chunk each, no re-encoding."""
-        docs, chunks, rows, skipped = one_chunk_each(documents, enc, self.outputs)
+    def add_encoded(
+        self, documents: Sequence[Document], enc: Encoded, *, chunks: Sequence[Chunk] | None = None
+    ) -> AddReport:
+        """As :meth:`Index.add_encoded`: documents encoded elsewhere (e.g. a shard of
+        :func:`bgekit.distributed.encode_on_ray`), one row each and one chunk each, or with
+        ``chunks`` one row per chunk; no re-encoding."""
+        if chunks is None:
+            docs, rows, enc, skipped = one_chunk_each(documents, enc, self.outputs)
+        else:
+            docs, rows, enc = encoded_chunk_rows(documents, chunks, enc, self.outputs)
+            skipped = 0
+        self._refuse_taken(docs)
+        if docs:
+            self.backend.upsert(docs, rows, enc)
+        return AddReport(len(docs), len(rows), skipped)
+
+    def _refuse_taken(self, docs: Sequence[Document]) -> None:
         taken = self.backend.existing([d.id for d in docs])
         if taken:
             raise InputError(f"document id {sorted(taken)[0]!r} is already in the index")
-        if docs:
-            self.backend.upsert(docs, chunks, rows)
-        return AddReport(len(docs), len(chunks), skipped)
 
     def delete(self, ids: Sequence[str]) -> None:
         unknown = set(ids) - self.backend.existing(ids)
