@@ -16,7 +16,13 @@ from bgekit.scoring.quantize import (
     unpack_signs,
 )
 from bgekit.scoring.segments import segment_rows
-from bgekit.scoring.sparse import sparse_pair_scores, sparse_postings_scores, sparse_scores, to_csr
+from bgekit.scoring.sparse import (
+    max_per_token,
+    sparse_pair_scores,
+    sparse_postings_scores,
+    sparse_scores,
+    to_csr,
+)
 
 __all__ = [
     "DENSE_DTYPES",
@@ -28,6 +34,7 @@ __all__ = [
     "dense_scores",
     "hamming",
     "int8_scores",
+    "max_per_token",
     "maxsim_packed",
     "maxsim_pair_scores",
     "maxsim_scores",
