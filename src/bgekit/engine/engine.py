@@ -50,8 +50,8 @@ class EngineConfig:
     transformers forward (decoders, LLM rerankers, ``backend="transformers"``), which
     computes on padding. ``None`` picks by device: 2048 on a CPU (small batches stay in
     cache: measured fastest in benchmarks/encode_throughput.py), 16384 on an accelerator.
-    ``progress=None`` shows
-    a bar only when stderr is a terminal and the input spans several batches.
+    ``progress=None`` shows a bar only when stderr is a terminal and the input spans
+    several batches.
     ``dtype="auto"`` is fp16 on CUDA; on a CPU with AMX-BF16 or AVX512-BF16 it runs the
     matrix products in bf16 (fp32 everywhere else) once a check against fp32 at load
     passes, and exact fp32 otherwise; ``"float32"`` forces fp32, ``"int8"`` quantised
