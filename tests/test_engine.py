@@ -173,6 +173,10 @@ def test_flat_batch_and_its_padded_views() -> None:
     b = TokenBatch.from_padded(ids, mask)
     assert b.padded().input_ids is ids and b.attention_mask is mask
     assert b.ids.tolist() == [2, 5, 6, 2, 7] and b.lengths.tolist() == [3, 2]
+    # training pads flat rows again: gradients reach every real row, and only those
+    x = torch.randn(2, 3, 4, requires_grad=True)
+    (b.pad(b.unpad(x)) * 2).sum().backward()
+    assert x.grad is not None and x.grad[:, :, 0].tolist() == [[2, 2, 2], [2, 2, 0]]
 
 
 def test_flat_batch_sums_rows_per_input_and_rejects_bad_shapes() -> None:
