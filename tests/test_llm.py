@@ -161,7 +161,10 @@ def test_icl_embedder_layout(qwen: Path, llm_root: Path) -> None:
         emb.with_examples([{"question": "x"}])
     with pytest.warns(DeprecationWarning, match="with_examples"):
         emb.set_examples([])  # the old call still works, in place
-    assert emb.tokenize(["q"], kind="query", instruction="T")[0].ids == bare.tokenize(["q"], kind="query", instruction="T")[0].ids
+    assert (
+        emb.tokenize(["q"], kind="query", instruction="T")[0].ids
+        == bare.tokenize(["q"], kind="query", instruction="T")[0].ids
+    )
 
 
 # -- yes/no reranker ------------------------------------------------------------------------------

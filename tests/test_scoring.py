@@ -14,6 +14,7 @@ from bgekit import (
     sparse_scores,
     weighted_fusion,
 )
+from bgekit.scoring import max_per_token
 from tests.reference import lexical, maxsim
 
 
@@ -45,6 +46,22 @@ def test_sparse_pairs_and_matrix_equal_a_plain_loop() -> None:
     assert sparse_pair_scores([], []).shape == (0,)
     with pytest.raises(ValueError, match="2 queries but 1 passages"):
         sparse_pair_scores(q[:2], d[:1])
+
+
+def test_max_per_token_equals_a_plain_loop() -> None:
+    rng = np.random.default_rng(6)
+    n = 9  # row 8 gets nothing; ids repeat within rows; some weights are 0 or negative
+    rows, ids = rng.integers(0, 8, size=400), rng.integers(0, 30, size=400)
+    weights = rng.normal(size=400).astype(np.float32)
+    drop = {0, 1}
+    want: list[dict[int, float]] = [{} for _ in range(n)]
+    for r, t, w in zip(rows.tolist(), ids.tolist(), weights.tolist(), strict=True):
+        if w > 0 and t not in drop and w > want[r].get(t, 0.0):
+            want[r][t] = w
+    got = max_per_token(rows, ids, weights, n, drop_ids=drop)
+    assert [v.to_dict() for v in got] == want and got[-1] == SparseVec.from_dict({})
+    assert all(np.all(np.diff(v.indices) > 0) and v.values.dtype == np.float32 for v in got)
+    assert [len(v) for v in max_per_token(rows[:0], ids[:0], weights[:0], 2)] == [0, 0]
 
 
 def test_maxsim_pairs_and_matrix_equal_a_plain_loop() -> None:

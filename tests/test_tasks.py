@@ -51,7 +51,9 @@ def _by_hand(path: Path, text: str, max_length: int) -> list[int]:
 
 
 @pytest.mark.parametrize("task", TASKS)
-def test_every_task_prefixes_both_sides_as_the_reference(emb: Embedder, llm_embedder: Path, task: str) -> None:
+def test_every_task_prefixes_both_sides_as_the_reference(
+    emb: Embedder, llm_embedder: Path, task: str
+) -> None:
     query_instruction, passage_instruction = next((q, p) for n, q, p in LLM_EMBEDDER_TASKS if n == task)
     plain = PlainEncoder(llm_embedder)
     for kind, instruction, limit in (
@@ -81,7 +83,9 @@ def test_default_task_and_overrides(emb: Embedder, llm_embedder: Path) -> None:
     assert emb.info.default_task == "qa"  # the original is unchanged
     none = Embedder.from_pretrained(str(llm_embedder), engine=FP32, settings=EmbedderSettings(task=""))
     assert none.tokenize(TEXTS[:1])[0].ids == _by_hand(llm_embedder, TEXTS[0], 128)
-    with pytest.raises(InputError, match=r"unknown task 'nope'; tasks: qa, icl, chat, lrlm, tool, convsearch"):
+    with pytest.raises(
+        InputError, match=r"unknown task 'nope'; tasks: qa, icl, chat, lrlm, tool, convsearch"
+    ):
         emb.encode(TEXTS, task="nope")
     with pytest.raises(InputError, match="unknown task"):
         Embedder.from_pretrained(str(llm_embedder), engine=FP32, settings=EmbedderSettings(task="nope"))

@@ -49,7 +49,8 @@ def engine_args(p: argparse.ArgumentParser, default: Default = _given) -> None:
         "--max-batch-tokens",
         type=int,
         default=default("max_batch_tokens", None, int),
-        help="padded tokens per forward batch (default: 2048 on CPU, 16384 on GPU)",
+        help="tokens per forward batch: real ones on the packed forward, padded ones on "
+        "transformers' (default: 2048 on CPU, 16384 on GPU)",
     )
     g.add_argument(
         "--max-batch-size",

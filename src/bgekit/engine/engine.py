@@ -1,8 +1,11 @@
 """The one batching engine every model kind runs through.
 
 Inputs arrive tokenised. The engine sorts them by length, groups them into batches
-under a padded-token budget, pads each batch on its device, calls the model's runner
-under ``torch.inference_mode``, and puts the per-input results back in input order.
+under a token budget, hands each batch to the model's runner as one flat run of token ids
+with the inputs' lengths (:class:`TokenBatch`; a padded view is made only where a forward
+asks for it) under ``torch.inference_mode``, and puts the per-input results back in input
+order. The budget counts real tokens for runners that compute on real tokens only
+(``packed``), padded tokens for the others.
 Out-of-memory errors (and only those) shrink the budget, down to one input per batch.
 With several runners (one model replica per device) batches are shared among them.
 """
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bgekit.engine.batching import TokenBatch, pad_batch, plan_batches
+from bgekit.engine.batching import TokenBatch, TokenCount, plan_batches
 from bgekit.engine.device import DTYPES, DType
 from bgekit.errors import BgekitError
 from bgekit.types import TokenSeq
@@ -40,10 +43,15 @@ class EngineConfig:
     """How inputs are batched and where the model runs.
 
     ``devices`` (several, e.g. ``("cuda:0", "cuda:1")``) runs one replica per device in
-    data parallel and takes precedence over ``device``. ``max_batch_tokens=None`` picks
-    by device: 2048 padded tokens on a CPU (small batches stay in cache: measured fastest
-    in benchmarks/encode_throughput.py), 16384 on an accelerator. ``progress=None`` shows
-    a bar only when stderr is a terminal and the input spans several batches.
+    data parallel and takes precedence over ``device``. ``max_batch_tokens``: the tokens
+    of one forward batch, as that forward computes on them: real tokens (the sum of the
+    inputs' lengths) for models on bgekit's packed forward (BERT / XLM-R encoders under
+    ``backend="auto"``), padded tokens (inputs times the longest one) for models on the
+    transformers forward (decoders, LLM rerankers, ``backend="transformers"``), which
+    computes on padding. ``None`` picks by device: 2048 on a CPU (small batches stay in
+    cache: measured fastest in benchmarks/encode_throughput.py), 16384 on an accelerator.
+    ``progress=None`` shows a bar only when stderr is a terminal and the input spans
+    several batches.
     ``dtype="auto"`` is fp16 on CUDA; on a CPU with AMX-BF16 or AVX512-BF16 it runs the
     matrix products in bf16 (fp32 everywhere else) once a check against fp32 at load
     passes, and exact fp32 otherwise; ``"float32"`` forces fp32, ``"int8"`` quantised
@@ -72,14 +80,18 @@ class EngineConfig:
             raise BgekitError(f"max_batch_size must be at least 1, got {self.max_batch_size}")
 
     def batch_tokens(self, device: torch.device) -> int:
-        """The padded-token budget per batch on ``device``."""
+        """The token budget per batch on ``device`` (see ``max_batch_tokens``)."""
         if self.max_batch_tokens is not None:
             return self.max_batch_tokens
         return CPU_BATCH_TOKENS if device.type == "cpu" else ACCELERATOR_BATCH_TOKENS
 
 
 class Runner(Protocol[T_co]):
-    """A model replica on one device: a padded batch in, one result per row out."""
+    """A model replica on one device: a batch in, one result per input out.
+
+    A runner whose forward computes on real tokens only sets ``packed = True``; the
+    engine then budgets real tokens per batch (padded tokens otherwise, and when absent).
+    """
 
     @property
     def device(self) -> torch.device: ...
@@ -103,6 +115,7 @@ class _Work(Generic[T]):
     results: list[T | None]
     budget: int
     max_batch_size: int
+    count: TokenCount = "padded"
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def take(self) -> np.ndarray | None:
@@ -110,12 +123,15 @@ class _Work(Generic[T]):
             return self.queue.popleft() if self.queue else None
 
     def shrink(self, failed: np.ndarray) -> None:
-        """Halve the budget below the failed batch and re-plan everything not yet run."""
+        """Halve the budget below the failed batch (in the tokens it counts: half the
+        failed batch's real tokens, or half its inputs at its longest length) and re-plan
+        everything not yet run."""
         with self.lock:
-            longest = int(self.lengths[failed].max())
-            self.budget = min(self.budget, max(1, len(failed) // 2) * longest)
+            lens = self.lengths[failed]
+            half = int(lens.sum()) // 2 if self.count == "real" else len(failed) // 2 * int(lens.max())
+            self.budget = min(self.budget, max(1, half))
             pending = np.concatenate([failed, *self.queue]) if self.queue else failed
-            sub = plan_batches(self.lengths[pending], self.budget, self.max_batch_size)
+            sub = plan_batches(self.lengths[pending], self.budget, self.max_batch_size, count=self.count)
             self.queue = deque(pending[b] for b in sub)
 
 
@@ -169,8 +185,11 @@ class Engine:
             raise BgekitError("no model replica to run on")
         cfg = self.config
         lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+        if lengths.min() < 1:
+            raise BgekitError(f"input {int(lengths.argmin())} has no tokens")
         budget = min(cfg.batch_tokens(r.device) for r in runners)
-        plan = plan_batches(lengths, budget, cfg.max_batch_size)
+        count: TokenCount = "real" if all(getattr(r, "packed", False) for r in runners) else "padded"
+        plan = plan_batches(lengths, budget, cfg.max_batch_size, count=count)
         work: _Work[T] = _Work(
             seqs=seqs,
             lengths=lengths,
@@ -178,6 +197,7 @@ class Engine:
             results=[None] * len(seqs),
             budget=budget,
             max_batch_size=cfg.max_batch_size,
+            count=count,
         )
         show = cfg.progress
         if show is None:
@@ -214,7 +234,9 @@ class Engine:
         advance: Callable[[int], object],
     ) -> None:
         while (idx := work.take()) is not None:
-            batch = pad_batch([work.seqs[i] for i in idx], pad_id, runner.device, padding_side)
+            batch = TokenBatch.from_seqs(
+                [work.seqs[i] for i in idx], runner.device, pad_id=pad_id, padding_side=padding_side
+            )
             try:
                 with torch.inference_mode():
                     out = runner(batch)

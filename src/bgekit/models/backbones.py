@@ -1,13 +1,15 @@
-"""Model forwards behind one small interface: a padded batch in, last hidden states out.
+"""Model forwards behind one small interface: a :class:`~bgekit.engine.TokenBatch` in, the
+last hidden states out as flat rows ``(total tokens, dim)`` (no padding).
 
 Two implementations:
 
-- :class:`TransformersBackbone` calls the transformers model as it is (any architecture).
-- :class:`PackedEncoder` runs BERT / XLM-RoBERTa encoders on packed tokens: the padding is
-  removed before the first layer, so linear layers never compute on it; attention runs per
-  run of equal-length inputs with no mask (the engine sorts by length, so runs are long);
-  the query, key and value projections are one fused matrix product. Same maths as the
-  transformers forward.
+- :class:`TransformersBackbone` calls the transformers model as it is (any architecture) on
+  the batch's padded view and keeps the real tokens' rows of its output.
+- :class:`PackedEncoder` runs BERT / XLM-RoBERTa encoders on the flat tokens as the engine
+  hands them over, so no layer computes on padding (``packed = True``: the engine budgets
+  real tokens); attention runs per run of equal-length inputs with no mask (the engine
+  sorts by length, so runs are long); the query, key and value projections are one fused
+  matrix product. Same maths as the transformers forward.
 
 Both implement :class:`~bgekit.models.kernels.FastPath`: on CPUs the linear layers run
 through :mod:`bgekit.models.kernels` (oneDNN fp32, which runs about twice as fast as the
@@ -35,15 +37,18 @@ class TransformersBackbone(nn.Module):
     """The transformers model's own forward; on CPUs its linear layers can run through
     bgekit's kernels (the pooler, part of a cross-encoder's head, stays fp32)."""
 
+    packed = False  # computes on the padded view
+
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, batch: TokenBatch) -> torch.Tensor:
-        kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-        if batch.token_type_ids is not None:
-            kwargs["token_type_ids"] = batch.token_type_ids
-        return self.model(**kwargs).last_hidden_state
+        view = batch.padded()
+        kwargs = {"input_ids": view.input_ids, "attention_mask": view.attention_mask}
+        if view.token_type_ids is not None:
+            kwargs["token_type_ids"] = view.token_type_ids
+        return batch.unpad(self.model(**kwargs).last_hidden_state)
 
     def hidden(self, batch: TokenBatch) -> torch.Tensor:
         return self.forward(batch)
@@ -135,7 +140,9 @@ class PackedLayer(nn.Module):
 
 
 class PackedEncoder(nn.Module):
-    """BERT-style encoder forward without computing on padding (see the module docstring)."""
+    """BERT-style encoder forward on flat tokens (see the module docstring)."""
+
+    packed = True
 
     def __init__(
         self,
@@ -183,30 +190,14 @@ class PackedEncoder(nn.Module):
         return self.forward(batch)
 
     def forward(self, batch: TokenBatch) -> torch.Tensor:
-        n, width = batch.input_ids.shape
-        keep = batch.attention_mask.reshape(-1).nonzero().squeeze(1)
-        lengths = batch.lengths.tolist()
-        ids = batch.input_ids.reshape(-1)[keep]
-        starts = torch.cumsum(batch.lengths, 0) - batch.lengths
-        within = torch.arange(ids.shape[0]) - torch.repeat_interleave(starts, batch.lengths)
-        x = self.word(ids) + self.position(within.to(ids.device) + self.position_offset)
-        if batch.token_type_ids is not None:
-            x = x + self.token_type(batch.token_type_ids.reshape(-1)[keep])
+        x = self.word(batch.ids) + self.position(batch.positions + self.position_offset)
+        if batch.type_ids is not None:
+            x = x + self.token_type(batch.type_ids)
         else:
             x = x + self.token_type.weight[0]
         x = self.emb_norm(x)
 
-        # runs of consecutive inputs with the same length: (first token, inputs, length)
-        runs: list[tuple[int, int, int]] = []
-        offset = 0
-        for length in lengths:
-            if runs and runs[-1][2] == length:
-                s, c, _ = runs[-1]
-                runs[-1] = (s, c + 1, length)
-            else:
-                runs.append((offset, 1, length))
-            offset += length
-
+        runs = batch.runs  # (first token, inputs, length) blocks of equal-length inputs
         d, h = self.dim, self.heads
         for module in self.layers:
             layer = cast(PackedLayer, module)
@@ -219,10 +210,7 @@ class PackedEncoder(nn.Module):
             # a bf16 kernel's output is promoted by the fp32 residual add
             x = layer.attn_norm(x + layer.linear("attn_out", ctx))
             x = layer.ffn_norm(x + layer.linear("ffn_out", layer.linear("ffn_in", x, gelu=True)))
-
-        hidden = x.new_zeros(n * width, d)
-        hidden[keep] = x
-        return hidden.view(n, width, d)
+        return x
 
 
 # Below this length two batched matrix products beat the fused (flash) kernel on CPUs;
@@ -272,6 +260,11 @@ class CrossEncoderForward(nn.Module):
         if isinstance(self.classifier, nn.Linear) and self.pooler is None:
             raise ValueError("a linear classifier needs the model's pooler")
 
+    @property
+    def packed(self) -> bool:
+        """Whether the backbone computes on real tokens only."""
+        return bool(getattr(self.backbone, "packed", False))
+
     def save_pretrained(self, folder: str) -> None:
         """The sequence-classification model as a Hugging Face folder (trained with the
         transformers backbone, whose parameters are the model's own)."""
@@ -282,8 +275,9 @@ class CrossEncoderForward(nn.Module):
         model.save_pretrained(folder, state_dict=state)
 
     def forward(self, batch: TokenBatch) -> torch.Tensor:
-        hidden = self.backbone(batch)
+        # both heads read position 0 of a (rows, positions, dim) input: each input's first token
+        first = self.backbone(batch)[batch.first].unsqueeze(1)
         if isinstance(self.classifier, nn.Linear):
             assert self.pooler is not None
-            return self.classifier(self.pooler(hidden))[:, 0]
-        return self.classifier(hidden)[:, 0]
+            return self.classifier(self.pooler(first))[:, 0]
+        return self.classifier(first)[:, 0]

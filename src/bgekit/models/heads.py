@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from bgekit.errors import ModelFormatError
 from bgekit.models.loading import safe_torch_load
 from bgekit.models.long_input import mcls_positions
 from bgekit.models.settings import POOLINGS
+from bgekit.scoring.sparse import max_per_token
 from bgekit.types import EmbeddingRow, OutputKind, SparseVec
 
 
@@ -47,50 +47,32 @@ def load_linear(path: Path, hidden_size: int) -> nn.Linear:
 
 
 def pool(hidden: torch.Tensor, batch: TokenBatch, pooling: str) -> torch.Tensor:
-    """One vector per row: the first token, the masked mean, or the last real token."""
+    """One vector per input from flat hidden states ``(total, dim)``: its first token, the
+    mean of its tokens, or its last token."""
     if pooling == "cls":
-        if batch.padding_side == "left":
-            first = batch.input_ids.shape[1] - batch.lengths.to(hidden.device)
-            return hidden[torch.arange(hidden.shape[0], device=hidden.device), first]
-        return hidden[:, 0]
+        return hidden[batch.first]
     if pooling == "mean":
-        mask = batch.attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+        counts = batch.lengths.to(device=hidden.device, dtype=torch.float32)
+        return (batch.sum_rows(hidden) / counts[:, None]).to(hidden.dtype)
     if pooling == "last_token":
-        if batch.padding_side == "left":
-            return hidden[:, -1]
-        last = batch.lengths.to(hidden.device) - 1
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return hidden[batch.last]
     raise ModelFormatError(f"unknown pooling {pooling!r}; bgekit supports {', '.join(POOLINGS)}")
 
 
 def sparse_rows(
-    weights: np.ndarray, input_ids: np.ndarray, lengths: np.ndarray, special_ids: frozenset[int]
+    weights: np.ndarray, ids: np.ndarray, lengths: np.ndarray, special_ids: frozenset[int]
 ) -> list[SparseVec]:
-    """Per row: token id -> max weight over its occurrences, specials and zero weights dropped.
-
-    Vectorised over the batch: entries are keyed by (row, token), sorted with the larger
-    weight first, and the first entry of each key kept.
-    """
-    n, width = input_ids.shape
-    real = np.arange(width)[None, :] < lengths[:, None]
-    keep = real & (weights > 0) & ~np.isin(input_ids, list(special_ids))
-    rows = np.nonzero(keep)[0]
-    ids = input_ids[keep].astype(np.int64)
-    vals = weights[keep].astype(np.float32)
-    key = rows.astype(np.int64) * (int(input_ids.max(initial=0)) + 1) + ids
-    order = np.lexsort((-vals, key))
-    key, rows, ids, vals = key[order], rows[order], ids[order], vals[order]
-    first = np.ones(key.shape[0], dtype=bool)
-    first[1:] = key[1:] != key[:-1]
-    rows, ids, vals = rows[first], ids[first], vals[first]
-    bounds = np.searchsorted(rows, np.arange(n + 1))
-    return [SparseVec(ids[a:b], vals[a:b]) for a, b in itertools.pairwise(bounds)]
+    """Per input of a flat batch (``weights`` and token ``ids``: one per token, inputs back
+    to back, ``lengths`` tokens each): token id -> its largest weight, specials and zero
+    weights dropped (:func:`~bgekit.scoring.sparse.max_per_token`)."""
+    rows = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+    return max_per_token(rows, ids, weights, len(lengths), drop_ids=special_ids)
 
 
 class EncoderWithHeads(nn.Module):
     """An encoder backbone (see :mod:`bgekit.models.backbones`) plus the optional BGE-M3
-    heads: what inference runs and what training trains (same modules, same functions)."""
+    heads: what inference runs and what training trains (same modules, same functions).
+    Hidden states are flat rows ``(total tokens, dim)`` (see :class:`~bgekit.engine.TokenBatch`)."""
 
     def __init__(self, backbone: nn.Module, colbert: nn.Linear | None, sparse: nn.Linear | None):
         super().__init__()
@@ -98,28 +80,29 @@ class EncoderWithHeads(nn.Module):
         self.colbert_linear = colbert
         self.sparse_linear = sparse
 
+    @property
+    def packed(self) -> bool:
+        """Whether the backbone computes on real tokens only (the engine's budget follows)."""
+        return bool(getattr(self.backbone, "packed", False))
+
     def hidden(self, batch: TokenBatch) -> torch.Tensor:
         return self.backbone(batch)
 
     def dense(self, hidden: torch.Tensor, batch: TokenBatch, pooling: str, normalize: bool) -> torch.Tensor:
-        """One vector per row: pooled, L2-normalised when ``normalize``."""
+        """One vector per input: pooled, L2-normalised when ``normalize``."""
         vec = pool(hidden, batch, pooling)
         return F.normalize(vec, dim=-1) if normalize else vec
 
     def sparse_weights(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``(rows, width)``: relu(linear(h)) per token (specials and padding still in)."""
+        """``(total,)``: relu(linear(h)) per token (specials still in)."""
         assert self.sparse_linear is not None
         return torch.relu(self.sparse_linear(hidden)).squeeze(-1)
 
     def multivectors(self, hidden: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
-        """``(rows, width - 1, dim)``: linear(h) of every position after the first, padding
-        zeroed, each vector L2-normalised (right padding only)."""
+        """``(total - inputs, dim)``: linear(h) of every position but each input's first,
+        inputs back to back, each vector L2-normalised."""
         assert self.colbert_linear is not None
-        if batch.padding_side != "right":
-            raise ModelFormatError("multi-vector output needs right padding")
-        vecs = self.colbert_linear(hidden[:, 1:])
-        vecs = vecs * batch.attention_mask[:, 1:].unsqueeze(-1).to(vecs.dtype)
-        return F.normalize(vecs, dim=-1)
+        return F.normalize(self.colbert_linear(hidden[batch.positions > 0]), dim=-1)
 
     def token_vectors(self, hidden: torch.Tensor) -> torch.Tensor:
         """linear(h) of every position, L2-normalised (the multi-vector head on all tokens)."""
@@ -153,15 +136,18 @@ class TokenRunner:
     def device(self) -> torch.device:
         return self._device
 
+    @property
+    def packed(self) -> bool:
+        return self.model.packed
+
     def __call__(self, batch: TokenBatch) -> list[TokenOutputs]:
         model = self.model
         hidden = model.hidden(batch)
-        mask = batch.attention_mask.bool().cpu()
-        n = hidden.shape[0]
+        lengths = batch.lengths.tolist()
+        n = len(lengths)
 
-        def rows(t: torch.Tensor) -> list[np.ndarray]:  # one copy to the CPU, then per row
-            host = t.float().cpu()
-            return [host[i][mask[i]].numpy() for i in range(n)]
+        def rows(t: torch.Tensor) -> list[np.ndarray]:  # one copy to the CPU, then per input
+            return [part.numpy() for part in torch.split(t.float().cpu(), lengths)]
 
         sparse: list[np.ndarray | None] = [None] * n
         multi: list[np.ndarray | None] = [None] * n
@@ -200,31 +186,34 @@ class EmbedRunner:
     def device(self) -> torch.device:
         return self._device
 
+    @property
+    def packed(self) -> bool:
+        return self.model.packed
+
     def __call__(self, batch: TokenBatch) -> list[EmbeddingRow]:
         model = self.model
         hidden = model.hidden(batch)
-        n = hidden.shape[0]
+        n = len(batch)
         lengths = batch.lengths.numpy()
+        starts = batch.offsets[:-1].tolist()
         dense: list[np.ndarray | None] = [None] * n
         sparse: list[SparseVec | None] = [None] * n
         multi: list[np.ndarray | None] = [None] * n
         cls_at = [mcls_positions(int(m), *self.mcls) for m in lengths] if self.mcls else None
         if "dense" in self.outputs:
-            vec = pool(hidden, batch, self.pooling)
-            if cls_at is not None:
-                vec = vec.clone()  # pool's first-token vectors are a view of the hidden states
+            vec = pool(hidden, batch, self.pooling)  # a new tensor (gathered rows)
             for i, at in enumerate(cls_at or ()):
                 if len(at) > 1:  # one CLS: the usual first-token vector, bit for bit
-                    vec[i] = hidden[i, torch.from_numpy(at).to(hidden.device)].mean(dim=0)
+                    vec[i] = hidden[torch.from_numpy(at + starts[i]).to(hidden.device)].mean(dim=0)
             vec = F.normalize(vec, dim=-1) if self.normalize else vec
             dense = list(vec.float().cpu().numpy())
         if "sparse" in self.outputs:  # inserted CLS tokens are special: dropped like the first
             weights = model.sparse_weights(hidden).float().cpu().numpy()
-            sparse = list(sparse_rows(weights, batch.input_ids.cpu().numpy(), lengths, self.special_ids))
+            sparse = list(sparse_rows(weights, batch.ids.cpu().numpy(), lengths, self.special_ids))
         if "multivector" in self.outputs:
             vecs = model.multivectors(hidden, batch).float().cpu().numpy()
             # Positions after the first (CLS), up to and including the end token.
-            rows = [vecs[i, : lengths[i] - 1].copy() for i in range(n)]
+            rows = np.split(vecs, np.cumsum(lengths - 1)[:-1])
             for i, at in enumerate(cls_at or ()):
                 if len(at) > 1:  # without the inserted CLS tokens (row r is position r + 1)
                     rows[i] = np.delete(rows[i], at[1:] - 1, axis=0)

@@ -169,7 +169,7 @@ class FastPath(Protocol):
         ...
 
     def hidden(self, batch: TokenBatch) -> torch.Tensor:
-        """Last hidden states ``(rows, width, dim)``: what the fp32 check compares."""
+        """Last hidden states as flat rows ``(total tokens, dim)``: what the fp32 check compares."""
         ...
 
 

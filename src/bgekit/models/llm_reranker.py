@@ -153,8 +153,12 @@ class _DecoderScorer(nn.Module):
         return patch_linears(self.base, kind)
 
     def hidden(self, batch: TokenBatch) -> torch.Tensor:
+        """The decoder's last hidden states as flat rows (run on the batch's padded view)."""
         base: Any = self.base
-        return base(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+        view = batch.padded()
+        return batch.unpad(
+            base(input_ids=view.input_ids, attention_mask=view.attention_mask).last_hidden_state
+        )
 
 
 class YesNoScorer(_DecoderScorer):
@@ -171,8 +175,7 @@ class YesNoScorer(_DecoderScorer):
         """``(rows, 1)``: the Yes logit."""
         if batch.padding_side != "right":
             raise ModelFormatError("LLM rerankers run on right-padded batches")
-        hidden = self.hidden(batch)
-        last = hidden[torch.arange(hidden.shape[0]), batch.lengths.to(hidden.device) - 1]
+        last = self.hidden(batch)[batch.last]
         return self._cap(last @ self.yes_row)[:, None]
 
 
@@ -219,17 +222,18 @@ class LayerwiseScorer(_DecoderScorer):
         ``counter`` adds up the decoder FLOPs the layer loop spends."""
         if batch.padding_side != "right":
             raise ModelFormatError("LLM rerankers run on right-padded batches")
-        assert batch.token_type_ids is not None
+        view = batch.padded()  # the layer loop runs transformers' decoder layers on padded rows
+        assert view.token_type_ids is not None
         settings = settings or ScoreSettings()
         base: Any = self.base
         cfg = base.config
         cutoffs = sorted(set(settings.cutoff_layers or (self.num_layers,)))
         deepest = cutoffs[-1]
-        types = batch.token_type_ids
-        mask = batch.attention_mask
+        types = view.token_type_ids
+        mask = view.attention_mask
         query_len = (types == QUERY_SEGMENT).logical_and(mask.bool()).sum(dim=1)
         prompt_len = (types == PROMPT_SEGMENT).logical_and(mask.bool()).sum(dim=1)
-        hidden = base.embed_tokens(batch.input_ids)
+        hidden = base.embed_tokens(view.input_ids)
         window = getattr(cfg, "sliding_window", None)
         layer_types = getattr(cfg, "layer_types", None)
         records: list[tuple[torch.Tensor, torch.Tensor]] = []

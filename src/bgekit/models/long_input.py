@@ -24,6 +24,7 @@ from typing import Literal, TypeVar
 import numpy as np
 
 from bgekit.errors import InputError
+from bgekit.scoring.sparse import max_per_token
 from bgekit.types import EmbeddingRow, SparseVec, TokenSeq
 
 T = TypeVar("T")
@@ -135,14 +136,10 @@ def combine_dense(vectors: np.ndarray, weights: Sequence[int], normalize: bool) 
 
 
 def combine_sparse(vectors: Sequence[SparseVec]) -> SparseVec:
-    """Per token id, the largest weight any window gave it."""
+    """Per token id, the largest weight any window gave it (:func:`max_per_token`)."""
     ids = np.concatenate([v.indices for v in vectors]) if vectors else np.zeros(0, np.int64)
     vals = np.concatenate([v.values for v in vectors]) if vectors else np.zeros(0, np.float32)
-    order = np.lexsort((-vals, ids))
-    ids, vals = ids[order], vals[order]
-    first = np.ones(ids.shape[0], dtype=bool)
-    first[1:] = ids[1:] != ids[:-1]
-    return SparseVec(ids[first].astype(np.int64), vals[first].astype(np.float32))
+    return max_per_token(np.zeros(len(ids), dtype=np.int64), ids, vals, 1)[0]
 
 
 # -- MCLS -------------------------------------------------------------------------------------
@@ -288,7 +285,8 @@ def pool_span(
     """A chunk's outputs from the token outputs of the whole input it sits in (late
     chunking): the mean of its tokens' hidden states (L2-normalised when the model
     normalises), each token id's largest sparse weight (special tokens and zero weights
-    dropped), its tokens' multi-vectors. An empty span pools every token."""
+    dropped: :func:`max_per_token`), its tokens' multi-vectors. An empty span pools every
+    token."""
     lo, hi = span if span[1] > span[0] else (0, len(ids))
     mean = hidden[lo:hi].astype(np.float64).mean(axis=0)
     if normalize:
@@ -296,11 +294,9 @@ def pool_span(
         mean = mean / norm if norm > 0 else mean
     sparse_vec = None
     if sparse is not None:
-        weights: dict[int, float] = {}
-        for tid, w in zip(ids[lo:hi], sparse[lo:hi].tolist(), strict=True):
-            if w > 0 and tid not in special_ids and w > weights.get(tid, 0.0):
-                weights[tid] = w
-        sparse_vec = SparseVec.from_dict(weights)
+        span_ids = np.asarray(ids[lo:hi], dtype=np.int64)
+        rows = np.zeros(len(span_ids), dtype=np.int64)
+        sparse_vec = max_per_token(rows, span_ids, sparse[lo:hi], 1, drop_ids=special_ids)[0]
     mv = None if multivector is None else multivector[lo:hi].copy()
     return EmbeddingRow(mean.astype(np.float32), sparse_vec, mv)
 

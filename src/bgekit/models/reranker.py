@@ -42,6 +42,10 @@ class _LogitRunner:
     def device(self) -> torch.device:
         return self._device
 
+    @property
+    def packed(self) -> bool:  # the engine budgets real tokens for a packed backbone
+        return bool(getattr(self.model, "packed", False))
+
     def __call__(self, batch: TokenBatch) -> list[float]:
         return self.model(batch).float().cpu().numpy().tolist()
 

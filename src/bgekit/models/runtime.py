@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bgekit.engine import Engine, EngineConfig, Precision, pad_batch, resolve_device, resolve_precision
+from bgekit.engine import Engine, EngineConfig, Precision, TokenBatch, resolve_device, resolve_precision
 from bgekit.errors import ModelFormatError
 from bgekit.models.kernels import fast_paths
 from bgekit.models.loading import key_mismatch, weights_error, weights_file
@@ -179,9 +179,7 @@ class FastPathCheck:
 def check_against_fp32(module: nn.Module, seqs: Sequence[TokenSeq], pad_id: int, fast: str) -> FastPathCheck:
     """Switch ``module``'s backbones to ``fast`` kernels, comparing them with fp32 on ``seqs``."""
     device = next(module.parameters()).device
-    batch = pad_batch(list(seqs), pad_id, device)
-    mask = batch.attention_mask.bool()
-    rows, last = torch.arange(len(seqs)), batch.lengths - 1
+    batch = TokenBatch.from_seqs(list(seqs), device, pad_id=pad_id)
     pooled = tokens = 1.0
     with torch.inference_mode():
         for path in fast_paths(module):
@@ -189,14 +187,13 @@ def check_against_fp32(module: nn.Module, seqs: Sequence[TokenSeq], pad_id: int,
             ref = path.hidden(batch).float()
             path.set_matmul(fast)  # type: ignore[arg-type]
             got = path.hidden(batch).float()
-            m = mask.unsqueeze(-1)
             for a, b in (
-                (ref[:, 0], got[:, 0]),
-                (ref[rows, last], got[rows, last]),
-                ((ref * m).sum(1), (got * m).sum(1)),
+                (ref[batch.first], got[batch.first]),
+                (ref[batch.last], got[batch.last]),
+                (batch.sum_rows(ref), batch.sum_rows(got)),
             ):
                 pooled = min(pooled, float(F.cosine_similarity(a, b, dim=-1).min()))
-            tokens = min(tokens, float(F.cosine_similarity(ref[mask], got[mask], dim=-1).min()))
+            tokens = min(tokens, float(F.cosine_similarity(ref, got, dim=-1).min()))
     return FastPathCheck(pooled, tokens)
 
 

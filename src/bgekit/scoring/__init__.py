@@ -14,7 +14,13 @@ from bgekit.scoring.quantize import (
     quantize_int8,
 )
 from bgekit.scoring.segments import segment_rows
-from bgekit.scoring.sparse import sparse_pair_scores, sparse_postings_scores, sparse_scores, to_csr
+from bgekit.scoring.sparse import (
+    max_per_token,
+    sparse_pair_scores,
+    sparse_postings_scores,
+    sparse_scores,
+    to_csr,
+)
 
 __all__ = [
     "DENSE_DTYPES",
@@ -25,6 +31,7 @@ __all__ = [
     "encoded_pair_scores",
     "hamming",
     "int8_scores",
+    "max_per_token",
     "maxsim_packed",
     "maxsim_pair_scores",
     "maxsim_scores",

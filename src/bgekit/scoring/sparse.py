@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -20,6 +21,42 @@ def _flatten(vecs: Sequence[SparseVec]) -> tuple[np.ndarray, np.ndarray, np.ndar
     ids = np.concatenate([v.indices for v in vecs])
     vals = np.concatenate([v.values for v in vecs])
     return rows, ids, vals
+
+
+def max_per_token(
+    rows: np.ndarray, ids: np.ndarray, weights: np.ndarray, n_rows: int, *, drop_ids: Collection[int] = ()
+) -> list[SparseVec]:
+    """Per row, each token id's largest weight: the one rule that makes several weights
+    of a token one sparse-vector entry (BGE-M3's sparse head over an input's tokens, the
+    windows of a long input, a chunk's tokens). Entries of weight <= 0 or with an id in
+    ``drop_ids`` (special tokens) are left out. ``rows``, ``ids``, ``weights``: one entry
+    each, in any order; rows run from 0 to ``n_rows - 1``.
+
+    Vectorised: every (row, token) pair becomes one integer key; the keys are sorted and
+    each key's weights reduced with a maximum.
+
+    >>> rows, ids = np.array([0, 0, 0, 2, 2, 2]), np.array([7, 3, 7, 7, 1, 5])
+    >>> w = np.array([0.5, 0.25, 0.75, 0.125, 0.0, 1.0])
+    >>> [v.to_dict() for v in max_per_token(rows, ids, w, 3, drop_ids={5})]
+    [{3: 0.25, 7: 0.75}, {}, {7: 0.125}]
+    """
+    rows, ids = np.asarray(rows, dtype=np.int64), np.asarray(ids, dtype=np.int64)
+    vals = np.asarray(weights, dtype=np.float32)
+    keep = vals > 0
+    if drop_ids:
+        keep &= ~np.isin(ids, np.fromiter(drop_ids, dtype=np.int64, count=len(drop_ids)))
+    rows, ids, vals = rows[keep], ids[keep], vals[keep]
+    if ids.size == 0:
+        return [SparseVec(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in range(n_rows)]
+    width = int(ids.max()) + 1
+    key = rows * width + ids
+    order = np.argsort(key, kind="stable")
+    key, vals = key[order], vals[order]
+    starts = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
+    vals, key = np.maximum.reduceat(vals, starts), key[starts]
+    rows, ids = key // width, key % width
+    bounds = np.searchsorted(rows, np.arange(n_rows + 1))
+    return [SparseVec(ids[a:b], vals[a:b]) for a, b in itertools.pairwise(bounds)]
 
 
 def to_csr(vecs: Sequence[SparseVec], vocab_size: int) -> sp.csr_matrix:

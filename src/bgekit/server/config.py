@@ -26,9 +26,9 @@ class ServerConfig:
     """What ``bgekit serve`` runs and its limits.
 
     ``engine`` is the one :class:`bgekit.EngineConfig` every served model runs on, with the
-    meaning it has everywhere (``max_batch_tokens``: the padded-token budget of one forward
+    meaning it has everywhere (``max_batch_tokens``: the token budget of one forward
     batch); the server turns its progress bar off. ``gather_tokens``: tokens of queued requests gathered into one
-    engine run (which then pads them in batches by length). ``max_concurrent_requests``:
+    engine run (which then batches them by length). ``max_concurrent_requests``:
     requests in flight before new ones get 429. ``max_input_tokens``: the longest input
     accepted (default: the model's limit; under ``long_input="chunk"`` 32,768 tokens, under
     ``"mcls"`` the position table); a longer one gets 413, or is cut to it when

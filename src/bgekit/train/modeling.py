@@ -107,15 +107,18 @@ class EmbedderTrainModel(nn.Module):
     def encode(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None
     ) -> _Reps:
-        batch = TokenBatch(input_ids, attention_mask, token_type_ids, attention_mask.sum(dim=1).cpu())
+        batch = TokenBatch.from_padded(input_ids, attention_mask, token_type_ids)
         m = self.module
-        hidden = m.hidden(batch)
+        hidden = m.hidden(batch)  # flat rows: the real tokens only
         dense = m.dense(hidden, batch, self.pooling, self.normalize)
         if not self.unified:
             return _Reps(dense, None, None, attention_mask)
-        weights = m.sparse_weights(hidden) * attention_mask.to(hidden.dtype)
+        # the losses take rectangular (inputs, positions, ...) tensors: flat rows padded again
+        # (pad positions weigh 0 and hold special ids; their multi-vectors are 0)
+        weights = batch.pad(m.sparse_weights(hidden))
         sparse = sparse_vocab_vectors(weights, input_ids, self.vocab_size, self.special_ids)
-        return _Reps(dense, sparse, m.multivectors(hidden, batch), attention_mask)
+        multivector = batch.pad(m.multivectors(hidden, batch), drop_first=True)
+        return _Reps(dense, sparse, multivector, attention_mask)
 
     def forward(
         self,
@@ -190,8 +193,7 @@ class RerankerTrainModel(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         teacher_scores: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        batch = TokenBatch(input_ids, attention_mask, token_type_ids, attention_mask.sum(dim=1).cpu())
-        logits = self.module(batch)
+        logits = self.module(TokenBatch.from_padded(input_ids, attention_mask, token_type_ids))
         teacher = None if teacher_scores is None else torch.softmax(teacher_scores.float().detach(), dim=-1)
         return {"loss": reranker_loss(logits, self.group_size, teacher), "logits": logits}
 

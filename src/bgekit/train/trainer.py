@@ -135,10 +135,10 @@ class GroupDataset(Dataset):
 
 
 def _tensors(prefix: str, seqs: Sequence[Any], pad_id: int) -> dict[str, torch.Tensor]:
-    batch = pad_batch(seqs, pad_id, torch.device("cpu"))
-    out = {f"{prefix}input_ids": batch.input_ids, f"{prefix}attention_mask": batch.attention_mask}
-    if batch.token_type_ids is not None:
-        out[f"{prefix}token_type_ids"] = batch.token_type_ids
+    view = pad_batch(seqs, pad_id, torch.device("cpu")).padded()
+    out = {f"{prefix}input_ids": view.input_ids, f"{prefix}attention_mask": view.attention_mask}
+    if view.token_type_ids is not None:
+        out[f"{prefix}token_type_ids"] = view.token_type_ids
     return out
 
 
