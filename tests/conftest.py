@@ -58,10 +58,15 @@ def bert_st_mean(models_root: Path) -> Path:
 @pytest.fixture(scope="session")
 def bge_named(models_root: Path, bert_st_mean: Path) -> Path:
     """The tiny BERT in a folder named like a known BGE model, without ST metadata."""
-    path = models_root / "bge-small-en-v1.5"
+    return named_copy(bert_st_mean, models_root / "bge-small-en-v1.5")
+
+
+def named_copy(folder: Path, path: Path) -> Path:
+    """``folder`` copied to ``path`` (named like a known model) without its sentence-
+    transformers metadata, so that bgekit's table decides its settings."""
     if not path.exists():
         shutil.copytree(
-            bert_st_mean,
+            folder,
             path,
             ignore=shutil.ignore_patterns("modules.json", "1_Pooling", "sentence_bert_config.json"),
         )

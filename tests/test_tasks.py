@@ -19,6 +19,7 @@ from bgekit.cli.main import main
 from bgekit.models.registry import LLM_EMBEDDER_TASKS
 from bgekit.train.data import parse_example
 from bgekit.train.trainer import EmbedderCollator
+from tests.conftest import named_copy
 from tests.reference import PlainEncoder
 from tests.tiny_models import CORPUS
 
@@ -30,14 +31,7 @@ TASKS = [name for name, _, _ in LLM_EMBEDDER_TASKS]
 @pytest.fixture(scope="module")
 def llm_embedder(models_root: Path, bert_st_mean: Path) -> Path:
     """The tiny BERT in a folder named like BAAI/llm-embedder (bgekit's table gives its tasks)."""
-    path = models_root / "llm-embedder"
-    if not path.exists():
-        shutil.copytree(
-            bert_st_mean,
-            path,
-            ignore=shutil.ignore_patterns("modules.json", "1_Pooling", "sentence_bert_config.json"),
-        )
-    return path
+    return named_copy(bert_st_mean, models_root / "llm-embedder")
 
 
 @pytest.fixture(scope="module")
