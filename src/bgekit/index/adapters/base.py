@@ -113,7 +113,8 @@ class VectorDBIndex:
         tokens: Sequence[TokenSeq] | None = None,
     ) -> list[list[Hit]]:
         """The ``k`` best documents per query; ``tokens``: the queries already tokenised
-        (``embedder.tokenize(queries, kind="query")``), not tokenised again."""
+        with the config's task (``embedder.tokenize(queries, kind="query", task=...)``), not
+        tokenised again."""
         if check_mode(mode) not in self.backend.modes:
             raise InputError(f"{type(self.backend).__name__} does not search in {mode} mode")
         if mode in ("dense", "sparse", "multivector") and mode not in self.outputs:
@@ -127,7 +128,8 @@ class VectorDBIndex:
             if cfg.fusion == "auto" and fusion not in self.backend.fusions:
                 fusion = self.backend.fusions[0]  # type: ignore[assignment]
             cfg = dataclasses.replace(cfg, fusion=fusion)
-        seqs = self.embedder.tokenize(texts, kind="query") if tokens is None else tokens
+        task = self.config.task
+        seqs = self.embedder.tokenize(texts, kind="query", task=task) if tokens is None else tokens
         q = self.embedder.encode_tokens(seqs, outputs=self.outputs)
         limit = chunk_depth(k)
         return [
