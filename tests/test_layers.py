@@ -7,7 +7,7 @@ constant name — must reach its own layer or one below. The order, lowest first
 from the imports as they are; a module may import only from its own row and the rows above):
 
  0. ``errors``, ``types``            what everything shares; import nothing of bgekit
- 1. ``inputs``, ``io``               input checks, files (use errors / types)
+ 1. ``inputs``, ``io``, ``images``   input checks, files, image inputs (use errors / types)
  2. ``engine``                       batching, devices, precision
  3. ``scoring``                      pure numpy scoring and dense quantisation
  4. ``models``                       loading, tokenizers, backbones, Embedder, Reranker
@@ -40,7 +40,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS: list[set[str]] = [
     {"errors", "types"},
-    {"inputs", "io"},
+    {"inputs", "io", "images"},
     {"engine"},
     {"scoring"},
     {"models"},

@@ -244,14 +244,23 @@ class RerankResult:
 
 @dataclass(frozen=True)
 class TokenSeq:
-    """One tokenised input: ids with special tokens, and segment ids when the model uses them."""
+    """One tokenised input: ids with special tokens, and segment ids when the model uses them.
+
+    ``media``: what the model's forward computes some token slots from (an image:
+    :class:`bgekit.images.ImagePart`), carried to the batch as it is; the engine, which
+    counts the slots as tokens, never reads it.
+    """
 
     ids: Sequence[int]
     type_ids: Sequence[int] | None = None
     truncated: bool = False
+    media: object | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+MODALITY_LABELS = {"text": "text", "image": "images", "text+image": "image + text (composed)"}
 
 
 @dataclass(frozen=True)
@@ -285,6 +294,7 @@ class ModelInfo:
     passage_instruction: str = ""
     tasks: tuple[str, ...] = ()
     default_task: str | None = None
+    modalities: tuple[str, ...] = ("text",)
 
     def describe(self) -> Iterator[tuple[str, str]]:
         """Readable (label, value) rows, for ``bgekit info``."""
@@ -296,6 +306,7 @@ class ModelInfo:
         if self.task == "embedder":
             yield "pooling", self.pooling + (", L2-normalised" if self.normalize else "")
             yield "outputs", ", ".join(self.heads)
+            yield "inputs", ", ".join(MODALITY_LABELS.get(m, m) for m in self.modalities)
             if self.multivector_dim is not None:
                 yield "multi-vector dim", str(self.multivector_dim)
             yield (

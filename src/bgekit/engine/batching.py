@@ -34,7 +34,8 @@ class TokenBatch:
     Input ``i`` owns flat rows ``offsets[i]:offsets[i + 1]`` (cu_seqlens), and so do the
     flat per-token outputs ``(total, ...)`` computed from it. :meth:`padded` lays the batch
     out as padded tensors, with ``pad_id`` on ``padding_side``, for forwards that need them
-    (transformers models); it is built on first use and kept.
+    (transformers models); it is built on first use and kept. ``media``: each input's
+    :attr:`~bgekit.types.TokenSeq.media` (``()`` when none has any), for the model's forward.
     """
 
     ids: torch.Tensor
@@ -42,6 +43,7 @@ class TokenBatch:
     type_ids: torch.Tensor | None = None
     pad_id: int = 0
     padding_side: Literal["right", "left"] = "right"
+    media: tuple[object | None, ...] = ()
     _padded: PaddedView | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -53,6 +55,8 @@ class TokenBatch:
             )
         if len(self.lengths) and int(self.lengths.min()) < 1:
             raise BgekitError(f"input {int(self.lengths.argmin())} of the batch has no tokens")
+        if self.media and len(self.media) != len(self.lengths):
+            raise BgekitError(f"{len(self.media)} media entries for a batch of {len(self.lengths)}")
 
     @classmethod
     def from_seqs(
@@ -74,7 +78,10 @@ class TokenBatch:
             types = torch.from_numpy(
                 np.fromiter(itertools.chain.from_iterable(parts), dtype=np.int64, count=total)
             ).to(device)
-        return cls(torch.from_numpy(ids).to(device), torch.from_numpy(lengths), types, pad_id, padding_side)
+        media = tuple(s.media for s in seqs) if any(s.media is not None for s in seqs) else ()
+        return cls(
+            torch.from_numpy(ids).to(device), torch.from_numpy(lengths), types, pad_id, padding_side, media
+        )
 
     @classmethod
     def from_padded(

@@ -20,6 +20,7 @@ import numpy as np
 
 from bgekit.engine import EngineConfig
 from bgekit.errors import InputError, MissingHeadError, ModelFormatError
+from bgekit.images import Item
 from bgekit.inputs import check_pairs
 from bgekit.models.backbones import make_backbone
 from bgekit.models.encoder_weights import packed_from_folder
@@ -29,9 +30,10 @@ from bgekit.models.long_input import LongInputPolicy, combine_rows, stitch_each
 from bgekit.models.processor import TextProcessor, long_input_policy
 from bgekit.models.prompts import Example, Prompts
 from bgekit.models.registry import lookup
-from bgekit.models.runtime import LoadedModel, load_transformers_model
+from bgekit.models.runtime import CHECK_TEXTS, LoadedModel, load_transformers_model
 from bgekit.models.settings import EmbedderSettings, is_decoder, resolve_info
 from bgekit.models.tokenizer import TextTokenizer
+from bgekit.models.vision import load_image_model
 from bgekit.scoring import encoded_pair_scores
 from bgekit.types import EmbeddingRow, Encoded, Kind, OutputKind, Outputs, PairScores, TokenSeq
 
@@ -52,7 +54,8 @@ class Embedder(LoadedModel):
         settings: EmbedderSettings,
         engine: EngineConfig | None = None,
     ):
-        super().__init__(model, processor.tokenizer, processor.info, engine)
+        texts = processor.tokenizer.encode(list(CHECK_TEXTS), min(processor.info.passage_max_length, 256))
+        super().__init__(model, processor.tokenizer, processor.info, engine, processor.check_seqs(texts))
         self.processor = processor
         self.prompts = prompts
         self.settings = settings  # what it was loaded with: an index manifest records them
@@ -75,6 +78,14 @@ class Embedder(LoadedModel):
         ``examples`` (``{"instruct", "query", "response"}`` dicts) turn on in-context
         learning for queries, as bge-en-icl does.
         """
+        s = settings or EmbedderSettings()
+        engine = engine or EngineConfig()
+        image_model = load_image_model(name_or_path, revision=revision, settings=s, engine=engine)
+        if image_model is not None:  # BGE-Visualized, BGE-VL
+            model, image_processor, prompts = image_model
+            if examples is not None:
+                prompts = prompts.with_examples(examples)
+            return cls(model, image_processor, prompts, s, engine)
         path = resolve_model_dir(name_or_path, revision)
         meta = read_folder(path)
         if meta.is_cross_encoder:
@@ -84,7 +95,6 @@ class Embedder(LoadedModel):
         known = lookup(name_or_path, str(path))
         if known is not None and known[1].task != "embedder":
             raise ModelFormatError(f"{name_or_path} is a {known[1].task}; load it with Reranker")
-        s = settings or EmbedderSettings()
         hidden_size = int(meta.config.get("hidden_size", 0))
         colbert = load_linear(meta.colbert_head, hidden_size) if meta.colbert_head else None
         sparse = load_linear(meta.sparse_head, hidden_size) if meta.sparse_head else None
@@ -103,7 +113,6 @@ class Embedder(LoadedModel):
         )
         with_types = int(meta.config.get("type_vocab_size", 0)) > 1
         tokenizer = TextTokenizer.from_folder(path, with_type_ids=with_types)
-        engine = engine or EngineConfig()
         packed = packed_from_folder(path, meta.config) if engine.backend == "auto" else None
         backbone = (
             make_backbone(load_transformers_model(path, cross_encoder=False), engine.backend)
@@ -176,7 +185,7 @@ class Embedder(LoadedModel):
 
     def tokenize(
         self,
-        texts: Sequence[str],
+        texts: Sequence[Item],
         *,
         kind: Kind = "document",
         instruction: str | None = None,
@@ -202,7 +211,7 @@ class Embedder(LoadedModel):
 
     def encode(
         self,
-        texts: Sequence[str],
+        texts: Sequence[Item],
         *,
         kind: Kind = "document",
         outputs: Outputs | Sequence[str] = ("dense",),
@@ -210,7 +219,10 @@ class Embedder(LoadedModel):
         task: str | None = None,
     ) -> Encoded:
         """Encode texts; queries get the query instruction (or ``instruction``), passages
-        the passage instruction, both the ``task``'s when one is named (or the default)."""
+        the passage instruction, both the ``task``'s when one is named (or the default).
+        Image models (see ``info.modalities``) also take images — a path as ``Path``, bytes,
+        a PIL image or :class:`~bgekit.images.ImageInput` — and image + text inputs
+        (:class:`~bgekit.images.Composed`, or ``{"image": ..., "text": ...}``)."""
         wanted = self.check_outputs(outputs)
         seqs = self.tokenize(texts, kind=kind, instruction=instruction, task=task)
         enc = self.encode_tokens(seqs, outputs=wanted)
@@ -224,7 +236,7 @@ class Embedder(LoadedModel):
 
     def encode_queries(
         self,
-        texts: Sequence[str],
+        texts: Sequence[Item],
         *,
         outputs: Outputs | Sequence[str] = ("dense",),
         instruction: str | None = None,
@@ -234,7 +246,7 @@ class Embedder(LoadedModel):
         return self.encode(texts, kind="query", outputs=outputs, instruction=instruction, task=task)
 
     def encode_corpus(
-        self, texts: Sequence[str], *, outputs: Outputs | Sequence[str] = ("dense",), task: str | None = None
+        self, texts: Sequence[Item], *, outputs: Outputs | Sequence[str] = ("dense",), task: str | None = None
     ) -> Encoded:
         """``encode(texts, kind="document")``: passages get the passage instruction, if any."""
         return self.encode(texts, kind="document", outputs=outputs, task=task)

@@ -85,6 +85,12 @@ class EncoderWithHeads(nn.Module):
         """Whether the backbone computes on real tokens only (the engine's budget follows)."""
         return bool(getattr(self.backbone, "packed", False))
 
+    @property
+    def pooled(self) -> bool:
+        """Whether the backbone returns one vector per input (CLIP-style towers with their
+        own projections) instead of per-token hidden states."""
+        return bool(getattr(self.backbone, "pooled", False))
+
     def hidden(self, batch: TokenBatch) -> torch.Tensor:
         return self.backbone(batch)
 
@@ -142,6 +148,8 @@ class TokenRunner:
 
     def __call__(self, batch: TokenBatch) -> list[TokenOutputs]:
         model = self.model
+        if model.pooled:
+            raise ModelFormatError("this model gives one vector per input; it has no per-token states")
         hidden = model.hidden(batch)
         lengths = batch.lengths.tolist()
         n = len(lengths)
@@ -201,7 +209,8 @@ class EmbedRunner:
         multi: list[np.ndarray | None] = [None] * n
         cls_at = [mcls_positions(int(m), *self.mcls) for m in lengths] if self.mcls else None
         if "dense" in self.outputs:
-            vec = pool(hidden, batch, self.pooling)  # a new tensor (gathered rows)
+            # a new tensor (gathered rows); a pooled backbone already gives one row per input
+            vec = hidden.clone() if model.pooled else pool(hidden, batch, self.pooling)
             for i, at in enumerate(cls_at or ()):
                 if len(at) > 1:  # one CLS: the usual first-token vector, bit for bit
                     vec[i] = hidden[torch.from_numpy(at + starts[i]).to(hidden.device)].mean(dim=0)

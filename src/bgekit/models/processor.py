@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from bgekit.errors import InputError, ModelFormatError
+from bgekit.images import Item, is_image_like
 from bgekit.inputs import check_texts
 from bgekit.models.long_input import (
     DEFAULT_OVERLAP,
@@ -51,7 +52,7 @@ class TextProcessor:
 
     def tokenize(
         self,
-        texts: Sequence[str],
+        texts: Sequence[Item],
         prompts: Prompts,
         *,
         kind: Kind = "document",
@@ -62,7 +63,7 @@ class TextProcessor:
         queries), cut to the query or passage limit; ``truncated`` marks a cut."""
         if kind not in KINDS:
             raise InputError(f"kind must be 'query' or 'document', got {kind!r}")
-        items = check_texts(texts)
+        items = self.texts_only(texts)
         items = prompts.apply(items, kind, task=task, instruction=instruction)
         if not items:
             return []
@@ -74,6 +75,23 @@ class TextProcessor:
         if self.long.policy == "mcls":
             return self._mcls(self.tokenizer.ids(items), limit)
         return self.tokenizer.encode(items, UNLIMITED if limit is None else limit)
+
+    def check_seqs(self, texts: Sequence[TokenSeq]) -> list[TokenSeq]:
+        """What a fast path is checked against fp32 on at load (texts; image models add
+        images)."""
+        return list(texts)
+
+    def texts_only(self, texts: object) -> list[str]:
+        """``texts`` checked as a list of strings; an image among them is refused naming the
+        model, which reads text only."""
+        if isinstance(texts, Sequence) and not isinstance(texts, str):
+            for i, t in enumerate(texts):
+                if not isinstance(t, str) and is_image_like(t):
+                    raise InputError(
+                        f"inputs[{i}] is an image, but {self.info.name} reads text only; "
+                        "image models: BGE-Visualized (BAAI/bge-visualized), BGE-VL (BAAI/BGE-VL-base, -large)"
+                    )
+        return check_texts(texts)
 
     def tokenize_ids(self, ids: Sequence[Sequence[int]]) -> list[TokenSeq]:
         """Documents given as token ids (no special tokens), laid out as :meth:`tokenize`

@@ -187,6 +187,9 @@ def check_against_fp32(module: nn.Module, seqs: Sequence[TokenSeq], pad_id: int,
             ref = path.hidden(batch).float()
             path.set_matmul(fast)  # type: ignore[arg-type]
             got = path.hidden(batch).float()
+            if getattr(path, "pooled", False):  # one vector per input: compare those
+                pooled = min(pooled, float(F.cosine_similarity(ref, got, dim=-1).min()))
+                continue
             for a, b in (
                 (ref[batch.first], got[batch.first]),
                 (ref[batch.last], got[batch.last]),
@@ -256,11 +259,15 @@ class LoadedModel:
         tokenizer: TextTokenizer,
         info: ModelInfo,
         engine: EngineConfig | None = None,
+        check: Sequence[TokenSeq] | None = None,
     ):
         self.info = info
         self.tokenizer = tokenizer
         self._engine = Engine(engine or EngineConfig())
-        check = tokenizer.encode(list(CHECK_TEXTS), min(info.passage_max_length, 256))
+        # what a fast path is checked on at load: CHECK_TEXTS, unless the model brings inputs
+        # of its own (an image model adds an image, so its vision tower is checked too)
+        if check is None:
+            check = tokenizer.encode(list(CHECK_TEXTS), min(info.passage_max_length, 256))
         placed = place_replicas(model, self._engine.config, check, tokenizer.pad_id)
         self._replicas = [(m, d) for m, d, _ in placed]
         self.precisions = [p for _, _, p in placed]

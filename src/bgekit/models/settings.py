@@ -39,6 +39,10 @@ class EmbedderSettings:
     mcls, the longest document kept (longer ones are cut at the end and counted as
     truncated; default: no limit for chunk, the position table for mcls). Queries are cut
     at ``query_max_length`` under every policy (under mcls they get its CLS layout too).
+    ``text_model``: for a BGE-Visualized checkpoint (a ``.pth``), the text model it was
+    trained on (hub id or folder with its config and tokenizer); by default the one its file
+    name says (``Visualized_base_en_v1.5.pth``: BAAI/bge-base-en-v1.5; ``Visualized_m3.pth``:
+    BAAI/bge-m3).
     """
 
     pooling: str | None = None
@@ -53,6 +57,7 @@ class EmbedderSettings:
     max_input_tokens: int | None = None
     passage_instruction: str | None = None
     task: str | None = None
+    text_model: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as JSON-ready data (what an index manifest records)."""
