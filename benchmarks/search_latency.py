@@ -67,7 +67,7 @@ def main() -> None:
     from bgekit.eval import compute_metrics, load_beir
     from bgekit.index import read_source
     from bgekit.index.adapters import MilvusBackend, QdrantBackend, VectorDBIndex
-    from bgekit.index.documents import best_chunk_per_document
+    from bgekit.index.chunking import best_chunk_per_document
     from bgekit.retrieval import HybridConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="bgekit-bench-"))
@@ -170,7 +170,7 @@ def main() -> None:
                 "mv": np.asarray(index._mv),
                 "off": np.asarray(index._mv_offsets),
             }
-            from bgekit.index.documents import chunk_documents
+            from bgekit.index.chunking import chunk_documents
             from bgekit.types import Encoded, SparseVec
 
             def reuse(d, e, outs, ct, co):  # type: ignore[no-untyped-def]

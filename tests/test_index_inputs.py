@@ -13,7 +13,8 @@ import pytest
 from bgekit import Document, Embedder, EngineConfig, Index, IndexConfig, InputError
 from bgekit.cli.main import main
 from bgekit.index import read_source
-from bgekit.index.documents import MAX_METADATA_DEPTH, SPAN_PIECE_CHARS, token_spans
+from bgekit.index.chunking import SPAN_PIECE_CHARS, token_spans
+from bgekit.index.documents import MAX_METADATA_DEPTH
 
 ENGINE = EngineConfig(dtype="float32", progress=False)
 

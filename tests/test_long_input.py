@@ -343,7 +343,7 @@ def test_independent_chunks_leave_room_for_the_title(minilm: Path) -> None:
     import json
 
     from bgekit.index import Document, chunk_documents
-    from bgekit.index.documents import encode_chunks, encoding_text
+    from bgekit.index.chunking import encode_chunks, encoding_text
 
     model = Embedder.from_pretrained(str(minilm), engine=EngineConfig(device="cpu"))
     rows = [json.loads(x) for x in (Path(__file__).parent.parent / "data/scifact/corpus.jsonl").open()]

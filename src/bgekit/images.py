@@ -42,9 +42,11 @@ __all__ = [
     "has_images",
     "image_from_base64",
     "is_image_like",
+    "is_image_path",
     "load_pixels",
     "open_image",
     "preprocess",
+    "text_of",
 ]
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -134,6 +136,13 @@ def check_items(items: object, what: str = "inputs") -> list[Item]:
     if not isinstance(items, Sequence):
         raise InputError(f"{what} must be a list, got {type(items).__name__}")
     return [as_item(x, f"{what}[{i}]") for i, x in enumerate(items)]
+
+
+def text_of(item: Item) -> str:
+    """The text part of an input (``""`` for an image alone): what lexical search reads."""
+    if isinstance(item, str):
+        return item
+    return item.text if isinstance(item, Composed) else ""
 
 
 def has_images(items: Iterable[object]) -> bool:

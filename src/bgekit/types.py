@@ -232,6 +232,7 @@ class Hit:
     chunk: int = 0
     metadata: dict[str, object] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)
+    image: str | None = None  # an image document's file (stored by reference)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from bgekit.cli.common import (
     task_arg,
 )
 from bgekit.errors import InputError
+from bgekit.images import Composed, ImageInput, Item
 from bgekit.retrieval.dense_store import DEFAULT_RESCORE
 from bgekit.scoring.quantize import DENSE_DTYPES
 
@@ -170,7 +171,14 @@ def _hit_dict(h: Any) -> dict[str, Any]:
         "text": h.text,
         "scores": h.scores,
         "metadata": h.metadata,
+        **({"image": h.image} if h.image is not None else {}),
     }
+
+
+def _shown_query(ns: argparse.Namespace) -> str:
+    text = f'"{visible(ns.query)}"' if ns.query.strip() else ""
+    image = f"image {visible(ns.image)}" if ns.image else ""
+    return " + ".join(x for x in (image, text) if x)
 
 
 def cmd_search(ns: argparse.Namespace) -> int:
@@ -178,8 +186,12 @@ def cmd_search(ns: argparse.Namespace) -> int:
     from bgekit.models import Reranker
     from bgekit.retrieval import Pipeline
 
-    if not ns.query.strip():
-        raise InputError("the query is empty")
+    query: Item = ns.query or ""
+    if ns.image is not None:
+        image = ImageInput.of(Path(ns.image))
+        query = Composed(ns.query, image) if ns.query.strip() else image
+    elif not ns.query.strip():
+        raise InputError("the query is empty (give a text, an --image, or both)")
     if ns.k < 1:
         raise InputError(f"-k must be at least 1, got {ns.k}")
     index = Index.load(ns.index, engine=engine_config(ns))
@@ -196,13 +208,14 @@ def cmd_search(ns: argparse.Namespace) -> int:
     )
     pipe = Pipeline(None, index, reranker, retrieve=ns.rerank_top, mode=ns.mode, hybrid=hybrid)
     start = time.perf_counter()
-    hits = pipe.search([ns.query], ns.k)[0]
+    hits = pipe.search([query], ns.k)[0]
     seconds = time.perf_counter() - start
     if ns.json:
         print(
             json.dumps(
                 {
                     "query": ns.query,
+                    **({"image": ns.image} if ns.image else {}),
                     "mode": ns.mode,
                     "seconds": seconds,
                     "hits": [_hit_dict(h) for h in hits],
@@ -213,12 +226,14 @@ def cmd_search(ns: argparse.Namespace) -> int:
         )
         return 0
     print(
-        f'{len(hits)} results for "{visible(ns.query)}" ({ns.mode}{", reranked" if reranker else ""}, {1000 * seconds:.0f} ms)\n'
+        f"{len(hits)} results for {_shown_query(ns)} ({ns.mode}{', reranked' if reranker else ''}, {1000 * seconds:.0f} ms)\n"
     )
     for rank, h in enumerate(hits, start=1):
         detail = ", ".join(f"{k} {v:.3f}" for k, v in h.scores.items() if k != "retrieval" or reranker)
         print(f"{rank:>2}. [{visible(h.id)}] {visible(h.title or '')}".rstrip())
         print(f"    score {h.score:.4f} ({detail})")
+        if h.image is not None:
+            print(f"    image: {visible(h.image)}")
         text = " ".join(h.text.split())
         print(f"    {visible(text[:300])}{'...' if len(text) > 300 else ''}\n")
     return 0
@@ -305,7 +320,10 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("search", help="search an index (optionally rerank)")
     p.add_argument("index", help="the index folder")
-    p.add_argument("query", help="what to search for")
+    p.add_argument("query", nargs="?", default="", help="what to search for (with --image: the text with it)")
+    p.add_argument(
+        "--image", metavar="PATH", help="search by this image (with a query text: by both; image models)"
+    )
     p.add_argument("-k", type=int, default=10, help="documents to show")
     search_args(p, default_mode="hybrid")
     p.add_argument("--reranker", help="cross-encoder for a second stage")

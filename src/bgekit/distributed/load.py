@@ -12,7 +12,8 @@ from typing import Any, Protocol
 
 from bgekit.distributed.shards import EncodedShards, ShardHeader, iter_shards, read_shards, verify_shards
 from bgekit.errors import InputError
-from bgekit.index.documents import AddReport, Chunk, Document
+from bgekit.index.chunking import Chunk
+from bgekit.index.documents import AddReport, Document
 from bgekit.index.rows import ChunkSettings
 from bgekit.models import Embedder, model_fingerprint
 from bgekit.types import Encoded

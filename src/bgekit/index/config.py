@@ -9,7 +9,8 @@ from typing import Any, Literal
 
 from bgekit.errors import InputError
 from bgekit.index import storage
-from bgekit.index.documents import CHUNKINGS, DEFAULT_MAX_DOCUMENT_CHARS, OVERSIZE, Chunking, Oversize
+from bgekit.index.chunking import CHUNKINGS, Chunking
+from bgekit.index.documents import DEFAULT_MAX_DOCUMENT_CHARS, OVERSIZE, Oversize
 from bgekit.retrieval.dense_store import DEFAULT_RESCORE, check_dense_dtype
 from bgekit.scoring.quantize import DenseDtype
 from bgekit.types import OutputKind, Outputs

@@ -13,15 +13,12 @@ from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from bgekit.errors import InputError
+from bgekit.index.chunking import CHUNKINGS, Chunk, Chunking, encode_chunks
 from bgekit.index.documents import (
-    CHUNKINGS,
     OVERSIZE,
-    Chunk,
-    Chunking,
     Document,
     Oversize,
     check_documents,
-    encode_chunks,
     shown_id,
     within_size,
     without_empty,

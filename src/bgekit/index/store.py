@@ -14,20 +14,14 @@ import scipy.sparse as sp
 
 from bgekit.engine import EngineConfig
 from bgekit.errors import InputError
+from bgekit.images import Item, check_items, text_of
 from bgekit.index import storage
+from bgekit.index.chunking import Chunk, best_chunk_per_document, encoding_text, one_chunk_each
 from bgekit.index.config import IndexConfig, IndexInfo, inspect_index
-from bgekit.index.documents import (
-    AddReport,
-    Chunk,
-    Document,
-    best_chunk_per_document,
-    encoding_text,
-    one_chunk_each,
-)
+from bgekit.index.documents import AddReport, Document
 from bgekit.index.lock import IndexConflictError, WriteLock
 from bgekit.index.model_record import check_same_model, embedder_from_record, model_record
 from bgekit.index.rows import ChunkSettings, chunk_rows, encoded_chunk_rows
-from bgekit.inputs import check_texts
 from bgekit.models import Embedder
 from bgekit.retrieval.bm25 import Bm25
 from bgekit.retrieval.core import HybridConfig, SearchPlan, chunk_depth, search
@@ -222,7 +216,7 @@ class Index:
 
     def search(
         self,
-        queries: Sequence[str],
+        queries: Sequence[Item],
         k: int = 10,
         *,
         mode: SearchMode = "hybrid",
@@ -232,22 +226,28 @@ class Index:
         """The ``k`` best documents per query (each shown with its best chunk), searched by
         :func:`bgekit.retrieval.search` (a hybrid is dense + lexical — the sparse head, or
         BM25 for models without one — + multi-vector when indexed)."""
-        texts = check_texts(queries, "queries")
+        items = self._queries(queries)
         plan = self.plan(mode, hybrid)
-        q = self.encode_queries(texts, plan, tokens=tokens)
-        return self.search_encoded(q, texts, k, plan=plan)
+        q = self.encode_queries(items, plan, tokens=tokens)
+        return self.search_encoded(q, [text_of(x) for x in items], k, plan=plan)
+
+    def _queries(self, queries: Sequence[Item]) -> list[Item]:
+        """Queries checked: texts, and for an image model also images and image + text."""
+        if "image" in self.embedder.info.modalities:
+            return check_items(queries, "queries")
+        return list(self.embedder.processor.texts_only(queries, "queries"))
 
     def plan(self, mode: SearchMode = "hybrid", hybrid: HybridConfig | None = None) -> SearchPlan:
         """The plan of a search in ``mode`` over this index (made once per search)."""
         return SearchPlan.make(mode, self.scorers, hybrid)
 
-    def tokenize_queries(self, queries: Sequence[str]) -> list[TokenSeq]:
+    def tokenize_queries(self, queries: Sequence[Item]) -> list[TokenSeq]:
         """Queries as this index's searches tokenise them (its task's query instruction)."""
-        return self.embedder.tokenize(check_texts(queries, "queries"), kind="query", task=self.config.task)
+        return self.embedder.tokenize(self._queries(queries), kind="query", task=self.config.task)
 
     def encode_queries(
         self,
-        queries: Sequence[str],
+        queries: Sequence[Item],
         plan: SearchPlan | SearchMode = "hybrid",
         hybrid: HybridConfig | None = None,
         *,
@@ -255,7 +255,7 @@ class Index:
     ) -> Encoded:
         """The query encodings a search needs (none for BM25); ``tokens``: the queries
         already tokenised by :meth:`tokenize_queries` (not tokenised again)."""
-        texts = check_texts(queries, "queries")
+        texts = self._queries(queries)
         wanted = (plan if isinstance(plan, SearchPlan) else self.plan(plan, hybrid)).outputs
         if not wanted or not texts:
             return Encoded()
@@ -295,6 +295,7 @@ class Index:
                     chunk=int(self._chunk_no[row]),
                     metadata=d.metadata,
                     scores={m: float(s[j]) for m, s in ranking.modes.items()},
+                    image=d.image,
                 )
 
         return best_chunk_per_document(chunk_hits(), k)
@@ -345,7 +346,7 @@ class Index:
         if self._mv is not None:
             arrays |= {"multivector": np.asarray(self._mv), "multivector_offsets": self._mv_offsets}
         records: dict[str, list[Any]] = {
-            "documents": [{"id": d.id, "title": d.title, "metadata": d.metadata} for d in self._docs],
+            "documents": [_doc_record(d) for d in self._docs],
             "chunks": self._chunk_text,
         }
         manifest = {
@@ -432,7 +433,9 @@ class Index:
         index = cls(embedder, config)
         arrays, records = storage.read_generation(root, manifest, mmap)
         try:
-            index._docs = [Document(r["id"], "", r["title"], r["metadata"]) for r in records["documents"]]
+            index._docs = [
+                Document(r["id"], "", r["title"], r["metadata"], r.get("image")) for r in records["documents"]
+            ]
             index._chunk_text = [str(t) for t in records["chunks"]]
             if "sparse_indptr" in arrays:
                 index._sparse = sp.csr_matrix(
@@ -490,3 +493,11 @@ class Index:
             disk_bytes=disk,
             generation=self._generation,
         )
+
+
+def _doc_record(d: Document) -> dict[str, Any]:
+    """What a save keeps of a document (its text lives in its chunks; an image by path)."""
+    record: dict[str, Any] = {"id": d.id, "title": d.title, "metadata": d.metadata}
+    if d.image is not None:
+        record["image"] = d.image
+    return record

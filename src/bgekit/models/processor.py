@@ -81,17 +81,17 @@ class TextProcessor:
         images)."""
         return list(texts)
 
-    def texts_only(self, texts: object) -> list[str]:
+    def texts_only(self, texts: object, what: str = "texts") -> list[str]:
         """``texts`` checked as a list of strings; an image among them is refused naming the
         model, which reads text only."""
         if isinstance(texts, Sequence) and not isinstance(texts, str):
             for i, t in enumerate(texts):
                 if not isinstance(t, str) and is_image_like(t):
                     raise InputError(
-                        f"inputs[{i}] is an image, but {self.info.name} reads text only; "
+                        f"{what}[{i}] is an image, but {self.info.name} reads text only; "
                         "image models: BGE-Visualized (BAAI/bge-visualized), BGE-VL (BAAI/BGE-VL-base, -large)"
                     )
-        return check_texts(texts)
+        return check_texts(texts, what)
 
     def tokenize_ids(self, ids: Sequence[Sequence[int]]) -> list[TokenSeq]:
         """Documents given as token ids (no special tokens), laid out as :meth:`tokenize`

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from bgekit.errors import InputError
+from bgekit.images import Item, has_images
 from bgekit.inputs import passage_text
 from bgekit.retrieval.core import HybridConfig
 from bgekit.retrieval.rerank import rerank_rankings
@@ -25,7 +26,7 @@ class Searchable(Protocol):
 
     def search(
         self,
-        queries: Sequence[str],
+        queries: Sequence[Item],
         k: int = 10,
         *,
         mode: SearchMode = "hybrid",
@@ -63,12 +64,15 @@ class Pipeline:
         self.hybrid = hybrid
 
     def search(
-        self, queries: Sequence[str], k: int = 10, *, tokens: Sequence[TokenSeq] | None = None
+        self, queries: Sequence[Item], k: int = 10, *, tokens: Sequence[TokenSeq] | None = None
     ) -> list[list[Hit]]:
-        """The ``k`` best hits per query; ``tokens``: the queries already tokenised the way
-        the index does (``Index.tokenize_queries``), not tokenised again."""
+        """The ``k`` best hits per query (texts; for an image model's index also images and
+        image + text); ``tokens``: the queries already tokenised the way the index does
+        (``Index.tokenize_queries``), not tokenised again."""
         if k < 1:
             raise InputError(f"k must be at least 1, got {k}")
+        if self.reranker is not None and has_images(queries):
+            raise InputError("a reranker reads text; search image queries without one")
         depth = max(k, self.retrieve) if self.reranker is not None else k
         first = self.index.search(queries, depth, mode=self.mode, hybrid=self.hybrid, tokens=tokens)
         if self.reranker is None:
@@ -82,7 +86,7 @@ class Pipeline:
         ]
         reranked = rerank_rankings(
             self.reranker,
-            list(queries),
+            [q for q in queries if isinstance(q, str)],
             rankings,
             lambda qi, j: passage_text(first[qi][j].title, first[qi][j].text),
             self.retrieve,

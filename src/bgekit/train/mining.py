@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bgekit.errors import InputError
-from bgekit.index.documents import Document, encoding_text
+from bgekit.index.chunking import encoding_text
+from bgekit.index.documents import Document
 
 if TYPE_CHECKING:
     from bgekit.models import Embedder, Reranker

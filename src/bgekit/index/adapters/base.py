@@ -11,15 +11,9 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from bgekit.errors import InputError
-from bgekit.index.documents import (
-    AddReport,
-    Chunk,
-    Document,
-    best_chunk_per_document,
-    check_documents,
-    one_chunk_each,
-    without_empty,
-)
+from bgekit.images import Item, check_items
+from bgekit.index.chunking import Chunk, best_chunk_per_document, one_chunk_each
+from bgekit.index.documents import AddReport, Document, check_documents, without_empty
 from bgekit.index.rows import ChunkSettings, chunk_rows, encoded_chunk_rows
 from bgekit.index.store import IndexConfig
 from bgekit.inputs import check_texts
@@ -105,7 +99,7 @@ class VectorDBIndex:
 
     def search(
         self,
-        queries: Sequence[str],
+        queries: Sequence[Item],
         k: int = 10,
         *,
         mode: SearchMode = "hybrid",
@@ -121,7 +115,8 @@ class VectorDBIndex:
             raise InputError(f"this index holds no {mode} vectors (it holds: {', '.join(self.outputs)})")
         if k < 1:
             raise InputError(f"k must be at least 1, got {k}")
-        texts = check_texts(queries, "queries")
+        images = "image" in self.embedder.info.modalities
+        texts = check_items(queries, "queries") if images else check_texts(queries, "queries")
         cfg = hybrid or HybridConfig()
         if mode == "hybrid":
             fusion = cfg.fusion_for(self.outputs)

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from bgekit.errors import BgekitError, InputError
-from bgekit.index.documents import Chunk, Document
+from bgekit.index.chunking import Chunk
+from bgekit.index.documents import Document
 from bgekit.retrieval.core import HybridConfig
 from bgekit.types import Encoded, Hit, OutputKind, SparseVec
 
