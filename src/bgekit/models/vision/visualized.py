@@ -276,13 +276,13 @@ def load_visualized(
             f"BGE-Visualized reads inputs up to its position table; long_input={settings.long_input!r} "
             "is for text models (use 'truncate')"
         )
-    path = resolve_checkpoint(name_or_path, revision)
     text_name = settings.text_model or text_model_of(name_or_path)
     if text_name is None:
         raise ModelFormatError(
             f"{name_or_path}: cannot tell which text model this BGE-Visualized checkpoint was trained on; "
             "pass EmbedderSettings(text_model=...) (a hub id such as BAAI/bge-base-en-v1.5, or a folder)"
         )
+    path = resolve_checkpoint(name_or_path, revision)
     text_dir = resolve_model_dir(text_name, None, allow_patterns=TEXT_MODEL_FILES)
     meta = read_folder(text_dir)
     config = meta.config
