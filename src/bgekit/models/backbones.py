@@ -190,13 +190,23 @@ class PackedEncoder(nn.Module):
         return self.forward(batch)
 
     def forward(self, batch: TokenBatch) -> torch.Tensor:
-        x = self.word(batch.ids) + self.position(batch.positions + self.position_offset)
+        return self.encode(self.embed(batch), batch)
+
+    def embed(self, batch: TokenBatch, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """The embedding layer's flat output; ``positions``: rows of the position table to
+        use (default: each token's position plus the model's offset). A model that computes
+        some token slots itself (BGE-Visualized's image tokens) replaces those rows."""
+        if positions is None:
+            positions = batch.positions + self.position_offset
+        x = self.word(batch.ids) + self.position(positions)
         if batch.type_ids is not None:
             x = x + self.token_type(batch.type_ids)
         else:
             x = x + self.token_type.weight[0]
-        x = self.emb_norm(x)
+        return self.emb_norm(x)
 
+    def encode(self, x: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
+        """The encoder layers over flat embeddings ``x`` laid out as ``batch``."""
         runs = batch.runs  # (first token, inputs, length) blocks of equal-length inputs
         d, h = self.dim, self.heads
         for module in self.layers:

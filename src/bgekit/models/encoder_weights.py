@@ -89,6 +89,14 @@ class _LayerNorm(nn.LayerNorm):
         self.bias = nn.Parameter(bias, requires_grad=False)
 
 
+class TensorMismatch(KeyError):
+    """A tensor the encoder needs is missing (``found`` is ``None``) or has another shape."""
+
+    def __init__(self, name: str, found: tuple[int, ...] | None, expected: tuple[int, ...]):
+        super().__init__(name)
+        self.name, self.found, self.expected = name, found, expected
+
+
 class _Tensors:
     """Named tensors as float32, each one's shape checked; ``used``: the names taken."""
 
@@ -99,7 +107,7 @@ class _Tensors:
     def get(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         t = self.state.get(name)
         if t is None or tuple(t.shape) != shape:
-            raise KeyError(name)
+            raise TensorMismatch(name, None if t is None else tuple(t.shape), shape)
         self.used.add(name)
         return t.to(torch.float32).contiguous()
 
@@ -148,6 +156,17 @@ def _build(config: Mapping[str, Any], t: _Tensors) -> PackedEncoder:
         heads=int(config["num_attention_heads"]),
         position_offset=position_offset(str(config["model_type"]), int(config.get("pad_token_id") or 0)),
     )
+
+
+def packed_from_state(
+    config: Mapping[str, Any], state: Mapping[str, torch.Tensor]
+) -> tuple[PackedEncoder, set[str]]:
+    """A packed encoder from tensors under transformers' base-model names
+    (``embeddings.*``, ``encoder.layer.N.*``) and the names it took. A missing or misshapen
+    tensor raises :class:`TensorMismatch` (for a checkpoint that holds the encoder among
+    other parts, such as BGE-Visualized's)."""
+    tensors = _Tensors(state)
+    return _build(config, tensors).eval(), tensors.used
 
 
 def packed_from_folder(path: Path, config: Mapping[str, Any]) -> PackedEncoder | None:

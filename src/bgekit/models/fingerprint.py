@@ -18,34 +18,40 @@ if TYPE_CHECKING:
 # Bytes read from each end of a weight file: fine-tuned weights differ there too, where the
 # size alone does not change (reading whole multi-GB files on every load would be slow).
 EDGE_BYTES = 1 << 20
-_digests: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
+_digests: dict[tuple[str, str, tuple[tuple[str, int, int], ...]], str] = {}
 
 
 def _weight_files(root: Path) -> list[Path]:
     return sorted([*root.glob("*.safetensors"), *root.glob("pytorch_model*.bin")])
 
 
-def files_digest(root: Path) -> str:
+def files_digest(root: Path, text_model: Path | None = None) -> str:
     """The model files' digest: config, head weights (values: ``torch.save`` adds a random
     id to the bytes), tokenizer files, and each weight file's size and both ends. Cached per
-    folder while no file changes; moving the folder does not change it."""
-    watched = [root / "config.json", *tokenizer_files(root), *_weight_files(root)]
+    folder while no file changes; moving the folder does not change it. ``root`` may be one
+    checkpoint file (BGE-Visualized's ``.pth``) whose config and tokenizer are those of the
+    folder ``text_model``."""
+    single = root.is_file()
+    meta = text_model if single else root
+    weights = [root] if single else _weight_files(root)
+    watched = [*weights, *([meta / "config.json", *tokenizer_files(meta)] if meta is not None else [])]
     watched += [root / n for n in ("colbert_linear.pt", "sparse_linear.pt")]
     stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in watched if p.is_file())
-    key = (str(root.resolve()), stamp)
+    key = (str(root.resolve()), str(meta), stamp)
     if key in _digests:
         return _digests[key]
     h = hashlib.sha256()
-    if (root / "config.json").is_file():
-        h.update((root / "config.json").read_bytes())
+    if meta is not None and (meta / "config.json").is_file():
+        h.update((meta / "config.json").read_bytes())
     for name in ("colbert_linear.pt", "sparse_linear.pt"):
         if (root / name).is_file():
             state = safe_torch_load(root / name)
             for k in sorted(state):
                 h.update(name.encode() + k.encode() + state[k].float().numpy().tobytes())
-    for f in tokenizer_files(root):  # the same weights with another vocabulary are another model
+    # the same weights with another vocabulary are another model
+    for f in tokenizer_files(meta) if meta is not None else []:
         h.update(f"tokenizer:{f.name}:".encode() + hashlib.sha256(f.read_bytes()).digest())
-    for p in _weight_files(root):
+    for p in weights:
         size = p.stat().st_size
         with p.open("rb") as fh:
             head = fh.read(EDGE_BYTES)
@@ -62,7 +68,8 @@ def model_identity(embedder: Embedder) -> dict[str, Any]:
     the default task, in-context examples) and the long-input policy."""
     info = embedder.info
     return {
-        "files": files_digest(Path(info.path)),
+        # an image model built on a text model's config and tokenizer names that folder
+        "files": files_digest(Path(info.path), getattr(embedder.processor, "text_model", None)),
         "pooling": info.pooling,
         "normalize": info.normalize,
         "query_max_length": info.query_max_length,

@@ -174,5 +174,14 @@ class FastPath(Protocol):
 
 
 def fast_paths(module: nn.Module) -> list[FastPath]:
-    """The switchable backbones inside ``module``."""
-    return [m for m in module.modules() if isinstance(m, FastPath)]
+    """The switchable backbones inside ``module``, outermost only: a backbone that holds
+    another (BGE-Visualized's holds a text encoder) switches and checks it itself."""
+    out: list[FastPath] = []
+    owners: list[str] = []
+    for name, m in module.named_modules():
+        if any(name.startswith(owner) for owner in owners):
+            continue
+        if isinstance(m, FastPath):
+            out.append(m)
+            owners.append(f"{name}." if name else "")
+    return out

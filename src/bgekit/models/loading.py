@@ -71,8 +71,11 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
 
 
-def resolve_model_dir(name: str, revision: str | None = None) -> Path:
-    """A local folder as is, otherwise a hub id downloaded (or found in the cache)."""
+def resolve_model_dir(
+    name: str, revision: str | None = None, allow_patterns: Sequence[str] | None = None
+) -> Path:
+    """A local folder as is, otherwise a hub id downloaded (or found in the cache);
+    ``allow_patterns``: the hub files to fetch (default: every file bgekit reads)."""
     if not isinstance(name, str) or not name.strip():
         raise ModelNotFoundError("model must be a hub id or a local folder path")
     local = Path(name).expanduser()
@@ -95,7 +98,7 @@ def resolve_model_dir(name: str, revision: str | None = None) -> Path:
             snapshot_download(
                 repo_id=name,
                 revision=revision,
-                allow_patterns=_HUB_PATTERNS,
+                allow_patterns=list(allow_patterns) if allow_patterns is not None else _HUB_PATTERNS,
                 ignore_patterns=_HUB_IGNORE,
             )
         )
