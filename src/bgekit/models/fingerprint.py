@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 # Bytes read from each end of a weight file: fine-tuned weights differ there too, where the
 # size alone does not change (reading whole multi-GB files on every load would be slow).
 EDGE_BYTES = 1 << 20
+PREPROCESSOR = "preprocessor_config.json"  # image models (BGE-VL): how pixels are made
 _digests: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
 
 
@@ -27,10 +28,11 @@ def _weight_files(root: Path) -> list[Path]:
 
 def files_digest(root: Path) -> str:
     """The model files' digest: config, head weights (values: ``torch.save`` adds a random
-    id to the bytes), tokenizer files, and each weight file's size and both ends. Cached per
-    folder while no file changes; moving the folder does not change it."""
+    id to the bytes), tokenizer files, an image model's ``preprocessor_config.json``, and
+    each weight file's size and both ends. Cached per folder while no file changes; moving
+    the folder does not change it."""
     watched = [root / "config.json", *tokenizer_files(root), *_weight_files(root)]
-    watched += [root / n for n in ("colbert_linear.pt", "sparse_linear.pt")]
+    watched += [root / n for n in ("colbert_linear.pt", "sparse_linear.pt", PREPROCESSOR)]
     stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in watched if p.is_file())
     key = (str(root.resolve()), stamp)
     if key in _digests:
@@ -43,6 +45,8 @@ def files_digest(root: Path) -> str:
             state = safe_torch_load(root / name)
             for k in sorted(state):
                 h.update(name.encode() + k.encode() + state[k].float().numpy().tobytes())
+    if (root / PREPROCESSOR).is_file():  # an image model's resize, crop, mean and std
+        h.update(b"preprocessor:" + hashlib.sha256((root / PREPROCESSOR).read_bytes()).digest())
     for f in tokenizer_files(root):  # the same weights with another vocabulary are another model
         h.update(f"tokenizer:{f.name}:".encode() + hashlib.sha256(f.read_bytes()).digest())
     for p in _weight_files(root):
