@@ -87,7 +87,7 @@ def write_clip_vocab(path: Path, merges_wanted: int = 120) -> int:
     return len(vocab)
 
 
-def clip_config(vocab_size: int, bos_id: int, eos_id: int) -> CLIPConfig:
+def clip_config(vocab_size: int, bos_id: int) -> CLIPConfig:
     text = {
         "vocab_size": vocab_size,
         "hidden_size": 32,
@@ -111,7 +111,6 @@ def clip_config(vocab_size: int, bos_id: int, eos_id: int) -> CLIPConfig:
         "patch_size": PATCH,
         "initializer_factor": 4.0,
     }
-    del eos_id
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=PROJECTION)
 
 
@@ -140,18 +139,15 @@ raise RuntimeError("remote code ran")
 """
 
 
-def build_clip(path: Path, seed: int = 0, *, fast_tokenizer: bool = True) -> Path:
-    """The tiny BGE-VL-like folder at ``path`` (see the module). ``fast_tokenizer=False``
-    leaves only ``vocab.json`` and ``merges.txt`` (transformers converts them at load)."""
+def build_clip(path: Path, seed: int = 0) -> Path:
+    """The tiny BGE-VL-like folder at ``path`` (see the module)."""
     torch.manual_seed(seed)
     vocab_size = write_clip_vocab(path)
     vocab = json.loads((path / "vocab.json").read_text(encoding="utf-8"))
-    model = CLIPModel(clip_config(vocab_size, vocab[BOS], vocab[EOS])).eval()
+    model = CLIPModel(clip_config(vocab_size, vocab[BOS])).eval()
     model.save_pretrained(path)
-    if fast_tokenizer:
-        # transformers converts vocab.json + merges.txt, as for OpenAI's CLIP folders
-        tok = CLIPTokenizer.from_pretrained(path, model_max_length=77)
-        tok.save_pretrained(path)
+    # transformers converts vocab.json + merges.txt, as for OpenAI's CLIP folders
+    CLIPTokenizer.from_pretrained(path, model_max_length=77).save_pretrained(path)
     (path / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(), indent=2))
     config = json.loads((path / "config.json").read_text())
     # BGE-VL's hub config names its remote class; bgekit must build CLIPModel itself
