@@ -13,6 +13,7 @@ import base64
 import binascii
 import io
 import os
+import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -158,10 +159,12 @@ def is_image_like(value: object) -> bool:
 
 
 def image_from_base64(value: str, name: str) -> ImageInput:
-    """An image sent as base64 or a ``data:image/...;base64,`` URI (HTTP APIs)."""
+    """An image sent as base64 or a ``data:image/...;base64,`` URI (HTTP APIs); line breaks
+    in the base64 (MIME wraps it at 76 characters) are ignored."""
     text = value.strip()
-    if text.startswith("data:"):
+    if text[:5].lower() == "data:":
         head, sep, body = text.partition(",")
+        head = head.lower()  # media types and parameters are case-insensitive
         if not sep or not head.endswith(";base64"):
             raise ImageError(f"{name}: a data URI must be 'data:image/<type>;base64,<data>'")
         if not head[5:].startswith("image/"):
@@ -170,7 +173,7 @@ def image_from_base64(value: str, name: str) -> ImageInput:
             )
         text = body
     try:
-        data = base64.b64decode(text, validate=True)
+        data = base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):
         raise ImageError(f"{name}: not valid base64") from None
     return ImageInput(data=data, name=name)
@@ -219,10 +222,14 @@ def _read(image: ImageInput, limits: ImageLimits) -> PILImage.Image:
         raise ImageError(f"{image.name}: empty, not an image")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            # Pillow's bomb warning (past ~89M pixels) is left to ``limits.max_pixels``, which
+            # open_image checks next, before any decoding; its error (past twice that) stands.
+            warnings.simplefilter("ignore")
             return PILImage.open(io.BytesIO(data))
-    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
-        raise ImageTooLargeError(f"{image.name}: too many pixels (a decompression bomb?)") from None
+    except PILImage.DecompressionBombError as err:
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        count = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        raise ImageTooLargeError(f"{image.name}: {count}, too many to open (a decompression bomb?)") from None
     except PILImage.UnidentifiedImageError:
         raise ImageError(f"{image.name}: not an image Pillow can read") from None
     except (OSError, ValueError, SyntaxError, EOFError) as err:
@@ -269,21 +276,39 @@ def _resized(w: int, h: int, size: int) -> tuple[int, int]:
     return int(size * w / h), size
 
 
+# A resized image over this many crops' pixels (an aspect ratio past 32:1) is not made
+# whole: a 1 x 10,000,000 strip, small and within the pixel limit, would resize to
+# 224 x 2.2 billion pixels. Only the centre the crop keeps is resized then (Pillow's
+# ``box``: the same filter on the same source pixels, within one level of 255).
+_WHOLE_RESIZE_CROPS = 32
+_SIXTEEN_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _crop_at(w: int, h: int, size: int, crop: Literal["round", "floor"]) -> tuple[int, int]:
+    """(left, top) of the centre crop of a ``w`` x ``h`` image."""
+    if crop == "round":
+        return round((w - size) / 2.0), round((h - size) / 2.0)
+    return (w - size) // 2, (h - size) // 2
+
+
 def preprocess(img: PILImage.Image, spec: ImagePreprocess) -> np.ndarray:
     """``(3, size, size)`` float32 pixel values of a decoded image (see :class:`ImagePreprocess`)."""
+    if img.mode in _SIXTEEN_BIT_GREY:  # Pillow's convert clips 16-bit values at 255 (white)
+        img = PILImage.fromarray((np.asarray(img) >> 8).astype(np.uint8), "L")
     if spec.rgb_first and img.mode != "RGB":
         img = img.convert("RGB")
     w, h = img.size
-    new = _resized(w, h, spec.size)
-    if new != (w, h):
-        img = img.resize(new, PILImage.Resampling.BICUBIC)
-    w, h = img.size
     s = spec.size
-    if spec.crop == "round":
-        top, left = round((h - s) / 2.0), round((w - s) / 2.0)
+    new = _resized(w, h, s)
+    left, top = _crop_at(*new, s, spec.crop)
+    if new[0] * new[1] > _WHOLE_RESIZE_CROPS * s * s:
+        sx, sy = w / new[0], h / new[1]
+        box = (left * sx, top * sy, (left + s) * sx, (top + s) * sy)
+        img = img.resize((s, s), PILImage.Resampling.BICUBIC, box=box)
     else:
-        top, left = (h - s) // 2, (w - s) // 2
-    img = img.crop((left, top, left + s, top + s))
+        if new != (w, h):
+            img = img.resize(new, PILImage.Resampling.BICUBIC)
+        img = img.crop((left, top, left + s, top + s))
     if img.mode != "RGB":
         img = img.convert("RGB")
     x = np.asarray(img, dtype=np.float32) / np.float32(255.0)
@@ -313,7 +338,7 @@ def load_pixels(
             out[i] = preprocess(_decoded(image, limits), spec)
         except ImageError:
             raise
-        except (OSError, ValueError) as err:  # e.g. a mode Pillow cannot resize or convert
+        except (OSError, ValueError, MemoryError) as err:  # e.g. a mode Pillow cannot resize or convert
             raise ImageError(f"{image.name}: cannot be converted to RGB pixels ({err})") from None
     return out
 

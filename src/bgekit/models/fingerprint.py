@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 # Bytes read from each end of a weight file: fine-tuned weights differ there too, where the
 # size alone does not change (reading whole multi-GB files on every load would be slow).
 EDGE_BYTES = 1 << 20
+PREPROCESSOR = "preprocessor_config.json"  # image models (BGE-VL): how pixels are made
 _digests: dict[tuple[str, str, tuple[tuple[str, int, int], ...]], str] = {}
 
 
@@ -27,15 +28,15 @@ def _weight_files(root: Path) -> list[Path]:
 
 def files_digest(root: Path, text_model: Path | None = None) -> str:
     """The model files' digest: config, head weights (values: ``torch.save`` adds a random
-    id to the bytes), tokenizer files, and each weight file's size and both ends. Cached per
-    folder while no file changes; moving the folder does not change it. ``root`` may be one
-    checkpoint file (BGE-Visualized's ``.pth``) whose config and tokenizer are those of the
-    folder ``text_model``."""
+    id to the bytes), tokenizer files, an image model's ``preprocessor_config.json``, and
+    each weight file's size and both ends. Cached per folder while no file changes; moving
+    the folder does not change it. ``root`` may be one checkpoint file (BGE-Visualized's
+    ``.pth``) whose config and tokenizer are those of the folder ``text_model``."""
     single = root.is_file()
     meta = text_model if single else root
     weights = [root] if single else _weight_files(root)
     watched = [*weights, *([meta / "config.json", *tokenizer_files(meta)] if meta is not None else [])]
-    watched += [root / n for n in ("colbert_linear.pt", "sparse_linear.pt")]
+    watched += [root / n for n in ("colbert_linear.pt", "sparse_linear.pt", PREPROCESSOR)]
     stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in watched if p.is_file())
     key = (str(root.resolve()), str(meta), stamp)
     if key in _digests:
@@ -48,6 +49,8 @@ def files_digest(root: Path, text_model: Path | None = None) -> str:
             state = safe_torch_load(root / name)
             for k in sorted(state):
                 h.update(name.encode() + k.encode() + state[k].float().numpy().tobytes())
+    if (root / PREPROCESSOR).is_file():  # an image model's resize, crop, mean and std
+        h.update(b"preprocessor:" + hashlib.sha256((root / PREPROCESSOR).read_bytes()).digest())
     # the same weights with another vocabulary are another model
     for f in tokenizer_files(meta) if meta is not None else []:
         h.update(f"tokenizer:{f.name}:".encode() + hashlib.sha256(f.read_bytes()).digest())
