@@ -78,9 +78,12 @@ def test_hybrid_over_every_row_equals_fused_matrices() -> None:
         np.testing.assert_allclose(h.scores, np.sort(row)[::-1][:8], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(h.modes["multivector"], full[2][i][h.indices], rtol=1e-5, atol=1e-6)
     rrf = search(corpus, q, 8, config=HybridConfig(weights=w, candidates=None, fusion="rrf"))
-    expected = reciprocal_rank_fusion(full)
-    for h, row in zip(rrf, expected, strict=True):
+    for i, h in enumerate(rrf):
+        # a query whose sparse vector shares no term with any row: the sparse scorer sits out
+        voting = [m[i] for j, m in enumerate(full) if j != 1 or full[1][i].any()]
+        row = reciprocal_rank_fusion(voting)
         np.testing.assert_allclose(h.scores, np.sort(row)[::-1][:8], rtol=1e-6)
+    assert any(not full[1][i].any() for i in range(len(rrf)))  # the case is exercised
     # a zero weight leaves a scorer out of the hybrid
     two = search(corpus, q, 8, config=HybridConfig(weights=(0.5, 0.0, 0.5), candidates=None))
     assert set(two[0].modes) == {"dense", "multivector"}
@@ -120,6 +123,27 @@ def test_bm25_stands_in_for_the_lexical_scorer_and_is_fused_by_rrf() -> None:
     np.testing.assert_allclose(got.modes["bm25"], bm25[got.indices], rtol=1e-6)
     only = search(corpus, Encoded(), 4, mode="bm25", texts=["stock market"])[0]
     assert set(only.indices.tolist()) == {1, 3}  # rows sharing no term are not hits
+
+
+def test_a_lexical_scorer_that_matches_nothing_sits_out_the_rrf() -> None:
+    # an image query has no words: BM25 scores every row 0, and ranking those ties (by row
+    # order) would push rows up that the dense scorer put last
+    texts = ["cats and dogs", "", "dogs chase cats", ""]
+    rng = np.random.default_rng(6)
+    dense = rng.normal(size=(4, 6)).astype(np.float32)
+    corpus = Corpus(dense=dense, texts=texts)
+    q = Encoded(dense=rng.normal(size=(1, 6)).astype(np.float32))
+    for candidates in (None, 2):
+        for words in ("", "stock market"):
+            got = search(corpus, q, 4, texts=[words], config=HybridConfig(candidates=candidates))[0]
+            scores = (q.dense @ dense.T)[0]  # type: ignore[operator]
+            rows = np.argsort(-scores, kind="stable")[: len(got)]
+            assert got.indices.tolist() == rows.tolist()
+            np.testing.assert_allclose(got.modes["dense"], scores[rows], rtol=1e-6)
+    # a query that matches something still fuses both
+    got = search(corpus, q, 4, texts=["dogs"], config=HybridConfig(candidates=None))[0]
+    both = reciprocal_rank_fusion([q.dense @ dense.T, Bm25(texts).scores("dogs")[None, :]])[0]  # type: ignore[operator]
+    np.testing.assert_allclose(got.scores, np.sort(both)[::-1], rtol=1e-6)
 
 
 def test_search_errors() -> None:

@@ -133,7 +133,7 @@ def check_items(items: object, what: str = "inputs") -> list[Item]:
     """``items`` as a list of texts, images and composed inputs (see :func:`as_item`); a
     single string or image is refused rather than taken as a list."""
     if isinstance(items, (str, ImageInput, Composed, PILImage.Image, bytes)):
-        raise InputError(f"{what} must be a list; wrap the single input: [{what[:-1]}]")
+        raise InputError(f"{what} must be a list; wrap a single input in one: [input]")
     if not isinstance(items, Sequence):
         raise InputError(f"{what} must be a list, got {type(items).__name__}")
     return [as_item(x, f"{what}[{i}]") for i, x in enumerate(items)]

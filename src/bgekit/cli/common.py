@@ -316,12 +316,15 @@ def encoding_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoding", default="utf-8", help="text encoding of the input files (e.g. latin-1)")
 
 
-def search_args(p: argparse.ArgumentParser, *, default_mode: str) -> None:
-    """The search options (mode, weights, candidates, fusion) of every command that searches."""
+def search_args(
+    p: argparse.ArgumentParser, *, default_mode: str | None, mode_help: str | None = None
+) -> None:
+    """The search options (mode, weights, candidates, fusion) of every command that searches;
+    ``default_mode`` None: the command picks one per query (``mode_help`` says how)."""
     from bgekit.retrieval import DEFAULT_CANDIDATES
 
     g = p.add_argument_group("search")
-    g.add_argument("--mode", default=default_mode, choices=SEARCH_MODES)
+    g.add_argument("--mode", default=default_mode, choices=SEARCH_MODES, help=mode_help)
     g.add_argument(
         "--weights",
         type=weights_arg,

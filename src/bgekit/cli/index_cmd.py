@@ -38,7 +38,7 @@ def _skipped(report: Any) -> str:
 def cmd_build(ns: argparse.Namespace) -> int:
     from bgekit.index import Index, IndexConfig, read_source
     from bgekit.index.storage import MANIFEST
-    from bgekit.models import Embedder
+    from bgekit.models import Embedder, EmbedderSettings
 
     root = Path(ns.index)
     if (root / MANIFEST).exists() and not ns.overwrite:
@@ -55,7 +55,8 @@ def cmd_build(ns: argparse.Namespace) -> int:
         **chunk_options(ns),
     )
     docs = read_source(ns.source, encoding=ns.encoding)
-    embedder = Embedder.from_pretrained(model_path(ns.model), engine=engine_config(ns))
+    settings = EmbedderSettings(text_model=ns.text_model)
+    embedder = Embedder.from_pretrained(model_path(ns.model), settings=settings, engine=engine_config(ns))
     index = Index(embedder, config)
     start = time.perf_counter()
     report = index.add(docs)
@@ -194,6 +195,7 @@ def cmd_search(ns: argparse.Namespace) -> int:
         raise InputError("the query is empty (give a text, an --image, or both)")
     if ns.k < 1:
         raise InputError(f"-k must be at least 1, got {ns.k}")
+    mode = ns.mode or ("dense" if ns.image is not None else "hybrid")
     index = Index.load(ns.index, engine=engine_config(ns))
     hybrid = hybrid_config(ns)
     reranker = (
@@ -206,7 +208,7 @@ def cmd_search(ns: argparse.Namespace) -> int:
         if ns.reranker
         else None
     )
-    pipe = Pipeline(None, index, reranker, retrieve=ns.rerank_top, mode=ns.mode, hybrid=hybrid)
+    pipe = Pipeline(None, index, reranker, retrieve=ns.rerank_top, mode=mode, hybrid=hybrid)
     start = time.perf_counter()
     hits = pipe.search([query], ns.k)[0]
     seconds = time.perf_counter() - start
@@ -216,7 +218,7 @@ def cmd_search(ns: argparse.Namespace) -> int:
                 {
                     "query": ns.query,
                     **({"image": ns.image} if ns.image else {}),
-                    "mode": ns.mode,
+                    "mode": mode,
                     "seconds": seconds,
                     "hits": [_hit_dict(h) for h in hits],
                 },
@@ -226,7 +228,7 @@ def cmd_search(ns: argparse.Namespace) -> int:
         )
         return 0
     print(
-        f"{len(hits)} results for {_shown_query(ns)} ({ns.mode}{', reranked' if reranker else ''}, {1000 * seconds:.0f} ms)\n"
+        f"{len(hits)} results for {_shown_query(ns)} ({mode}{', reranked' if reranker else ''}, {1000 * seconds:.0f} ms)\n"
     )
     for rank, h in enumerate(hits, start=1):
         detail = ", ".join(f"{k} {v:.3f}" for k, v in h.scores.items() if k != "retrieval" or reranker)
@@ -254,10 +256,11 @@ def register(sub: Any) -> None:
     ix = sub.add_parser("index", help="build, extend and inspect an embedded search index")
     ixsub = ix.add_subparsers(dest="index_command", required=True)
     source_help = (
-        "a folder of .txt/.md files, one .txt/.md file, or a .jsonl with id/_id, text[, title, metadata]"
+        "a folder of .txt/.md files and images (image models), one such file, or a .jsonl with "
+        "id/_id, text[, title, metadata, image: a path relative to the file, its text the caption]"
     )
 
-    p = ixsub.add_parser("build", help="index a folder of .txt/.md files, one text file or a JSONL file")
+    p = ixsub.add_parser("build", help="index a folder of text files and images, one file or a JSONL file")
     p.add_argument("source", nargs="?", help=source_help)
     p.add_argument("--index", required=True, help="folder to write the index to")
     p.add_argument(
@@ -267,6 +270,11 @@ def register(sub: Any) -> None:
         "shards of --as-index hold the chunks a direct build makes; others, one chunk per record",
     )
     p.add_argument("--model", help="hub id or local folder (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument(
+        "--text-model",
+        help="for a BGE-Visualized checkpoint (.pth) whose name does not tell it: the text model it was "
+        "trained on (hub id or folder)",
+    )
     p.add_argument(
         "--outputs",
         type=outputs_arg,
@@ -325,7 +333,11 @@ def register(sub: Any) -> None:
         "--image", metavar="PATH", help="search by this image (with a query text: by both; image models)"
     )
     p.add_argument("-k", type=int, default=10, help="documents to show")
-    search_args(p, default_mode="hybrid")
+    search_args(
+        p,
+        default_mode=None,
+        mode_help="default: hybrid for a text query; dense for an --image query (only the model sees the image)",
+    )
     p.add_argument("--reranker", help="cross-encoder for a second stage")
     p.add_argument("--rerank-top", type=int, default=100, help="first-stage hits the reranker rescores")
     p.add_argument("--json", action="store_true", help="print JSON")

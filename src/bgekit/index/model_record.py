@@ -18,6 +18,9 @@ def model_record(embedder: Embedder) -> dict[str, Any]:
     """The manifest's ``model`` entry."""
     identity = model_identity(embedder)
     settings = dataclasses.replace(embedder.settings, task=embedder.prompts.task or "")
+    if settings.text_model is not None and Path(settings.text_model).is_dir():
+        # a folder given relative to where the index was built: found from anywhere later
+        settings = dataclasses.replace(settings, text_model=str(Path(settings.text_model).resolve()))
     examples = embedder.prompts.examples
     return {
         "name": embedder.info.name,
@@ -44,7 +47,8 @@ def embedder_from_record(root: Path, recorded: dict[str, Any], engine: EngineCon
         examples = None if raw is None else [{k: v for k, v in e.items() if v is not None} for e in raw]
     except (InputError, TypeError, AttributeError) as e:
         raise IndexFormatError(f"{root}: the recorded model settings are damaged ({e})") from None
-    source = recorded["path"] if Path(recorded["path"]).is_dir() else recorded["name"]
+    # a folder, or one checkpoint file (BGE-Visualized's .pth); else the hub id
+    source = recorded["path"] if Path(recorded["path"]).exists() else recorded["name"]
     return Embedder.from_pretrained(source, settings=settings, engine=engine, examples=examples)
 
 

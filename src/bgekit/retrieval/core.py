@@ -8,8 +8,9 @@ all search through :func:`search`.
   ``max(candidates, k)`` rows (dense and lexical: the sparse head, or BM25 when there is
   none) is scored by every scorer in use, then fused — by the weighted sum divided by the
   sum of the weights (BGE-M3's rule), or by reciprocal-rank fusion, the automatic choice
-  when BM25 takes part because its scores are on another scale. ``candidates=None``
-  scores every row.
+  when BM25 takes part because its scores are on another scale (a lexical scorer that
+  matched none of a query's candidates, e.g. for an image query, sits out its RRF).
+  ``candidates=None`` scores every row.
 """
 
 from __future__ import annotations
@@ -278,12 +279,17 @@ class _Plan:
         else:
             cand = np.unique(np.concatenate([one.top(s, self.depth) for s in self.first]))
         per = [one.at(s, cand) for s in self.scorers]
+        # A lexical scorer that matched none of the candidates (an image query has no words)
+        # only ranks ties: under RRF that order would be noise, so it sits this query out.
+        voting = [
+            p for s, p in zip(self.scorers, per, strict=True) if s == "dense" or s == "multivector" or p.any()
+        ]
         if len(per) == 1:
             fused = per[0]
         elif self.fusion == "weighted":
             fused = weighted_fusion(per, self.weights)
         else:
-            fused = reciprocal_rank_fusion(per, k=self.rrf_k)
+            fused = reciprocal_rank_fusion(voting or per, k=self.rrf_k)
         pick, vals = top_k(np.asarray(fused, dtype=np.float32)[None, :], self.k)
         chosen = pick[0]
         modes: dict[str, np.ndarray] = {
