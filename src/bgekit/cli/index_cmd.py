@@ -26,6 +26,7 @@ from bgekit.errors import InputError
 from bgekit.images import Composed, ImageInput, Item
 from bgekit.retrieval.dense_store import DEFAULT_RESCORE
 from bgekit.scoring.quantize import DENSE_DTYPES
+from bgekit.types import SearchMode
 
 
 def _skipped(report: Any) -> str:
@@ -195,7 +196,7 @@ def cmd_search(ns: argparse.Namespace) -> int:
         raise InputError("the query is empty (give a text, an --image, or both)")
     if ns.k < 1:
         raise InputError(f"-k must be at least 1, got {ns.k}")
-    mode = ns.mode or ("dense" if ns.image is not None else "hybrid")
+    mode: SearchMode = ns.mode or ("dense" if ns.image is not None else "hybrid")
     index = Index.load(ns.index, engine=engine_config(ns))
     hybrid = hybrid_config(ns)
     reranker = (
