@@ -8,6 +8,7 @@ from bgekit.errors import (
     ModelFormatError,
     ModelNotFoundError,
 )
+from bgekit.images import Composed, ImageError, ImageInput, ImageLimits, ImageTooLargeError
 from bgekit.index import Document, Index, IndexConfig
 from bgekit.models import KNOWN_MODELS, Embedder, EmbedderSettings, LLMReranker, Reranker
 from bgekit.retrieval import HybridConfig, Pipeline
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "KNOWN_MODELS",
     "BgekitError",
+    "Composed",
     "Document",
     "Embedder",
     "EmbedderSettings",
@@ -36,6 +38,10 @@ __all__ = [
     "EngineConfig",
     "Hit",
     "HybridConfig",
+    "ImageError",
+    "ImageInput",
+    "ImageLimits",
+    "ImageTooLargeError",
     "Index",
     "IndexConfig",
     "InputError",
