@@ -1,4 +1,5 @@
-"""Evaluation: BEIR-layout retrieval (pytrec_eval metrics), reranking, STS, and an MTEB adapter."""
+"""Evaluation: BEIR-layout retrieval (pytrec_eval metrics; text, or images for image models:
+see :func:`load_beir`), reranking, STS, and an MTEB adapter."""
 
 from bgekit.eval.data import RetrievalDataset, StsDataset, load_beir, load_sts
 from bgekit.eval.metrics import METRICS, compute_metrics

@@ -1,13 +1,17 @@
-"""Evaluation data: BEIR-layout retrieval sets and STS pair files, read with clear errors."""
+"""Evaluation data: BEIR-layout retrieval sets (text, or with images) and STS pair files,
+read with clear errors."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from bgekit.errors import InputError
+from bgekit.images import Composed, ImageInput, Item
 from bgekit.io import iter_jsonl
 
 
@@ -16,7 +20,10 @@ class RetrievalDataset:
     """A BEIR-layout dataset, one split.
 
     Documents are ``title + " " + text`` (stripped), as BEIR and MTEB join them; a
-    document without a title is its text alone.
+    document without a title is its text alone. An image document (or query) keeps its
+    image file's absolute path in ``doc_images`` (``query_images``), ``None`` for a text
+    one; its entry in ``docs`` (``queries``) is then its caption, ``""`` when it has none.
+    :meth:`doc_items` and :meth:`query_items` are what an image model encodes.
     """
 
     name: str
@@ -27,25 +34,115 @@ class RetrievalDataset:
     queries: list[str]
     qrels: dict[str, dict[str, int]]
     fingerprint: str
+    doc_images: list[str | None] | None = None
+    query_images: list[str | None] | None = None
 
     def __post_init__(self) -> None:
         if len(self.doc_ids) != len(self.docs) or len(self.query_ids) != len(self.queries):
             raise ValueError("ids and texts differ in length")
+        if self.doc_images is not None and len(self.doc_images) != len(self.docs):
+            raise ValueError("doc_images and docs differ in length")
+        if self.query_images is not None and len(self.query_images) != len(self.queries):
+            raise ValueError("query_images and queries differ in length")
+
+    @property
+    def has_images(self) -> bool:
+        """Whether any document or query is an image."""
+        return any(p is not None for p in (*(self.doc_images or ()), *(self.query_images or ())))
+
+    @property
+    def modalities(self) -> frozenset[str]:
+        """The kinds of input the dataset holds, named as :attr:`bgekit.types.ModelInfo.modalities`
+        names them: ``"text"``, ``"image"`` and ``"text+image"`` (an image with a caption)."""
+        pairs = [
+            *zip(self.docs, self.doc_images or [None] * len(self.docs), strict=True),
+            *zip(self.queries, self.query_images or [None] * len(self.queries), strict=True),
+        ]
+        return frozenset(
+            "text" if image is None else ("text+image" if text else "image") for text, image in pairs
+        )
+
+    def doc_items(self) -> list[Item]:
+        """The documents as an embedder takes them: texts, images, image + caption. Images
+        stay files (read per batch when encoded, never all at once)."""
+        return _items(self.docs, self.doc_images, self.doc_ids, "document")
+
+    def query_items(self) -> list[Item]:
+        """The queries as an embedder takes them (see :meth:`doc_items`)."""
+        return _items(self.queries, self.query_images, self.query_ids, "query")
 
 
-def _jsonl(path: Path) -> list[tuple[int, dict]]:
+def _items(texts: list[str], images: list[str | None] | None, ids: list[str], what: str) -> list[Item]:
+    if images is None:
+        return list(texts)
+    out: list[Item] = []
+    for text, image, key in zip(texts, images, ids, strict=True):
+        if image is None:
+            out.append(text)
+            continue
+        picture = ImageInput(path=image, name=f"{image} ({what} {key!r})")
+        out.append(Composed(text, picture) if text else picture)
+    return out
+
+
+@dataclass(frozen=True)
+class _Record:
+    line: int
+    key: str
+    title: str
+    text: str  # "" for an image without one
+    image: str | None  # as written in the file
+
+
+_SHAPE = 'expected an object with "_id" and a "text" string (or an "image" path)'
+
+
+def _records(path: Path) -> list[_Record]:
     rows = []
     for n, obj in iter_jsonl(path):
-        if not isinstance(obj, dict) or "_id" not in obj or not isinstance(obj.get("text"), str):
-            raise InputError(f'{path}:{n}: expected an object with "_id" and a "text" string')
-        rows.append((n, obj))
+        if not isinstance(obj, dict) or "_id" not in obj:
+            raise InputError(f"{path}:{n}: {_SHAPE}")
+        image, text = obj.get("image"), obj.get("text")
+        if image is not None and (not isinstance(image, str) or not image.strip()):
+            raise InputError(f'{path}:{n}: "image" must be a file path (a non-empty string)')
+        if not isinstance(text, str) and (image is None or text is not None):
+            raise InputError(f"{path}:{n}: {_SHAPE}")
+        title = obj.get("title") or ""
+        rows.append(_Record(n, str(obj["_id"]), str(title), text or "", image))
     return rows
 
 
-def _fingerprint(*paths: Path) -> str:
+def _image_file(folder: Path, record: _Record, where: str) -> tuple[str, os.stat_result]:
+    """The record's image as an absolute path (a relative one is taken from ``folder``,
+    where its JSONL file is) with its size and time, checked to be a file."""
+    assert record.image is not None
+    given = Path(record.image)
+    path = given if given.is_absolute() else folder / given
+    hint = f' ("image" paths are relative to {folder})' if not given.is_absolute() else ""
+    try:
+        path = path.resolve()
+        info = path.stat()
+    except (OSError, RuntimeError, ValueError) as err:  # missing, unreadable, a link loop, a NUL
+        problem = (
+            "no such file" if isinstance(err, FileNotFoundError) else getattr(err, "strerror", None) or err
+        )
+        raise InputError(
+            f"{where}: image {record.image!r} of {record.key!r}: {problem}: {path}{hint}"
+        ) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{where}: image {record.image!r} of {record.key!r} is not a file: {path}{hint}")
+    return str(path), info
+
+
+def _fingerprint(files: list[Path], images: list[tuple[str, os.stat_result]]) -> str:
+    """The data files' bytes, and each image file's identity: path, size and modification
+    time (hashing every image would read the whole corpus; a rewritten file changes its
+    time). A dataset without images keeps the fingerprint it always had."""
     h = hashlib.sha256()
-    for p in paths:
+    for p in files:
         h.update(p.read_bytes())
+    for path, info in images:
+        h.update(json.dumps([path, info.st_size, info.st_mtime_ns]).encode())
     return h.hexdigest()[:16]
 
 
@@ -54,6 +151,18 @@ def load_beir(folder: str | Path, split: str = "test") -> RetrievalDataset:
 
     Only queries that have judgements in the split are kept (as BEIR does). Judgements with
     relevance 0 are kept for pytrec_eval (they count as judged non-relevant).
+
+    Images (for image models: BGE-Visualized, BGE-VL). A corpus record may name an image
+    file instead of, or as well as, a text: ``{"_id": "d1", "image": "img/d1.jpg"}``, or
+    with a caption, ``{"_id": "d2", "image": "img/d2.png", "title": "...", "text": "..."}``
+    (``title + " " + text`` is encoded with the image). A query record likewise:
+    ``{"_id": "q1", "image": "q/q1.jpg"}`` (search by the image) or with a ``"text"`` (an
+    image + text query, e.g. "the same, at night"). A relative path is taken from the
+    folder of the JSONL file that names it; an absolute one as it is. Every image of the
+    corpus and of the split's queries must be a file when the dataset is read (the error
+    names the record); images are decoded only when encoded, a batch at a time. Such a
+    dataset is evaluated in dense mode with an image model, by the same metrics; the
+    encoding cache tells image files apart by path, size and modification time.
     """
     root = Path(folder)
     if not root.is_dir():
@@ -66,19 +175,20 @@ def load_beir(folder: str | Path, split: str = "test") -> RetrievalDataset:
 
     doc_ids: list[str] = []
     docs: list[str] = []
+    doc_images: list[str | None] = []
+    images: list[tuple[str, os.stat_result]] = []
     seen: set[str] = set()
-    for n, obj in _jsonl(corpus_file):
-        did = str(obj["_id"])
-        if did in seen:
-            raise InputError(f"{corpus_file}:{n}: duplicate _id {did!r}")
-        seen.add(did)
-        title = obj.get("title") or ""
-        doc_ids.append(did)
-        docs.append(f"{title} {obj['text']}".strip() if title else obj["text"].strip())
+    for r in _records(corpus_file):
+        if r.key in seen:
+            raise InputError(f"{corpus_file}:{r.line}: duplicate _id {r.key!r}")
+        seen.add(r.key)
+        doc_ids.append(r.key)
+        docs.append(f"{r.title} {r.text}".strip() if r.title else r.text.strip())
+        if r.image is not None:
+            images.append(_image_file(corpus_file.parent, r, f"{corpus_file}:{r.line}"))
+        doc_images.append(images[-1][0] if r.image is not None else None)
 
-    all_queries = {}
-    for _n, obj in _jsonl(queries_file):
-        all_queries[str(obj["_id"])] = obj["text"]
+    all_queries = {r.key: r for r in _records(queries_file)}
 
     qrels: dict[str, dict[str, int]] = {}
     with qrels_file.open(encoding="utf-8") as f:
@@ -103,15 +213,27 @@ def load_beir(folder: str | Path, split: str = "test") -> RetrievalDataset:
     if not qrels:
         raise InputError(f"{qrels_file} has no judgements")
     query_ids = [q for q in all_queries if q in qrels]
+    query_images: list[str | None] = []
+    for q in query_ids:  # only the split's queries: the others' images are not read
+        r = all_queries[q]
+        if r.image is not None:
+            images.append(_image_file(queries_file.parent, r, f"{queries_file}:{r.line}"))
+        query_images.append(images[-1][0] if r.image is not None else None)
+    # An image query's text is its edit or caption; whitespace alone is none.
+    queries = [
+        all_queries[q].text.strip() if all_queries[q].image else all_queries[q].text for q in query_ids
+    ]
     return RetrievalDataset(
         name=root.name,
         split=split,
         doc_ids=doc_ids,
         docs=docs,
         query_ids=query_ids,
-        queries=[all_queries[q] for q in query_ids],
+        queries=queries,
         qrels=qrels,
-        fingerprint=_fingerprint(corpus_file, queries_file, qrels_file),
+        fingerprint=_fingerprint([corpus_file, queries_file, qrels_file], images),
+        doc_images=doc_images if images else None,
+        query_images=query_images if images else None,
     )
 
 

@@ -15,7 +15,7 @@ from bgekit.io import atomic_write
 from bgekit.models import Embedder, Reranker, model_fingerprint
 from bgekit.retrieval import Corpus, HybridConfig, SearchPlan, available_scorers, check_mode, search
 from bgekit.retrieval.rerank import rerank_rankings
-from bgekit.types import Encoded, Ranking, SearchMode
+from bgekit.types import MODALITY_LABELS, Encoded, Ranking, SearchMode
 
 Run = dict[str, dict[str, float]]
 
@@ -70,12 +70,37 @@ def to_run(dataset: RetrievalDataset, rankings: list[Ranking]) -> Run:
     }
 
 
+def check_images(dataset: RetrievalDataset, embedder: Embedder | None, cfg: RetrievalEvalConfig) -> None:
+    """A dataset with images needs dense search by a model that reads what it holds;
+    refused here in one line, before anything is encoded."""
+    if not dataset.has_images:
+        return
+    if cfg.mode != "dense":
+        raise InputError(
+            f"{dataset.name} holds images: evaluate it in dense mode (the {cfg.mode} mode scores "
+            "text tokens, which an image has none of)"
+        )
+    assert embedder is not None  # dense mode: first_stage has checked
+    takes = set(embedder.info.modalities)
+    if "image" not in takes:
+        raise InputError(
+            f"{dataset.name} holds images, but {embedder.info.name} reads text only; "
+            "evaluate it with an image model (BGE-Visualized, BGE-VL)"
+        )
+    missing = sorted(dataset.modalities - takes)
+    if missing:
+        kinds = ", ".join(MODALITY_LABELS.get(m, m) for m in missing)
+        raise InputError(f"{dataset.name} holds {kinds} inputs, which {embedder.info.name} does not take")
+
+
 def first_stage(
     dataset: RetrievalDataset, embedder: Embedder | None, cfg: RetrievalEvalConfig, timings: dict[str, float]
 ) -> list[Ranking]:
-    """Encode what the mode needs (cached per model, dataset and outputs) and search."""
+    """Encode what the mode needs (cached per model, dataset and outputs) and search.
+    Queries are encoded first: a bad query image fails before the (larger) corpus runs."""
     if embedder is None and cfg.mode != "bm25":
         raise InputError(f"mode {cfg.mode} needs a model")
+    check_images(dataset, embedder, cfg)
     heads = embedder.info.heads if embedder is not None else ()
     plan = SearchPlan.make(cfg.mode, available_scorers(heads, texts=True), cfg.hybrid)
     outputs = plan.outputs
@@ -85,21 +110,21 @@ def first_stage(
         assert embedder is not None
         embedder.prompts.pick(cfg.task)  # an unknown task fails before anything is encoded
         model, fp = model_fingerprint(embedder), dataset.fingerprint
-        docs = cached_encode(
-            cfg.cache_dir,
-            cache_key(model, dataset.name, fp, "corpus", outputs, cfg.task),
-            f"{dataset.name}-corpus",
-            lambda: embedder.encode(dataset.docs, kind="document", outputs=outputs, task=cfg.task),
-        )
-        timings["encode_corpus"] = time.perf_counter() - start
-        start = time.perf_counter()
         queries = cached_encode(
             cfg.cache_dir,
             cache_key(model, dataset.name, fp, f"queries-{dataset.split}", outputs, cfg.task),
             f"{dataset.name}-{dataset.split}-queries",
-            lambda: embedder.encode(dataset.queries, kind="query", outputs=outputs, task=cfg.task),
+            lambda: embedder.encode(dataset.query_items(), kind="query", outputs=outputs, task=cfg.task),
         )
         timings["encode_queries"] = time.perf_counter() - start
+        start = time.perf_counter()
+        docs = cached_encode(
+            cfg.cache_dir,
+            cache_key(model, dataset.name, fp, "corpus", outputs, cfg.task),
+            f"{dataset.name}-corpus",
+            lambda: embedder.encode(dataset.doc_items(), kind="document", outputs=outputs, task=cfg.task),
+        )
+        timings["encode_corpus"] = time.perf_counter() - start
         start = time.perf_counter()
     corpus = Corpus.from_encoded(docs, texts=dataset.docs)
     hits = search(corpus, queries, cfg.k, texts=dataset.queries, progress=cfg.progress, plan=plan)
@@ -135,6 +160,8 @@ def evaluate_retrieval(
 ) -> RetrievalReport:
     """Retrieve ``k`` hits per query, score them with pytrec_eval, optionally rerank."""
     cfg = config or RetrievalEvalConfig()
+    if reranker is not None and dataset.has_images:
+        raise InputError(f"a reranker reads text, and {dataset.name} holds images; evaluate it without one")
     start = time.perf_counter()
     timings: dict[str, float] = {}
     hits = first_stage(dataset, embedder, cfg, timings)

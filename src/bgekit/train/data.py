@@ -166,6 +166,8 @@ def beir_train_examples(folder: str | Path, split: str = "train") -> list[TrainE
     from bgekit.eval.data import load_beir
 
     ds = load_beir(folder, split)
+    if ds.has_images:  # its captions alone would train on a dataset that is not there
+        raise InputError(f"{folder} holds images; fine-tuning reads text examples only")
     doc_text = dict(zip(ds.doc_ids, ds.docs, strict=True))
     out = []
     for qid, text in zip(ds.query_ids, ds.queries, strict=True):
