@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ def cmd_retrieval(ns: argparse.Namespace) -> int:
         progress=not ns.no_progress,
     )
     engine = engine_config(ns)
-    settings = embedder_settings(ns)
+    settings = dataclasses.replace(embedder_settings(ns), text_model=ns.text_model)
     embedder = (
         None
         if ns.mode == "bm25"
@@ -101,8 +102,17 @@ def register(sub: Any) -> None:
     p = evsub.add_parser(
         "retrieval", help="retrieval metrics (nDCG, Recall, MRR, MAP) on a BEIR-layout folder"
     )
-    p.add_argument("data_dir", help="folder with corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
+    p.add_argument(
+        "data_dir",
+        help="folder with corpus.jsonl, queries.jsonl, qrels/<split>.tsv (records may name an "
+        '"image" file, relative to their JSONL file: evaluated in dense mode with an image model)',
+    )
     p.add_argument("--model", help="hub id or local folder (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument(
+        "--text-model",
+        help="for a BGE-Visualized checkpoint (.pth) whose name does not tell it: the text model it was "
+        "trained on (hub id or folder)",
+    )
     p.add_argument("--split", default="test")
     search_args(p, default_mode="dense")
     p.add_argument("-k", type=int, default=1000, help="hits kept per query")
