@@ -426,3 +426,11 @@ def test_cli_evaluates_an_image_folder(
     rc = main([*args, "--mode", "hybrid", "--text-model", str(tiny_vis.text_dir)])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "evaluate it in dense mode" in err and len(err.splitlines()) == 1
+
+
+def test_fine_tuning_refuses_an_image_dataset(images: Path, tmp_path: Path) -> None:
+    from bgekit.train.data import beir_train_examples
+
+    root = text_queries_image_docs(images, tmp_path / "set")
+    with pytest.raises(InputError, match=r"set holds images; fine-tuning reads text examples only"):
+        beir_train_examples(root, "test")
