@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING
 
 from starlette.exceptions import HTTPException
 
+from bgekit.errors import InputError
 from bgekit.server.batcher import Batcher, BatchStats
 from bgekit.server.config import LONGEST_TEXT_TOKENS, ServerConfig
+from bgekit.server.image_inputs import ImagePolicy, ImageReader
 from bgekit.server.index_watch import IndexWatcher
 from bgekit.server.memory import MemoryTrimmer
 from bgekit.server.metrics import Metrics
@@ -49,6 +51,12 @@ class ServerState:
         self.embed_batcher: Batcher[Outputs, EmbeddingRow] | None = None
         self.rerank_batcher: Batcher[None, float] | None = None
         self.index_watch: IndexWatcher | None = None
+        self.image_policy = ImagePolicy(
+            config.image_limits(),
+            allow_urls=config.allow_image_urls,
+            max_fetch_bytes=max(config.max_body_bytes, config.max_image_bytes),
+        )
+        self.images = ImageReader(self.image_policy)
 
     # -- start and stop ------------------------------------------------------------------
 
@@ -94,8 +102,17 @@ class ServerState:
             from bgekit.index import Index
 
             self.index = Index.load(cfg.index, self.embedder)
+        if self.embedder is not None and "image" in self.embedder.info.modalities:
+            # the batches decode under the server's limits too (a model passed in included)
+            self.embedder.set_image_limits(self.image_policy.limits)
+        if self.image_policy.allow_urls:
+            try:
+                import httpx  # noqa: F401
+            except ImportError:
+                raise InputError("allow_image_urls needs httpx: pip install httpx") from None
 
     def start(self) -> None:
+        self.images = ImageReader(self.image_policy)  # on the serving event loop
         if self.index is not None and self.index.path is not None:
             self.index_watch = IndexWatcher(self.index, self._serve_index, self.config.index_poll)
             self.index_watch.start()
