@@ -349,3 +349,58 @@ def test_serve_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (ns.max_image_bytes, ns.max_image_pixels, ns.allow_image_urls) == (5000, 1000, True)
     with pytest.raises(InputError, match="max_image_pixels must be at least 1"):
         ServerConfig(max_image_pixels=0)
+
+
+def odd_images() -> dict[str, bytes]:
+    """Legitimate images in every accepted format and some awkward modes and shapes."""
+    cat = Image.fromarray(photos.chelsea())
+    grey16 = Image.fromarray((photos.camera().astype(np.uint16) * 257)[:200, :300])
+    out = {fmt: encoded(photos.chelsea(), fmt) for fmt in ("GIF", "BMP", "TIFF", "WEBP")}
+    out["palette PNG with transparency"] = _saved(cat.convert("P"), "PNG", transparency=0)
+    out["RGBA PNG"] = _saved(cat.convert("RGBA"), "PNG")
+    out["16-bit grey PNG"] = _saved(grey16, "PNG")
+    out["CMYK JPEG"] = _saved(cat.convert("CMYK"), "JPEG")
+    out["1 x 90,000 strip"] = _saved(Image.new("L", (90_000, 1), 200), "PNG")
+    return out
+
+
+def _saved(img: Image.Image, fmt: str, **kwargs: Any) -> bytes:
+    out = io.BytesIO()
+    img.save(out, format=fmt, **kwargs)
+    return out.getvalue()
+
+
+def test_every_accepted_format_and_odd_mode_encodes_as_the_library(vl: Embedder) -> None:
+    odd = odd_images()
+    app = create_app(ServerConfig(), embedder=vl)
+
+    async def go() -> httpx.Response:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://bgekit") as client:
+                return await client.post(
+                    "/v1/embeddings", json={"input": [{"image": b64(d)} for d in odd.values()]}
+                )
+
+    r = asyncio.run(go())
+    assert r.status_code == 200, r.text
+    close([d["embedding"] for d in r.json()["data"]], vl.encode([image(d) for d in odd.values()]).dense)
+
+
+def test_queued_image_is_the_checked_crop(
+    vl: Embedder, pictures: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a request queues is the preprocessed crop (the batch does not decode again),
+    giving the very pixels of the encoded image; were preprocessing to treat the crop
+    differently, the encoded image would be queued instead."""
+    from bgekit.images import DEFAULT_LIMITS, load_pixels
+    from bgekit.server import image_inputs
+
+    spec = vl.processor.preprocess  # type: ignore[attr-defined]
+    sent = ImageInput(data=pictures["astronaut"], name="input[0]")
+    queued, info = image_inputs.check_image(sent, spec, DEFAULT_LIMITS)
+    assert queued.pil is not None and queued.pil.size == (spec.size, spec.size) and queued.name == "input[0]"
+    np.testing.assert_array_equal(load_pixels([queued], spec), load_pixels([sent], spec))
+    assert (info.width, info.height, info.format) == (512, 509, "png")
+    monkeypatch.setattr(image_inputs, "preprocess", lambda img, spec: np.zeros(1, np.float32))
+    assert image_inputs.check_image(sent, spec, DEFAULT_LIMITS)[0] is sent

@@ -10,8 +10,8 @@ its own for a client.
 Every image of a request is decoded and preprocessed here, off the event loop, before any
 of the request's inputs are queued, so a corrupt, truncated, oversized or hostile image
 fails its own request (413 over the byte or pixel limit, 422 otherwise, naming the item)
-and never a batch shared with other requests. The batch decodes the same bytes again under
-the same limits: queued requests hold encoded bytes, not pixels.
+and never a batch shared with other requests. What is queued is the preprocessed crop
+(:func:`as_crop`), so the batch does not decode it again.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+from PIL import Image as PILImage
 from starlette.concurrency import run_in_threadpool
 
 from bgekit.errors import InputError
@@ -38,6 +40,7 @@ from bgekit.images import (
     image_from_base64,
     load_pixels,
     open_image,
+    preprocess,
     text_of,
 )
 
@@ -98,9 +101,12 @@ class ReadItems:
     images: list[ImageInfo]  # one per image, in input order
 
 
-def check_image(image: ImageInput, spec: ImagePreprocess, limits: ImageLimits) -> ImageInfo:
-    """``image`` decoded and preprocessed as a batch would (then dropped): any failure is an
-    :class:`ImageError` naming it, :class:`ImageTooLargeError` over ``limits``."""
+def check_image(
+    image: ImageInput, spec: ImagePreprocess, limits: ImageLimits
+) -> tuple[ImageInput, ImageInfo]:
+    """``image`` decoded and preprocessed as a batch would, and what to queue in its place
+    (see :func:`as_crop`): any failure is an :class:`ImageError` naming it,
+    :class:`ImageTooLargeError` over ``limits``."""
     try:
         opened = open_image(image, limits)  # the header: format and size, nothing decoded
         try:
@@ -111,7 +117,7 @@ def check_image(image: ImageInput, spec: ImagePreprocess, limits: ImageLimits) -
             raise ImageError(
                 f"{image.name}: {fmt or 'an unknown'} image; this server takes JPEG, PNG, WebP, GIF, BMP or TIFF"
             )
-        load_pixels([image], spec, limits)
+        pixels = load_pixels([image], spec, limits)[0]
     except ImageError:
         raise
     except Exception as err:  # a Pillow plugin's own exception on a hostile file (DDS: NotImplementedError)
@@ -119,7 +125,23 @@ def check_image(image: ImageInput, spec: ImagePreprocess, limits: ImageLimits) -
         raise ImageError(
             f"{image.name}: not an image this server can read ({type(err).__name__}: {detail})"
         ) from None
-    return ImageInfo(width, height, FORMATS[fmt], _BITS.get(mode, 8))
+    return as_crop(image, pixels, spec), ImageInfo(width, height, FORMATS[fmt], _BITS.get(mode, 8))
+
+
+def as_crop(image: ImageInput, pixels: np.ndarray, spec: ImagePreprocess) -> ImageInput:
+    """The decoded image's preprocessed ``pixels`` as the RGB crop they were normalised from
+    (recovered exactly: float32 errors are ~1e-4 of a level), which preprocessing leaves as
+    it is (already size x size, RGB). Queued instead of the encoded image, the batch neither
+    decodes nor resizes it again, and it holds a fixed 3 x size x size bytes. Should
+    preprocessing ever treat such a crop differently, the encoded image is queued as it
+    came (checked here, so the vectors never change)."""
+    mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
+    levels = np.rint((pixels * std + mean) * np.float32(255.0)).clip(0, 255).astype(np.uint8)
+    crop = PILImage.fromarray(np.ascontiguousarray(levels.transpose(1, 2, 0)), "RGB")
+    if not np.array_equal(preprocess(crop, spec), pixels):
+        return image
+    return ImageInput(pil=crop, name=image.name)
 
 
 def with_texts(items: Sequence[Item], texts: Sequence[str]) -> list[Item]:
@@ -194,8 +216,9 @@ class ImageReader:
                 inputs.append(None)
                 continue
             image = ImageInput(data=ref, name=name) if isinstance(ref, bytes) else from_string(ref, name)
-            infos.append(check_image(image, spec, self.policy.limits))
-            inputs.append(image)
+            queued, info = check_image(image, spec, self.policy.limits)
+            inputs.append(queued)
+            infos.append(info)
         return inputs, infos
 
     async def _fetch_all(self, urls: Sequence[tuple[str, str]]) -> list[bytes]:
