@@ -27,7 +27,7 @@ from skimage import data as photos
 pytest.importorskip("fastapi")
 
 from bgekit import Embedder, EngineConfig
-from bgekit.images import Composed, ImageInput
+from bgekit.images import Composed, ImageInput, ImageLimits, ImageTooLargeError
 from bgekit.server import ServerConfig, create_app
 from bgekit.server.image_inputs import ImagePolicy
 from bgekit.types import TokenSeq
@@ -300,3 +300,48 @@ def test_urls_fetched_when_allowed(vl: Embedder, image_host: str) -> None:
     assert cohere.status_code == 200, cohere.text
     for (_, status, words), r in zip(URL_CASES, bad, strict=True):
         one_line_naming(r, status, words, "input[1]")
+
+
+def _limits_of(app: Any) -> dict[str, Any]:
+    async def go() -> dict[str, Any]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://bgekit") as client:
+                return dict((await client.get("/info")).json()["limits"])
+
+    return asyncio.run(go())
+
+
+def test_wider_limits_reach_the_model(clip_dir: Path) -> None:
+    """Limits wider than the library's are the served model's too (its check and its batch
+    decoding), so a batch never refuses what the server's check took."""
+    emb = Embedder.from_pretrained(str(clip_dir), engine=FP32)
+    huge = ImageInput(data=bomb_png(8000, 7500), name="huge")  # 60 M pixels by its header
+    with pytest.raises(ImageTooLargeError, match="over the limit of 50,000,000"):
+        emb.tokenize([huge])
+    limits = _limits_of(create_app(ServerConfig(max_image_pixels=80_000_000), embedder=emb))
+    assert (limits["max_image_pixels"], limits["image_urls"]) == (80_000_000, "refused")
+    assert len(emb.tokenize([huge])) == 1  # the header check now lets it through
+    # the backbones decode under the same limits: narrowed after tokenising, a batch refuses
+    seqs = emb.tokenize([ImageInput(data=CAT)])
+    emb.set_image_limits(ImageLimits(max_bytes=10**9, max_pixels=1000))
+    with pytest.raises(ImageTooLargeError, match="over the limit of 1,000"):
+        emb.encode_tokens(seqs)
+
+
+def test_narrow_limits_are_the_servers_alone(clip_dir: Path) -> None:
+    """Under a pixel limit smaller than the model's crop (224 x 224 for real models, 32 x 32
+    here), an image within the limit is served: its crop is not held to it."""
+    emb = Embedder.from_pretrained(str(clip_dir), engine=FP32)
+    small = encoded(Image.fromarray(photos.chelsea()[:20, :25]), "PNG")  # 500 pixels
+    bigger = encoded(Image.fromarray(photos.chelsea()[:21, :25]), "PNG")  # 525 pixels
+    app = create_app(ServerConfig(max_image_pixels=500), embedder=emb)
+    ok, refused = asyncio.run(
+        _posts(app, [("/v1/embeddings", {"input": [{"image": b64(d)}]}) for d in (small, bigger)])
+    )
+    assert ok.status_code == 200, ok.text
+    np.testing.assert_allclose(
+        ok.json()["data"][0]["embedding"], emb.encode([ImageInput(data=small)]).dense[0], atol=1e-6
+    )
+    one_line_naming(refused, 413, "25x21 = 525 pixels, over the limit of 500", "input[0]")
+    assert emb.processor.limits.max_pixels == 50_000_000  # type: ignore[attr-defined]

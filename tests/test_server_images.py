@@ -21,7 +21,7 @@ pytest.importorskip("fastapi")
 
 from bgekit import Document, Embedder, EngineConfig, Index, IndexConfig
 from bgekit.errors import InputError
-from bgekit.images import Composed, ImageInput, ImageLimits, ImageTooLargeError
+from bgekit.images import Composed, ImageInput, ImageLimits
 from bgekit.models.settings import EmbedderSettings
 from bgekit.server import ServerConfig, create_app
 from tests.live_server import live
@@ -300,30 +300,6 @@ def test_search_by_image_and_by_image_with_text(image_index: Index, pictures: di
     assert (
         nothing.status_code == 422 and "needs 'query', 'image' or both" in nothing.json()["error"]["message"]
     )
-
-
-def test_server_limits_reach_the_model_and_info(clip_dir: Path, pictures: dict[str, bytes]) -> None:
-    """The config's limits become the served model's (its check and its batch decoding)."""
-    emb = Embedder.from_pretrained(str(clip_dir), engine=FP32)
-    app = create_app(ServerConfig(max_image_bytes=123_456, max_image_pixels=654_321), embedder=emb)
-
-    async def go() -> dict[str, Any]:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://bgekit") as client:
-                return dict((await client.get("/info")).json()["limits"])
-
-    limits = asyncio.run(go())
-    assert (limits["max_image_bytes"], limits["max_image_pixels"]) == (123_456, 654_321)
-    assert limits["image_urls"] == "refused"
-    with pytest.raises(ImageTooLargeError, match="over the limit of 123,456"):  # the server's, kept
-        emb.tokenize([image(pictures["astronaut"])])
-    # tokenised under generous limits, then decoded by the backbone under strict ones
-    emb.set_image_limits(ImageLimits(max_bytes=10**9, max_pixels=10**9))
-    seqs = emb.tokenize([image(pictures["astronaut"])])
-    emb.set_image_limits(ImageLimits(max_bytes=10**9, max_pixels=1000))
-    with pytest.raises(ImageTooLargeError, match="over the limit of 1,000"):
-        emb.encode_tokens(seqs)
 
 
 def test_set_image_limits_on_a_text_model(bert_m3: Path) -> None:

@@ -41,7 +41,8 @@ def create_app(
 ) -> FastAPI:
     """The bgekit HTTP app. Models named in ``config`` load when the app starts (already
     loaded ones can be passed in); nothing happens at import or construction time. An image
-    model passed in opens images under the config's limits from then on."""
+    model passed in gets image limits at least as wide as the config's (its own are raised
+    where they are narrower: the server checks every image itself)."""
     state = ServerState(config or ServerConfig(), embedder, reranker, index)
 
     @asynccontextmanager

@@ -6,7 +6,7 @@ import functools
 import logging
 import operator
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from starlette.exceptions import HTTPException
 
@@ -103,13 +103,26 @@ class ServerState:
 
             self.index = Index.load(cfg.index, self.embedder)
         if self.embedder is not None and "image" in self.embedder.info.modalities:
-            # the batches decode under the server's limits too (a model passed in included)
-            self.embedder.set_image_limits(self.image_policy.limits)
+            self._widen_image_limits(self.embedder)
         if self.image_policy.allow_urls:
             try:
                 import httpx  # noqa: F401
             except ImportError:
                 raise InputError("allow_image_urls needs httpx: pip install httpx") from None
+
+    def _widen_image_limits(self, embedder: Embedder) -> None:
+        """The request check (:mod:`~bgekit.server.image_inputs`) applies the server's image
+        limits; the model's own must be no stricter, or a batch would refuse an image the
+        check took (an encoded image over the library's default; a small image's crop,
+        ``size`` x ``size`` pixels, over a small pixel limit). Raised where needed, never lowered."""
+        from bgekit.images import ImageLimits
+        from bgekit.models.vision import ImageProcessor
+
+        theirs = cast(ImageProcessor, embedder.processor).limits
+        mine = self.image_policy.limits
+        wider = ImageLimits(max(mine.max_bytes, theirs.max_bytes), max(mine.max_pixels, theirs.max_pixels))
+        if wider != theirs:
+            embedder.set_image_limits(wider)
 
     def start(self) -> None:
         self.images = ImageReader(self.image_policy)  # on the serving event loop
