@@ -58,6 +58,9 @@ def cmd_serve(ns: argparse.Namespace) -> int:
         long_passage=ns.long_passage,
         passage_overlap=ns.passage_overlap,
         index_poll=ns.index_poll,
+        max_image_bytes=ns.max_image_bytes,
+        max_image_pixels=ns.max_image_pixels,
+        allow_image_urls=ns.allow_image_urls,
         engine=engine_config(ns),
     )
     app = create_app(config)
@@ -123,6 +126,25 @@ def register(sub: Any) -> None:
         type=float,
         default=_env("body_timeout", 30.0, float),
         help="seconds each part of a request body may take to arrive (408 after)",
+    )
+    p.add_argument(
+        "--max-image-bytes",
+        type=int,
+        default=_env("max_image_bytes", 32 << 20, int),
+        help="largest image accepted, encoded (413 beyond it; image models)",
+    )
+    p.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=_env("max_image_pixels", 50_000_000, int),
+        help="most pixels (width x height) of an image accepted (413 beyond it, before decoding)",
+    )
+    p.add_argument(
+        "--allow-image-urls",
+        action=argparse.BooleanOptionalAction,
+        default=_env("allow_image_urls", False, bool),
+        help="fetch http(s) image URLs that clients send (off: 422); the server then reaches "
+        "whatever its network reaches: for trusted clients only",
     )
     long_input_args(p, _env)
     long_passage_args(p, _env)

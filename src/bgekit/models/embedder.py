@@ -20,7 +20,7 @@ import numpy as np
 
 from bgekit.engine import EngineConfig
 from bgekit.errors import InputError, MissingHeadError, ModelFormatError
-from bgekit.images import Item
+from bgekit.images import ImageLimits, Item
 from bgekit.inputs import check_pairs
 from bgekit.models.backbones import make_backbone
 from bgekit.models.encoder_weights import packed_from_folder
@@ -33,7 +33,7 @@ from bgekit.models.registry import lookup
 from bgekit.models.runtime import CHECK_TEXTS, LoadedModel, load_transformers_model
 from bgekit.models.settings import EmbedderSettings, is_decoder, resolve_info
 from bgekit.models.tokenizer import TextTokenizer
-from bgekit.models.vision import load_image_model
+from bgekit.models.vision import ImageProcessor, load_image_model
 from bgekit.scoring import encoded_pair_scores
 from bgekit.types import EmbeddingRow, Encoded, Kind, OutputKind, Outputs, PairScores, TokenSeq
 
@@ -206,6 +206,17 @@ class Embedder(LoadedModel):
     def long_counts(self, seqs: Sequence[TokenSeq]) -> tuple[int, int]:
         """How many inputs were cut, and how many the long-input policy handled."""
         return self.processor.long_counts(seqs)
+
+    def set_image_limits(self, limits: ImageLimits) -> None:
+        """Open images under ``limits`` from now on (an image model's check of each input and
+        its per-batch decoding, on every replica): what a server sets from its own config."""
+        if not isinstance(self.processor, ImageProcessor):
+            raise InputError(f"{self.info.name} reads text only; it has no image limits")
+        self.processor.limits = limits
+        for module, _ in self._replicas:  # the backbones decode each batch's images
+            backbone = getattr(module, "backbone", None)
+            if backbone is not None and hasattr(backbone, "limits"):
+                backbone.limits = limits
 
     # -- encoding -------------------------------------------------------------------------
 

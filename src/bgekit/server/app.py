@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from bgekit.errors import BgekitError
+from bgekit.images import ImageTooLargeError
 from bgekit.server.config import ServerConfig
 from bgekit.server.middleware import ClientGone, LimitsMiddleware, error_response, validation_message
 from bgekit.server.routes import add_routes
@@ -39,7 +40,9 @@ def create_app(
     index: Index | None = None,
 ) -> FastAPI:
     """The bgekit HTTP app. Models named in ``config`` load when the app starts (already
-    loaded ones can be passed in); nothing happens at import or construction time."""
+    loaded ones can be passed in); nothing happens at import or construction time. An image
+    model passed in gets image limits at least as wide as the config's (its own are raised
+    where they are narrower: the server checks every image itself)."""
     state = ServerState(config or ServerConfig(), embedder, reranker, index)
 
     @asynccontextmanager
@@ -73,6 +76,10 @@ def create_app(
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
+
+    @app.exception_handler(ImageTooLargeError)
+    async def _too_large(request: Request, exc: ImageTooLargeError) -> JSONResponse:
+        return error_response(413, str(exc))  # over the byte or pixel limit, as a body over its limit
 
     @app.exception_handler(BgekitError)
     async def _bgekit(request: Request, exc: BgekitError) -> JSONResponse:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from bgekit.engine import EngineConfig
 from bgekit.errors import InputError
+from bgekit.images import DEFAULT_LIMITS, ImageLimits
 from bgekit.models.long_input import (
     DEFAULT_MCLS_STRIDE,
     DEFAULT_OVERLAP,
@@ -39,7 +40,10 @@ class ServerConfig:
     read); ``body_timeout``: seconds each part of a body may take to arrive (408 after).
     ``index_poll``: seconds between looks at the served index's manifest; a new generation
     (another process's add or delete) is loaded and served from then on (0: only on
-    ``POST /admin/reload``).
+    ``POST /admin/reload``). ``max_image_bytes`` / ``max_image_pixels``: the largest image
+    accepted (encoded bytes; width times height), 413 beyond; ``allow_image_urls``: fetch
+    http(s) image URLs that clients send (off: 422; a server that fetches reaches whatever
+    its network reaches, so allow it for trusted clients only).
     """
 
     model: str | None = None
@@ -62,6 +66,9 @@ class ServerConfig:
     long_passage: LongPassage = "truncate"
     passage_overlap: int = DEFAULT_OVERLAP
     index_poll: float = 1.0
+    max_image_bytes: int = DEFAULT_LIMITS.max_bytes
+    max_image_pixels: int = DEFAULT_LIMITS.max_pixels
+    allow_image_urls: bool = False
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     def __post_init__(self) -> None:
@@ -69,7 +76,14 @@ class ServerConfig:
             raise InputError(f"body_timeout must be positive, got {self.body_timeout}")
         if not self.index_poll >= 0:
             raise InputError(f"index_poll must be 0 (off) or a number of seconds, got {self.index_poll}")
-        for name in ("gather_tokens", "max_concurrent_requests", "max_inputs_per_request", "max_body_bytes"):
+        for name in (
+            "gather_tokens",
+            "max_concurrent_requests",
+            "max_inputs_per_request",
+            "max_body_bytes",
+            "max_image_bytes",
+            "max_image_pixels",
+        ):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_input_tokens is not None and self.max_input_tokens < 3:
@@ -84,3 +98,7 @@ class ServerConfig:
     def served_engine(self) -> EngineConfig:
         """``engine`` as the served models run it (no progress bar)."""
         return dataclasses.replace(self.engine, progress=False)
+
+    def image_limits(self) -> ImageLimits:
+        """The limits every image a client sends is opened under."""
+        return ImageLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels)

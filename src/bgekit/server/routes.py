@@ -15,9 +15,14 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from bgekit.images import Item
 from bgekit.scoring import truncate_dimensions
+from bgekit.server.cohere_embed import add_cohere_embed
 from bgekit.server.config import LONGEST_TEXT_TOKENS
+from bgekit.server.image_inputs import RawItem, ReadItems, bound_texts
 from bgekit.server.middleware import wait_or_drop
+from bgekit.server.responses import counted
+from bgekit.server.responses import json_response as _json
 from bgekit.server.schemas import (
     ERROR_RESPONSES,
     CohereRerankResponse,
@@ -26,6 +31,7 @@ from bgekit.server.schemas import (
     EmbeddingsResponse,
     EmbedRequest,
     EmbedResponse,
+    ImageItem,
     RerankItem,
     RerankRequest,
     RerankResponse,
@@ -45,44 +51,37 @@ from bgekit.server.state import ServerState
 from bgekit.types import EmbeddingRow, Hit, Kind, OutputKind, Outputs, TokenSeq
 
 
-def _json(body: dict[str, Any]) -> Response:
-    """JSON with numpy arrays written directly (no per-float Python objects): the response
-    shapes are the pydantic models of :mod:`bgekit.server.schemas`, checked by the tests."""
-    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
-
-
 def _sigmoid(x: float) -> float:
     return float(1 / (1 + np.exp(-x)))
-
-
-def counted(response: Response, request: Request) -> Response:
-    """The request's long-input counts as headers: ``X-Bgekit-Truncated`` (inputs cut) and
-    ``X-Bgekit-Chunked`` (inputs the long-input policy windowed or gave several CLS tokens)."""
-    cut, chunked = getattr(request.state, "long_counts", (0, 0))
-    response.headers["X-Bgekit-Truncated"] = str(cut)
-    response.headers["X-Bgekit-Chunked"] = str(chunked)
-    return response
 
 
 def add_routes(app: FastAPI, state: ServerState) -> None:
     """Every endpoint of the bgekit server, on ``app``."""
 
     async def tokenized(
-        texts: list[str], kind: Kind, truncate: bool | None = None, task: str | None = None
+        items: Sequence[Item], kind: Kind, truncate: bool | None = None, task: str | None = None
     ) -> list[TokenSeq]:
         """The length rule of every embedding route: a cheap character bound, tokenising off
-        the event loop, then the token limit (413, or cut when truncating)."""
+        the event loop, then the token limit (413, or cut when truncating). An image's slots
+        are not text: only a text (a composed input's too) is bound and cut."""
         emb = state.need_embedder()
-        state.check_count(len(texts), "input")
+        state.check_count(len(items), "input")
         limit = emb.input_limit(kind) or LONGEST_TEXT_TOKENS
-        texts = state.bound_chars(texts, limit, "input", truncate)
-        seqs = await run_in_threadpool(emb.tokenize, texts, kind=kind, task=task)
+        items = bound_texts(items, lambda texts: state.bound_chars(texts, limit, "input", truncate))
+        seqs = await run_in_threadpool(emb.tokenize, items, kind=kind, task=task)
         state.check_lengths(seqs, limit, "input", truncate)
         return seqs
 
+    async def read_items(values: Sequence[str | ImageItem], what: str) -> ReadItems:
+        """Texts and Jina's image items: every image fetched (if allowed), decoded and checked
+        before anything of the request is queued (a bad one is 413 / 422 naming it)."""
+        state.check_count(len(values), what)
+        raw = [RawItem(text=v) if isinstance(v, str) else RawItem(v.text, v.image) for v in values]
+        return await state.images.read(raw, what, state.need_embedder())
+
     async def embed_rows(
         request: Request,
-        texts: list[str],
+        texts: Sequence[Item],
         kind: Kind,
         outputs: Sequence[OutputKind],
         truncate: bool | None = None,
@@ -128,8 +127,8 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         if given and isinstance(given[0], list):
             rows, tokens = await embed_ids(request, given, body.input_type, body.task)
         else:
-            texts: list[str] = given  # type: ignore[assignment]
-            rows, tokens = await embed_rows(request, texts, body.input_type, ("dense",), task=body.task)
+            read = await read_items(given, "input")  # type: ignore[arg-type]
+            rows, tokens = await embed_rows(request, read.items, body.input_type, ("dense",), task=body.task)
         dense = np.stack([r.dense for r in rows if r.dense is not None])
         if body.dimensions is not None:
             dense = truncate_dimensions(dense, body.dimensions, normalize=emb.info.normalize)
@@ -148,8 +147,9 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
     )
     async def encode(body: EmbedRequest, request: Request) -> Response:
         emb = state.need_embedder()
-        texts = body.inputs if isinstance(body.inputs, list) else [body.inputs]
-        rows, tokens = await embed_rows(request, texts, body.kind, body.outputs, task=body.task)
+        given = body.inputs if isinstance(body.inputs, list) else [body.inputs]
+        read = await read_items(given, "inputs")
+        rows, tokens = await embed_rows(request, read.items, body.kind, body.outputs, task=body.task)
         items = []
         for i, row in enumerate(rows):
             item: dict[str, Any] = {"index": i}
@@ -337,7 +337,9 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         # the same length rule as every route: over the query limit is 413 unless truncating
         emb = index.embedder
         limit = emb.info.query_max_length
-        (query,) = state.bound_chars([body.query], limit, "query")
+        text = None if body.query is None else state.bound_chars([body.query], limit, "query")[0]
+        raw = [RawItem(text, body.image)]  # a text, an image, or both: one composed query
+        (query,) = (await state.images.read(raw, "query", emb, labels=["image"])).items
         seqs = await run_in_threadpool(index.tokenize_queries, [query])  # tokenised once, here
         state.check_lengths(seqs, limit, "query")
         defaults = HybridConfig()
@@ -371,4 +373,5 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
         tokens = await run_in_threadpool(emb.tokenizer.tokens, texts, body.add_special_tokens)
         return Response(orjson.dumps(tokens), media_type="application/json")
 
+    add_cohere_embed(app, state, embed_rows)
     add_service_routes(app, state)

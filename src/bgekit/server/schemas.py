@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 from bgekit.types import Kind, OutputKind, SearchMode
 
@@ -45,6 +54,25 @@ Query = InputText
 Weight = Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
 
 
+class ImageItem(BaseModel):
+    """Jina's input item (on ``/v1/embeddings`` and ``/encode``): ``{"image": ...}``,
+    ``{"text": ...}`` or both (a composed input). ``image``: base64, a ``data:image/...``
+    URI, or an http(s) URL when the server fetches them (``--allow-image-urls``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: InputText | None = None
+    image: Text | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> ImageItem:
+        if self.text is None and self.image is None:
+            raise ValueError("an item needs 'image', 'text' or both")
+        return self
+
+
+Items = InputText | list[InputText | ImageItem]
+
+
 def _texts(value: str | list[str]) -> list[str]:
     items = [value] if isinstance(value, str) else value
     if not items:
@@ -59,10 +87,11 @@ def _dense_only() -> list[OutputKind]:
 class EmbeddingsRequest(BaseModel):
     """OpenAI ``POST /v1/embeddings``. ``input_type`` (an extension) marks queries, which
     get the model's query instruction; OpenAI clients leave it unset (documents). ``task``
-    (an extension) picks both sides' instructions from the model's task table."""
+    (an extension) picks both sides' instructions from the model's task table. An image
+    model also takes Jina's items in the list (:class:`ImageItem`)."""
 
     model_config = ConfigDict(extra="ignore")
-    input: Texts | TokenIds | list[TokenIds]
+    input: Items | TokenIds | list[TokenIds]
     model: Text | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: StrictInt | None = Field(default=None, ge=1)
@@ -73,24 +102,29 @@ class EmbeddingsRequest(BaseModel):
     @field_validator("input", mode="before")
     @classmethod
     def _input_shape(cls, v: Any) -> Any:
-        """One shape for the union below: texts, or lists of token ids (OpenAI's and vLLM's
-        token input: the model's own ids, without special tokens)."""
+        """One shape for the union below: texts (and image items), or lists of token ids
+        (OpenAI's and vLLM's token input: the model's own ids, without special tokens)."""
         if isinstance(v, list) and v:
             if all(type(x) is int for x in v):
                 return [v]
-            kinds = {"text" if isinstance(x, str) else "ids" if isinstance(x, list) else "other" for x in v}
+            kinds = {
+                "text" if isinstance(x, (str, dict)) else "ids" if isinstance(x, list) else "other" for x in v
+            }
             if len(kinds) > 1 or "other" in kinds:
                 raise ValueError(
-                    "must be a string, a list of strings, a list of token ids or a list of such lists"
+                    "must be a string, a list of strings (or image items), a list of token ids "
+                    "or a list of such lists"
                 )
         return v
 
     @field_validator("input")
     @classmethod
-    def _check_input(cls, v: str | list[str] | list[list[int]]) -> list[str] | list[list[int]]:
+    def _check_input(
+        cls, v: str | list[str | ImageItem] | list[list[int]]
+    ) -> list[str | ImageItem] | list[list[int]]:
         if isinstance(v, list) and v and isinstance(v[0], list):
             return v
-        return _texts(v)  # type: ignore[arg-type]
+        return _texts(v)  # type: ignore[arg-type,return-value]
 
 
 class EmbeddingItem(BaseModel):
@@ -112,10 +146,11 @@ class EmbeddingsResponse(BaseModel):
 
 
 class EmbedRequest(BaseModel):
-    """bgekit's ``POST /encode``: any of the model's outputs from one forward pass."""
+    """bgekit's ``POST /encode``: any of the model's outputs from one forward pass (an image
+    model also takes :class:`ImageItem` inputs)."""
 
     model_config = ConfigDict(extra="forbid")
-    inputs: Texts
+    inputs: Items
     kind: Kind = "document"
     outputs: list[OutputKind] = Field(default_factory=_dense_only, min_length=1)
     return_tokens: StrictBool = False
@@ -123,8 +158,8 @@ class EmbedRequest(BaseModel):
 
     @field_validator("inputs")
     @classmethod
-    def _check_inputs(cls, v: Texts) -> list[str]:
-        return _texts(v)
+    def _check_inputs(cls, v: Items) -> list[str | ImageItem]:
+        return _texts(v)  # type: ignore[arg-type,return-value]
 
 
 class TeiEmbedRequest(BaseModel):
@@ -251,8 +286,12 @@ class CohereRerankResponse(BaseModel):
 
 
 class SearchRequest(BaseModel):
+    """``query`` (a text), ``image`` (an image model's index: base64, a data URI or, when
+    the server fetches them, an http(s) URL), or both: one composed query."""
+
     model_config = ConfigDict(extra="forbid")
-    query: Query
+    query: Query | None = None
+    image: Text | None = None
     k: StrictInt = Field(default=10, ge=1, le=1000)
     mode: SearchMode = "hybrid"
     weights: tuple[Weight, Weight, Weight] | None = None
@@ -260,6 +299,12 @@ class SearchRequest(BaseModel):
     fusion: Literal["auto", "weighted", "rrf"] = "auto"
     rerank: StrictBool = False
     rerank_top: StrictInt = Field(default=50, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _something(self) -> SearchRequest:
+        if self.query is None and self.image is None:
+            raise ValueError("a search needs 'query', 'image' or both")
+        return self
 
 
 class SearchHit(BaseModel):
@@ -270,6 +315,7 @@ class SearchHit(BaseModel):
     chunk: int = 0
     scores: dict[str, float] = Field(default_factory=dict)
     metadata: dict[str, object] = Field(default_factory=dict)
+    image: str | None = Field(None, description="an image document's file")
 
 
 class SearchResponse(BaseModel):
@@ -295,7 +341,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     401: {"model": ErrorBody, "description": "missing or wrong API key (when the server has one)"},
     404: {"model": ErrorBody, "description": "the server runs no model (or index) for this route"},
     408: {"model": ErrorBody, "description": "the request body arrived too slowly"},
-    413: {"model": ErrorBody, "description": "body, input count or input length over the server's limits"},
+    413: {
+        "model": ErrorBody,
+        "description": "body, input count, input length or an image over the server's limits",
+    },
     422: {
         "model": ErrorBody,
         "description": "malformed JSON, wrong types, blank or invalid text, bad options",

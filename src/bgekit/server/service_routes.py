@@ -80,6 +80,11 @@ def add_service_routes(app: FastAPI, state: ServerState) -> None:
             }
             limits["window_tokens"] = state.embedder.info.passage_max_length
             limits["long_input"] = state.embedder.info.long_input
+            if "image" in state.embedder.info.modalities:
+                policy = state.image_policy
+                limits["max_image_bytes"] = policy.limits.max_bytes
+                limits["max_image_pixels"] = policy.limits.max_pixels
+                limits["image_urls"] = "fetched" if policy.allow_urls else "refused"
         if state.reranker is not None:
             limits["max_pair_tokens"] = state.reranker.max_pair_length
             limits["long_passage"] = state.reranker.long_passage

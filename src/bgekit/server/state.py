@@ -6,12 +6,14 @@ import functools
 import logging
 import operator
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from starlette.exceptions import HTTPException
 
+from bgekit.errors import InputError
 from bgekit.server.batcher import Batcher, BatchStats
 from bgekit.server.config import LONGEST_TEXT_TOKENS, ServerConfig
+from bgekit.server.image_inputs import ImagePolicy, ImageReader
 from bgekit.server.index_watch import IndexWatcher
 from bgekit.server.memory import MemoryTrimmer
 from bgekit.server.metrics import Metrics
@@ -49,6 +51,12 @@ class ServerState:
         self.embed_batcher: Batcher[Outputs, EmbeddingRow] | None = None
         self.rerank_batcher: Batcher[None, float] | None = None
         self.index_watch: IndexWatcher | None = None
+        self.image_policy = ImagePolicy(
+            config.image_limits(),
+            allow_urls=config.allow_image_urls,
+            max_fetch_bytes=max(config.max_body_bytes, config.max_image_bytes),
+        )
+        self.images = ImageReader(self.image_policy)
 
     # -- start and stop ------------------------------------------------------------------
 
@@ -94,8 +102,30 @@ class ServerState:
             from bgekit.index import Index
 
             self.index = Index.load(cfg.index, self.embedder)
+        if self.embedder is not None and "image" in self.embedder.info.modalities:
+            self._widen_image_limits(self.embedder)
+        if self.image_policy.allow_urls:
+            try:
+                import httpx  # noqa: F401
+            except ImportError:
+                raise InputError("allow_image_urls needs httpx: pip install httpx") from None
+
+    def _widen_image_limits(self, embedder: Embedder) -> None:
+        """The request check (:mod:`~bgekit.server.image_inputs`) applies the server's image
+        limits; the model's own must be no stricter, or a batch would refuse an image the
+        check took (an encoded image over the library's default; a small image's crop,
+        ``size`` x ``size`` pixels, over a small pixel limit). Raised where needed, never lowered."""
+        from bgekit.images import ImageLimits
+        from bgekit.models.vision import ImageProcessor
+
+        theirs = cast(ImageProcessor, embedder.processor).limits
+        mine = self.image_policy.limits
+        wider = ImageLimits(max(mine.max_bytes, theirs.max_bytes), max(mine.max_pixels, theirs.max_pixels))
+        if wider != theirs:
+            embedder.set_image_limits(wider)
 
     def start(self) -> None:
+        self.images = ImageReader(self.image_policy)  # on the serving event loop
         if self.index is not None and self.index.path is not None:
             self.index_watch = IndexWatcher(self.index, self._serve_index, self.config.index_poll)
             self.index_watch.start()
