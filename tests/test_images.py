@@ -448,3 +448,10 @@ def test_base64_images() -> None:
     for value, message in (("aGVsbG8=", "q: not an image Pillow can read"), ("", "q: empty, not an image")):
         with pytest.raises(ImageError, match=f"^{message}$"):
             open_image(image_from_base64(value, "q"))
+
+
+def test_a_pillow_plugin_not_implemented_is_an_image_error() -> None:
+    from tests.test_server_hostile_images import dds_unknown_format
+
+    with pytest.raises(ImageError, match=r"^odd\.dds: an image variant Pillow cannot read"):
+        open_image(ImageInput(data=dds_unknown_format(), name="odd.dds"))

@@ -234,6 +234,10 @@ def _read(image: ImageInput, limits: ImageLimits) -> PILImage.Image:
         raise ImageError(f"{image.name}: not an image Pillow can read") from None
     except (OSError, ValueError, SyntaxError, EOFError) as err:
         raise ImageError(f"{image.name}: corrupt image ({err})") from None
+    except NotImplementedError as err:  # a plugin meeting a variant it lacks (DDS pixel formats)
+        raise ImageError(
+            f"{image.name}: an image variant Pillow cannot read ({err or 'NotImplementedError'})"
+        ) from None
 
 
 def open_image(image: ImageInput, limits: ImageLimits = DEFAULT_LIMITS) -> PILImage.Image:
