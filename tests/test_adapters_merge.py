@@ -135,3 +135,31 @@ def load_weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(folder / ADAPTER_WEIGHTS))
+
+
+def test_train_side_save_round_trips_with_added_tokens(qwen: Path, tmp_path: Path) -> None:
+    from bgekit.train.lora import BASE_RECORD, LoraSettings, add_lora, save_adapter
+
+    torch.manual_seed(1)
+    model = AutoModel.from_pretrained(qwen, dtype=torch.float32)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    model.resize_token_embeddings(vocab + 2)  # two added special tokens
+    with torch.no_grad():
+        model.get_input_embeddings().weight[vocab:] = torch.randn(2, model.config.hidden_size)
+    wrapped = add_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0), "FEATURE_EXTRACTION").eval()
+    with torch.no_grad():
+        for name, p in wrapped.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)  # as after training: B moved off zero
+    ids = torch.tensor([[5, 17, vocab, 8, vocab + 1, 3]])
+    with torch.no_grad():
+        expected = wrapped(input_ids=ids).last_hidden_state
+    save_adapter(wrapped, tmp_path / "ad", base=str(qwen), base_path=qwen, kind="embedder", resized=True)
+    assert json.loads((tmp_path / "ad" / BASE_RECORD).read_text())["kind"] == "embedder"
+    fresh = AutoModel.from_pretrained(qwen, dtype=torch.float32).eval()
+    merge_adapter(read_adapter(tmp_path / "ad"), fresh)
+    with torch.no_grad():
+        got = fresh(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(Exception, match="not linear layers of this model"):
+        add_lora(AutoModel.from_pretrained(qwen), LoraSettings(target_modules=("qkv",)), "FEATURE_EXTRACTION")

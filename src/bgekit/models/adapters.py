@@ -189,7 +189,9 @@ def merge_adapter(adapter: Adapter, model: nn.Module) -> int:
         changed += 1
     for name, value in sorted(whole.items()):
         # peft saves modules_to_save whole, under the base's own names
-        param = params.get(name) or params.get(name.replace(".modules_to_save.default.", "."))
+        param = params.get(name)
+        if param is None:
+            param = params.get(name.replace(".modules_to_save.default.", "."))
         if param is None:
             raise ModelFormatError(f"{path}: {name} names no weight of the base model ({adapter.base})")
         _copy_into(param, value, path, name)

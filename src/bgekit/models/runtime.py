@@ -93,14 +93,23 @@ def check_loading_info(
         )
 
 
-def load_pretrained(auto_class: Any, path: Path, *, unused: Sequence[str] = (), **kwargs: Any) -> nn.Module:
-    """``auto_class.from_pretrained(path, **kwargs)`` in fp32, its weights checked against the
-    config (:func:`check_loading_info`), any failure one :class:`ModelFormatError`."""
+def load_pretrained(
+    auto_class: Any,
+    path: Path,
+    *,
+    unused: Sequence[str] = (),
+    dtype: torch.dtype = torch.float32,
+    **kwargs: Any,
+) -> nn.Module:
+    """``auto_class.from_pretrained(path, **kwargs)`` in ``dtype`` (fp32 for inference, whose
+    kernels choose their own precision; training may load in the precision it trains in,
+    with no fp32 copy), its weights checked against the config (:func:`check_loading_info`),
+    any failure one :class:`ModelFormatError`."""
     try:
         with quiet_hf_load():
             model, info = auto_class.from_pretrained(
                 str(path),
-                dtype=torch.float32,
+                dtype=dtype,
                 output_loading_info=True,
                 ignore_mismatched_sizes=True,
                 **kwargs,
