@@ -39,7 +39,6 @@ from bgekit.images import (
 from bgekit.models.heads import EncoderWithHeads
 from bgekit.models.kernels import patch_linears
 from bgekit.models.loading import read_folder
-from bgekit.models.long_input import LongInputPolicy
 from bgekit.models.processor import long_input_policy
 from bgekit.models.prompts import Prompts
 from bgekit.models.runtime import load_pretrained
@@ -138,19 +137,6 @@ class ClipProcessor(ImageProcessor):
     """Texts as CLIP's tokenizer gives them (cut at 77 tokens); an image as ``image_tokens``
     slots (CLS plus its patches, which the engine's budget counts); an image with a text as
     the text's ids, then the image's slots."""
-
-    def __init__(
-        self,
-        tokenizer: TextTokenizer,
-        info: ModelInfo,
-        long: LongInputPolicy,
-        *,
-        preprocess: ImagePreprocess,
-        image_tokens: int,
-        limits: ImageLimits = DEFAULT_LIMITS,
-    ):
-        super().__init__(tokenizer, info, long, preprocess=preprocess, limits=limits)
-        self.image_tokens = image_tokens
 
     def image_seq(self, image: ImageInput, text: str | None, kind: Kind) -> TokenSeq:
         slots = [self.tokenizer.pad_id] * self.image_tokens  # placeholders, never read

@@ -60,10 +60,12 @@ class ImageProcessor(TextProcessor):
         long: LongInputPolicy,
         *,
         preprocess: ImagePreprocess,
+        image_tokens: int,
         limits: ImageLimits = DEFAULT_LIMITS,
     ):
         super().__init__(tokenizer, info, long)
         self.preprocess = preprocess
+        self.image_tokens = image_tokens  # slots one image takes (the engine's budget counts them)
         self.limits = limits
 
     @abstractmethod

@@ -140,7 +140,9 @@ class VisualizedProcessor(ImageProcessor):
         text_model: Path,
         limits: ImageLimits = DEFAULT_LIMITS,
     ):
-        super().__init__(tokenizer, info, long, preprocess=preprocess, limits=limits)
+        super().__init__(
+            tokenizer, info, long, preprocess=preprocess, image_tokens=image_tokens, limits=limits
+        )
         frame = tokenizer.frame
         if frame is None or len(frame[0]) != 1:
             raise ModelFormatError(
@@ -153,7 +155,6 @@ class VisualizedProcessor(ImageProcessor):
             raise ModelFormatError(
                 f"{info.name}: {image_tokens} image tokens leave no room for text in {max_positions} positions"
             )
-        self.image_tokens = image_tokens
         self.max_positions = max_positions
         self.text_model = text_model
 
