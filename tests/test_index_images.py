@@ -17,7 +17,6 @@ from bgekit.cli.main import main
 from bgekit.errors import InputError
 from bgekit.images import Composed, ImageInput
 from bgekit.index import Index, IndexConfig, read_source
-from tests.tiny_clip import build_clip
 from tests.tiny_visualized import build_visualized
 
 FP32 = EngineConfig(dtype="float32", progress=False)
@@ -31,11 +30,6 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
         Image.fromarray(getattr(data, name)()).save(root / f"{name}.{suffix}")
     (root / "notes.txt").write_text("A cup of coffee on a saucer, seen from above.", encoding="utf-8")
     return root
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_clip(tmp_path_factory.mktemp("clip") / "bge-vl-tiny")
 
 
 @pytest.fixture(scope="module")

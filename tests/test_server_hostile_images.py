@@ -31,7 +31,6 @@ from bgekit.images import Composed, ImageInput, ImageLimits, ImageTooLargeError
 from bgekit.server import ServerConfig, create_app
 from bgekit.server.image_inputs import ImagePolicy
 from bgekit.types import TokenSeq
-from tests.tiny_clip import build_clip
 
 FP32 = EngineConfig(device="cpu", dtype="float32", progress=False)
 LIMITS = {"max_image_bytes": 300_000, "max_image_pixels": 1_000_000}
@@ -99,11 +98,6 @@ HOSTILE: list[tuple[str, str, int, str]] = [
     ("file URL", "file:///etc/passwd", 422, "a file: URL is not an image"),
     ("a server path", "/etc/passwd", 422, "not valid base64"),
 ]
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
 
 
 @pytest.fixture(scope="module")

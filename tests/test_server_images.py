@@ -25,7 +25,7 @@ from bgekit.images import Composed, ImageInput, ImageLimits
 from bgekit.models.settings import EmbedderSettings
 from bgekit.server import ServerConfig, create_app
 from tests.live_server import live
-from tests.tiny_clip import VISION_TOKENS, build_clip
+from tests.tiny_clip import VISION_TOKENS
 from tests.tiny_visualized import build_visualized
 
 FP32 = EngineConfig(device="cpu", dtype="float32", progress=False)
@@ -56,11 +56,6 @@ def pictures() -> dict[str, bytes]:
         "chelsea": encoded(photos.chelsea(), "PNG"),
         "camera": encoded(photos.camera()[:301, :455], "PNG"),
     }
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
 
 
 @pytest.fixture(scope="module")
