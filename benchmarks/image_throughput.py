@@ -35,7 +35,7 @@ timed for every path), one warm-up pass untimed, then ``--repeat`` timed passes:
 Memory: RSS after loading, and the peak RSS while encoding (the high-water mark reset
 after the warm-up through ``/proc/self/clear_refs``). Every path's vectors are compared
 with the per-call path's (min cosine; the Visualized reference preprocesses with PIL
-and bgekit with its own resize, so fp32 cosines sit just under 1). RSS counts weights
+and bgekit with its own resize, so fp32 cosines may sit a little under 1). RSS counts weights
 read through a memory map (transformers' safetensors) only once touched, so the peak
 while encoding is the number to compare.
 
@@ -92,19 +92,9 @@ PATHS = {
     },
 }
 # A timed pass during which other processes took more than this share of the CPU is run
-# again (up to --retries more passes); each pass first waits up to --wait s for a quiet spell.
+# again (up to --retries more passes); passes first wait for a quiet spell (--wait s in all).
 QUIET = 0.1
-FLAGS = (
-    "avx2",
-    "fma",
-    "avx512f",
-    "avx512_vnni",
-    "avx512_bf16",
-    "avx512_fp16",
-    "amx_tile",
-    "amx_bf16",
-    "amx_int8",
-)
+FLAGS = ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8"]  # fmt: skip
 
 
 def family(shape: str) -> str:
@@ -322,9 +312,9 @@ def child(
     info["rss_loaded"], info["peak_load"] = _status("VmRSS"), _status("VmHWM")
     run(paths)  # warm-up
     Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark: encoding only
-    times, others = [], []
+    times, others, deadline = [], [], time.monotonic() + wait
     while sum(o <= QUIET for o in others) < repeat and len(times) < repeat + retries:
-        _wait_quiet(wait)
+        _wait_quiet(deadline - time.monotonic())
         busy, mine, start = _busy(), sum(os.times()[:2]), time.perf_counter()
         vectors = run(paths)
         times.append(time.perf_counter() - start)
@@ -444,7 +434,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="8 images on the L-14 shapes, one timed pass")
     ap.add_argument("--repeat", type=int, default=1, help="timed passes per round")
     ap.add_argument("--rounds", type=int, default=2, help="rounds over the paths (order alternates)")
-    ap.add_argument("--wait", type=float, default=60, help="seconds to wait for a quiet machine per pass")
+    ap.add_argument("--wait", type=float, default=30, help="seconds a path may wait for a quiet machine")
     ap.add_argument("--retries", type=int, default=2, help="extra passes when others took the CPU")
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--work", type=Path, default=None, help="keep the models and images here")
