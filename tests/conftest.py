@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# haystack-ai phones home on import; offline that logs errors that tests watching the log see
+os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
+
 from tests.tiny_models import add_st_metadata, build_encoder, build_reranker
 
 
