@@ -119,10 +119,15 @@ def test_the_query_reads_as_bge_en_icl_reads_it(emb: Embedder, qwen: Path) -> No
     assert collator.query(ex).ids == hf(text)["input_ids"]  # <s> ... </s>: the end token last
     # no examples: the query alone with its suffix; a line's prompt replaces the instruction
     alone = ShotExample("what is item 0", ("x",), prompt="Find it")
-    assert collator.query(alone).ids == hf("<instruct>Find it\n<query>what is item 0\n<response>")["input_ids"]
+    assert (
+        collator.query(alone).ids == hf("<instruct>Find it\n<query>what is item 0\n<response>")["input_ids"]
+    )
     # and inference lays it out the same: the embedder with these examples
     examples = [{"instruct": INSTRUCT, "query": q, "response": p} for q, p in shots]
-    assert emb.with_examples(examples).tokenize(["what is item 0"], kind="query")[0].ids == collator.query(ex).ids
+    assert (
+        emb.with_examples(examples).tokenize(["what is item 0"], kind="query")[0].ids
+        == collator.query(ex).ids
+    )
     batch = collator([(ex, ["item 0 is a thing", "no"], None), (alone, ["x", "y"], None)])
     assert batch["q_input_ids"].shape[0] == 2 and batch["p_input_ids"].shape[0] == 4
     assert batch["p_input_ids"][1].tolist()[: len(hf("no")["input_ids"])] == hf("no")["input_ids"]

@@ -310,3 +310,52 @@ def test_torchrun_trains_lora_on_two_processes_with_cross_device_negatives(
     base = Embedder.from_pretrained(str(qwen), engine=FP32)
     assert adapter.info.adapter is not None
     assert np.abs(adapter.encode(TEXTS).dense - base.encode(TEXTS).dense).max() > 1e-4
+
+
+def test_an_encoder_adapter_is_merged_before_the_packed_forward(bert_st_mean: Path, tmp_path: Path) -> None:
+    """LoRA on a BERT embedder (its own projection names): loaded with the default engine the
+    merged weights run in bgekit's packed forward, which fuses q/k/v into a new matrix: the
+    adapter must be in the weights before that."""
+    lora = LoraSettings(r=4, alpha=8.0, dropout=0.0, target_modules=("query", "value", "dense"))
+    prepared = prepare(
+        str(bert_st_mean), _data(), _config(lora=lora, query_instruction=None, query_format=None)
+    )
+    _scramble_lora(prepared, seed=3)
+    expected = prepared.embedder.encode(TEXTS).dense  # the transformers forward, with peft's layers
+    prepared.save(tmp_path / "a")
+    packed = Embedder.from_pretrained(
+        str(tmp_path / "a"), engine=FP32.__class__(device="cpu", progress=False)
+    )
+    assert type(packed.torch_module().backbone).__name__ == "PackedEncoder"  # type: ignore[union-attr]
+    np.testing.assert_allclose(packed.encode(TEXTS).dense, expected, atol=1e-3)  # bf16 kernels where checked
+    exact = Embedder.from_pretrained(str(tmp_path / "a"), engine=FP32)
+    np.testing.assert_allclose(exact.encode(TEXTS).dense, expected, atol=1e-5)
+    assert (
+        np.abs(Embedder.from_pretrained(str(bert_st_mean), engine=FP32).encode(TEXTS).dense - expected).max()
+        > 1e-3
+    )
+
+
+def test_adapter_folders_that_cannot_load_say_why(adapter: Path, tmp_path: Path) -> None:
+    from bgekit.errors import ModelFormatError, ModelNotFoundError
+
+    lost = tmp_path / "lost"
+    lost.mkdir()
+    for f in adapter.iterdir():
+        (lost / f.name).write_bytes(f.read_bytes())
+    config = json.loads((lost / "adapter_config.json").read_text())
+    (lost / "adapter_config.json").write_text(
+        json.dumps(config | {"base_model_name_or_path": "/no/such/base"})
+    )
+    (lost / "bgekit_adapter.json").write_text(
+        json.dumps({"base": "/no/such/base", "base_path": "/no/such/base"})
+    )
+    with pytest.raises(ModelNotFoundError, match="no model folder at /no/such/base"):
+        Embedder.from_pretrained(str(lost))
+    record = json.loads((adapter / "bgekit_adapter.json").read_text())
+    (lost / "bgekit_adapter.json").write_text(json.dumps(record | {"kind": "yes_no"}))
+    with pytest.raises(ModelFormatError, match="LoRA adapter for a yes_no; load it with Reranker"):
+        Embedder.from_pretrained(str(lost))
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="fp16 training needs a GPU"):
+            prepare("/not/loaded", _data(), _config(precision="fp16"))  # refused before anything loads

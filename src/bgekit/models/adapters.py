@@ -120,6 +120,19 @@ def base_folder(adapter: Adapter, revision: str | None = None) -> Path:
     return resolve_model_dir(adapter.base, revision)
 
 
+def recorded_kind(adapter: Adapter) -> str | None:
+    """What bgekit's training recorded the adapter is for (``"embedder"``, a reranker
+    kind), or ``None`` for an adapter trained elsewhere."""
+    record = adapter.folder / BASE_RECORD
+    if not record.is_file():
+        return None
+    try:
+        kind = json.loads(record.read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError) as e:
+        raise ModelFormatError(f"{record}: not a readable base record ({e})") from None
+    return str(kind) if kind is not None else None
+
+
 def tokenizer_folder(adapter: Adapter, base: Path) -> Path:
     """Where the adapted model's tokenizer is: the adapter's folder when it holds one (added
     tokens travel with the adapter), else the base's."""

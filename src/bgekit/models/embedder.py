@@ -27,6 +27,7 @@ from bgekit.models.adapters import (
     is_adapter_folder,
     merge_adapter,
     read_adapter,
+    recorded_kind,
     tokenizer_folder,
 )
 from bgekit.models.backbones import make_backbone
@@ -94,6 +95,9 @@ class Embedder(LoadedModel):
         s = settings or EmbedderSettings()
         engine = engine or EngineConfig()
         adapter = read_adapter(name_or_path) if is_adapter_folder(name_or_path) else None
+        kind = recorded_kind(adapter) if adapter is not None else None
+        if kind not in (None, "embedder"):
+            raise ModelFormatError(f"{name_or_path} is a LoRA adapter for a {kind}; load it with Reranker")
         image_model = (
             None
             if adapter is not None

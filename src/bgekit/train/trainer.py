@@ -39,6 +39,8 @@ Precision = Literal["fp32", "fp16", "bf16", "auto"]
 def training_precision(precision: Precision) -> Literal["fp32", "fp16", "bf16"]:
     """``"auto"``: bf16 where the hardware computes it (a CUDA GPU that supports it, else a
     CPU with AMX-BF16 or AVX512-BF16: :func:`bgekit.engine.cpu_features`), fp32 otherwise."""
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise InputError("fp16 training needs a GPU; on the CPU use bf16 (AMX / AVX512-BF16) or fp32")
     if precision != "auto":
         return precision
     if torch.cuda.is_available():
@@ -324,8 +326,8 @@ def load_for_training(
 
     if is_adapter_folder(model):
         raise InputError(
-            f"{model} is a LoRA adapter; train from its base, or from the merged model "
-            "(train with --merge, or save one with Embedder.from_pretrained)"
+            f"{model} is a LoRA adapter; train from its base, or from a merged model "
+            "(what training with --merge writes under OUTPUT/merged)"
         )
     settings = EmbedderSettings(
         query_max_length=cfg.query_max_length,
