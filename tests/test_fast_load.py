@@ -94,9 +94,9 @@ def test_an_incomplete_weights_file_is_refused_by_the_checked_load(
     calls = []
     real = embedder_module.load_transformers_model
 
-    def counting(path: Path, *, cross_encoder: bool) -> torch.nn.Module:
+    def counting(path: Path, *, cross_encoder: bool, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
         calls.append(path)
-        return real(path, cross_encoder=cross_encoder)
+        return real(path, cross_encoder=cross_encoder, dtype=dtype)
 
     monkeypatch.setattr(embedder_module, "load_transformers_model", counting)
     # handed to transformers, whose load report the checked load turns into an error

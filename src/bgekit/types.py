@@ -296,11 +296,14 @@ class ModelInfo:
     tasks: tuple[str, ...] = ()
     default_task: str | None = None
     modalities: tuple[str, ...] = ("text",)
+    adapter: str | None = None  # a LoRA adapter folder merged into the weights at ``path``
 
     def describe(self) -> Iterator[tuple[str, str]]:
         """Readable (label, value) rows, for ``bgekit info``."""
         yield "name", self.name
         yield "path", self.path
+        if self.adapter is not None:
+            yield "adapter", f"{self.adapter} (LoRA, merged at load)"
         yield "task", self.task
         yield "architecture", f"{self.architecture} ({self.model_type}, hidden {self.hidden_size})"
         yield "known as", self.known_as or "(not in bgekit's table; settings read from the folder)"

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from bgekit.cli.common import engine_args, engine_config, model_path
+from bgekit.cli.lora_args import add_lora_args, lora_from_args
 from bgekit.errors import InputError
 
 
@@ -113,8 +114,27 @@ def cmd_train_embedder(ns: argparse.Namespace) -> int:
         m3=ns.m3,
         self_distill=not ns.no_self_distill,
         multivector_dim=ns.multivector_dim,
+        query_format=ns.query_format,
+        lora=lora_from_args(ns),
+        icl=_icl(ns),
+        add_tokens=tuple(ns.add_tokens or ()),
     )
     return _report(train_embedder(model_path(ns.model), ns.data, ns.output, cfg))
+
+
+def _icl(ns: argparse.Namespace) -> Any:
+    lengths = (ns.icl_max_length, ns.icl_query_length, ns.icl_passage_length)
+    if ns.icl_examples is None:
+        if any(v is not None for v in lengths):
+            raise InputError(
+                "--icl-max-length / --icl-query-length / --icl-passage-length need --icl-examples"
+            )
+        return None
+    from bgekit.train.icl import IclSettings
+
+    given = {"max_length": ns.icl_max_length, "query_max_length": ns.icl_query_length}
+    given["passage_max_length"] = ns.icl_passage_length
+    return IclSettings(examples=ns.icl_examples, **{k: v for k, v in given.items() if v is not None})
 
 
 def cmd_train_reranker(ns: argparse.Namespace) -> int:
@@ -161,9 +181,10 @@ def _train_common(p: argparse.ArgumentParser, group_size: int) -> None:
     g.add_argument("--seed", type=int, default=42)
     g.add_argument(
         "--precision",
-        choices=["fp32", "fp16", "bf16"],
+        choices=["fp32", "fp16", "bf16", "auto"],
         default="fp32",
-        help="fp16/bf16: mixed precision on GPU",
+        help="fp16/bf16: mixed precision (bf16 also on CPUs with AMX/AVX512-BF16); a LoRA run loads its "
+        "frozen base in it; auto: bf16 where the hardware has it",
     )
     g.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory")
     g.add_argument("--logging-steps", type=int, default=10)
@@ -187,6 +208,36 @@ def register_train(sub: Any) -> None:
     g.add_argument("--m3", action="store_true", help="train dense, sparse and multi-vector heads together")
     g.add_argument("--no-self-distill", action="store_true", help="--m3 without self-knowledge distillation")
     g.add_argument("--multivector-dim", type=int, default=None, help="size of a new multi-vector head")
+    g.add_argument(
+        "--query-format",
+        default=None,
+        help="how the instruction and query are joined, two {} (default: the model's; e.g. '<instruct>{}\\n<query>{}')",
+    )
+    g.add_argument(
+        "--add-tokens",
+        nargs="+",
+        default=None,
+        metavar="TOKEN",
+        help="special tokens to add (embeddings resized)",
+    )
+    add_lora_args(p)
+    g = p.add_argument_group("in-context examples (bge-en-icl)")
+    g.add_argument(
+        "--icl-examples",
+        type=int,
+        default=None,
+        metavar="K",
+        help="give each query 0..K examples of its task (queries then take the ICL layout at inference too)",
+    )
+    g.add_argument(
+        "--icl-max-length", type=int, default=None, help="tokens all of a query's examples may take"
+    )
+    g.add_argument(
+        "--icl-query-length", type=int, default=None, help="tokens of an example's query (default 64)"
+    )
+    g.add_argument(
+        "--icl-passage-length", type=int, default=None, help="tokens of an example's answer (default 96)"
+    )
     p.set_defaults(func=cmd_train_embedder)
 
     p = sub.add_parser("reranker", help="fine-tune a cross-encoder reranker")

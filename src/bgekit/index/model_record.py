@@ -24,7 +24,8 @@ def model_record(embedder: Embedder) -> dict[str, Any]:
     examples = embedder.prompts.examples
     return {
         "name": embedder.info.name,
-        "path": embedder.info.path,
+        # what loads it again: an adapter's folder (which names its base), else the model's
+        "path": embedder.info.adapter or embedder.info.path,
         "fingerprint": fingerprint_of(identity),
         "identity": identity,
         "settings": settings.to_dict(),

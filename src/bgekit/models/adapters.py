@@ -25,6 +25,7 @@ from bgekit.errors import ModelFormatError
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 EMBEDDINGS = "embeddings.safetensors"
+BASE_RECORD = "bgekit_adapter.json"  # what bgekit's training records: the base's resolved folder, the kind
 _PREFIX = "base_model.model."
 # peft's config keys that change the maths of a merge; bgekit merges plain LoRA only
 _UNSUPPORTED = ("use_dora", "fan_in_fan_out", "layer_replication")
@@ -101,6 +102,43 @@ def read_adapter(folder: str | Path) -> Adapter:
         rank_pattern={str(k): int(v) for k, v in (config.get("rank_pattern") or {}).items()},
         alpha_pattern={str(k): float(v) for k, v in (config.get("alpha_pattern") or {}).items()},
     )
+
+
+def base_folder(adapter: Adapter, revision: str | None = None) -> Path:
+    """The base model's folder: the one bgekit's training recorded (``bgekit_adapter.json``)
+    while it is still there, else ``base_model_name_or_path`` as a folder or hub id."""
+    from bgekit.models.loading import resolve_model_dir
+
+    record = adapter.folder / BASE_RECORD
+    if record.is_file():
+        try:
+            recorded = json.loads(record.read_text(encoding="utf-8")).get("base_path")
+        except (OSError, ValueError, UnicodeDecodeError, AttributeError) as e:
+            raise ModelFormatError(f"{record}: not a readable base record ({e})") from None
+        if isinstance(recorded, str) and (Path(recorded) / "config.json").is_file():
+            return Path(recorded).resolve()
+    return resolve_model_dir(adapter.base, revision)
+
+
+def recorded_kind(adapter: Adapter) -> str | None:
+    """What bgekit's training recorded the adapter is for (``"embedder"``, a reranker
+    kind), or ``None`` for an adapter trained elsewhere."""
+    record = adapter.folder / BASE_RECORD
+    if not record.is_file():
+        return None
+    try:
+        kind = json.loads(record.read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError) as e:
+        raise ModelFormatError(f"{record}: not a readable base record ({e})") from None
+    return str(kind) if kind is not None else None
+
+
+def tokenizer_folder(adapter: Adapter, base: Path) -> Path:
+    """Where the adapted model's tokenizer is: the adapter's folder when it holds one (added
+    tokens travel with the adapter), else the base's."""
+    from bgekit.models.tokenizer import VOCABULARY_FILES
+
+    return adapter.folder if any((adapter.folder / n).is_file() for n in VOCABULARY_FILES) else base
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -22,6 +22,14 @@ from bgekit.engine import EngineConfig
 from bgekit.errors import InputError, MissingHeadError, ModelFormatError
 from bgekit.images import ImageLimits, Item
 from bgekit.inputs import check_pairs
+from bgekit.models.adapters import (
+    base_folder,
+    is_adapter_folder,
+    merge_adapter,
+    read_adapter,
+    recorded_kind,
+    tokenizer_folder,
+)
 from bgekit.models.backbones import make_backbone
 from bgekit.models.encoder_weights import packed_from_folder
 from bgekit.models.heads import EmbedRunner, EncoderWithHeads, TokenOutputs, TokenRunner, load_linear
@@ -30,7 +38,7 @@ from bgekit.models.long_input import LongInputPolicy, combine_rows, stitch_each
 from bgekit.models.processor import TextProcessor, long_input_policy
 from bgekit.models.prompts import Example, Prompts
 from bgekit.models.registry import lookup
-from bgekit.models.runtime import CHECK_TEXTS, LoadedModel, load_transformers_model
+from bgekit.models.runtime import CHECK_TEXTS, LoadedModel, load_dtype, load_transformers_model
 from bgekit.models.settings import EmbedderSettings, is_decoder, resolve_info
 from bgekit.models.tokenizer import TextTokenizer
 from bgekit.models.vision import ImageProcessor, load_image_model
@@ -77,22 +85,39 @@ class Embedder(LoadedModel):
         default to last-token pooling and the ``"Instruct: {}\nQuery: {}"`` query format.
         ``examples`` (``{"instruct", "query", "response"}`` dicts) turn on in-context
         learning for queries, as bge-en-icl does.
+
+        A LoRA adapter folder (peft's ``adapter_config.json`` and weights, e.g. what
+        ``bgekit train embedder --lora`` writes) loads its base (the folder bgekit's training
+        recorded, else ``base_model_name_or_path``) with the adapter merged into the weights
+        before anything else is done to them, and the adapter's tokenizer when it has one;
+        ``info.adapter`` names it.
         """
         s = settings or EmbedderSettings()
         engine = engine or EngineConfig()
-        image_model = load_image_model(name_or_path, revision=revision, settings=s, engine=engine)
+        adapter = read_adapter(name_or_path) if is_adapter_folder(name_or_path) else None
+        kind = recorded_kind(adapter) if adapter is not None else None
+        if kind not in (None, "embedder"):
+            raise ModelFormatError(f"{name_or_path} is a LoRA adapter for a {kind}; load it with Reranker")
+        image_model = (
+            None
+            if adapter is not None
+            else load_image_model(name_or_path, revision=revision, settings=s, engine=engine)
+        )
         if image_model is not None:  # BGE-Visualized, BGE-VL
             model, image_processor, prompts = image_model
             if examples is not None:
                 prompts = prompts.with_examples(examples)
             return cls(model, image_processor, prompts, s, engine)
-        path = resolve_model_dir(name_or_path, revision)
+        # a LoRA adapter folder: its base's folder and settings, the adapter merged below
+        path = (
+            resolve_model_dir(name_or_path, revision) if adapter is None else base_folder(adapter, revision)
+        )
         meta = read_folder(path)
         if meta.is_cross_encoder:
             raise ModelFormatError(
                 f"{name_or_path} is a cross-encoder ({meta.architecture}); load it with Reranker"
             )
-        known = lookup(name_or_path, str(path))
+        known = lookup(name_or_path, str(path)) if adapter is None else lookup(adapter.base, str(path))
         if known is not None and known[1].task != "embedder":
             raise ModelFormatError(f"{name_or_path} is a {known[1].task}; load it with Reranker")
         hidden_size = int(meta.config.get("hidden_size", 0))
@@ -112,13 +137,17 @@ class Embedder(LoadedModel):
             multivector_dim=colbert.out_features if colbert is not None else None,
         )
         with_types = int(meta.config.get("type_vocab_size", 0)) > 1
-        tokenizer = TextTokenizer.from_folder(path, with_type_ids=with_types)
-        packed = packed_from_folder(path, meta.config) if engine.backend == "auto" else None
-        backbone = (
-            make_backbone(load_transformers_model(path, cross_encoder=False), engine.backend)
-            if packed is None
-            else packed
+        tok_path = path if adapter is None else tokenizer_folder(adapter, path)
+        tokenizer = TextTokenizer.from_folder(tok_path, with_type_ids=with_types)
+        packed = (
+            packed_from_folder(path, meta.config) if engine.backend == "auto" and adapter is None else None
         )
+        if packed is None:
+            hf_model = load_transformers_model(path, cross_encoder=False, dtype=load_dtype(engine))
+            if adapter is not None:  # before any packed forward, kernel or precision change
+                merge_adapter(adapter, hf_model)
+                info = dataclasses.replace(info, adapter=str(adapter.folder.resolve()))
+        backbone = make_backbone(hf_model, engine.backend) if packed is None else packed
         long = long_input_policy(s, info, tokenizer, meta.max_positions, is_decoder(meta))
         info = dataclasses.replace(info, long_input=long.policy)
         processor = TextProcessor(tokenizer, info, long)

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bgekit.models.adapters import ADAPTER_CONFIG
 from bgekit.models.loading import safe_torch_load
 from bgekit.models.tokenizer import tokenizer_files
 
@@ -65,12 +66,22 @@ def files_digest(root: Path, text_model: Path | None = None) -> str:
     return _digests[key]
 
 
+def adapter_digest(folder: Path) -> str:
+    """A LoRA adapter folder's digest: its config (rank, alpha, targets) and, as
+    :func:`files_digest` reads them, its weights (the LoRA pairs, added-token embeddings)
+    and tokenizer files. The base it names is not part of it: the base's own files are."""
+    h = hashlib.sha256(files_digest(folder).encode())
+    h.update(b"adapter_config:" + (folder / ADAPTER_CONFIG).read_bytes())
+    return h.hexdigest()
+
+
 def model_identity(embedder: Embedder) -> dict[str, Any]:
-    """What shapes the vectors, as JSON-ready data: the model files, pooling and
-    normalisation, both sides' lengths, every prompt (instructions, query format, tasks,
-    the default task, in-context examples) and the long-input policy."""
+    """What shapes the vectors, as JSON-ready data: the model files (and a LoRA adapter
+    merged into them), pooling and normalisation, both sides' lengths, every prompt
+    (instructions, query format, tasks, the default task, in-context examples) and the
+    long-input policy."""
     info = embedder.info
-    return {
+    identity = {
         # an image model built on a text model's config and tokenizer names that folder
         "files": files_digest(Path(info.path), getattr(embedder.processor, "text_model", None)),
         "pooling": info.pooling,
@@ -80,6 +91,9 @@ def model_identity(embedder: Embedder) -> dict[str, Any]:
         "prompts": embedder.prompts.describe(),
         "long_input": asdict(embedder.long),
     }
+    if info.adapter is not None:  # absent otherwise: identities recorded before adapters still match
+        identity["adapter"] = adapter_digest(Path(info.adapter))
+    return identity
 
 
 def fingerprint_of(identity: dict[str, Any]) -> str:
@@ -103,6 +117,8 @@ def identity_diff(recorded: dict[str, Any], current: dict[str, Any]) -> list[str
             out += [f"{key}.{item}" for item in identity_diff(a, b)]
         elif key == "files":
             out.append("model files (weights, config or tokenizer)")
+        elif key == "adapter":
+            out.append("LoRA adapter " + ("(only one has one)" if a is None or b is None else "files"))
         else:
             shown = [json.dumps(v, ensure_ascii=False) for v in (a, b)]
             out.append(key if max(map(len, shown)) > 60 else f"{key}: {shown[0]} -> {shown[1]}")

@@ -8,13 +8,14 @@ import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from bgekit.engine import Engine, EngineConfig, Precision, TokenBatch, resolve_device, resolve_precision
+from bgekit.engine.device import DType
 from bgekit.errors import ModelFormatError
 from bgekit.models.kernels import fast_paths
 from bgekit.models.loading import key_mismatch, weights_error, weights_file
@@ -120,15 +121,60 @@ def load_pretrained(
     return cast(nn.Module, model)
 
 
-# How fine-tuning runs the inference modules: exact fp32 with the transformers forward
-# (bgekit's packed forward and the bf16 / int8 CPU kernels are inference-only), on the CPU
-# until the Trainer moves them.
-TRAINING_ENGINE = EngineConfig(device="cpu", dtype="float32", backend="transformers", progress=False)
+WeightsDtype = Literal["float32", "bfloat16", "float16"]
 
 
-def load_transformers_model(path: Path, *, cross_encoder: bool, fresh_head: bool = False) -> nn.Module:
-    """The encoder (or sequence-classification model) in fp32 on the CPU, with SDPA attention.
-    An encoder may lack the pooler (bgekit pools itself); a cross-encoder's classifies.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainingEngine(EngineConfig):
+    """How fine-tuning builds the inference modules: the transformers forward (bgekit's
+    packed forward and the bf16 / int8 CPU kernels are inference-only: no backward), the
+    weights loaded straight in ``weights`` (a LoRA run's frozen base in the precision it
+    trains in, with no fp32 copy first) and the model never placed: no device move, dtype
+    conversion or kernel switch; the Trainer moves it."""
+
+    device: str = "cpu"
+    dtype: DType = "float32"
+    backend: Literal["auto", "transformers"] = "transformers"
+    progress: bool | None = False
+    weights: WeightsDtype = "float32"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.weights not in _WEIGHTS:
+            raise ModelFormatError(
+                f"training weights must be one of {', '.join(_WEIGHTS)}, got {self.weights!r}"
+            )
+        if self.backend != "transformers":
+            raise ModelFormatError("training runs the transformers forward (backend='transformers')")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _WEIGHTS[self.weights]
+
+
+_WEIGHTS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Exact fp32 training (full fine-tunes: the optimiser updates these weights themselves).
+TRAINING_ENGINE = TrainingEngine()
+
+
+def training_engine(weights: WeightsDtype = "float32") -> TrainingEngine:
+    """The engine a training run loads its model on, with weights in ``weights``."""
+    return TrainingEngine(weights=weights)
+
+
+def load_dtype(engine: EngineConfig) -> torch.dtype:
+    """What a model's weights are loaded in: the training precision on a
+    :class:`TrainingEngine`, else fp32 (inference kernels choose their own precision when
+    the model is placed)."""
+    return engine.torch_dtype if isinstance(engine, TrainingEngine) else torch.float32
+
+
+def load_transformers_model(
+    path: Path, *, cross_encoder: bool, fresh_head: bool = False, dtype: torch.dtype = torch.float32
+) -> nn.Module:
+    """The encoder (or sequence-classification model) on the CPU in ``dtype`` (fp32 unless
+    a training run loads it in the precision it trains in), with SDPA attention. An encoder
+    may lack the pooler (bgekit pools itself); a cross-encoder's classifies.
     ``fresh_head``: a cross-encoder from an encoder checkpoint, its one-logit head (and a
     BERT pooler the checkpoint lacks) freshly initialised from torch's RNG; the encoder's
     weights are still checked."""
@@ -139,13 +185,16 @@ def load_transformers_model(path: Path, *, cross_encoder: bool, fresh_head: bool
             AutoModelForSequenceClassification,
             path,
             unused=("classifier.", "pooler."),
+            dtype=dtype,
             num_labels=1,
             attn_implementation="sdpa",
         )
     elif cross_encoder:
-        model = load_pretrained(AutoModelForSequenceClassification, path, attn_implementation="sdpa")
+        model = load_pretrained(
+            AutoModelForSequenceClassification, path, dtype=dtype, attn_implementation="sdpa"
+        )
     else:
-        model = load_pretrained(AutoModel, path, unused=("pooler.",), attn_implementation="sdpa")
+        model = load_pretrained(AutoModel, path, unused=("pooler.",), dtype=dtype, attn_implementation="sdpa")
     return model.eval()
 
 
@@ -277,7 +326,12 @@ class LoadedModel:
         # of its own (an image model adds an image, so its vision tower is checked too)
         if check is None:
             check = tokenizer.encode(list(CHECK_TEXTS), min(info.passage_max_length, 256))
-        placed = place_replicas(model, self._engine.config, check, tokenizer.pad_id)
+        config = self._engine.config
+        if isinstance(config, TrainingEngine):  # built for training: left as loaded
+            why = "built for training: not placed, no CPU kernels"
+            placed = [(model, torch.device("cpu"), Precision(config.torch_dtype, None, why))]
+        else:
+            placed = place_replicas(model, config, check, tokenizer.pad_id)
         self._replicas = [(m, d) for m, d, _ in placed]
         self.precisions = [p for _, _, p in placed]
 

@@ -17,10 +17,9 @@ import torch
 from torch import nn
 
 from bgekit.errors import InputError
-from bgekit.models.adapters import EMBEDDINGS
+from bgekit.models.adapters import BASE_RECORD, EMBEDDINGS
 
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-BASE_RECORD = "bgekit_adapter.json"  # which base, resolved, and what the adapter is for
 Task = Literal["FEATURE_EXTRACTION", "CAUSAL_LM"]
 
 
@@ -88,7 +87,8 @@ def save_adapter(
     or path), the base's resolved folder and the model kind (``bgekit_adapter.json``), and,
     when the vocabulary grew, the resized embeddings. The tokenizer is the caller's."""
     folder.mkdir(parents=True, exist_ok=True)
-    wrapped.save_pretrained(str(folder), safe_serialization=True)  # type: ignore[operator]
+    # resized: peft also saves the whole embedding matrix (what peft itself needs to load it)
+    wrapped.save_pretrained(str(folder), safe_serialization=True, save_embedding_layers=resized)  # type: ignore[operator]
     config_path = folder / "adapter_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = base

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from bgekit.engine import pad_batch
+from bgekit.engine import EngineConfig, pad_batch
 from bgekit.errors import InputError
 from bgekit.io import atomic_dir, check_output_dir
 from bgekit.models import Embedder, EmbedderSettings, Reranker
@@ -27,11 +27,27 @@ from bgekit.models.heads import EncoderWithHeads
 from bgekit.models.reranker import load_reranker
 from bgekit.models.runtime import TRAINING_ENGINE
 from bgekit.train.data import TrainExample, check_for_training, load_train_data, sample_group
+from bgekit.train.icl import IclSettings
+from bgekit.train.lora import LoraSettings
 from bgekit.train.modeling import EmbedderTrainModel, RerankerTrainModel, copy_metadata
 from bgekit.types import TokenSeq
 
 logger = logging.getLogger(__name__)
-Precision = Literal["fp32", "fp16", "bf16"]
+Precision = Literal["fp32", "fp16", "bf16", "auto"]
+
+
+def training_precision(precision: Precision) -> Literal["fp32", "fp16", "bf16"]:
+    """``"auto"``: bf16 where the hardware computes it (a CUDA GPU that supports it, else a
+    CPU with AMX-BF16 or AVX512-BF16: :func:`bgekit.engine.cpu_features`), fp32 otherwise."""
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise InputError("fp16 training needs a GPU; on the CPU use bf16 (AMX / AVX512-BF16) or fp32")
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    from bgekit.engine import cpu_features
+
+    return "bf16" if cpu_features().bf16 else "fp32"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,7 +81,10 @@ class TrainConfig:
             (self.learning_rate > 0, "learning_rate must be positive"),
             (0 <= self.warmup < 1, "warmup must be a fraction in [0, 1)"),
             (self.grad_accum >= 1, "grad_accum must be at least 1"),
-            (self.precision in ("fp32", "fp16", "bf16"), "precision must be fp32, fp16 or bf16"),
+            (
+                self.precision in ("fp32", "fp16", "bf16", "auto"),
+                "precision must be fp32, fp16, bf16 or auto",
+            ),
             (self.save_steps is None or self.save_steps >= 1, "save_steps must be at least 1"),
         ]
         for ok, message in checks:
@@ -77,8 +96,13 @@ class TrainConfig:
 class EmbedderTrainConfig(TrainConfig):
     """Embedder training: InfoNCE with in-batch negatives (and, with
     ``cross_device_negatives``, every process's passages), distillation when the data has
-    teacher scores, and BGE-M3's unified loss with ``m3``. Lengths and the query instruction
-    default to the model's own."""
+    teacher scores, and BGE-M3's unified loss with ``m3``. Lengths, the query instruction
+    and the query format default to the model's own.
+
+    ``lora``: train LoRA pairs on a frozen base (loaded in the run's precision) and save
+    the adapter (see :mod:`bgekit.train.decoder`); ``icl``: in-context examples before
+    each query, as bge-en-icl (:mod:`bgekit.train.icl`); ``add_tokens``: special tokens
+    added to the tokenizer, the embeddings resized."""
 
     temperature: float = 0.02
     query_max_length: int | None = None
@@ -88,11 +112,24 @@ class EmbedderTrainConfig(TrainConfig):
     m3: bool = False
     self_distill: bool = True
     multivector_dim: int | None = None
+    query_format: str | None = None
+    lora: LoraSettings | None = None
+    icl: IclSettings | None = None
+    add_tokens: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.temperature <= 0:
             raise InputError(f"temperature must be positive, got {self.temperature}")
+        if self.m3 and self.adapted:
+            raise InputError(
+                "m3 trains BGE-M3's heads by full fine-tuning; it takes no LoRA, ICL or added tokens"
+            )
+
+    @property
+    def adapted(self) -> bool:
+        """Whether the run takes the LoRA / in-context / added-token path."""
+        return self.lora is not None or self.icl is not None or bool(self.add_tokens)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -229,6 +266,7 @@ def _run(
         else output.with_name(output.name + "-checkpoints")
     )
     progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
+    precision = training_precision(cfg.precision)
     # transformers 5 reads a fraction from warmup_steps; 4.x has warmup_ratio for it.
     fields = TrainingArguments.__dataclass_fields__
     warmup: dict[str, Any] = {"warmup_ratio" if "warmup_ratio" in fields else "warmup_steps": cfg.warmup}
@@ -242,8 +280,8 @@ def _run(
         weight_decay=cfg.weight_decay,
         gradient_accumulation_steps=cfg.grad_accum,
         seed=cfg.seed,
-        fp16=cfg.precision == "fp16",
-        bf16=cfg.precision == "bf16",
+        fp16=precision == "fp16",
+        bf16=precision == "bf16",
         logging_steps=cfg.logging_steps,
         save_strategy="steps" if cfg.save_steps else "no",
         save_steps=cfg.save_steps or 500,
@@ -278,6 +316,31 @@ def _run(
     )
 
 
+def load_for_training(
+    model: str, examples: Sequence[TrainExample], cfg: EmbedderTrainConfig, engine: EngineConfig
+) -> Embedder:
+    """The embedder a run trains, on a training engine. The run's lengths, instruction and
+    query format become its settings, so that training tokenises as inference does (and
+    the embedder checks them against the model); an unknown task fails before training."""
+    from bgekit.models.adapters import is_adapter_folder
+
+    if is_adapter_folder(model):
+        raise InputError(
+            f"{model} is a LoRA adapter; train from its base, or from a merged model "
+            "(what training with --merge writes under OUTPUT/merged)"
+        )
+    settings = EmbedderSettings(
+        query_max_length=cfg.query_max_length,
+        passage_max_length=cfg.passage_max_length,
+        query_instruction=cfg.query_instruction,
+        query_format=cfg.query_format,
+    )
+    emb = Embedder.from_pretrained(model, settings=settings, engine=engine)
+    for task in sorted({ex.task for ex in examples if ex.task is not None}):
+        emb.prompts.pick(task)  # names the model's tasks
+    return emb
+
+
 def train_embedder(
     model: str,
     data: str | Path | Sequence[TrainExample],
@@ -286,24 +349,16 @@ def train_embedder(
 ) -> TrainResult:
     """Fine-tune an embedder and save it to ``output`` (loadable with ``Embedder.from_pretrained``)."""
     cfg = config or EmbedderTrainConfig()
+    if cfg.adapted:  # LoRA, in-context examples, added tokens: the decoder embedders' recipes
+        from bgekit.train.decoder import train_adapted_embedder
+
+        return train_adapted_embedder(model, data, output, cfg)
     out = Path(output)
     check_output_dir(out, overwrite=cfg.overwrite)  # fail before training, not after
     examples = _examples(data)
     check_for_training(examples, cfg.group_size)
-    # The run's lengths and instruction become the embedder's settings, so that training
-    # tokenises as inference does (and the embedder checks them against the model).
-    settings = EmbedderSettings(
-        query_max_length=cfg.query_max_length,
-        passage_max_length=cfg.passage_max_length,
-        query_instruction=cfg.query_instruction,
-    )
-    emb = Embedder.from_pretrained(
-        model,
-        settings=settings,
-        engine=TRAINING_ENGINE,  # the inference modules, in exact fp32 (see EmbedderTrainModel)
-    )
-    for task in sorted({ex.task for ex in examples if ex.task is not None}):
-        emb.prompts.pick(task)  # an unknown task fails before training, naming the model's tasks
+    # the inference modules, in exact fp32 (see EmbedderTrainModel)
+    emb = load_for_training(model, examples, cfg, TRAINING_ENGINE)
     info = emb.info
     source = Path(info.path)
     module = emb.torch_module()  # the inference modules themselves: backbone and heads
