@@ -50,7 +50,7 @@ from bgekit.models.llm_reranker import (
 from bgekit.models.loading import read_folder, resolve_model_dir
 from bgekit.models.registry import RerankerVariant, lookup
 from bgekit.models.reranker import reranker_lengths, reranker_variant
-from bgekit.models.runtime import quiet_hf_bars
+from bgekit.models.runtime import quiet_hf_bars, quiet_hf_load
 from bgekit.models.tokenizer import TextTokenizer, tokenizer_files
 from bgekit.train.data import TrainExample
 from bgekit.train.lora import LoraSettings, add_lora, save_adapter, save_merged
@@ -189,7 +189,8 @@ def _with_tokens(path: Path, special_tokens: Sequence[str]) -> Path:
     from transformers import AutoTokenizer
 
     work = Path(tempfile.mkdtemp(prefix="bgekit-tokenizer-"))
-    hf = AutoTokenizer.from_pretrained(str(path))
+    with quiet_hf_load():  # a layer-wise checkpoint's config is a model type transformers lacks
+        hf = AutoTokenizer.from_pretrained(str(path))
     hf.add_special_tokens({"additional_special_tokens": list(special_tokens)})
     hf.save_pretrained(str(work))
     return work
@@ -211,7 +212,8 @@ def prepare_llm_reranker(model: str, variant: RerankerVariant, cfg: RerankerTrai
     embeddings: Any = root.get_input_embeddings()  # type: ignore[operator]
     resized = tokenizer.vocab_size > embeddings.weight.shape[0]
     if resized:
-        root.resize_token_embeddings(tokenizer.vocab_size)  # type: ignore[operator]
+        with quiet_hf_load():  # transformers says how it draws the new rows, every time
+            root.resize_token_embeddings(tokenizer.vocab_size)  # type: ignore[operator]
     hf_model: Any = root if variant == "yes_no" else getattr(root, "model")  # noqa: B009
     hf_model.config.use_cache = False  # a training forward keeps no key/value cache
     layers: tuple[int, ...] = ()
