@@ -192,10 +192,12 @@ def test_yes_no_loss_by_hand_on_peft_yes_logits(gemma: Path, teacher: bool) -> N
 
 def _hand_merged_minicpm(base: Path, state: dict[str, torch.Tensor], alpha: float, r: int, out: Path) -> Path:
     """The checkpoint with ``W + alpha / r * B @ A`` for every LoRA pair (the adapter taken
-    as one of the checkpoint itself), written next to its config."""
+    as one of the checkpoint itself) and the modules it saved whole, next to its config."""
     weights = load_file(str(base / "model.safetensors"))
     for key, a in state.items():
-        if ".lora_A." in key:
+        if ".lora_" not in key:
+            weights[key.removeprefix("base_model.model.")] = a
+        elif ".lora_A." in key:
             name = key.removeprefix("base_model.model.").split(".lora_A.")[0] + ".weight"
             b = state[key.replace(".lora_A.", ".lora_B.")]
             weights[name] = weights[name] + alpha / r * (b @ a)
@@ -230,6 +232,40 @@ def test_layerwise_losses_by_hand_on_a_plain_minicpm_forward(
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     scores = np.array([s for _, _, s in items]) if teacher else None
     assert float(out["loss"].detach()) == pytest.approx(_hand_loss(want, scores), rel=1e-5, abs=1e-5)
+
+
+def test_reference_layerwise_adapter_with_trained_heads_loads(minicpm: Path, tmp_path: Path) -> None:
+    """An adapter as the reference's recipe from the raw model saves it (LoRA pairs, and
+    the per-layer heads whole through ``modules_to_save``) loads with its heads."""
+    from bgekit.models.llm_checkpoints import minicpm_layout
+
+    layout = minicpm_layout(minicpm, json.loads((minicpm / "config.json").read_text()))
+    config = peft.LoraConfig(
+        r=2,
+        lora_alpha=4,
+        target_modules=["v_proj", "down_proj"],
+        modules_to_save=["linear_head"],
+        init_lora_weights=False,
+    )
+    wrapped = peft.get_peft_model(layout, config)
+    with torch.no_grad():
+        for name, p in wrapped.named_parameters():
+            if "modules_to_save" in name:
+                p.mul_(-2.0)
+    wrapped.save_pretrained(str(tmp_path / "adapter"))
+    state = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    assert "base_model.model.lm_head.3.linear_head.weight" in state
+    path = tmp_path / "adapter" / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "base_model_name_or_path": str(minicpm)}))
+    got = Reranker.from_pretrained(str(tmp_path / "adapter"), engine=FP32).score(
+        PAIRS[:3], cutoff_layers=[1, 4]
+    )  # type: ignore[call-arg]
+    merged = _hand_merged_minicpm(minicpm, state, alpha=4.0, r=2, out=tmp_path / "hand")
+    hf = AutoTokenizer.from_pretrained(str(minicpm))
+    want = [
+        _minicpm_reference(merged, _pair_ids(hf, q, p, YES_NO_PROMPT, bos=True), [1, 4]) for q, p in PAIRS[:3]
+    ]
+    np.testing.assert_allclose(got, np.array(want).T, rtol=1e-4, atol=1e-5)
 
 
 def test_layerwise_self_distillation_teaches_with_a_detached_last_layer() -> None:

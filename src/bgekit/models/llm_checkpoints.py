@@ -65,7 +65,7 @@ def _base_from_state(base: nn.Module, state: dict[str, torch.Tensor]) -> None:
 class _Head(nn.Module):
     def __init__(self, weight: torch.Tensor):
         super().__init__()
-        self.linear_head = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        self.linear_head = nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=weight.dtype)
         with torch.no_grad():
             self.linear_head.weight.copy_(weight)
 

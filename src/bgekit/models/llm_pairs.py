@@ -27,8 +27,9 @@ QUERY_SEGMENT, PASSAGE_SEGMENT, PROMPT_SEGMENT = 0, 1, 2
 class PairFormat:
     """How an LLM reranker lays out a (query, passage) pair as tokens (see the module
     docstring): the one tokenisation that scoring (:class:`LLMReranker`) and fine-tuning
-    (:mod:`bgekit.train.llm_reranker`) share. ``max_length``: the passage's tokens (with
-    ``"B: "``); ``query_max_length``: the query's (with ``"A: "``)."""
+    (:mod:`bgekit.train.llm_reranker`) share. ``max_length``: the tokens of the query and
+    passage parts together (and of the passage's alone, ``"B: "`` included), beside the
+    separators and the prompt; ``query_max_length``: the query's (``"A: "`` included)."""
 
     tokenizer: TextTokenizer
     query_max_length: int
