@@ -137,11 +137,46 @@ def _icl(ns: argparse.Namespace) -> Any:
     return IclSettings(examples=ns.icl_examples, **{k: v for k, v in given.items() if v is not None})
 
 
+def _lora_settings(ns: argparse.Namespace) -> Any:
+    """``LoraSettings`` from ``--lora`` and its options (the reference's defaults for those
+    not given), or ``None`` without ``--lora``."""
+    from bgekit.train.lora import LoraSettings
+
+    given = {
+        "r": ns.lora_r,
+        "alpha": ns.lora_alpha,
+        "dropout": ns.lora_dropout,
+        "target_modules": ns.lora_targets,
+        "merge": ns.merge or None,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    if not ns.lora:
+        if given:
+            flags = ", ".join("--" + ("merge" if k == "merge" else "lora-" + k.split("_")[0]) for k in given)
+            raise InputError(f"{flags} set LoRA options; add --lora to train an adapter")
+        return None
+    return LoraSettings(**given)
+
+
 def cmd_train_reranker(ns: argparse.Namespace) -> int:
     from bgekit.train import RerankerTrainConfig, train_reranker
 
-    cfg = RerankerTrainConfig(**_common(ns), max_length=ns.max_length, query_max_length=ns.query_max_length)
+    cfg = RerankerTrainConfig(
+        **_common(ns),
+        max_length=ns.max_length,
+        query_max_length=ns.query_max_length,
+        lora=_lora_settings(ns),
+        start_layer=ns.start_layer,
+        special_tokens=ns.special_tokens or (),
+    )
     return _report(train_reranker(model_path(ns.model), ns.data, ns.output, cfg))
+
+
+def names_arg(text: str) -> tuple[str, ...]:
+    names = tuple(x.strip() for x in text.split(",") if x.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
 
 
 def cmd_merge(ns: argparse.Namespace) -> int:
@@ -240,11 +275,37 @@ def register_train(sub: Any) -> None:
     )
     p.set_defaults(func=cmd_train_embedder)
 
-    p = sub.add_parser("reranker", help="fine-tune a cross-encoder reranker")
+    p = sub.add_parser(
+        "reranker", help="fine-tune a cross-encoder, or an LLM reranker (yes/no, layer-wise) with --lora"
+    )
     _train_common(p, group_size=8)
     g = p.add_argument_group("reranker")
     g.add_argument("--max-length", type=int, default=512, help="tokens per (query, passage) pair")
     g.add_argument("--query-max-length", type=int, default=None, help="default: 3/4 of --max-length")
+    g = p.add_argument_group("LLM rerankers (LoRA)")
+    g.add_argument("--lora", action="store_true", help="train a LoRA adapter (saved with its base's name)")
+    g.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default 64)")
+    g.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default 16)")
+    g.add_argument("--lora-dropout", type=float, default=None, help="LoRA dropout (default 0.1)")
+    g.add_argument(
+        "--lora-targets",
+        type=names_arg,
+        default=None,
+        help="comma-separated modules (default: q/k/v/o/gate/up/down)",
+    )
+    g.add_argument("--merge", action="store_true", help="also save the merged model in OUTPUT/merged")
+    g.add_argument(
+        "--start-layer",
+        type=int,
+        default=None,
+        help="layer-wise: first layer trained to score (default: the model's)",
+    )
+    g.add_argument(
+        "--special-tokens",
+        type=names_arg,
+        default=None,
+        help="comma-separated tokens to add to the vocabulary",
+    )
     p.set_defaults(func=cmd_train_reranker)
 
 

@@ -26,6 +26,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 EMBEDDINGS = "embeddings.safetensors"
 BASE_RECORD = "bgekit_adapter.json"  # what bgekit's training records: the base's resolved folder, the kind
+ADAPTER_RECORD = BASE_RECORD
 _PREFIX = "base_model.model."
 # peft's config keys that change the maths of a merge; bgekit merges plain LoRA only
 _UNSUPPORTED = ("use_dora", "fan_in_fan_out", "layer_replication")
@@ -187,7 +188,7 @@ def merge_adapter(adapter: Adapter, model: nn.Module) -> int:
     path = adapter.folder / ADAPTER_WEIGHTS
     state = _load_safetensors(path)
     modules = dict(model.named_modules())
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters(remove_duplicate=False))  # a tied head under its own name too
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     whole: dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -235,3 +236,17 @@ def merge_adapter(adapter: Adapter, model: nn.Module) -> int:
         _copy_into(param, value, path, name)
         changed += 1
     return changed
+
+
+def base_location(adapter: Adapter) -> str:
+    """Where the adapter's base loads from: the resolved folder bgekit noted when it saved
+    the adapter (``bgekit_adapter.json``'s ``base_path``), while that folder is there; else
+    the base peft records (a hub id or a path)."""
+    record = adapter.folder / ADAPTER_RECORD
+    try:
+        noted = json.loads(record.read_text(encoding="utf-8")).get("base_path")
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+        return adapter.base  # no note (a peft adapter), or an unreadable one: peft's own record
+    if isinstance(noted, str) and noted and Path(noted).is_dir():
+        return noted
+    return adapter.base

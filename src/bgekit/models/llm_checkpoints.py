@@ -2,7 +2,9 @@
 
 - MiniCPM (bge-reranker-v2-minicpm-layerwise; transformers has no MiniCPM): a Llama whose
   embedding and residual scalings (``scale_emb``, ``scale_depth / sqrt(layers)``) are folded
-  into the embedding and output-projection weights, which is exact.
+  into the embedding and output-projection weights, which is exact. :class:`MiniCPMLayout`
+  keeps the checkpoint's module names over it (what LoRA adapters name); an adapter merges
+  into the file's weights before the scalings are folded in.
 - CostWise-Gemma (bge-reranker-v2.5-gemma2-lightweight): a Gemma-2.
 - Yes/no rerankers: any ``*ForCausalLM`` as transformers loads it.
 
@@ -60,7 +62,50 @@ def _base_from_state(base: nn.Module, state: dict[str, torch.Tensor]) -> None:
         )
 
 
-def minicpm_as_llama(path: Path, config: dict[str, Any]) -> tuple[nn.Module, torch.Tensor]:
+class _Head(nn.Module):
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.linear_head = nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=weight.dtype)
+        with torch.no_grad():
+            self.linear_head.weight.copy_(weight)
+
+
+class MiniCPMLayout(nn.Module):
+    """A layer-wise MiniCPM checkpoint's module names over the Llama backbone bgekit runs it
+    on: ``model.*`` (the backbone) and ``lm_head.N.linear_head`` (the per-layer heads), as
+    the reference's ``LayerWiseMiniCPMForCausalLM`` names them, so that a LoRA adapter made
+    for it (or by bgekit) names these modules; its ``state_dict`` is the checkpoint's."""
+
+    def __init__(self, base: nn.Module, heads: torch.Tensor):
+        super().__init__()
+        self.model = base
+        self.lm_head = nn.ModuleList(_Head(heads[i : i + 1]) for i in range(heads.shape[0]))
+        self.config = base.config
+
+    def heads(self) -> torch.Tensor:
+        heads: list[Any] = list(self.lm_head)
+        return torch.cat([h.linear_head.weight for h in heads], dim=0).detach()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()  # type: ignore[operator]
+
+    def get_output_embeddings(self) -> None:
+        return None  # the heads score; there is no vocabulary head
+
+    def resize_token_embeddings(self, size: int) -> Any:
+        return self.model.resize_token_embeddings(size)  # type: ignore[operator]
+
+
+def minicpm_residual_scale(config: dict[str, Any]) -> float:
+    """What MiniCPM multiplies each attention and MLP output by before the residual add."""
+    return float(config.get("scale_depth", 1.0)) / math.sqrt(int(config["num_hidden_layers"]))
+
+
+def minicpm_layout(
+    path: Path, config: dict[str, Any], *, dtype: torch.dtype = torch.float32
+) -> MiniCPMLayout:
+    """The checkpoint on a Llama backbone in ``dtype``, its scalings not folded in yet (the
+    weights as the file holds them)."""
     from transformers import LlamaConfig, LlamaModel
 
     layers = int(config["num_hidden_layers"])
@@ -83,16 +128,32 @@ def minicpm_as_llama(path: Path, config: dict[str, Any]) -> tuple[nn.Module, tor
         pad_token_id=config.get("pad_token_id"),
     )
     with quiet_hf_bars():
-        base = LlamaModel(llama).float()
+        # built in ``dtype`` from the start: a 2B model trained in bf16 gets no fp32 copy
+        base = LlamaModel._from_config(llama, dtype=dtype)
     state = _state_dict(path)
     _base_from_state(base, state)
-    residual = float(config.get("scale_depth", 1.0)) / math.sqrt(layers)
+    return MiniCPMLayout(base, _heads(state).to(dtype))
+
+
+def fold_minicpm_scalings(base: nn.Module, config: dict[str, Any]) -> None:
+    """Fold MiniCPM's embedding and residual scalings into the weights (exact up to
+    rounding): the Llama backbone then computes what MiniCPM does."""
+    residual = minicpm_residual_scale(config)
+    model: Any = base
     with torch.no_grad():
-        base.embed_tokens.weight.mul_(float(config.get("scale_emb", 1.0)))
-        for layer in base.layers:
+        model.embed_tokens.weight.mul_(float(config.get("scale_emb", 1.0)))
+        for layer in model.layers:
             layer.self_attn.o_proj.weight.mul_(residual)
             layer.mlp.down_proj.weight.mul_(residual)
-    return base.eval(), _heads(state)
+
+
+def minicpm_as_llama(
+    path: Path, config: dict[str, Any], *, dtype: torch.dtype = torch.float32
+) -> tuple[nn.Module, torch.Tensor]:
+    """The backbone (scalings folded in) and the per-layer heads."""
+    layout = minicpm_layout(path, config, dtype=dtype)
+    fold_minicpm_scalings(layout.model, config)
+    return layout.model.eval(), layout.heads()
 
 
 def costwise_as_gemma2(path: Path, config: dict[str, Any]) -> tuple[nn.Module, torch.Tensor]:

@@ -7,11 +7,14 @@ Input per pair: ``[bos] + tok("A: " + query)[:query_max] + tok("\\n") + tok("B: 
 tokens) ``+ tok("\\n") + tok(prompt)``. The score is read at the last real token: the "Yes"
 logit (yes/no), or a per-layer head on the final-normed hidden state after ``c`` decoder
 layers (layer-wise). Token segments (query+separator / passage / separator+prompt) travel
-as the token type ids of each sequence, so batches carry them through the engine.
+as the token type ids of each sequence, so batches carry them through the engine
+(:class:`~bgekit.models.llm_pairs.PairFormat`, which fine-tuning tokenises with too).
 
 The backbones are transformers' own decoder layers (:mod:`bgekit.models.llm_checkpoints`
 loads them). The two scorers are :class:`YesNoScorer` and :class:`LayerwiseScorer` (the
 lightweight model is a layer-wise scorer that also compresses passage tokens).
+:func:`load_scorer` builds them for scoring and for fine-tuning, merging a LoRA adapter
+into the checkpoint's own weights first.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -29,22 +32,27 @@ from torch import nn
 from bgekit.engine import EngineConfig, TokenBatch
 from bgekit.engine.device import MatmulKind
 from bgekit.errors import InputError, ModelFormatError
-from bgekit.inputs import check_pairs
+from bgekit.models.adapters import Adapter, merge_adapter
 from bgekit.models.kernels import patch_linears
-from bgekit.models.llm_checkpoints import costwise_as_gemma2, minicpm_as_llama
+from bgekit.models.llm_checkpoints import costwise_as_gemma2, fold_minicpm_scalings, minicpm_layout
+from bgekit.models.llm_pairs import (
+    LIGHTWEIGHT_PROMPT,
+    PROMPT_SEGMENT,
+    QUERY_SEGMENT,
+    YES_NO_PROMPT,
+    PairFormat,
+)
+from bgekit.models.llm_pairs import (
+    PASSAGE_SEGMENT as PASSAGE_SEGMENT,  # re-exported: the segments are this module's API too
+)
 from bgekit.models.loading import FolderMeta, weights_file
 from bgekit.models.registry import RerankerVariant
 from bgekit.models.reranker import Reranker, WindowParts, register_reranker_builder
 from bgekit.models.runtime import load_pretrained
-from bgekit.models.tokenizer import TextTokenizer
+from bgekit.models.tokenizer import TextTokenizer, tokenizer_files
 from bgekit.types import ModelInfo, TokenSeq
 
-YES_NO_PROMPT = (
-    "Given a query A and a passage B, determine whether the passage contains an answer to the query "
-    "by providing a prediction of either 'Yes' or 'No'."
-)
-LIGHTWEIGHT_PROMPT = "Predict whether passage B contains an answer to query A."
-QUERY_SEGMENT, PASSAGE_SEGMENT, PROMPT_SEGMENT = 0, 1, 2
+_T = TypeVar("_T")
 
 
 # -- token compression and FLOPs ------------------------------------------------------------
@@ -314,74 +322,28 @@ class LLMReranker(Reranker):
         assert isinstance(module, YesNoScorer | LayerwiseScorer)
         return module
 
-    def _bos(self) -> list[int]:
-        tok = self.tokenizer
-        # yes/no models get BOS unless it doubles as padding (the reference tokenizer's rule)
-        if tok.bos_id is not None and (self.scorer.layerwise or tok.bos_id != tok.pad_id):
-            return [tok.bos_id]
-        return []
-
-    def _limit(self) -> int:
-        """Tokens the query part and ``sep + passage`` may hold together."""
-        return self.max_pair_length + len(self._sep()) + len(self._prompt())
-
-    def _sep(self) -> list[int]:
-        return self.tokenizer.ids(["\n"])[0]
-
-    def _prompt(self) -> list[int]:
-        return self.tokenizer.ids([self.prompt])[0]
-
-    def _layout(self, first: list[int], second: list[int], cut: bool) -> TokenSeq:
-        """``first + second + sep + prompt`` (``second`` starts with the separator), with
-        the segments as token type ids."""
-        sep, prompt = self._sep(), self._prompt()
-        ids = first + second + sep + prompt
-        query_part = len(first) + len(sep)
-        types = [QUERY_SEGMENT] * query_part + [PASSAGE_SEGMENT] * (len(second) - len(sep))
-        types += [PROMPT_SEGMENT] * (len(sep) + len(prompt))
-        return TokenSeq(ids, types, cut)
+    def pair_format(self) -> PairFormat:
+        """How this model lays out pairs (its lengths and current ``prompt``)."""
+        return PairFormat(
+            self.tokenizer,
+            self.info.query_max_length,
+            self.max_pair_length,
+            self.prompt,
+            self.scorer.layerwise,
+        )
 
     def tokenize(self, pairs: Sequence[tuple[str, str]]) -> list[TokenSeq]:
-        queries, passages = check_pairs(pairs)
-        tok = self.tokenizer
-        sep, bos, limit = self._sep(), self._bos(), self._limit()
-        out = []
-        q_ids = tok.ids(["A: " + q for q in queries])
-        p_ids = tok.ids(["B: " + p for p in passages])
-        for q, p in zip(q_ids, p_ids, strict=True):
-            cut = len(q) > self.info.query_max_length or len(p) > self.max_pair_length
-            first = bos + q[: self.info.query_max_length]
-            second = sep + p[: self.max_pair_length]
-            over = len(first) + len(second) - limit
-            if 0 < over < len(second):  # like transformers' only-second truncation (none when it cannot fit)
-                second = second[:-over]
-                cut = True
-            out.append(self._layout(first, second, cut))
-        return out
+        return self.pair_format().tokenize(pairs)
 
     def can_window(self) -> bool:
         return True  # pairs are built from token ids already
 
     def _window_parts(self, queries: Sequence[str], passages: Sequence[str]) -> list[WindowParts]:
-        """The query part is ``bos + "A: " + query``; every window starts with ``"B:"``'s
-        tokens (when the passage's tokens start with them) and fits beside the query."""
-        tok = self.tokenizer
-        q_max = self.info.query_max_length
-        sep, bos, limit = self._sep(), self._bos(), self._limit()
-        head = tok.ids(["B:"])[0]
-        out = []
-        for q, p in zip(
-            tok.ids(["A: " + q for q in queries]), tok.ids(["B: " + p for p in passages]), strict=True
-        ):
-            first = bos + q[:q_max]
-            own = p[len(head) :] if p[: len(head)] == head else p
-            start = head if own is not p else []
-            room = min(self.max_pair_length, limit - len(first) - len(sep))
-            out.append(WindowParts(first, start, own, room, len(q) > q_max))
-        return out
+        return self.pair_format().window_parts(queries, passages)
 
     def _pair_seq(self, query: list[int], passage: list[int]) -> TokenSeq:
-        return self._layout(query, self._sep() + passage, False)
+        fmt = self.pair_format()
+        return fmt.layout(query, fmt.sep() + passage, False)
 
     def score(
         self,
@@ -444,27 +406,67 @@ class LLMReranker(Reranker):
         return layers
 
 
-def _yes_no_model(path: Path) -> tuple[nn.Module, Any]:
-    """The decoder and output embeddings of a ``*ForCausalLM`` folder, its weights checked
-    against the config (nothing left at random: the "Yes" row is read from the head)."""
-    from transformers import AutoModelForCausalLM
-
-    lm: Any = load_pretrained(AutoModelForCausalLM, path, attn_implementation="eager")
-    return lm.get_decoder().eval(), lm.get_output_embeddings()
-
-
-def _converted(
-    convert: Callable[[Path, dict[str, Any]], tuple[nn.Module, torch.Tensor]],
-    path: Path,
-    config: dict[str, Any],
-) -> tuple[nn.Module, torch.Tensor]:
+def _converted(convert: Callable[[], _T], path: Path) -> _T:
     """A converted checkpoint (MiniCPM, CostWise-Gemma); its errors name the weights file."""
     try:
-        return convert(path, config)
+        return convert()
     except ModelFormatError as e:
         if str(path) in str(e):
             raise
         raise ModelFormatError(f"{weights_file(path)}: {e}") from None
+
+
+def load_scorer(
+    path: Path,
+    config: dict[str, Any],
+    variant: RerankerVariant,
+    tokenizer: TextTokenizer,
+    *,
+    dtype: torch.dtype = torch.float32,
+    adapter: Adapter | None = None,
+) -> tuple[YesNoScorer | LayerwiseScorer, nn.Module]:
+    """The scoring module of ``variant`` from its folder, in ``dtype``, and the module whose
+    parameter names are the checkpoint's (the causal LM; :class:`MiniCPMLayout`), which
+    LoRA adapters name. ``adapter`` is merged into the checkpoint's weights first: before
+    the MiniCPM scalings are folded in, so that the merged model is the adapted one.
+
+    The yes/no model's weights are checked against its config (nothing left at random:
+    the "Yes" row is read from the LM head)."""
+    if variant == "layerwise":
+        layout = _converted(lambda: minicpm_layout(path, config, dtype=dtype), path)
+        if adapter is not None:
+            merge_adapter(adapter, layout)
+        fold_minicpm_scalings(layout.model, config)
+        scorer = LayerwiseScorer(
+            layout.model.eval(), layout.heads(), start_layer=int(config.get("start_layer", 8))
+        )
+        return scorer, layout
+    if variant == "lightweight":
+        if adapter is not None:
+            raise ModelFormatError(
+                f"{adapter.folder}: bgekit loads adapters of yes/no and layer-wise rerankers only"
+            )
+        base, heads = _converted(lambda: costwise_as_gemma2(path, config), path)
+        lightweight = LayerwiseScorer(
+            base,
+            heads,
+            start_layer=int(config.get("start_layer", 8)),
+            layer_sep=int(config.get("layer_sep", 1)),
+            softcap=config.get("final_logit_softcapping"),
+            compresses=True,
+            head_per_request=True,
+        )
+        return lightweight, base
+    from transformers import AutoModelForCausalLM
+
+    lm: Any = load_pretrained(AutoModelForCausalLM, path, attn_implementation="eager", dtype=dtype)
+    if adapter is not None:
+        merge_adapter(adapter, lm)
+    yes = tokenizer.ids(["Yes"])[0]
+    if not yes:
+        raise ModelFormatError(f"{path}: the tokenizer has no token for 'Yes'")
+    row = lm.get_output_embeddings().weight[yes[0]].detach().clone()
+    return YesNoScorer(lm.get_decoder().eval(), row, softcap=config.get("final_logit_softcapping")), lm
 
 
 def build_llm_reranker(
@@ -474,32 +476,15 @@ def build_llm_reranker(
     variant: RerankerVariant,
     info: ModelInfo,
     engine: EngineConfig | None,
+    *,
+    adapter: Adapter | None = None,
 ) -> LLMReranker:
-    """An LLM reranker of ``variant`` from its folder (registered with the reranker loader)."""
-    config = meta.config
-    tokenizer = TextTokenizer.from_folder(path, with_type_ids=True)
-    scorer: YesNoScorer | LayerwiseScorer
-    if variant == "layerwise":
-        base, heads = _converted(minicpm_as_llama, path, config)
-        scorer = LayerwiseScorer(base, heads, start_layer=int(config.get("start_layer", 8)))
-    elif variant == "lightweight":
-        base, heads = _converted(costwise_as_gemma2, path, config)
-        scorer = LayerwiseScorer(
-            base,
-            heads,
-            start_layer=int(config.get("start_layer", 8)),
-            layer_sep=int(config.get("layer_sep", 1)),
-            softcap=config.get("final_logit_softcapping"),
-            compresses=True,
-            head_per_request=True,
-        )
-    else:
-        base, lm_head = _yes_no_model(path)
-        yes = tokenizer.ids(["Yes"])[0]
-        if not yes:
-            raise ModelFormatError(f"{name}: the tokenizer has no token for 'Yes'")
-        row = lm_head.weight[yes[0]].detach().float().clone()
-        scorer = YesNoScorer(base, row, softcap=config.get("final_logit_softcapping"))
+    """An LLM reranker of ``variant`` from its folder (registered with the reranker loader);
+    with ``adapter``, the base in ``path`` adapted (its tokenizer the adapter's own when it
+    has one: added tokens)."""
+    tokenizer_dir = adapter.folder if adapter is not None and tokenizer_files(adapter.folder) else path
+    tokenizer = TextTokenizer.from_folder(tokenizer_dir, with_type_ids=True)
+    scorer, _ = load_scorer(path, meta.config, variant, tokenizer, adapter=adapter)
     model = LLMReranker(scorer, tokenizer, info, engine)
     model.prompt = LIGHTWEIGHT_PROMPT if variant == "lightweight" else YES_NO_PROMPT
     return model

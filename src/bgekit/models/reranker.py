@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ from torch import nn
 from bgekit.engine import EngineConfig, TokenBatch
 from bgekit.errors import InputError, ModelFormatError
 from bgekit.inputs import check_pairs, check_texts
+from bgekit.models.adapters import Adapter, base_location, is_adapter_folder, read_adapter
 from bgekit.models.backbones import CrossEncoderForward
 from bgekit.models.loading import FolderMeta, read_folder, resolve_model_dir
 from bgekit.models.long_input import (
@@ -50,7 +51,22 @@ class _LogitRunner:
         return self.model(batch).float().cpu().numpy().tolist()
 
 
-Builder = Callable[[str, Path, FolderMeta, RerankerVariant, ModelInfo, "EngineConfig | None"], "Reranker"]
+class Builder(Protocol):
+    """Builds one reranker variant from its resolved folder (``adapter``: merged into it)."""
+
+    def __call__(
+        self,
+        name: str,
+        path: Path,
+        meta: FolderMeta,
+        variant: RerankerVariant,
+        info: ModelInfo,
+        engine: EngineConfig | None,
+        *,
+        adapter: Adapter | None = None,
+    ) -> Reranker: ...
+
+
 _BUILDERS: dict[str, Builder] = {}
 
 
@@ -137,7 +153,11 @@ def load_reranker(
     ``training``: a cross-encoder to fine-tune (what ``train_reranker`` starts from), on
     :data:`~bgekit.models.runtime.TRAINING_ENGINE` (exact fp32, transformers' forward); an
     encoder checkpoint becomes a cross-encoder with a fresh one-logit head, an LLM reranker
-    is refused. Its weights are checked as for inference."""
+    is refused. Its weights are checked as for inference.
+
+    ``name_or_path`` may be a LoRA adapter folder (``bgekit train reranker --lora``, or
+    peft's) of an LLM reranker: its base loads (``bgekit_adapter.json``'s folder, else the
+    base peft records) with the adapter merged into the weights before anything else."""
     long_passage = check_long_passage(long_passage)
     if passage_overlap < 0:
         raise InputError(f"passage_overlap must be at least 0, got {passage_overlap}")
@@ -145,9 +165,11 @@ def load_reranker(
         raise InputError(
             "training=True loads on the training engine (fp32, transformers); leave engine unset"
         )
-    path = resolve_model_dir(name_or_path, revision)
+    adapter = read_adapter(name_or_path) if is_adapter_folder(name_or_path) else None
+    base = name_or_path if adapter is None else base_location(adapter)
+    path = resolve_model_dir(base, revision)
     meta = read_folder(path)
-    known = lookup(name_or_path, str(path))
+    known = lookup(base, str(path))
     variant = reranker_variant(meta, known[1].reranker_variant if known else None)
     fresh_head = training and variant is None
     if training:
@@ -169,14 +191,15 @@ def load_reranker(
         raise ModelFormatError(f"{name_or_path}: a reranker needs one output logit (num_labels=1)")
     max_length, q_max = reranker_lengths(meta, max_length, query_max_length)
     pooling = "cls" if variant == "cross_encoder" else "last_token"
-    # an embedder's registry entry (bge-small-en-v1.5 given a fresh head) is not this model's name
-    known_as = known[0] if known and not fresh_head else None
+    # an embedder's registry entry (bge-small-en-v1.5 given a fresh head), or the base of an
+    # adapter, is not this model's name
+    known_as = known[0] if known and not fresh_head and adapter is None else None
     info = reranker_info(name_or_path, meta, pooling, q_max, max_length, known_as)
     info = dataclasses.replace(info, long_input=long_passage)
     build = _BUILDERS.get(variant)
     if build is None:
         raise ModelFormatError(f"{name_or_path}: no loader for {variant} rerankers in this installation")
-    model = build(name_or_path, path, meta, variant, info, engine)
+    model = build(name_or_path, path, meta, variant, info, engine, adapter=adapter)
     if fresh_head:  # said once loaded: a damaged folder's error is the only line
         logger.info("%s has no classification head; added a fresh one-logit head", name_or_path)
     if long_passage != "truncate" and not model.can_window():
@@ -227,11 +250,17 @@ def _build_cross_encoder(
     variant: RerankerVariant,
     info: ModelInfo,
     engine: EngineConfig | None,
+    *,
+    adapter: Adapter | None = None,
 ) -> Reranker:
     """The one place a cross-encoder is built, for scoring and for fine-tuning: checked
     weights (a damaged folder is one :class:`ModelFormatError`), its head fresh when the
     folder holds an encoder (only :func:`load_reranker` with ``training=True`` gets here
     with one)."""
+    if adapter is not None:
+        raise ModelFormatError(
+            f"{adapter.folder}: a LoRA adapter of a cross-encoder; bgekit loads adapters of LLM rerankers"
+        )
     with_types = int(meta.config.get("type_vocab_size", 0)) > 1
     tokenizer = TextTokenizer.from_folder(path, with_type_ids=with_types)
     engine = engine or EngineConfig()
@@ -269,7 +298,8 @@ class Reranker(LoadedModel):
         passage_overlap: int = DEFAULT_OVERLAP,
     ) -> Reranker:
         """:func:`load_reranker`: a cross-encoder, or an LLM reranker (yes/no, layer-wise,
-        lightweight) as an :class:`~bgekit.models.llm_reranker.LLMReranker`."""
+        lightweight) as an :class:`~bgekit.models.llm_reranker.LLMReranker`, or a LoRA
+        adapter folder of one (yes/no, layer-wise)."""
         return load_reranker(
             name_or_path,
             revision=revision,

@@ -58,9 +58,12 @@ def _peft() -> Any:
     return peft
 
 
-def add_lora(model: nn.Module, settings: LoraSettings, task: Task) -> nn.Module:
+def add_lora(
+    model: nn.Module, settings: LoraSettings, task: Task, *, alpha_pattern: dict[str, float] | None = None
+) -> nn.Module:
     """``model`` wrapped with trainable LoRA pairs (the base frozen). A target module the
-    model lacks is one error naming the modules it has."""
+    model lacks is one error naming the modules it has. ``alpha_pattern``: peft's per-module
+    alphas (a module whose output the model scales, trained as if the scale were outside)."""
     peft = _peft()
     names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     missing = [t for t in settings.target_modules if t not in names]
@@ -75,6 +78,7 @@ def add_lora(model: nn.Module, settings: LoraSettings, task: Task) -> nn.Module:
         lora_dropout=settings.dropout,
         target_modules=list(settings.target_modules),
         modules_to_save=list(settings.modules_to_save) or None,
+        alpha_pattern=dict(alpha_pattern or {}),
         inference_mode=False,
     )
     return peft.get_peft_model(model, config)
@@ -87,8 +91,9 @@ def save_adapter(
     or path), the base's resolved folder and the model kind (``bgekit_adapter.json``), and,
     when the vocabulary grew, the resized embeddings. The tokenizer is the caller's."""
     folder.mkdir(parents=True, exist_ok=True)
-    # resized: peft also saves the whole embedding matrix (what peft itself needs to load it)
-    wrapped.save_pretrained(str(folder), safe_serialization=True, save_embedding_layers=resized)  # type: ignore[operator]
+    # added-token embeddings travel once, in embeddings.safetensors (peft would also save
+    # them whole, as the model holds them: a layer-wise reranker's scaled by scale_emb)
+    wrapped.save_pretrained(str(folder), safe_serialization=True, save_embedding_layers=False)  # type: ignore[operator]
     config_path = folder / "adapter_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = base

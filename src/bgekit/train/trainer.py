@@ -135,10 +135,18 @@ class EmbedderTrainConfig(TrainConfig):
 @dataclass(frozen=True, kw_only=True)
 class RerankerTrainConfig(TrainConfig):
     """Cross-encoder training: cross-entropy over each group. A pair holds at most
-    ``max_length`` tokens, its query at most ``query_max_length`` (3/4 of it by default)."""
+    ``max_length`` tokens, its query at most ``query_max_length`` (3/4 of it by default).
+
+    LLM rerankers (yes/no, layer-wise; :mod:`bgekit.train.llm_reranker`) train with
+    ``lora`` (required for them); ``start_layer``: a layer-wise model's first scored layer
+    (default: the model's own); ``special_tokens``: tokens added to the vocabulary (the
+    resized embeddings are saved with the adapter)."""
 
     max_length: int = 512
     query_max_length: int | None = None
+    lora: LoraSettings | None = None
+    start_layer: int | None = None
+    special_tokens: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -411,12 +419,23 @@ def train_reranker(
     config: RerankerTrainConfig | None = None,
 ) -> TrainResult:
     """Fine-tune a cross-encoder (or start one from an encoder checkpoint, adding a fresh
-    one-logit head) and save it to ``output`` (loadable with ``Reranker.from_pretrained``)."""
+    one-logit head) and save it to ``output`` (loadable with ``Reranker.from_pretrained``);
+    an LLM reranker (yes/no or layer-wise) trains a LoRA adapter (``config.lora``), saved
+    to ``output`` with its base's name (and merged under ``output/merged`` on request)."""
     cfg = config or RerankerTrainConfig()
     out = Path(output)
     check_output_dir(out, overwrite=cfg.overwrite)  # fail before training, not after
     examples = _examples(data)
     check_for_training(examples, cfg.group_size)
+    from bgekit.train.llm_reranker import llm_variant, train_llm_reranker
+
+    variant = llm_variant(model)
+    if variant is not None:  # yes/no and layer-wise LLM rerankers: LoRA on the LLM scorers
+        return train_llm_reranker(model, variant, examples, out, cfg)
+    if cfg.lora is not None or cfg.start_layer is not None or cfg.special_tokens:
+        raise InputError(
+            f"{model} is a cross-encoder: lora, start_layer and special_tokens are for LLM rerankers"
+        )
     torch.manual_seed(cfg.seed)  # a fresh head is drawn as the model loads
     # the inference loader itself: the same checked weights, and the Reranker tokenises as
     # inference does
