@@ -44,6 +44,7 @@ from bgekit.train.losses import (
 )
 from bgekit.train.modeling import EmbedderTrainModel
 from bgekit.train.trainer import EmbedderCollator, GroupDataset
+from bgekit.engine import TokenBatch
 from bgekit.types import SparseVec
 from tests.tiny_models import CORPUS
 
@@ -328,6 +329,34 @@ def test_reranker_training_loss_is_cross_entropy_of_the_reranker_scores(bert_rer
     loss, logits = _reranker_loss_on(bert_reranker, _examples())
     # The training loss is cross-entropy over each group's logits as the inference Reranker computes them.
     assert loss == pytest.approx(-np.mean(_np_log_softmax(logits.astype(np.float64))[:, 0]), rel=1e-4)
+
+
+def test_reranker_teacher_scores_are_softened_by_the_teacher_temperature(bert_reranker: Path) -> None:
+    from bgekit.models.backbones import CrossEncoderForward
+    from bgekit.train.modeling import RerankerTrainModel
+    from bgekit.train.trainer import RerankerCollator
+
+    engine = EngineConfig(device="cpu", dtype="float32", backend="transformers", progress=False)
+    rr = Reranker.from_pretrained(str(bert_reranker), max_length=32, query_max_length=24, engine=engine)
+    module = rr.torch_module()
+    assert isinstance(module, CrossEncoderForward)
+    teacher = [[0.81, 0.62, 0.60], [0.40, 0.55, 0.20]]  # bi-encoder cosines
+    examples = [
+        TrainExample(ex.query, ex.pos, ex.neg[:2], pos_scores=(t[0],), neg_scores=tuple(t[1:]))
+        for ex, t in zip(_examples()[:2], teacher, strict=True)
+    ]
+    items = [GroupDataset(examples, 3, seed=0)[i] for i in range(2)]
+    batch = RerankerCollator(rr)(items)
+    with torch.no_grad():
+        padded = (batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        logits = module(TokenBatch.from_padded(*padded))
+        loss = float(RerankerTrainModel(module, group_size=3, teacher_temperature=0.05).eval()(**batch)["loss"])
+    log_p = _np_log_softmax(logits.double().numpy().reshape(2, 3))
+    t = np.exp(_np_log_softmax(np.array(teacher) / 0.05))
+    want = -np.mean(log_p[:, 0]) - np.mean(np.sum(t * log_p, axis=1))
+    assert loss == pytest.approx(want, rel=1e-5)
+    with pytest.raises(InputError, match="teacher_temperature"):
+        RerankerTrainConfig(teacher_temperature=0)
 
 
 def test_reranker_training_lowers_the_loss(bert_trainable: Path, tmp_path: Path) -> None:

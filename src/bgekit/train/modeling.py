@@ -179,12 +179,13 @@ class RerankerTrainModel(nn.Module):
     """The inference cross-encoder (:class:`~bgekit.models.backbones.CrossEncoderForward`,
     on the transformers backbone) trained with cross-entropy over groups."""
 
-    def __init__(self, module: CrossEncoderForward, *, group_size: int):
+    def __init__(self, module: CrossEncoderForward, *, group_size: int, teacher_temperature: float = 1.0):
         super().__init__()
         if not isinstance(module.backbone, TransformersBackbone):
             raise ValueError("training needs the transformers backbone (load with backend='transformers')")
         self.module = module
         self.group_size = group_size
+        self.teacher_temperature = teacher_temperature
 
     def forward(
         self,
@@ -194,7 +195,11 @@ class RerankerTrainModel(nn.Module):
         teacher_scores: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         logits = self.module(TokenBatch.from_padded(input_ids, attention_mask, token_type_ids))
-        teacher = None if teacher_scores is None else torch.softmax(teacher_scores.float().detach(), dim=-1)
+        teacher = (
+            None
+            if teacher_scores is None
+            else torch.softmax(teacher_scores.float().detach() / self.teacher_temperature, dim=-1)
+        )
         return {"loss": reranker_loss(logits, self.group_size, teacher), "logits": logits}
 
     def save(self, folder: Path) -> None:

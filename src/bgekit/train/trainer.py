@@ -140,13 +140,23 @@ class RerankerTrainConfig(TrainConfig):
     LLM rerankers (yes/no, layer-wise; :mod:`bgekit.train.llm_reranker`) train with
     ``lora`` (required for them); ``start_layer``: a layer-wise model's first scored layer
     (default: the model's own); ``special_tokens``: tokens added to the vocabulary (the
-    resized embeddings are saved with the adapter)."""
+    resized embeddings are saved with the adapter).
+
+    With teacher scores in the data, a cross-encoder adds the soft cross-entropy to
+    ``softmax(teacher / teacher_temperature)``: bi-encoder cosines (within ±1) need a small
+    temperature (e.g. 0.05) to carry an ordering; reranker logits use the default 1."""
 
     max_length: int = 512
     query_max_length: int | None = None
     lora: LoraSettings | None = None
     start_layer: int | None = None
     special_tokens: tuple[str, ...] = ()
+    teacher_temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.teacher_temperature > 0:
+            raise InputError(f"teacher_temperature must be positive, got {self.teacher_temperature}")
 
 
 @dataclass(frozen=True)
@@ -447,7 +457,9 @@ def train_reranker(
     assert isinstance(module, CrossEncoderForward) and isinstance(module.backbone, TransformersBackbone)
     if cfg.gradient_checkpointing:
         module.backbone.enable_gradient_checkpointing()
-    train_model = RerankerTrainModel(module, group_size=cfg.group_size)
+    train_model = RerankerTrainModel(
+        module, group_size=cfg.group_size, teacher_temperature=cfg.teacher_temperature
+    )
 
     def save(folder: Path) -> None:
         train_model.save(folder)
