@@ -14,7 +14,7 @@ import torch
 
 from bgekit import Embedder, EmbedderSettings, InputError, ModelFormatError, Reranker
 from bgekit.cli.main import main as cli
-from bgekit.engine import EngineConfig
+from bgekit.engine import EngineConfig, TokenBatch
 from bgekit.index.documents import Document
 from bgekit.models.heads import EncoderWithHeads
 from bgekit.scoring import maxsim_pair_scores, sparse_pair_scores
@@ -44,7 +44,6 @@ from bgekit.train.losses import (
 )
 from bgekit.train.modeling import EmbedderTrainModel
 from bgekit.train.trainer import EmbedderCollator, GroupDataset
-from bgekit.engine import TokenBatch
 from bgekit.types import SparseVec
 from tests.tiny_models import CORPUS
 
@@ -350,7 +349,9 @@ def test_reranker_teacher_scores_are_softened_by_the_teacher_temperature(bert_re
     with torch.no_grad():
         padded = (batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
         logits = module(TokenBatch.from_padded(*padded))
-        loss = float(RerankerTrainModel(module, group_size=3, teacher_temperature=0.05).eval()(**batch)["loss"])
+        loss = float(
+            RerankerTrainModel(module, group_size=3, teacher_temperature=0.05).eval()(**batch)["loss"]
+        )
     log_p = _np_log_softmax(logits.double().numpy().reshape(2, 3))
     t = np.exp(_np_log_softmax(np.array(teacher) / 0.05))
     want = -np.mean(log_p[:, 0]) - np.mean(np.sum(t * log_p, axis=1))
