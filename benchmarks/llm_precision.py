@@ -18,36 +18,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-
-def build(folder: Path) -> Path:
-    if (folder / "config.json").exists():
-        return folder
-    import torch
-    from transformers import Qwen2Config, Qwen2Model
-
-    sys.path.insert(0, str(ROOT))
-    from tests.tiny_llms import bpe_tokenizer
-
-    tmp = folder.with_name(folder.name + ".tmp")
-    torch.manual_seed(0)
-    tok = bpe_tokenizer(add_eos=True)
-    config = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=896,
-        intermediate_size=4864,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    Qwen2Model(config).eval().save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(folder)
-    return folder
+from qwen2_shape import build_qwen2_shape  # noqa: E402
 
 
 def main() -> None:
@@ -61,11 +34,10 @@ def main() -> None:
 
     from bgekit import Embedder, EmbedderSettings, EngineConfig
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from encode_throughput import cpu_line
 
     torch.set_num_threads(ns.threads)
-    folder = build(ns.work / "qwen2-0.5b-shape")
+    folder = build_qwen2_shape(ns.work / "qwen2-0.5b-shape")
     docs = [json.loads(x)["text"] for x in (ROOT / "data/scifact/corpus.jsonl").open()][: ns.texts]
     model, flags = cpu_line()
     print(f"cpu: {model}; flags used: {', '.join(flags)}; threads: {ns.threads}")

@@ -34,40 +34,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from qwen2_shape import build_qwen2_shape  # noqa: E402
+
 GIB = 1024**3
-
-
-def build(folder: Path) -> Path:
-    if (folder / "config.json").exists():
-        return folder
-    import torch
-    from transformers import Qwen2Config, Qwen2Model
-
-    sys.path.insert(0, str(ROOT))
-    from tests.tiny_llms import bpe_tokenizer
-
-    tmp = folder.with_name(folder.name + ".tmp")
-    torch.manual_seed(0)
-    tok = bpe_tokenizer(add_eos=True)
-    config = Qwen2Config(
-        vocab_size=151936,
-        hidden_size=896,
-        intermediate_size=4864,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        max_position_embeddings=32768,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    torch.set_default_dtype(torch.bfloat16)  # built and saved in bf16, like the hub checkpoint
-    model = Qwen2Model(config)
-    torch.set_default_dtype(torch.float32)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(folder)
-    return folder
 
 
 def _status(key: str) -> int:
@@ -224,7 +195,7 @@ def main() -> None:
     from bgekit.train.trainer import training_precision
 
     precision = training_precision(ns.precision)
-    model = build(ns.work / "qwen2-0.5b-shape")
+    model = build_qwen2_shape(ns.work / "qwen2-0.5b-shape", vocab_size=151936, max_positions=32768, bf16=True)
     cpu = cpu_features()
     print(
         f"CPU: {cpu.model}; bf16: {cpu.bf16}; training precision: {precision}; checkpointing: {ns.checkpointing}"

@@ -452,7 +452,7 @@ def test_refusals(
         main(["train", "reranker", "--model", str(gemma), "--data", "x", "--output", "o", "--lora-r", "4"])
         == 2
     )
-    assert "--lora-r set LoRA options; add --lora" in capsys.readouterr().err
+    assert "--lora-r applies to LoRA training; add --lora" in capsys.readouterr().err
     # an adapter of a cross-encoder is not loaded
     fake = tmp_path / "ce-adapter"
     fake.mkdir()

@@ -137,27 +137,6 @@ def _icl(ns: argparse.Namespace) -> Any:
     return IclSettings(examples=ns.icl_examples, **{k: v for k, v in given.items() if v is not None})
 
 
-def _lora_settings(ns: argparse.Namespace) -> Any:
-    """``LoraSettings`` from ``--lora`` and its options (the reference's defaults for those
-    not given), or ``None`` without ``--lora``."""
-    from bgekit.train.lora import LoraSettings
-
-    given = {
-        "r": ns.lora_r,
-        "alpha": ns.lora_alpha,
-        "dropout": ns.lora_dropout,
-        "target_modules": ns.lora_targets,
-        "merge": ns.merge or None,
-    }
-    given = {k: v for k, v in given.items() if v is not None}
-    if not ns.lora:
-        if given:
-            flags = ", ".join("--" + ("merge" if k == "merge" else "lora-" + k.split("_")[0]) for k in given)
-            raise InputError(f"{flags} set LoRA options; add --lora to train an adapter")
-        return None
-    return LoraSettings(**given)
-
-
 def cmd_train_reranker(ns: argparse.Namespace) -> int:
     from bgekit.train import RerankerTrainConfig, train_reranker
 
@@ -165,7 +144,7 @@ def cmd_train_reranker(ns: argparse.Namespace) -> int:
         **_common(ns),
         max_length=ns.max_length,
         query_max_length=ns.query_max_length,
-        lora=_lora_settings(ns),
+        lora=lora_from_args(ns),
         start_layer=ns.start_layer,
         special_tokens=ns.special_tokens or (),
     )
@@ -282,18 +261,8 @@ def register_train(sub: Any) -> None:
     g = p.add_argument_group("reranker")
     g.add_argument("--max-length", type=int, default=512, help="tokens per (query, passage) pair")
     g.add_argument("--query-max-length", type=int, default=None, help="default: 3/4 of --max-length")
-    g = p.add_argument_group("LLM rerankers (LoRA)")
-    g.add_argument("--lora", action="store_true", help="train a LoRA adapter (saved with its base's name)")
-    g.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default 64)")
-    g.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default 16)")
-    g.add_argument("--lora-dropout", type=float, default=None, help="LoRA dropout (default 0.1)")
-    g.add_argument(
-        "--lora-targets",
-        type=names_arg,
-        default=None,
-        help="comma-separated modules (default: q/k/v/o/gate/up/down)",
-    )
-    g.add_argument("--merge", action="store_true", help="also save the merged model in OUTPUT/merged")
+    add_lora_args(p)
+    g = p.add_argument_group("LLM rerankers")
     g.add_argument(
         "--start-layer",
         type=int,

@@ -54,7 +54,7 @@ from bgekit.models.runtime import quiet_hf_bars, quiet_hf_load
 from bgekit.models.tokenizer import TextTokenizer, tokenizer_files
 from bgekit.train.data import TrainExample
 from bgekit.train.lora import LoraSettings, add_lora, save_adapter, save_merged
-from bgekit.train.losses import soft_cross_entropy
+from bgekit.train.losses import soft_cross_entropy, teacher_distribution
 from bgekit.train.trainer import GroupDataset, RerankerTrainConfig, TrainResult, _run, _teacher, _tensors
 from bgekit.types import TokenSeq
 
@@ -113,7 +113,7 @@ class LLMRerankerTrainModel(nn.Module):
         teacher_scores: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         scores = self.scores(input_ids, attention_mask, token_type_ids)
-        teacher = None if teacher_scores is None else torch.softmax(teacher_scores.float().detach(), dim=-1)
+        teacher = teacher_distribution(teacher_scores)
         return {"loss": llm_reranker_loss(scores, self.group_size, teacher), "logits": scores}
 
 

@@ -36,6 +36,14 @@ def soft_cross_entropy(student: torch.Tensor, teacher_probs: torch.Tensor) -> to
     return -(teacher_probs * torch.log_softmax(student, dim=-1)).sum(dim=-1).mean()
 
 
+def teacher_distribution(scores: torch.Tensor | None, temperature: float = 1.0) -> torch.Tensor | None:
+    """A teacher's per-group scores ``(n, g)`` as the distribution distilled from:
+    ``softmax(scores / temperature)``, detached (``None`` without scores)."""
+    if scores is None:
+        return None
+    return torch.softmax(scores.float().detach() / temperature, dim=-1)
+
+
 def local_scores(scores: torch.Tensor, group_size: int) -> torch.Tensor:
     """``(n, n * g)`` in-batch scores → ``(n, g)``: each query against its own group."""
     n = scores.shape[0]

@@ -27,6 +27,7 @@ from bgekit.train.losses import (
     reranker_loss,
     similarities,
     sparse_vocab_vectors,
+    teacher_distribution,
 )
 
 _WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".onnx", ".h5", ".msgpack", ".ot"}
@@ -133,7 +134,7 @@ class EmbedderTrainModel(nn.Module):
         q = self.encode(q_input_ids, q_attention_mask, q_token_type_ids)
         p = self.encode(p_input_ids, p_attention_mask, p_token_type_ids)
         g, t = self.group_size, self.temperature
-        teacher = None if teacher_scores is None else torch.softmax(teacher_scores.float().detach(), dim=-1)
+        teacher = teacher_distribution(teacher_scores)
         if self.cross_device_negatives and world()[1] > 1:
             all_teacher = None if teacher is None else gather_with_grad(teacher)
             scores = similarities(gather_with_grad(q.dense), gather_with_grad(p.dense)) / t
@@ -195,11 +196,7 @@ class RerankerTrainModel(nn.Module):
         teacher_scores: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         logits = self.module(TokenBatch.from_padded(input_ids, attention_mask, token_type_ids))
-        teacher = (
-            None
-            if teacher_scores is None
-            else torch.softmax(teacher_scores.float().detach() / self.teacher_temperature, dim=-1)
-        )
+        teacher = teacher_distribution(teacher_scores, self.teacher_temperature)
         return {"loss": reranker_loss(logits, self.group_size, teacher), "logits": logits}
 
     def save(self, folder: Path) -> None:
