@@ -47,6 +47,7 @@ def cmd_retrieval(ns: argparse.Namespace) -> int:
         k=ns.k,
         hybrid=hybrid_config(ns),
         rerank_top=ns.rerank_top,
+        rerank_weight=ns.rerank_weight,
         cache_dir=Path(ns.cache_dir) if ns.cache_dir else None,
         progress=not ns.no_progress,
     )
@@ -71,7 +72,9 @@ def cmd_retrieval(ns: argparse.Namespace) -> int:
     print(f"model: {report.model}, mode: {report.mode}, {report.seconds:.1f}s\n")
     rows = {"retrieval": report.metrics}
     if report.rerank:
-        rows[f"rerank top {report.rerank['top']}"] = report.rerank["metrics"]
+        weight = report.rerank["weight"]
+        label = f"rerank top {report.rerank['top']}" + (f" (weight {weight:g})" if weight != 1.0 else "")
+        rows[label] = report.rerank["metrics"]
     print(_table(rows))
     print("\n(metrics x 100, from pytrec_eval)")
     _write_json(ns.output, report.to_dict())
@@ -118,6 +121,12 @@ def register(sub: Any) -> None:
     p.add_argument("-k", type=int, default=1000, help="hits kept per query")
     p.add_argument("--reranker", help="cross-encoder for a second stage")
     p.add_argument("--rerank-top", type=int, default=100)
+    p.add_argument(
+        "--rerank-weight",
+        type=float,
+        default=1.0,
+        help="the reranker's share, fused with the first stage's scores (each standardised per query); 1: reranker alone",
+    )
     p.add_argument("--output", help="write the report as JSON")
     p.add_argument("--run", help="write the final run in TREC format")
     p.add_argument("--cache-dir", help="reuse encodings saved here (per model, dataset and outputs)")

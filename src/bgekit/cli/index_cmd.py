@@ -209,7 +209,15 @@ def cmd_search(ns: argparse.Namespace) -> int:
         if ns.reranker
         else None
     )
-    pipe = Pipeline(None, index, reranker, retrieve=ns.rerank_top, mode=mode, hybrid=hybrid)
+    pipe = Pipeline(
+        None,
+        index,
+        reranker,
+        retrieve=ns.rerank_top,
+        mode=mode,
+        hybrid=hybrid,
+        rerank_weight=ns.rerank_weight,
+    )
     start = time.perf_counter()
     hits = pipe.search([query], ns.k)[0]
     seconds = time.perf_counter() - start
@@ -341,6 +349,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--reranker", help="cross-encoder for a second stage")
     p.add_argument("--rerank-top", type=int, default=100, help="first-stage hits the reranker rescores")
+    p.add_argument(
+        "--rerank-weight",
+        type=float,
+        default=1.0,
+        help="the reranker's share, fused with the first stage's scores (each standardised per query); 1: reranker alone",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     long_passage_args(p)
     engine_args(p)

@@ -14,7 +14,7 @@ from bgekit.eval.metrics import compute_metrics
 from bgekit.io import atomic_write
 from bgekit.models import Embedder, Reranker, model_fingerprint
 from bgekit.retrieval import Corpus, HybridConfig, SearchPlan, available_scorers, check_mode, search
-from bgekit.retrieval.rerank import rerank_rankings
+from bgekit.retrieval.rerank import check_rerank_weight, rerank_rankings
 from bgekit.types import MODALITY_LABELS, Encoded, Ranking, SearchMode
 
 Run = dict[str, dict[str, float]]
@@ -25,12 +25,16 @@ class RetrievalEvalConfig:
     """``k`` hits per query are kept (1000: enough for Recall@1000). ``hybrid`` holds the
     weights, candidate count and fusion for ``hybrid`` and ``multivector`` modes (the same
     search core and defaults as the index: :func:`bgekit.retrieval.search`). ``task`` picks
-    the instructions of both sides from the model's task table (``None``: its default)."""
+    the instructions of both sides from the model's task table (``None``: its default).
+    ``rerank_weight``: the reranker's share when its scores are fused with the first
+    stage's (:func:`bgekit.retrieval.rerank.fuse_stages`; 1, the default: the reranker
+    alone)."""
 
     mode: SearchMode = "dense"
     k: int = 1000
     hybrid: HybridConfig = field(default_factory=HybridConfig)
     rerank_top: int = 100
+    rerank_weight: float = 1.0
     cache_dir: Path | None = None
     progress: bool = True
     task: str | None = None
@@ -39,6 +43,7 @@ class RetrievalEvalConfig:
         check_mode(self.mode)
         if self.k < 1 or self.rerank_top < 1:
             raise InputError("k and rerank_top must be at least 1")
+        check_rerank_weight(self.rerank_weight)
 
 
 @dataclass(frozen=True)
@@ -133,11 +138,12 @@ def first_stage(
 
 
 def rerank_stage(
-    dataset: RetrievalDataset, hits: list[Ranking], reranker: Reranker, top: int
+    dataset: RetrievalDataset, hits: list[Ranking], reranker: Reranker, top: int, weight: float = 1.0
 ) -> list[Ranking]:
-    """The ``top`` first-stage hits rescored by ``reranker`` (see
-    :func:`bgekit.retrieval.rerank.rerank_rankings`: the rest follow in first-stage order)."""
-    return rerank_rankings(reranker, dataset.queries, hits, lambda qi, d: dataset.docs[d], top)
+    """The ``top`` first-stage hits rescored by ``reranker``, fused with the first stage's
+    scores when ``weight`` < 1 (see :func:`bgekit.retrieval.rerank.rerank_rankings`: the
+    rest follow in first-stage order)."""
+    return rerank_rankings(reranker, dataset.queries, hits, lambda qi, d: dataset.docs[d], top, weight=weight)
 
 
 def write_trec_run(path: Path, run: Run, name: str) -> None:
@@ -171,12 +177,13 @@ def evaluate_retrieval(
     final_run = run
     if reranker is not None:
         t = time.perf_counter()
-        reranked = rerank_stage(dataset, hits, reranker, cfg.rerank_top)
+        reranked = rerank_stage(dataset, hits, reranker, cfg.rerank_top, cfg.rerank_weight)
         timings["rerank"] = time.perf_counter() - t
         final_run = to_run(dataset, reranked)
         rerank = {
             "model": reranker.info.name,
             "top": cfg.rerank_top,
+            "weight": cfg.rerank_weight,
             "metrics": compute_metrics(dataset.qrels, final_run),
         }
     if run_file is not None:

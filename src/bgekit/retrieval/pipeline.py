@@ -12,7 +12,7 @@ from bgekit.errors import InputError
 from bgekit.images import Item, has_images
 from bgekit.inputs import passage_text
 from bgekit.retrieval.core import HybridConfig
-from bgekit.retrieval.rerank import rerank_rankings
+from bgekit.retrieval.rerank import check_rerank_weight, rerank_rankings
 from bgekit.types import Hit, Ranking, SearchMode, TokenSeq
 
 if TYPE_CHECKING:
@@ -39,7 +39,8 @@ class Pipeline:
     """Retrieve ``retrieve`` documents per query from ``index``, rescore them with
     ``reranker`` (when given) on the text the index encoded (``title + " " + chunk``), return
     the best ``k``. Each hit keeps every stage's scores: the index's scorers,
-    ``"retrieval"`` (the fused first-stage score) and ``"rerank"``."""
+    ``"retrieval"`` (the fused first-stage score) and ``"rerank"``; ``rerank_weight`` < 1
+    orders by the two stages' scores fused (:func:`bgekit.retrieval.rerank.fuse_stages`)."""
 
     def __init__(
         self,
@@ -50,6 +51,7 @@ class Pipeline:
         retrieve: int = 100,
         mode: SearchMode = "hybrid",
         hybrid: HybridConfig | None = None,
+        rerank_weight: float = 1.0,
     ):
         from bgekit.models import model_fingerprint
 
@@ -57,6 +59,8 @@ class Pipeline:
             raise InputError(f"the index was built with {index.embedder.info.name}, not {embedder.info.name}")
         if retrieve < 1:
             raise InputError(f"retrieve must be at least 1, got {retrieve}")
+        check_rerank_weight(rerank_weight)
+        self.rerank_weight = rerank_weight
         self.index = index
         self.reranker = reranker
         self.retrieve = retrieve
@@ -90,6 +94,7 @@ class Pipeline:
             rankings,
             lambda qi, j: passage_text(first[qi][j].title, first[qi][j].text),
             self.retrieve,
+            weight=self.rerank_weight,
         )
         out = []
         for hits, r in zip(first, reranked, strict=True):

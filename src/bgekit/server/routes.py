@@ -348,7 +348,15 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
             candidates=body.candidates or defaults.candidates,
             fusion=body.fusion,
         )
-        pipe = Pipeline(None, index, reranker, retrieve=body.rerank_top, mode=body.mode, hybrid=hybrid)
+        pipe = Pipeline(
+            None,
+            index,
+            reranker,
+            retrieve=body.rerank_top,
+            mode=body.mode,
+            hybrid=hybrid,
+            rerank_weight=body.rerank_weight,
+        )
 
         def run() -> list[Hit]:
             try:

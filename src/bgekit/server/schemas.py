@@ -299,6 +299,7 @@ class SearchRequest(BaseModel):
     fusion: Literal["auto", "weighted", "rrf"] = "auto"
     rerank: StrictBool = False
     rerank_top: StrictInt = Field(default=50, ge=1, le=1000)
+    rerank_weight: float = Field(default=1.0, ge=0.0, le=1.0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _something(self) -> SearchRequest:
