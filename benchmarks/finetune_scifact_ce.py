@@ -16,9 +16,10 @@ Stages (files in --work):
               queries and report nDCG@10 of
                 - the bi-encoder alone,
                 - the cross-encoder's order alone,
-                - fusion: w * z(cross-encoder) + (1 - w) * z(bi-encoder) over each query's
-                  top --depth (z: per-query standardisation), w picked on the held-out
-                  train queries only (the test queries never choose anything).
+                - fusion (bgekit's --rerank-weight w): w * z(cross-encoder) + (1 - w) *
+                  z(bi-encoder) over each query's top --depth (z: per-query
+                  standardisation), w picked on the held-out train queries only (the
+                  test queries never choose anything).
 Each run appends {tag: ...} to W/results.json; the cross-encoder is kept in W/ce-TAG.
 """
 
@@ -36,24 +37,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from finetune_scifact import record  # noqa: E402
+
 from bgekit import EngineConfig, Reranker  # noqa: E402
 from bgekit.eval import compute_metrics, load_beir  # noqa: E402
 from bgekit.eval.data import RetrievalDataset  # noqa: E402
 from bgekit.models.packaged import packaged_model_dir  # noqa: E402
 from bgekit.retrieval import Corpus, search  # noqa: E402
+from bgekit.retrieval.rerank import fuse_stages  # noqa: E402
 from bgekit.train import RerankerTrainConfig, TrainExample, train_reranker  # noqa: E402
 
 DATA = ROOT / "data" / "scifact"
 WEIGHTS = [round(0.05 * i, 2) for i in range(21)]
 Candidates = dict[str, list[tuple[str, float]]]  # query id -> [(doc id, bi-encoder score)] best first
-
-
-def record(work: Path, key: str, value: object) -> None:
-    path = work / "results.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
-    results[key] = value
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"== {key}: {json.dumps(value)}", flush=True)
 
 
 def retrieve(first: str, datasets: list[RetrievalDataset], k: int) -> dict[str, Candidates]:
@@ -79,20 +75,16 @@ def ndcg10(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]) -
     return round(100 * compute_metrics(qrels, run)["ndcg@10"], 2)
 
 
-def zscore(x: np.ndarray) -> np.ndarray:
-    sd = float(x.std())
-    return (x - x.mean()) / sd if sd > 0 else x - x.mean()
-
-
 def fused_run(
     cands: Candidates, ce: dict[str, np.ndarray], depth: int, w: float
 ) -> dict[str, dict[str, float]]:
-    """Each query's top ``depth`` ordered by the fused score, the rest below in bi-encoder order."""
+    """Each query's top ``depth`` ordered by bgekit's fused score (what ``--rerank-weight w``
+    gives), the rest below in bi-encoder order."""
     run = {}
     for qid, hits in cands.items():
         head = hits[:depth]
         bi = np.array([s for _, s in head], np.float64)
-        fused = w * zscore(ce[qid].astype(np.float64)) + (1 - w) * zscore(bi)
+        fused = fuse_stages(ce[qid], bi, w)
         floor = float(fused.min()) if len(head) else 0.0
         scores = {d: float(f) for (d, _), f in zip(head, fused, strict=True)}
         scores |= {d: floor - 1 - i for i, (d, _) in enumerate(hits[depth:])}
@@ -155,7 +147,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--epochs", type=float, default=2)
     ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--max-length", type=int, default=256, help="tokens per pair in training")
+    ap.add_argument("--score-max-length", type=int, default=256, help="tokens per pair in reranking")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--depth", type=int, default=100, help="rerank depth")
     ap.add_argument("--heldout", type=int, default=100, help="train queries kept out to choose w")
@@ -199,7 +192,9 @@ def main() -> None:
         res = train_reranker(init, examples, work / f"ce-{args.tag}", cfg)
         train_s = time.perf_counter() - t
         rr = Reranker.from_pretrained(
-            str(work / f"ce-{args.tag}"), max_length=args.max_length, engine=EngineConfig(progress=False)
+            str(work / f"ce-{args.tag}"),
+            max_length=args.score_max_length,
+            engine=EngineConfig(progress=False),
         )
         t = time.perf_counter()
         held_scores = score_candidates(rr, train_ds, cands["train"], heldout, args.depth)

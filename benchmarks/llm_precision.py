@@ -31,10 +31,9 @@ def main() -> None:
     ns = ap.parse_args()
     import numpy as np
     import torch
+    from encode_throughput import cpu_line
 
     from bgekit import Embedder, EmbedderSettings, EngineConfig
-
-    from encode_throughput import cpu_line
 
     torch.set_num_threads(ns.threads)
     folder = build_qwen2_shape(ns.work / "qwen2-0.5b-shape")
