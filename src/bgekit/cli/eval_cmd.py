@@ -60,7 +60,11 @@ def cmd_retrieval(ns: argparse.Namespace) -> int:
     )
     reranker = (
         Reranker.from_pretrained(
-            ns.reranker, engine=engine, long_passage=ns.long_passage, passage_overlap=ns.passage_overlap
+            ns.reranker,
+            engine=engine,
+            max_length=ns.rerank_max_length,
+            long_passage=ns.long_passage,
+            passage_overlap=ns.passage_overlap,
         )
         if ns.reranker
         else None
@@ -121,6 +125,12 @@ def register(sub: Any) -> None:
     p.add_argument("-k", type=int, default=1000, help="hits kept per query")
     p.add_argument("--reranker", help="cross-encoder for a second stage")
     p.add_argument("--rerank-top", type=int, default=100)
+    p.add_argument(
+        "--rerank-max-length",
+        type=int,
+        default=None,
+        help="tokens per (query, passage) pair the reranker reads (default: its own maximum)",
+    )
     p.add_argument(
         "--rerank-weight",
         type=float,

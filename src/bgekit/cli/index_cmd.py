@@ -203,6 +203,7 @@ def cmd_search(ns: argparse.Namespace) -> int:
         Reranker.from_pretrained(
             ns.reranker,
             engine=engine_config(ns),
+            max_length=ns.rerank_max_length,
             long_passage=ns.long_passage,
             passage_overlap=ns.passage_overlap,
         )
@@ -349,6 +350,12 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--reranker", help="cross-encoder for a second stage")
     p.add_argument("--rerank-top", type=int, default=100, help="first-stage hits the reranker rescores")
+    p.add_argument(
+        "--rerank-max-length",
+        type=int,
+        default=None,
+        help="tokens per (query, passage) pair the reranker reads (default: its own maximum)",
+    )
     p.add_argument(
         "--rerank-weight",
         type=float,
