@@ -127,6 +127,25 @@ def embedder_settings(ns: argparse.Namespace) -> EmbedderSettings:
     )
 
 
+def rerank_args(p: argparse.ArgumentParser) -> None:
+    """The second stage of a search or an evaluation: which reranker, how deep, how fused."""
+    p.add_argument("--reranker", help="cross-encoder for a second stage")
+    p.add_argument("--rerank-top", type=int, default=100, help="first-stage hits the reranker rescores")
+    p.add_argument(
+        "--rerank-max-length",
+        type=int,
+        default=None,
+        help="tokens per (query, passage) pair the reranker reads (default: its own maximum)",
+    )
+    p.add_argument(
+        "--rerank-weight",
+        type=float,
+        default=1.0,
+        help="the reranker's share, fused with the first stage's scores (each standardised per "
+        "query); 1: the reranker alone",
+    )
+
+
 def long_passage_args(p: argparse.ArgumentParser, default: Default = _given) -> None:
     """What a reranker does with a passage that does not fit beside the query."""
     from bgekit.models.long_input import DEFAULT_OVERLAP, LONG_PASSAGES

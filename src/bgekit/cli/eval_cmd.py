@@ -16,6 +16,7 @@ from bgekit.cli.common import (
     long_input_args,
     long_passage_args,
     model_path,
+    rerank_args,
     search_args,
 )
 from bgekit.io import atomic_write
@@ -123,20 +124,7 @@ def register(sub: Any) -> None:
     p.add_argument("--split", default="test")
     search_args(p, default_mode="dense")
     p.add_argument("-k", type=int, default=1000, help="hits kept per query")
-    p.add_argument("--reranker", help="cross-encoder for a second stage")
-    p.add_argument("--rerank-top", type=int, default=100)
-    p.add_argument(
-        "--rerank-max-length",
-        type=int,
-        default=None,
-        help="tokens per (query, passage) pair the reranker reads (default: its own maximum)",
-    )
-    p.add_argument(
-        "--rerank-weight",
-        type=float,
-        default=1.0,
-        help="the reranker's share, fused with the first stage's scores (each standardised per query); 1: reranker alone",
-    )
+    rerank_args(p)
     p.add_argument("--output", help="write the report as JSON")
     p.add_argument("--run", help="write the final run in TREC format")
     p.add_argument("--cache-dir", help="reuse encodings saved here (per model, dataset and outputs)")

@@ -19,6 +19,7 @@ from bgekit.cli.common import (
     long_passage_args,
     model_path,
     outputs_arg,
+    rerank_args,
     search_args,
     task_arg,
 )
@@ -348,20 +349,7 @@ def register(sub: Any) -> None:
         default_mode=None,
         mode_help="default: hybrid for a text query; dense for an --image query (only the model sees the image)",
     )
-    p.add_argument("--reranker", help="cross-encoder for a second stage")
-    p.add_argument("--rerank-top", type=int, default=100, help="first-stage hits the reranker rescores")
-    p.add_argument(
-        "--rerank-max-length",
-        type=int,
-        default=None,
-        help="tokens per (query, passage) pair the reranker reads (default: its own maximum)",
-    )
-    p.add_argument(
-        "--rerank-weight",
-        type=float,
-        default=1.0,
-        help="the reranker's share, fused with the first stage's scores (each standardised per query); 1: reranker alone",
-    )
+    rerank_args(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     long_passage_args(p)
     engine_args(p)
