@@ -188,6 +188,10 @@ def test_yes_no_loss_by_hand_on_peft_yes_logits(gemma: Path, teacher: bool) -> N
     assert float(out["loss"].detach()) == pytest.approx(
         _hand_loss(want[:, :, None], scores), rel=1e-5, abs=1e-5
     )
+    if scores is not None:  # the teacher's temperature divides its scores
+        run.model.teacher_temperature = 0.5
+        hot = float(run.model(**run.collator(items))["loss"].detach())
+        assert hot == pytest.approx(_hand_loss(want[:, :, None], scores / 0.5), rel=1e-5, abs=1e-5)
 
 
 def _hand_merged_minicpm(base: Path, state: dict[str, torch.Tensor], alpha: float, r: int, out: Path) -> Path:

@@ -6,7 +6,8 @@ the :class:`~bgekit.models.llm_reranker.PairFormat` inference uses).
 
 - yes/no (bge-reranker-v2-gemma, any ``*ForCausalLM``): the score is the "Yes" logit at
   the last token. Loss: cross-entropy over each group (positive first), plus, with
-  teacher scores, the soft cross-entropy to ``softmax(teacher)`` (no temperature).
+  teacher scores, the soft cross-entropy to ``softmax(teacher / teacher_temperature)``
+  (1 by default, as the reference).
 - layer-wise (bge-reranker-v2-minicpm-layerwise): one score per layer from
   ``start_layer`` to the last. Loss: the group cross-entropy summed over those layers,
   plus, with teacher scores, every layer's soft cross-entropy to ``softmax(teacher)``;
@@ -89,13 +90,21 @@ class LLMRerankerTrainModel(nn.Module):
     """An LLM scorer (with its LoRA pairs) returning the loss of a batch of groups;
     ``layers``: the layer-wise model's scored layers (empty for yes/no)."""
 
-    def __init__(self, scorer: YesNoScorer | LayerwiseScorer, *, group_size: int, layers: Sequence[int] = ()):
+    def __init__(
+        self,
+        scorer: YesNoScorer | LayerwiseScorer,
+        *,
+        group_size: int,
+        layers: Sequence[int] = (),
+        teacher_temperature: float = 1.0,
+    ):
         super().__init__()
         if isinstance(scorer, LayerwiseScorer) != bool(layers):
             raise ValueError("a layer-wise scorer trains on its layers; a yes/no scorer on none")
         self.scorer = scorer
         self.group_size = group_size
         self.layers = tuple(layers)
+        self.teacher_temperature = teacher_temperature
 
     def scores(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None
@@ -113,7 +122,7 @@ class LLMRerankerTrainModel(nn.Module):
         teacher_scores: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         scores = self.scores(input_ids, attention_mask, token_type_ids)
-        teacher = teacher_distribution(teacher_scores)
+        teacher = teacher_distribution(teacher_scores, self.teacher_temperature)
         return {"loss": llm_reranker_loss(scores, self.group_size, teacher), "logits": scores}
 
 
@@ -252,7 +261,9 @@ def prepare_llm_reranker(model: str, variant: RerankerVariant, cfg: RerankerTrai
             for f in tokenizer_files(tokenizer_dir):
                 shutil.copy2(f, merged / f.name)
 
-    train_model = LLMRerankerTrainModel(scorer, group_size=cfg.group_size, layers=layers)
+    train_model = LLMRerankerTrainModel(
+        scorer, group_size=cfg.group_size, layers=layers, teacher_temperature=cfg.teacher_temperature
+    )
     return LLMRerankerRun(train_model, LLMRerankerCollator(fmt), wrapped, save, work)
 
 

@@ -142,8 +142,8 @@ class RerankerTrainConfig(TrainConfig):
     (default: the model's own); ``special_tokens``: tokens added to the vocabulary (the
     resized embeddings are saved with the adapter).
 
-    With teacher scores in the data, a cross-encoder adds the soft cross-entropy to
-    ``softmax(teacher / teacher_temperature)``: bi-encoder cosines (within ±1) need a small
+    With teacher scores in the data, the loss adds the soft cross-entropy to
+    ``softmax(teacher / teacher_temperature)`` (cross-encoders and LLM rerankers alike): bi-encoder cosines (within ±1) need a small
     temperature (e.g. 0.05) to carry an ordering; reranker logits use the default 1."""
 
     max_length: int = 512
