@@ -65,3 +65,26 @@ def test_unsupported_models_keep_the_transformers_forward() -> None:
     assert isinstance(backbones.make_backbone(model, "auto"), TransformersBackbone)
     with pytest.raises(ValueError, match="gpt2"):
         PackedEncoder.from_transformers(model)
+
+
+@pytest.mark.parametrize("length", [5, 40, 300])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("fused_from", ["amx", "avx512"])
+def test_attention_paths_match_softmax_attention(
+    length: int, dtype: str, fused_from: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both attention paths (products + softmax below the length threshold, the fused kernel
+    above it), in each precision and under each CPU's threshold, against softmax attention
+    in float64 by hand."""
+    import torch
+
+    monkeypatch.setattr(backbones, "_short_bf16", lambda: backbones._SHORT_BF16[fused_from])
+    g = torch.Generator().manual_seed(length)
+    q, k, v = (torch.randn(3, 4, length, 16, generator=g) for _ in range(3))
+    t = getattr(torch, dtype)
+    out = backbones._attention(q.to(t), k.to(t), v.to(t), torch.float32).double()
+    qd, kd, vd = (x.to(t).double() for x in (q, k, v))
+    want = torch.softmax(qd @ kd.transpose(-1, -2) / 4.0, dim=-1) @ vd
+    assert out.shape == want.shape
+    tol = 1e-5 if dtype == "float32" else 2e-2
+    assert float((out - want).abs().max()) < tol
