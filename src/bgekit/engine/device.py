@@ -43,7 +43,8 @@ class Precision:
     CPU paths keep fp32 storage and change only the matrix products: ``"bfloat16"``
     multiplies bf16-rounded inputs with fp32 accumulation while layer norms, softmax,
     residual adds, pooling and the output heads stay fp32; ``"int8"`` quantises the
-    linear layers (weights per output channel, activations dynamically).
+    linear layers (weights per output channel, activations per token at run time, both
+    smoothed with ranges calibrated at load) but for the FFN output, which stays bf16.
     ``check`` says the choice was automatic and is confirmed against fp32 at load.
     """
 
@@ -57,7 +58,7 @@ class Precision:
         if self.matmul == "bfloat16":
             return "bfloat16 matmuls (fp32 elsewhere)"
         if self.matmul == "int8":
-            return "int8 linear layers (dynamic activations)"
+            return "int8 linear layers but the FFN output (smoothed, per-token activations)"
         return str(self.dtype).removeprefix("torch.")
 
 
