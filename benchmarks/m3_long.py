@@ -1,8 +1,15 @@
 """A BGE-M3-sized model on this CPU: tokens/s and peak memory at 128, 512 and 8,192 tokens
-per input, all three outputs from one pass, bgekit (fp32 and bf16) against FlagEmbedding.
+per input, all three outputs from one pass, bgekit (fp32, bf16, int8) against FlagEmbedding,
+and the dense output alone against sentence-transformers on ONNX Runtime and OpenVINO.
 
-    python benchmarks/m3_long.py --work DIR [--peers-python PY] [--lengths 128,512,8192]
-        [--tokens 8192] [--only bgekit:float32,bgekit:bfloat16,FlagEmbedding]
+    python benchmarks/m3_long.py --work DIR [--peers-python PY] [--openvino-python PY]
+        [--lengths 128,512,8192] [--tokens 8192]
+        [--only bgekit:float32,bgekit:bfloat16,FlagEmbedding,st:onnx,st:openvino]
+
+``st:onnx`` / ``st:openvino`` (from ``--peers-python`` / ``--openvino-python``): the same
+folder as a sentence-transformers model (CLS pooling, normalised, as bge-m3's dense output),
+exported by sentence-transformers itself on first load (ONNX fp32; OpenVINO runs at its
+CPU's inference precision, bf16 where the CPU has it); dense only, batch 8 like FlagEmbedding.
 
 Runners ``bgekit:DTYPE:chunk`` and ``bgekit:DTYPE:mcls`` run the long-input policies
 (issue 15): ``chunk`` with 512-token windows (64 overlap), ``mcls`` a CLS token every 256
@@ -31,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-RUNNERS = ("bgekit:float32", "bgekit:bfloat16", "FlagEmbedding")
+RUNNERS = ("bgekit:float32", "bgekit:bfloat16", "FlagEmbedding", "st:onnx", "st:openvino")
+DENSE_ONLY = ("st:onnx", "st:openvino")
 
 
 def build(folder: Path) -> Path:
@@ -125,6 +133,28 @@ def worker(runner: str, folder: str, length: int, texts_file: str, out: str, thr
 
         path_note: list[str] = []
 
+    elif runner in DENSE_ONLY:
+        from sentence_transformers import SentenceTransformer, models
+
+        backend = runner.split(":", 1)[1]
+        export = Path(folder).parent / f"st-{backend}"  # exported once, beside the model
+        source = str(export) if export.exists() else folder
+        body = models.Transformer(source, max_seq_length=length, backend=backend)
+        st = SentenceTransformer(
+            modules=[body, models.Pooling(1024, pooling_mode="cls"), models.Normalize()], device="cpu"
+        )
+        if not export.exists():
+            st.save(str(export))
+        path = f"sentence-transformers {backend}"
+        if backend == "openvino":
+            import openvino as ov
+
+            path += f", {ov.Core().get_property('CPU', 'INFERENCE_PRECISION_HINT')}"
+        path_note = []
+
+        def run(t: list[str]) -> tuple[Any, Any, Any]:
+            return st.encode(t, batch_size=8, show_progress_bar=False), None, None
+
     else:
         from FlagEmbedding import BGEM3FlagModel
 
@@ -155,29 +185,32 @@ def worker(runner: str, folder: str, length: int, texts_file: str, out: str, thr
     dense, sparse, multi = run(texts)
     seconds = time.perf_counter() - start
     np.save(out + ".dense.npy", np.asarray(dense, dtype=np.float32))
-    np.save(out + ".mv0.npy", np.asarray(multi[0], dtype=np.float32))
-    Path(out + ".sparse0.json").write_text(json.dumps({str(k): v for k, v in sparse[0].items()}))
+    if multi is not None:
+        np.save(out + ".mv0.npy", np.asarray(multi[0], dtype=np.float32))
+        Path(out + ".sparse0.json").write_text(json.dumps({str(k): v for k, v in sparse[0].items()}))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
     if runner.startswith("bgekit:") and path_note:
         path = f"{path}; {path_note[-1]}"
     return {"runner": runner, "seconds": seconds, "load_seconds": load, "peak_rss_gib": rss, "path": path}
 
 
-def _outputs(prefix: str) -> tuple[Any, Any, dict[int, float]]:
+def _outputs(prefix: str) -> tuple[Any, Any, dict[int, float] | None]:
+    """Dense vectors, and the first input's multi-vectors and sparse weights (``None`` for
+    the dense-only runners)."""
     import numpy as np
 
+    dense = np.load(prefix + ".dense.npy")
+    if not Path(prefix + ".sparse0.json").exists():
+        return dense, None, None
     sparse = json.loads(Path(prefix + ".sparse0.json").read_text())
-    return (
-        np.load(prefix + ".dense.npy"),
-        np.load(prefix + ".mv0.npy"),
-        {int(k): v for k, v in sparse.items()},
-    )
+    return dense, np.load(prefix + ".mv0.npy"), {int(k): v for k, v in sparse.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", required=True, type=Path)
     ap.add_argument("--peers-python", default=sys.executable)
+    ap.add_argument("--openvino-python", default=sys.executable)
     ap.add_argument("--lengths", default="128,512,8192")
     ap.add_argument("--tokens", type=int, default=8192, help="tokens per measurement (at least one input)")
     ap.add_argument("--threads", type=int, default=2)
@@ -213,6 +246,8 @@ def main() -> None:
         for runner in ns.only.split(","):
             out = str(ns.work / f"out-{runner.replace(':', '_')}-{length}")
             python = sys.executable if runner.startswith("bgekit:") else ns.peers_python
+            if runner == "st:openvino":
+                python = ns.openvino_python
             cmd = [python, __file__, "--work", str(ns.work), "--worker", runner, "--length", str(length)]
             cmd += ["--texts-file", str(texts_file), "--out", out, "--threads", str(ns.threads)]
             ref: dict[str, Any] | None = None
@@ -239,6 +274,7 @@ def main() -> None:
                     / np.linalg.norm(ref["dense"], axis=1)
                 )
                 agree = f"{cos.min():.6f}"
+            if ref is not None and sparse is not None and mv is not None:
                 keys = sparse.keys() | ref["sparse"].keys()
                 sd = max((abs(sparse.get(k, 0.0) - ref["sparse"].get(k, 0.0)) for k in keys), default=0.0)
                 md = float(np.abs(mv - ref["mv"]).max()) if mv.shape == ref["mv"].shape else float("nan")

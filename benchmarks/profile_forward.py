@@ -5,7 +5,7 @@ what the forward does.
     python benchmarks/profile_forward.py [--n 512] [--dtype auto|float32|bfloat16|int8]
         [--threads 2] [--texts mixed|short|long] [--top 25]
 
-Groups: matrix products (the linear kernels), attention (scores, softmax, the weighted
+Groups: matrix products (the linear kernels), int8 activation quantisation, attention (scores, softmax, the weighted
 sum, the fused kernel), LayerNorm, residual adds, GELU outside a fused kernel, casts
 (dtype conversions and the copies they make), layout (index / copy / cat / the flat
 batch's gathers), pooling + normalisation, and everything else (tokenizer and Python
@@ -30,8 +30,17 @@ from encode_throughput import MAX_LENGTH, cpu_line, make_texts, model_dir  # noq
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "matrix products",
-        ("_linear_pointwise", "aten::addmm", "aten::mm", "aten::linear", "quantized::linear"),
+        (
+            "_linear_pointwise",
+            "aten::addmm",
+            "aten::mm",
+            "aten::linear",
+            "quantized::linear",
+            "aten::_int_mm",
+        ),
     ),
+    # int8 kernels: each input row's range, rounding to its grid, undoing the zero points
+    ("int8 quantise", ("aten::amin", "aten::amax", "aten::round", "aten::clamp", "aten::addcmul")),
     ("attention", ("scaled_dot_product", "flash_attention", "aten::bmm", "aten::softmax", "aten::_softmax")),
     ("LayerNorm", ("layer_norm",)),
     ("GELU", ("gelu",)),

@@ -137,9 +137,14 @@ def test_info_prints_the_path(minilm: Path, capsys: pytest.CaptureFixture[str]) 
     assert cli(["info", str(minilm), "--dtype", "float32"]) == 0
     out = capsys.readouterr().out
     assert "cpu, PackedEncoder: float32 — asked for" in out and cpu_features().model in out
+    # MiniLM: 6 layers x 4 linears, each named with what computes it
+    assert "cpu: 24 linear layers fp32 (oneDNN linear); attention: fp32 batched products" in out
     assert cli(["info", str(minilm), "--json", "--dtype", "int8"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["compute"][0].startswith("cpu, PackedEncoder: int8 linear layers")
+    kernels = data["kernels"][0]
+    assert "18 linear layers int8 (torch._int_mm" in kernels and "smoothed" in kernels
+    assert f"6 linear layers {'bf16' if cpu_features().bf16 else 'fp32'}" in kernels
 
 
 # -- kernels against independent computations -------------------------------------------------

@@ -124,10 +124,15 @@ def cmd_info(ns: argparse.Namespace) -> int:
     if ns.json:
         from dataclasses import asdict
 
-        out = {**asdict(model.info), "compute": model.compute(), "cpu": cpu}
+        out = {**asdict(model.info), "compute": model.compute(), "kernels": model.kernels(), "cpu": cpu}
         print(json.dumps(out, indent=2, ensure_ascii=False))
     else:
-        rows = [*model.info.describe(), ("cpu", cpu), *(("runs on", c) for c in model.compute())]
+        rows = [
+            *model.info.describe(),
+            ("cpu", cpu),
+            *(("runs on", c) for c in model.compute()),
+            *(("kernels", k) for k in model.kernels()),
+        ]
         width = max(len(k) for k, _ in rows)
         for key, value in rows:
             print(f"{key:<{width}}  {value}")

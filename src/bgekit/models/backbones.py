@@ -283,6 +283,13 @@ def _short_bf16() -> int:
     return _SHORT_BF16["amx" if bf16 is not None and bf16.startswith("AMX") else "avx512"]
 
 
+def attention_kernels(dtype: torch.dtype) -> str:
+    """Which attention kernel runs for packed inputs whose projections come out in ``dtype``."""
+    if dtype == torch.bfloat16:
+        return f"bf16 batched products under {_short_bf16()} tokens, torch's fused (flash) kernel from there"
+    return f"fp32 batched products under {_SHORT} tokens, torch's fused (flash) kernel from there"
+
+
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Unmasked softmax attention over ``(inputs, heads, length, head_dim)``.
 

@@ -177,6 +177,42 @@ def patch_linears(root: nn.Module, kind: MatmulKind, skip: tuple[str, ...] = ())
     return count
 
 
+def kernel_name(kernel: object) -> str:
+    """What computes a kernel's products, e.g. ``"bf16 (oneDNN linear, AMX-BF16)"``."""
+    cpu = cpu_features()
+    if isinstance(kernel, Float32Kernel):
+        return "fp32 (oneDNN linear)" if onednn_linear_ok() else "fp32 (torch linear)"
+    if isinstance(kernel, Bfloat16Kernel):
+        where = "oneDNN linear" if kernel.onednn else "torch linear"
+        return f"bf16 ({where}, {cpu.bf16 or 'no bf16 instructions'})"
+    if isinstance(kernel, Int8Kernel):
+        how = "smoothed" if kernel.inv_smooth is not None else "not smoothed"
+        bits = "8-bit" if kernel.levels == 256 else "7-bit"
+        return f"int8 (torch._int_mm, {cpu.int8 or 'no VNNI/AMX-INT8'}; {how}, {bits} per-token activations)"
+    return type(kernel).__name__
+
+
+def kernel_counts(module: nn.Module) -> dict[str, int]:
+    """How many linear layers under ``module`` run in each kind of kernel (:func:`kernel_name`);
+    layers with no kernel (a GPU replica, a model built for training) are not counted."""
+    counts: dict[str, int] = {}
+    for m in module.modules():
+        found: list[object] = []
+        table = getattr(m, "kernels", None)
+        if isinstance(table, dict):
+            found += table.values()
+        single = getattr(m, "proj_kernel", None)
+        if single is not None:
+            found.append(single)
+        patched = m.__dict__.get("forward")
+        if isinstance(patched, _InDtype):
+            found.append(patched.kernel)
+        for kernel in found:
+            name = kernel_name(kernel)
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
 @runtime_checkable
 class FastPath(Protocol):
     """A backbone whose CPU matrix products can switch precision (see :mod:`kernels`)."""

@@ -18,7 +18,7 @@ from torch import nn
 from bgekit.engine import Engine, EngineConfig, Precision, TokenBatch, resolve_device, resolve_precision
 from bgekit.engine.device import DType
 from bgekit.errors import BgekitError, ModelFormatError
-from bgekit.models.kernels import Calibrated, fast_paths
+from bgekit.models.kernels import Calibrated, fast_paths, kernel_counts
 from bgekit.models.loading import key_mismatch, weights_error, weights_file
 from bgekit.types import ModelInfo, TokenSeq
 
@@ -389,6 +389,26 @@ class LoadedModel:
         for (module, device), p in zip(self._replicas, self.precisions, strict=True):
             forward = ", ".join(sorted({type(f).__name__ for f in fast_paths(module)})) or "torch"
             out.append(f"{device}, {forward}: {p.label} — {p.reason}")
+        return out
+
+    def kernels(self) -> list[str]:
+        """The kernels each CPU replica runs: linear layers counted by kernel, and the
+        attention of packed encoders, e.g. ``"cpu: 24 linear layers bf16 (oneDNN linear,
+        AMX-BF16); attention: bf16 batched products under 32 tokens, ..."``."""
+        from bgekit.models.backbones import PackedEncoder, attention_kernels
+
+        out = []
+        for (module, device), p in zip(self._replicas, self.precisions, strict=True):
+            counts = kernel_counts(module)
+            if not counts:
+                out.append(f"{device}: torch's own modules in {p.label}")
+                continue
+            parts = [f"{n} linear layers {name}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1])]
+            if any(isinstance(m, PackedEncoder) for m in module.modules()):
+                # a bf16 or int8-with-bf16 kernel feeds attention bf16 projections only for bf16
+                qkv = torch.bfloat16 if p.matmul == "bfloat16" else torch.float32
+                parts.append(f"attention: {attention_kernels(qkv)}")
+            out.append(f"{device}: " + "; ".join(parts))
         return out
 
     def calibrate_int8(self, texts: Sequence[str]) -> None:
