@@ -44,7 +44,8 @@ class Precision:
     multiplies bf16-rounded inputs with fp32 accumulation while layer norms, softmax,
     residual adds, pooling and the output heads stay fp32; ``"int8"`` quantises the
     linear layers (weights per output channel, activations per token at run time, both
-    smoothed with ranges calibrated at load) but for the FFN output, which stays bf16.
+    smoothed with ranges calibrated at load) but for the FFN output, which stays bf16 (fp32
+    on CPUs without bf16 instructions).
     ``check`` says the choice was automatic and is confirmed against fp32 at load.
     """
 

@@ -104,6 +104,11 @@ _LINEARS = ("qkv", "attn_out", "ffn_in", "ffn_out")
 _INT8_LINEARS = ("qkv", "attn_out", "ffn_in")
 
 
+def _float_kind() -> MatmulKind:
+    """The fastest float kernels on this CPU: bf16 where it has bf16 instructions."""
+    return "bfloat16" if cpu_features().bf16 else "float32"
+
+
 class PackedLayer(nn.Module):
     """One BERT layer's weights, the query, key and value projections fused into ``qkv``."""
 
@@ -205,7 +210,7 @@ class PackedEncoder(nn.Module):
                 kernels[name] = make_kernel(
                     linear, "int8", None if seen is None else smoothing(seen, linear.weight)
                 )
-            kernels["ffn_out"] = make_kernel(layer.ffn_out, "bfloat16" if cpu_features().bf16 else "float32")
+            kernels["ffn_out"] = make_kernel(layer.ffn_out, _float_kind())
             layer.kernels = kernels
             count += len(_INT8_LINEARS)
         return count
@@ -214,7 +219,7 @@ class PackedEncoder(nn.Module):
         """Record the largest input per channel of every linear layer over a forward of
         ``batch`` (bf16 products where the CPU has them: ranges need no more); int8 kernels
         built afterwards are smoothed with them (SmoothQuant)."""
-        fast: MatmulKind = "bfloat16" if cpu_features().bf16 else "float32"
+        fast = _float_kind()
         layers = [cast(PackedLayer, m) for m in self.layers]
         before = [layer.kernels for layer in layers]
         recorders = {}

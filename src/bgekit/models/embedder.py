@@ -38,7 +38,7 @@ from bgekit.models.long_input import LongInputPolicy, combine_rows, stitch_each
 from bgekit.models.processor import TextProcessor, long_input_policy
 from bgekit.models.prompts import Example, Prompts
 from bgekit.models.registry import lookup
-from bgekit.models.runtime import CHECK_TEXTS, LoadedModel, load_dtype, load_transformers_model
+from bgekit.models.runtime import CHECK_TEXTS, LoadedModel, check_length, load_dtype, load_transformers_model
 from bgekit.models.settings import EmbedderSettings, is_decoder, resolve_info
 from bgekit.models.tokenizer import TextTokenizer
 from bgekit.models.vision import ImageProcessor, load_image_model
@@ -62,7 +62,7 @@ class Embedder(LoadedModel):
         settings: EmbedderSettings,
         engine: EngineConfig | None = None,
     ):
-        texts = processor.tokenizer.encode(list(CHECK_TEXTS), min(processor.info.passage_max_length, 256))
+        texts = processor.tokenizer.encode(list(CHECK_TEXTS), check_length(processor.info))
         super().__init__(model, processor.tokenizer, processor.info, engine, processor.check_seqs(texts))
         self.processor = processor
         self.prompts = prompts

@@ -259,6 +259,11 @@ def check_against_fp32(module: nn.Module, seqs: Sequence[TokenSeq], pad_id: int,
     return FastPathCheck(pooled, tokens)
 
 
+def check_length(info: ModelInfo) -> int:
+    """How many tokens of each check or calibration text are kept."""
+    return min(info.passage_max_length, 256)
+
+
 def calibration_texts(tokenizer: TextTokenizer, count: int = 32, seed: int = 0) -> list[str]:
     """What int8 kernels are calibrated on when the user gives no texts: :data:`CHECK_TEXTS`
     and ``count`` texts of random vocabulary tokens (10 to 200 each, special tokens left
@@ -363,7 +368,7 @@ class LoadedModel:
         # what a fast path is checked on at load: CHECK_TEXTS, unless the model brings inputs
         # of its own (an image model adds an image, so its vision tower is checked too)
         if check is None:
-            check = tokenizer.encode(list(CHECK_TEXTS), min(info.passage_max_length, 256))
+            check = tokenizer.encode(list(CHECK_TEXTS), check_length(info))
         config = self._engine.config
         if isinstance(config, TrainingEngine):  # built for training: left as loaded
             why = "built for training: not placed, no CPU kernels"
@@ -371,8 +376,7 @@ class LoadedModel:
         else:
             calibration = None
             if config.dtype == "int8":
-                length = min(info.passage_max_length, 256)
-                calibration = tokenizer.encode(calibration_texts(tokenizer), length)
+                calibration = tokenizer.encode(calibration_texts(tokenizer), check_length(info))
             placed = place_replicas(model, config, check, tokenizer.pad_id, calibration)
         self._replicas = [(m, d) for m, d, _ in placed]
         self.precisions = [p for _, _, p in placed]
@@ -405,7 +409,7 @@ class LoadedModel:
                 continue
             parts = [f"{n} linear layers {name}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1])]
             if any(isinstance(m, PackedEncoder) for m in module.modules()):
-                # a bf16 or int8-with-bf16 kernel feeds attention bf16 projections only for bf16
+                # projections reach attention in bf16 on the bf16 path only (int8 kernels answer fp32)
                 qkv = torch.bfloat16 if p.matmul == "bfloat16" else torch.float32
                 parts.append(f"attention: {attention_kernels(qkv)}")
             out.append(f"{device}: " + "; ".join(parts))
@@ -417,7 +421,7 @@ class LoadedModel:
         with ``dtype="int8"``."""
         if not texts:
             raise BgekitError("calibrate_int8 needs at least one text")
-        seqs = self.tokenizer.encode(list(texts), min(self.info.passage_max_length, 256))
+        seqs = self.tokenizer.encode(list(texts), check_length(self.info))
         done = 0
         for (module, device), p in zip(self._replicas, self.precisions, strict=True):
             if device.type == "cpu" and p.matmul == "int8":
