@@ -2,11 +2,13 @@
 per input, all three outputs from one pass, bgekit (fp32, bf16, int8) against FlagEmbedding,
 and the dense output alone against sentence-transformers on ONNX Runtime and OpenVINO.
 
-    python benchmarks/m3_long.py --work DIR [--peers-python PY] [--openvino-python PY]
+    python benchmarks/m3_long.py --work DIR [--peers-python PY] [--onnx-python PY]
+        [--openvino-python PY]
         [--lengths 128,512,8192] [--tokens 8192]
         [--only bgekit:float32,bgekit:bfloat16,FlagEmbedding,st:onnx,st:openvino]
 
-``st:onnx`` / ``st:openvino`` (from ``--peers-python`` / ``--openvino-python``): the same
+``st:onnx`` / ``st:openvino`` (from ``--onnx-python`` / ``--openvino-python``; FlagEmbedding
+from ``--peers-python``: their pins do not resolve in one environment): the same
 folder as a sentence-transformers model (CLS pooling, normalised, as bge-m3's dense output),
 exported by sentence-transformers itself on first load (ONNX fp32; OpenVINO runs at its
 CPU's inference precision, bf16 where the CPU has it); dense only, batch 8 like FlagEmbedding.
@@ -210,6 +212,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", required=True, type=Path)
     ap.add_argument("--peers-python", default=sys.executable)
+    ap.add_argument("--onnx-python", default=sys.executable)
     ap.add_argument("--openvino-python", default=sys.executable)
     ap.add_argument("--lengths", default="128,512,8192")
     ap.add_argument("--tokens", type=int, default=8192, help="tokens per measurement (at least one input)")
@@ -248,6 +251,8 @@ def main() -> None:
             python = sys.executable if runner.startswith("bgekit:") else ns.peers_python
             if runner == "st:openvino":
                 python = ns.openvino_python
+            elif runner == "st:onnx":
+                python = ns.onnx_python
             cmd = [python, __file__, "--work", str(ns.work), "--worker", runner, "--length", str(length)]
             cmd += ["--texts-file", str(texts_file), "--out", out, "--threads", str(ns.threads)]
             ref: dict[str, Any] | None = None

@@ -114,7 +114,7 @@ def cmd_add(ns: argparse.Namespace) -> int:
 
     docs = read_source(ns.source, encoding=ns.encoding)
     start = time.perf_counter()
-    with Index.edit(ns.index, wait=ns.wait, engine=engine_config(ns)) as index:
+    with Index.edit(ns.index, wait=ns.wait, engine=engine_config(ns), model=ns.model) as index:
         report = index.add(docs, update=ns.update)
     print(
         f"added {report.documents} documents ({report.chunks} chunks{_skipped(report)}) in "
@@ -127,7 +127,7 @@ def cmd_delete(ns: argparse.Namespace) -> int:
     from bgekit.index import Index
 
     ids = list(dict.fromkeys(ns.ids))
-    with Index.edit(ns.index, wait=ns.wait, engine=engine_config(ns)) as index:
+    with Index.edit(ns.index, wait=ns.wait, engine=engine_config(ns), model=ns.model) as index:
         chunks = index.delete(ids)
     print(f"deleted {len(ids)} documents ({chunks} chunks); now {len(index)}")
     return 0
@@ -198,7 +198,7 @@ def cmd_search(ns: argparse.Namespace) -> int:
     if ns.k < 1:
         raise InputError(f"-k must be at least 1, got {ns.k}")
     mode: SearchMode = ns.mode or ("dense" if ns.image is not None else "hybrid")
-    index = Index.load(ns.index, engine=engine_config(ns))
+    index = Index.load(ns.index, engine=engine_config(ns), model=ns.model)
     hybrid = hybrid_config(ns)
     reranker = (
         Reranker.from_pretrained(
@@ -250,6 +250,14 @@ def cmd_search(ns: argparse.Namespace) -> int:
         text = " ".join(h.text.split())
         print(f"    {visible(text[:300])}{'...' if len(text) > 300 else ''}\n")
     return 0
+
+
+def moved_model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        help="where the index's model is now (hub id or folder), when its recorded folder has moved; "
+        "it must be the same model (checked)",
+    )
 
 
 def wait_arg(p: argparse.ArgumentParser) -> None:
@@ -320,6 +328,7 @@ def register(sub: Any) -> None:
     p.add_argument("source", help=source_help)
     p.add_argument("--index", required=True, help="the index folder")
     p.add_argument("--update", action="store_true", help="replace documents whose id is already indexed")
+    moved_model_arg(p)
     wait_arg(p)
     encoding_arg(p)
     engine_args(p)
@@ -328,6 +337,7 @@ def register(sub: Any) -> None:
     p = ixsub.add_parser("delete", help="delete documents (all their chunks) by id")
     p.add_argument("ids", nargs="+", help="document ids")
     p.add_argument("--index", required=True, help="the index folder")
+    moved_model_arg(p)
     wait_arg(p)
     engine_args(p)
     p.set_defaults(func=cmd_delete)
@@ -350,6 +360,7 @@ def register(sub: Any) -> None:
         mode_help="default: hybrid for a text query; dense for an --image query (only the model sees the image)",
     )
     rerank_args(p)
+    moved_model_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     long_passage_args(p)
     engine_args(p)

@@ -373,12 +373,14 @@ class Index:
         *,
         wait: float | None = None,
         engine: EngineConfig | None = None,
+        model: str | None = None,
     ) -> Iterator[Index]:
         """Change a saved index with no other writer in between: the folder's writer lock is
         taken (waiting ``wait`` seconds; ``None``: as long as it takes, saying once whom it
         waits for), the index loaded, the block run, and the index saved when the block
         succeeds — all under the lock, so concurrent edits (another process's
-        ``bgekit index add``) all land. Nothing is saved when the block raises.
+        ``bgekit index add``) all land. Nothing is saved when the block raises. ``model``:
+        as for :meth:`load`.
 
         >>> with Index.edit("my-index") as index:  # doctest: +SKIP
         ...     index.add(docs)
@@ -387,7 +389,7 @@ class Index:
         storage.read_manifest(root)  # a clear error for a folder with no index, before the lock
         lock = WriteLock(root, wait)
         with lock:
-            index = cls.load(root, embedder, mmap=False, engine=engine)
+            index = cls.load(root, embedder, mmap=False, engine=engine, model=model)
             index._lock = lock
             try:
                 yield index
@@ -411,14 +413,18 @@ class Index:
         *,
         mmap: bool = True,
         engine: EngineConfig | None = None,
+        model: str | None = None,
     ) -> Index:
         """Open a saved index. Without ``embedder`` the recorded model is loaded (on
-        ``engine``); with one, it must be the model the index was built with. Every file is
-        checked (headers and sizes) before the model loads; a damaged one is named."""
+        ``engine``) under its recorded settings: the packaged model or a hub id wherever they
+        are installed or cached on this machine, a folder where it was — or from ``model``
+        (a hub id or folder) when it has moved; with ``embedder`` or ``model``, it must be the
+        model the index was built with (checked). Every file is checked (headers and sizes)
+        before the model loads; a damaged one is named."""
         root = Path(path)
         manifest = storage.checked_manifest(root)
-        model = embedder or embedder_from_record(root, manifest["model"], engine)
-        return storage.read_consistent(root, lambda m: cls._from_generation(root, m, model, mmap))
+        loaded = embedder or embedder_from_record(root, manifest["model"], engine, model)
+        return storage.read_consistent(root, lambda m: cls._from_generation(root, m, loaded, mmap))
 
     @classmethod
     def _from_generation(cls, root: Path, manifest: dict[str, Any], embedder: Embedder, mmap: bool) -> Index:
