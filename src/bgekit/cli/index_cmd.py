@@ -111,7 +111,9 @@ def _build_from_encoded(ns: argparse.Namespace, root: Path) -> int:
 
 def cmd_add(ns: argparse.Namespace) -> int:
     from bgekit.index import Index, read_source
+    from bgekit.index.storage import read_manifest
 
+    read_manifest(Path(ns.index))  # no index there: said before the source is read
     docs = read_source(ns.source, encoding=ns.encoding)
     start = time.perf_counter()
     with Index.edit(ns.index, wait=ns.wait, engine=engine_config(ns), model=ns.model) as index:
@@ -119,6 +121,23 @@ def cmd_add(ns: argparse.Namespace) -> int:
     print(
         f"added {report.documents} documents ({report.chunks} chunks{_skipped(report)}) in "
         f"{time.perf_counter() - start:.1f}s; now {len(index)}"
+    )
+    return 0
+
+
+def cmd_sync(ns: argparse.Namespace) -> int:
+    from bgekit.index import Index, read_source
+    from bgekit.index.storage import read_manifest
+
+    read_manifest(Path(ns.index))  # no index there: said before the source is read
+    docs = read_source(ns.source, encoding=ns.encoding)
+    start = time.perf_counter()
+    with Index.edit(ns.index, wait=ns.wait, engine=engine_config(ns), model=ns.model) as index:
+        r = index.sync(docs)
+    print(
+        f"synced {ns.index} with {ns.source}: {r.added} added, {r.updated} updated, {r.unchanged} unchanged, "
+        f"{r.removed} removed ({r.chunks} chunks encoded{_skipped(r)}) in "
+        f"{time.perf_counter() - start:.1f}s; now {len(index)} documents"
     )
     return 0
 
@@ -333,6 +352,19 @@ def register(sub: Any) -> None:
     encoding_arg(p)
     engine_args(p)
     p.set_defaults(func=cmd_add)
+
+    p = ixsub.add_parser(
+        "sync",
+        help="make the index hold exactly the source's documents: new ones added, changed ones "
+        "encoded again, unchanged ones left alone (not encoded), the others removed",
+    )
+    p.add_argument("source", help=source_help)
+    p.add_argument("--index", required=True, help="the index folder")
+    moved_model_arg(p)
+    wait_arg(p)
+    encoding_arg(p)
+    engine_args(p)
+    p.set_defaults(func=cmd_sync)
 
     p = ixsub.add_parser("delete", help="delete documents (all their chunks) by id")
     p.add_argument("ids", nargs="+", help="document ids")

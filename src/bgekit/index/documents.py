@@ -3,6 +3,8 @@ checked (ids, Unicode, metadata, sizes); :mod:`~bgekit.index.chunking` cuts them
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -46,6 +48,29 @@ class AddReport:
     chunks: int
     skipped: int
     oversized: int = 0  # skipped for being over the index's max_document_chars
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What one sync did: documents new to the index, changed (re-encoded), unchanged (not
+    encoded; their metadata refreshed), and removed (gone from the source, or now empty or
+    over the size limit); chunks encoded; documents of the source skipped (no text, or
+    over the size limit)."""
+
+    added: int
+    updated: int
+    unchanged: int
+    removed: int
+    chunks: int
+    skipped: int = 0
+    oversized: int = 0
+
+
+def content_hash(doc: Document) -> str:
+    """What decides whether a document must be encoded again: its text, title and image
+    path (not its metadata), hashed."""
+    body = json.dumps([doc.text, doc.title, doc.image], ensure_ascii=False)
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
 Oversize = Literal["error", "skip"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from bgekit.images import Item, check_items, text_of
 from bgekit.index import storage
 from bgekit.index.chunking import Chunk, best_chunk_per_document, encoding_text, one_chunk_each
 from bgekit.index.config import IndexConfig, IndexInfo, inspect_index
-from bgekit.index.documents import AddReport, Document
+from bgekit.index.documents import AddReport, Document, SyncReport, check_documents, content_hash
 from bgekit.index.lock import IndexConflictError, WriteLock
 from bgekit.index.model_record import check_same_model, embedder_from_record, model_record
 from bgekit.index.rows import ChunkSettings, chunk_rows, encoded_chunk_rows
@@ -50,6 +50,7 @@ class Index:
         self._lock: WriteLock | None = None  # held by :meth:`edit`
         self._docs: list[Document] = []
         self._doc_pos: dict[str, int] = {}
+        self._hash: dict[str, str] = {}  # content hash per document id (see sync)
         self._chunk_doc = np.zeros(0, dtype=np.int64)
         self._chunk_no = np.zeros(0, dtype=np.int32)
         self._chunk_text: list[str] = []
@@ -93,6 +94,44 @@ class Index:
             self._insert(rows.docs, rows.chunks, rows.enc)
         return AddReport(len(rows.docs), len(rows.chunks), rows.skipped, rows.oversized)
 
+    def sync(self, documents: Sequence[Document]) -> SyncReport:
+        """Make the index hold exactly ``documents`` (a source read again): new ids are
+        added, documents whose text, title or image changed are encoded again and replace
+        the old ones, unchanged ones are not encoded (their metadata is refreshed), and
+        indexed documents missing from ``documents`` are removed — so are those that now
+        hold no text or are over the size limit. Documents indexed without their text (from
+        encoded shards) count as changed once.
+
+        Nothing changes when encoding fails."""
+        docs = check_documents(documents)
+        wanted = {d.id for d in docs}
+        fresh = [d for d in docs if self._hash.get(d.id) != content_hash(d)]
+        same = [d for d in docs if d.id in self._doc_pos and self._hash.get(d.id) == content_hash(d)]
+        rows = chunk_rows(fresh, self.embedder, ChunkSettings.of(self.config), self.outputs)
+        encoded = {d.id for d in rows.docs}
+        updated = sum(1 for d in rows.docs if d.id in self._doc_pos)
+        # gone from the source, or changed into something not indexed (empty, oversized)
+        not_indexed = {d.id for d in fresh} - encoded
+        stale = [i for i in self.ids() if i not in wanted or i in not_indexed]
+        if rows.docs:
+            self._insert(rows.docs, rows.chunks, rows.enc)
+        removed = [i for i in stale if i in self._doc_pos]
+        if removed:
+            self.delete(removed)
+        for d in same:  # metadata may change without the content (a file touched)
+            pos = self._doc_pos[d.id]
+            if self._docs[pos].metadata != d.metadata:
+                self._docs[pos] = replace(self._docs[pos], metadata=d.metadata)
+        return SyncReport(
+            added=len(rows.docs) - updated,
+            updated=updated,
+            unchanged=len(same),
+            removed=len(removed),
+            chunks=len(rows.chunks),
+            skipped=rows.skipped,
+            oversized=rows.oversized,
+        )
+
     def add_encoded(
         self,
         documents: Sequence[Document],
@@ -129,6 +168,8 @@ class Index:
         self._docs.extend(docs)
         for i, d in enumerate(docs):
             self._doc_pos[d.id] = base + i
+            if d.text or d.image:  # shards' documents come without their text: no hash
+                self._hash[d.id] = content_hash(d)
         self._append([Chunk(c.doc + base, c.no, c.text, c.tokens) for c in chunks], enc)
 
     def _append(self, chunks: list[Chunk], enc: Encoded) -> None:
@@ -166,6 +207,8 @@ class Index:
         removed = int((~keep).sum())
         self._docs = [d for d, k in zip(self._docs, keep_doc, strict=True) if k]
         self._doc_pos = {d.id: i for i, d in enumerate(self._docs)}
+        for i in ids:
+            self._hash.pop(i, None)
         self._chunk_doc = new_pos[self._chunk_doc[rows]]
         self._chunk_no = self._chunk_no[rows]
         self._chunk_text = [self._chunk_text[i] for i in rows]
@@ -346,7 +389,7 @@ class Index:
         if self._mv is not None:
             arrays |= {"multivector": np.asarray(self._mv), "multivector_offsets": self._mv_offsets}
         records: dict[str, list[Any]] = {
-            "documents": [_doc_record(d) for d in self._docs],
+            "documents": [_doc_record(d, self._hash.get(d.id)) for d in self._docs],
             "chunks": self._chunk_text,
         }
         manifest = {
@@ -451,6 +494,7 @@ class Index:
         except (KeyError, TypeError, ValueError) as e:
             raise storage.IndexFormatError(f"{root}: the records or arrays are inconsistent ({e})") from None
         index._doc_pos = {d.id: i for i, d in enumerate(index._docs)}
+        index._hash = {r["id"]: r["hash"] for r in records["documents"] if r.get("hash")}
         index._chunk_doc = np.asarray(arrays["chunk_doc"])
         index._chunk_no = np.asarray(arrays["chunk_no"])
         if "dense" in arrays:
@@ -501,9 +545,12 @@ class Index:
         )
 
 
-def _doc_record(d: Document) -> dict[str, Any]:
-    """What a save keeps of a document (its text lives in its chunks; an image by path)."""
+def _doc_record(d: Document, digest: str | None) -> dict[str, Any]:
+    """What a save keeps of a document (its text lives in its chunks; an image by path;
+    the hash of its content, for :meth:`Index.sync`)."""
     record: dict[str, Any] = {"id": d.id, "title": d.title, "metadata": d.metadata}
+    if digest is not None:
+        record["hash"] = digest
     if d.image is not None:
         record["image"] = d.image
     return record
