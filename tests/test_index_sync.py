@@ -37,6 +37,7 @@ def test_sync_encodes_only_what_changed_and_equals_a_fresh_build(
     cfg = IndexConfig(outputs=OUTPUTS, chunk_tokens=16, chunk_overlap=4)
     index = Index(m3, cfg)
     index.add(_docs(a="Cats sleep on the sofa all day.", b="Markets fell.", c="A dog barks at night."))
+    assert index.search(["cats"], 3, where="v=2") == [[]]  # a filter's row mask, cached until a change
     encoded: list[str] = []
     real = m3.encode_tokens
 
@@ -63,6 +64,7 @@ def test_sync_encodes_only_what_changed_and_equals_a_fresh_build(
     for mode in ("dense", "sparse", "multivector", "hybrid"):
         assert _ranked(index, mode) == _ranked(fresh, mode)
     assert {h.id: h.metadata for h in index.search(["cats"], 3, mode="dense")[0]}["a"] == {"v": 2}
+    assert [h.id for h in index.search(["cats"], 3, where="v=2")[0]] == ["a"]  # the new metadata
 
     # a document that became empty is removed, not left at its old text
     report = index.sync([source[0], Document("b", ""), source[2]])

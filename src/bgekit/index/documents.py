@@ -3,6 +3,7 @@ checked (ids, Unicode, metadata, sizes); :mod:`~bgekit.index.chunking` cuts them
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -41,13 +42,14 @@ class Document:
 
 @dataclass(frozen=True)
 class AddReport:
-    """What one add did: documents added, their chunks, and documents skipped because they
-    hold no text (empty or whitespace only)."""
+    """What one add did: documents added (``replaced`` of them in place of indexed ones),
+    their chunks, and documents skipped because they hold no text (empty or whitespace only)."""
 
     documents: int
     chunks: int
     skipped: int
     oversized: int = 0  # skipped for being over the index's max_document_chars
+    replaced: int = 0  # of ``documents``, those that replaced an indexed one (update=True)
 
 
 @dataclass(frozen=True)
@@ -252,13 +254,20 @@ def is_binary(path: Path) -> bool:
         return b"\x00" in f.read(8192)
 
 
+def file_metadata(path: Path) -> dict[str, Any]:
+    """What a file from a folder source records (filterable): its path, modification time
+    (ISO 8601, UTC) and extension."""
+    mtime = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.timezone.utc)
+    return {"path": str(path), "mtime": mtime.isoformat(timespec="seconds"), "ext": path.suffix.lower()}
+
+
 def _text_file(path: Path, doc_id: str, encoding: str) -> Document:
     text = read_text(path, encoding)
-    return Document(doc_id, text, path.stem, {"path": str(path)})
+    return Document(doc_id, text, path.stem, file_metadata(path))
 
 
 def _image_file(path: Path, doc_id: str) -> Document:
-    return Document(doc_id, "", "", {}, str(path.resolve()))
+    return Document(doc_id, "", "", file_metadata(path), str(path.resolve()))
 
 
 def read_source(source: str | Path, *, encoding: str = "utf-8") -> list[Document]:

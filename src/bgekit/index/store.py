@@ -27,9 +27,13 @@ from bgekit.retrieval.bm25 import Bm25
 from bgekit.retrieval.core import HybridConfig, SearchPlan, chunk_depth, search
 from bgekit.retrieval.corpus import Corpus, Hnsw, available_scorers
 from bgekit.retrieval.dense_store import DenseStore
+from bgekit.retrieval.filters import Filter, FilterSpec
 from bgekit.scoring import segment_rows
 from bgekit.scoring.sparse import to_csr
 from bgekit.types import Encoded, Hit, OutputKind, Ranking, Scorer, SearchMode, TokenSeq
+
+# Row masks of the most recent filters kept per index (a repeated filter is not evaluated again).
+_FILTER_MASKS = 32
 
 
 class Index:
@@ -90,9 +94,10 @@ class Index:
         Nothing changes when encoding fails."""
         existing = frozenset() if update else frozenset(self._doc_pos)
         rows = chunk_rows(documents, self.embedder, ChunkSettings.of(self.config), self.outputs, existing)
+        replaced = sum(1 for d in rows.docs if d.id in self._doc_pos)
         if rows.docs:
             self._insert(rows.docs, rows.chunks, rows.enc)
-        return AddReport(len(rows.docs), len(rows.chunks), rows.skipped, rows.oversized)
+        return AddReport(len(rows.docs), len(rows.chunks), rows.skipped, rows.oversized, replaced)
 
     def sync(self, documents: Sequence[Document]) -> SyncReport:
         """Make the index hold exactly ``documents`` (a source read again): new ids are
@@ -122,6 +127,7 @@ class Index:
             pos = self._doc_pos[d.id]
             if self._docs[pos].metadata != d.metadata:
                 self._docs[pos] = replace(self._docs[pos], metadata=d.metadata)
+                self._cache.pop("filters", None)  # masks read the old metadata
         return SyncReport(
             added=len(rows.docs) - updated,
             updated=updated,
@@ -265,14 +271,33 @@ class Index:
         mode: SearchMode = "hybrid",
         hybrid: HybridConfig | None = None,
         tokens: Sequence[TokenSeq] | None = None,
+        where: FilterSpec = None,
     ) -> list[list[Hit]]:
         """The ``k`` best documents per query (each shown with its best chunk), searched by
         :func:`bgekit.retrieval.search` (a hybrid is dense + lexical — the sparse head, or
-        BM25 for models without one — + multi-vector when indexed)."""
+        BM25 for models without one — + multi-vector when indexed); ``where``: only
+        documents whose metadata passes this filter (:class:`~bgekit.retrieval.Filter`,
+        ``"year>=2020"``, a list of such, or ``{"year": {"$gte": 2020}}``)."""
+        where = Filter.parse(where)  # checked before the queries are encoded
         items = self._queries(queries)
         plan = self.plan(mode, hybrid)
         q = self.encode_queries(items, plan, tokens=tokens)
-        return self.search_encoded(q, [text_of(x) for x in items], k, plan=plan)
+        return self.search_encoded(q, [text_of(x) for x in items], k, plan=plan, where=where)
+
+    def allowed_rows(self, where: FilterSpec) -> np.ndarray | None:
+        """One flag per chunk: whether its document passes ``where`` (``None``: no filter)."""
+        f = Filter.parse(where)
+        if not f:
+            return None
+        masks: dict[Filter, np.ndarray] = self._cache.setdefault("filters", {})  # cleared on changes
+        if f not in masks:
+            passed = np.fromiter(
+                (f.matches(d.metadata, d.id, d.title) for d in self._docs), bool, len(self._docs)
+            )
+            if len(masks) >= _FILTER_MASKS:
+                masks.pop(next(iter(masks)))
+            masks[f] = passed[self._chunk_doc] if len(self._chunk_doc) else np.zeros(0, dtype=bool)
+        return masks[f]
 
     def _queries(self, queries: Sequence[Item]) -> list[Item]:
         """Queries checked: texts, and for an image model also images and image + text."""
@@ -314,6 +339,7 @@ class Index:
         mode: SearchMode = "hybrid",
         hybrid: HybridConfig | None = None,
         plan: SearchPlan | None = None,
+        where: FilterSpec = None,
     ) -> list[list[Hit]]:
         """:meth:`search` for queries already encoded with :meth:`encode_queries` (under
         ``plan``, or one made from ``mode`` and ``hybrid``)."""
@@ -321,7 +347,8 @@ class Index:
             raise InputError(f"k must be at least 1, got {k}")
         plan = plan or self.plan(mode, hybrid)
         rows = chunk_depth(k, self.num_chunks)
-        rankings = search(self.corpus(), q, rows, texts=list(texts), plan=plan)
+        allowed = self.allowed_rows(where)
+        rankings = search(self.corpus(), q, rows, texts=list(texts), plan=plan, allowed=allowed)
         return [self._collapse(r, k) for r in rankings]
 
     def _collapse(self, ranking: Ranking, k: int) -> list[Hit]:

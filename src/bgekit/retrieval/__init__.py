@@ -15,13 +15,17 @@ from bgekit.retrieval.core import (
 )
 from bgekit.retrieval.corpus import Corpus, Hnsw, available_scorers
 from bgekit.retrieval.dense_store import DenseStore
+from bgekit.retrieval.filters import Condition, Filter, FilterSpec, parse_condition
 from bgekit.retrieval.pipeline import Pipeline
 
 __all__ = [
     "DEFAULT_CANDIDATES",
     "Bm25",
+    "Condition",
     "Corpus",
     "DenseStore",
+    "Filter",
+    "FilterSpec",
     "Hnsw",
     "HybridConfig",
     "Pipeline",
@@ -29,6 +33,7 @@ __all__ = [
     "available_scorers",
     "check_mode",
     "chunk_depth",
+    "parse_condition",
     "query_outputs",
     "scorers_for",
     "search",

@@ -11,10 +11,15 @@ all search through :func:`search`.
   when BM25 takes part because its scores are on another scale (a lexical scorer that
   matched none of a query's candidates, e.g. for an image query, sits out its RRF).
   ``candidates=None`` scores every row.
+
+A row mask (``allowed``: a metadata filter's verdict per row) restricts every scorer's
+top list and every candidate set to the allowed rows before fusion, so a filtered search
+returns what filtering the exact ranking would.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -199,8 +204,17 @@ class SearchPlan:
 class _OneQuery:
     """One query's scores against the corpus; a scorer's full vector is computed once."""
 
-    def __init__(self, corpus: Corpus, q: Encoded, qi: int, text: str | None, dense: np.ndarray | None):
+    def __init__(
+        self,
+        corpus: Corpus,
+        q: Encoded,
+        qi: int,
+        text: str | None,
+        dense: np.ndarray | None,
+        rows: np.ndarray | None = None,
+    ):
         self.corpus, self.q, self.qi, self.text = corpus, q, qi, text
+        self.rows = rows  # the rows a filter allows (None: every row)
         self._full: dict[str, np.ndarray] = {}
         if dense is not None:
             self._full["dense"] = np.asarray(dense, dtype=np.float32)
@@ -223,7 +237,11 @@ class _OneQuery:
         return self._full[scorer]
 
     def top(self, scorer: Scorer, n: int) -> np.ndarray:
-        """The ``n`` best rows; lexical scorers leave out rows sharing no term."""
+        """The ``n`` best rows (of those allowed); lexical scorers leave out rows sharing no term."""
+        if self.rows is not None:  # only the allowed rows are scored
+            idx, val = top_k(self.at(scorer, self.rows)[None, :], n)
+            keep = idx[0][val[0] > 0] if scorer in ("sparse", "bm25") else idx[0]
+            return self.rows[keep]
         c, q = self.corpus, self.q
         fresh = scorer == "dense" and "dense" not in self._full
         if fresh and c.dense is not None and c.dense.dtype == "binary":
@@ -275,7 +293,7 @@ class _Plan:
             scores = one.at(s, rows)
             return Ranking(rows.astype(np.int64), scores, {s: scores})
         if self.exhaustive:
-            cand = np.arange(one.corpus.n_rows, dtype=np.int64)
+            cand = one.rows if one.rows is not None else np.arange(one.corpus.n_rows, dtype=np.int64)
         else:
             cand = np.unique(np.concatenate([one.top(s, self.depth) for s in self.first]))
         per = [one.at(s, cand) for s in self.scorers]
@@ -308,12 +326,14 @@ def search(
     texts: Sequence[str] | None = None,
     progress: bool = False,
     plan: SearchPlan | None = None,
+    allowed: np.ndarray | None = None,
 ) -> list[Ranking]:
     """The ``k`` best rows of ``corpus`` per query (see the module docstring).
 
     ``queries`` holds the encodings the plan names (:attr:`SearchPlan.outputs`; without a
     ``plan`` one is made from ``mode`` and ``config``); ``texts`` (the query texts) is
-    needed when BM25 takes part. Rankings carry every scorer's score in ``modes``.
+    needed when BM25 takes part; ``allowed`` (one bool per row) keeps the search to those
+    rows. Rankings carry every scorer's score in ``modes``.
     """
     if plan is None:
         plan = SearchPlan.make(mode, corpus.scorers, config)
@@ -330,7 +350,13 @@ def search(
             f"the query encodings hold no {', '.join(missing)} (the {plan.mode} search needs it)"
         )
     n = corpus.n_rows
-    if n == 0 or n_queries == 0:
+    rows = None
+    if allowed is not None:
+        allowed = np.asarray(allowed, dtype=bool)
+        if allowed.shape != (n,):
+            raise InputError(f"allowed must hold one flag per row ({n}), got shape {allowed.shape}")
+        rows = None if allowed.all() else np.flatnonzero(allowed).astype(np.int64)
+    if n == 0 or n_queries == 0 or (rows is not None and len(rows) == 0):
         return [Ranking(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in range(n_queries)]
     first = list(plan.first)
     rank = _Plan(
@@ -346,12 +372,15 @@ def search(
     # Dense scores of every row, for a block of queries at a time (one matrix product).
     ranked_by = rank.first if rank.first and not rank.exhaustive else rank.scorers
     # one query over many rows: faiss's scan (see SCAN_ROWS); several: one product per block
-    scan = n_queries == 1 and n > SCAN_ROWS and not rank.exhaustive
+    scan = n_queries == 1 and n > SCAN_ROWS and not rank.exhaustive and rows is None
     binary = corpus.dense is not None and corpus.dense.dtype == "binary"
-    dense_full = "dense" in ranked_by and corpus.hnsw is None and not scan and not binary
+    dense_full = (
+        "dense" in ranked_by and (corpus.hnsw is None or rows is not None) and not scan and not binary
+    )
     step = max(1, BLOCK // n) if dense_full else n_queries
     out: list[Ranking] = []
-    bar = tqdm(total=n_queries, desc="search", unit="query") if progress else None
+    # a bar on a terminal only: piped or logged stderr gets no carriage-return frames
+    bar = tqdm(total=n_queries, desc="search", unit="query") if progress and sys.stderr.isatty() else None
     try:
         for start in range(0, n_queries, step):
             block = range(start, min(n_queries, start + step))
@@ -362,7 +391,7 @@ def search(
             for j, qi in enumerate(block):
                 text = texts[qi] if texts is not None else None
                 row = dense[j] if dense is not None else None
-                out.append(rank.rank(_OneQuery(corpus, queries, qi, text, row)))
+                out.append(rank.rank(_OneQuery(corpus, queries, qi, text, row, rows)))
             if bar is not None:
                 bar.update(len(block))
     finally:

@@ -12,6 +12,7 @@ from bgekit.errors import InputError
 from bgekit.images import Item, has_images
 from bgekit.inputs import passage_text
 from bgekit.retrieval.core import HybridConfig
+from bgekit.retrieval.filters import FilterSpec
 from bgekit.retrieval.rerank import check_rerank_weight, rerank_rankings
 from bgekit.types import Hit, Ranking, SearchMode, TokenSeq
 
@@ -32,6 +33,7 @@ class Searchable(Protocol):
         mode: SearchMode = "hybrid",
         hybrid: HybridConfig | None = None,
         tokens: Sequence[TokenSeq] | None = None,
+        where: FilterSpec = None,
     ) -> list[list[Hit]]: ...
 
 
@@ -68,17 +70,25 @@ class Pipeline:
         self.hybrid = hybrid
 
     def search(
-        self, queries: Sequence[Item], k: int = 10, *, tokens: Sequence[TokenSeq] | None = None
+        self,
+        queries: Sequence[Item],
+        k: int = 10,
+        *,
+        tokens: Sequence[TokenSeq] | None = None,
+        where: FilterSpec = None,
     ) -> list[list[Hit]]:
         """The ``k`` best hits per query (texts; for an image model's index also images and
         image + text); ``tokens``: the queries already tokenised the way the index does
-        (``Index.tokenize_queries``), not tokenised again."""
+        (``Index.tokenize_queries``), not tokenised again; ``where``: a metadata filter
+        (:class:`~bgekit.retrieval.Filter`), applied in the first stage."""
         if k < 1:
             raise InputError(f"k must be at least 1, got {k}")
         if self.reranker is not None and has_images(queries):
             raise InputError("a reranker reads text; search image queries without one")
         depth = max(k, self.retrieve) if self.reranker is not None else k
-        first = self.index.search(queries, depth, mode=self.mode, hybrid=self.hybrid, tokens=tokens)
+        first = self.index.search(
+            queries, depth, mode=self.mode, hybrid=self.hybrid, tokens=tokens, where=where
+        )
         if self.reranker is None:
             return [
                 [dataclasses.replace(h, scores={**h.scores, "retrieval": h.score}) for h in hits]

@@ -328,11 +328,12 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.post("/search", response_model=SearchResponse, responses=ERROR_RESPONSES)
     async def search(body: SearchRequest, request: Request) -> SearchResponse:
-        from bgekit.retrieval import HybridConfig, Pipeline
+        from bgekit.retrieval import Filter, HybridConfig, Pipeline
 
         index = state.index  # this request's, even if a newer generation is served meanwhile
         if index is None:
             raise HTTPException(404, "this server has no index (start it with --index)")
+        where = Filter.parse(body.filter)
         reranker = state.need_reranker() if body.rerank else None
         # the same length rule as every route: over the query limit is 413 unless truncating
         emb = index.embedder
@@ -360,7 +361,7 @@ def add_routes(app: FastAPI, state: ServerState) -> None:
 
         def run() -> list[Hit]:
             try:
-                return pipe.search([query], body.k, tokens=seqs)[0]
+                return pipe.search([query], body.k, tokens=seqs, where=where)[0]
             finally:
                 state.trimmer.maybe_trim()
 

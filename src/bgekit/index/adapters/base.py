@@ -19,6 +19,7 @@ from bgekit.index.store import IndexConfig
 from bgekit.inputs import check_texts
 from bgekit.models import Embedder
 from bgekit.retrieval.core import HybridConfig, check_mode, chunk_depth
+from bgekit.retrieval.filters import Filter, FilterSpec
 from bgekit.types import Encoded, Hit, OutputKind, SearchMode, TokenSeq
 
 
@@ -36,7 +37,12 @@ class Backend(Protocol):
 
     def delete(self, doc_ids: Sequence[str]) -> None: ...
 
-    def search(self, q: Encoded, qi: int, mode: str, limit: int, hybrid: HybridConfig) -> list[Hit]: ...
+    def search(
+        self, q: Encoded, qi: int, mode: str, limit: int, hybrid: HybridConfig, where: Filter
+    ) -> list[Hit]:
+        """The best ``limit`` chunks of the documents ``where`` lets through (the filter
+        passed down to the database's own)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -105,10 +111,12 @@ class VectorDBIndex:
         mode: SearchMode = "hybrid",
         hybrid: HybridConfig | None = None,
         tokens: Sequence[TokenSeq] | None = None,
+        where: FilterSpec = None,
     ) -> list[list[Hit]]:
         """The ``k`` best documents per query; ``tokens``: the queries already tokenised
         with the config's task (``embedder.tokenize(queries, kind="query", task=...)``), not
-        tokenised again."""
+        tokenised again; ``where``: a metadata filter, applied by the database."""
+        where = Filter.parse(where)
         if check_mode(mode) not in self.backend.modes:
             raise InputError(f"{type(self.backend).__name__} does not search in {mode} mode")
         if mode in ("dense", "sparse", "multivector") and mode not in self.outputs:
@@ -128,7 +136,8 @@ class VectorDBIndex:
         q = self.embedder.encode_tokens(seqs, outputs=self.outputs)
         limit = chunk_depth(k)
         return [
-            best_chunk_per_document(self.backend.search(q, i, mode, limit, cfg), k) for i in range(len(texts))
+            best_chunk_per_document(self.backend.search(q, i, mode, limit, cfg, where), k)
+            for i in range(len(texts))
         ]
 
     def close(self) -> None:

@@ -4,6 +4,10 @@ Dense vectors go in a FLOAT_VECTOR field (FLAT or HNSW index, inner product), sp
 in a SPARSE_FLOAT_VECTOR field (inverted index, inner product); hybrid search is Milvus'
 ``hybrid_search`` with its RRF ranker or a weighted ranker (scores divided by the sum of the
 weights, as bgekit's fusion does). Multi-vector and BM25 modes are not offered here.
+Metadata is a JSON field, so filters become Milvus expressions on ``metadata["FIELD"]``
+(``id``: ``doc_id``): equality, ``in``, ranges (ISO dates compare as text there: write
+them in one format), and prefixes (``like "prefix%"``). Collections made before metadata
+was a JSON field cannot be filtered.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from bgekit.errors import BgekitError, InputError
 from bgekit.index.chunking import Chunk
 from bgekit.index.documents import Document
 from bgekit.retrieval.core import HybridConfig
+from bgekit.retrieval.filters import Condition, Filter
 from bgekit.types import Encoded, Hit, OutputKind, SparseVec
 
 _FIELDS = ["doc_id", "chunk", "title", "text", "metadata"]
@@ -34,6 +39,34 @@ def _milvus_sparse(vec: SparseVec) -> dict[int, float]:
 def _in_filter(doc_ids: Sequence[str]) -> str:
     """A Milvus boolean expression; JSON string literals escape quotes and backslashes."""
     return f"doc_id in {json.dumps([str(i) for i in doc_ids])}"
+
+
+_OPS = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+
+
+def _literal(c: Condition, v: Any) -> str:
+    if v is None:
+        raise InputError(f"the Milvus adapter cannot compare with null ({c.text()})")
+    return json.dumps(v)
+
+
+def _condition(c: Condition) -> str:
+    key = {"id": "doc_id", "title": "title"}.get(c.field, f"metadata[{json.dumps(c.field)}]")
+    if c.op == "in":
+        assert isinstance(c.value, tuple)
+        # Milvus takes 'in' on plain fields only, not on a JSON key
+        return " or ".join(f"{key} == {_literal(c, v)}" for v in c.value)
+    if c.op == "prefix":
+        assert isinstance(c.value, str)
+        if any(ch in c.value for ch in '%_\\"'):
+            raise InputError(f"the Milvus adapter's prefix match cannot hold %, _, \\ or quotes ({c.text()})")
+        return f'{key} like "{c.value}%"'
+    return f"{key} {_OPS[c.op]} {_literal(c, c.value)}"
+
+
+def milvus_filter(where: Filter) -> str:
+    """``where`` as a Milvus boolean expression ("" when it is empty)."""
+    return " and ".join(f"({_condition(c)})" for c in where.conditions)
 
 
 class MilvusBackend:
@@ -64,7 +97,7 @@ class MilvusBackend:
         schema.add_field("chunk", DataType.INT64)
         schema.add_field("title", DataType.VARCHAR, max_length=4096)
         schema.add_field("text", DataType.VARCHAR, max_length=65535)
-        schema.add_field("metadata", DataType.VARCHAR, max_length=65535)
+        schema.add_field("metadata", DataType.JSON)
         index = self.client.prepare_index_params()
         if "dense" in outputs:
             schema.add_field("dense", DataType.FLOAT_VECTOR, dim=dims["dense"])
@@ -89,7 +122,7 @@ class MilvusBackend:
                 "chunk": c.no,
                 "title": d.title,
                 "text": c.text,
-                "metadata": json.dumps(d.metadata),
+                "metadata": d.metadata,
             }
             if enc.dense is not None:
                 row["dense"] = enc.dense[i].tolist()
@@ -104,13 +137,16 @@ class MilvusBackend:
 
     def _hit(self, r: dict[str, Any], score: float, scores: dict[str, float]) -> Hit:
         e = r["entity"]
-        return Hit(
-            e["doc_id"], score, e["text"], e["title"], int(e["chunk"]), json.loads(e["metadata"]), scores
-        )
+        meta = e["metadata"]  # a string in collections made before it was a JSON field
+        meta = json.loads(meta) if isinstance(meta, str) else dict(meta or {})
+        return Hit(e["doc_id"], score, e["text"], e["title"], int(e["chunk"]), meta, scores)
 
-    def search(self, q: Encoded, qi: int, mode: str, limit: int, hybrid: HybridConfig) -> list[Hit]:
+    def search(
+        self, q: Encoded, qi: int, mode: str, limit: int, hybrid: HybridConfig, where: Filter
+    ) -> list[Hit]:
         from pymilvus import AnnSearchRequest, RRFRanker, WeightedRanker
 
+        expr = milvus_filter(where)
         data = {}
         if q.dense is not None and "dense" in self.outputs:
             data["dense"] = [q.dense[qi].tolist()]
@@ -125,11 +161,12 @@ class MilvusBackend:
                 limit=limit,
                 output_fields=_FIELDS,
                 search_params=params,
+                filter=expr,
             )[0]
             return [self._hit(r, float(r["distance"]), {mode: float(r["distance"])}) for r in res]
         fields = [f for f in ("dense", "sparse") if f in data]
         limit_each = limit if hybrid.candidates is None else max(limit, hybrid.candidates)
-        reqs = [AnnSearchRequest(data[f], f, params, limit=limit_each) for f in fields]
+        reqs = [AnnSearchRequest(data[f], f, params, limit=limit_each, expr=expr or None) for f in fields]
         if hybrid.fusion == "rrf":
             ranker: Any = RRFRanker(int(hybrid.rrf_k))
             scale = 1.0
