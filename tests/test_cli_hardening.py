@@ -174,7 +174,7 @@ def test_binary_files_are_skipped_with_a_count_and_empty_sources_refused(
     ix = tmp_path / "ix"
     assert main(["index", "build", str(folder), "--index", str(ix), "--model", str(bert_m3)]) == 0
     captured = capsys.readouterr()
-    assert "skipped 2 files that are not text" in captured.err and "indexed 1 documents" in captured.out
+    assert "skipped 2 files that are not text" in captured.err and "indexed 1 document (" in captured.out
     assert [h.id for h in Index.load(ix).search(["cats"], 5)[0]] == ["real.txt"]
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")

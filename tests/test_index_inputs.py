@@ -120,7 +120,7 @@ def test_documents_over_the_size_limit_are_refused_or_skipped(
     )
     assert not root.exists()
     assert main([*args, "--max-document-chars", "5000", "--oversize", "skip"]) == 0
-    assert "indexed 1 documents (1 chunks; 2 over the size limit skipped)" in capsys.readouterr().out
+    assert "indexed 1 document (1 chunk; 2 over the size limit skipped)" in capsys.readouterr().out
     # the limit is the index's: later adds follow it
     more = _jsonl(tmp_path / "more.jsonl", json.dumps({"id": "big3", "text": big}))
     assert main(["index", "add", str(more), "--index", str(root)]) == 0

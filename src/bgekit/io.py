@@ -103,15 +103,19 @@ def read_texts(path: Path, encoding: str = "utf-8") -> tuple[list[str], list[str
     """Texts (and ids when given) from a JSONL file or a plain text file (one text per line).
 
     A JSONL line is a JSON string or an object with ``text`` (and optionally ``id``/``_id``
-    and ``title``, joined as ``title + " " + text``). A file with no text is an error.
+    and ``title``, joined as ``title + " " + text``). In a text file blank lines are skipped
+    and each text's id is its line number (from 1), so rows still name their lines. A file
+    with no text is an error.
     """
     texts: list[str] = []
     ids: list[str] = []
     if path.suffix.lower() not in (".jsonl", ".json"):
-        lines = [line for line in read_text(path, encoding).splitlines() if line.strip()]
-        if not lines:
+        numbered = [
+            (n, line) for n, line in enumerate(read_text(path, encoding).splitlines(), 1) if line.strip()
+        ]
+        if not numbered:
             raise InputError(f"{path} holds no text: nothing to encode")
-        return lines, None
+        return [line for _, line in numbered], [str(n) for n, _ in numbered]
     for n, obj in iter_jsonl(path, encoding):
         if isinstance(obj, str):
             texts.append(obj)

@@ -240,12 +240,32 @@ def outputs_arg(text: str) -> tuple[str, ...]:
     return parts
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """``--help`` with each option's default, once (not where the help already says it), a
+    list or tuple written as ``a,b`` as the option takes it, and nothing for flags."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or not action.option_strings
+            or action.nargs == 0
+        ):
+            return text
+        shown = ",".join(str(x) for x in default) if isinstance(default, (tuple, list)) else str(default)
+        return f"{text} (default: {shown})" if text else f"default: {shown}"
+
+
 class Parser(argparse.ArgumentParser):
     """Every bgekit (sub)command's parser: defaults shown in ``--help``, and an unknown
     option reported with the usage of the command it was given to (not the top level's)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]

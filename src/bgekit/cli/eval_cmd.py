@@ -40,8 +40,10 @@ def _table(rows: dict[str, dict[str, float]]) -> str:
 
 def cmd_retrieval(ns: argparse.Namespace) -> int:
     from bgekit.eval import RetrievalEvalConfig, evaluate_retrieval, load_beir
+    from bgekit.eval.metrics import require_metrics
     from bgekit.models import Embedder, Reranker
 
+    require_metrics()  # before the data is read or a model loaded
     dataset = load_beir(ns.data_dir, ns.split)
     config = RetrievalEvalConfig(
         mode=ns.mode,
@@ -121,7 +123,7 @@ def register(sub: Any) -> None:
         help="for a BGE-Visualized checkpoint (.pth) whose name does not tell it: the text model it was "
         "trained on (hub id or folder)",
     )
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="the qrels split to score (qrels/SPLIT.tsv)")
     search_args(p, default_mode="dense")
     p.add_argument("-k", type=int, default=1000, help="hits kept per query")
     rerank_args(p)

@@ -30,6 +30,11 @@ from bgekit.scoring.quantize import DENSE_DTYPES
 from bgekit.types import SearchMode
 
 
+def plural(n: int, word: str) -> str:
+    """``1 document``, ``2 documents``."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
 def _skipped(report: Any) -> str:
     out = f"; {report.skipped} with no text skipped" if report.skipped else ""
     if report.oversized:
@@ -64,7 +69,7 @@ def cmd_build(ns: argparse.Namespace) -> int:
     report = index.add(docs)
     index.save(root, wait=ns.wait, exist_ok=ns.overwrite)
     print(
-        f"indexed {report.documents} documents ({report.chunks} chunks{_skipped(report)}) in "
+        f"indexed {plural(report.documents, 'document')} ({plural(report.chunks, 'chunk')}{_skipped(report)}) in "
         f"{time.perf_counter() - start:.1f}s -> {root}"
     )
     return 0
@@ -118,9 +123,13 @@ def cmd_add(ns: argparse.Namespace) -> int:
     start = time.perf_counter()
     with Index.edit(ns.index, wait=ns.wait, engine=engine_config(ns), model=ns.model) as index:
         report = index.add(docs, update=ns.update)
+    new = report.documents - report.replaced
+    changed = f"added {plural(new, 'document')}" + (
+        f", replaced {report.replaced:,}" if report.replaced else ""
+    )
     print(
-        f"added {report.documents} documents ({report.chunks} chunks{_skipped(report)}) in "
-        f"{time.perf_counter() - start:.1f}s; now {len(index)}"
+        f"{changed} ({plural(report.chunks, 'chunk')}{_skipped(report)}) in "
+        f"{time.perf_counter() - start:.1f}s; now {plural(len(index), 'document')}"
     )
     return 0
 
@@ -135,9 +144,9 @@ def cmd_sync(ns: argparse.Namespace) -> int:
     with Index.edit(ns.index, wait=ns.wait, engine=engine_config(ns), model=ns.model) as index:
         r = index.sync(docs)
     print(
-        f"synced {ns.index} with {ns.source}: {r.added} added, {r.updated} updated, {r.unchanged} unchanged, "
-        f"{r.removed} removed ({r.chunks} chunks encoded{_skipped(r)}) in "
-        f"{time.perf_counter() - start:.1f}s; now {len(index)} documents"
+        f"synced {ns.index} with {ns.source}: {r.added:,} added, {r.updated:,} updated, {r.unchanged:,} unchanged, "
+        f"{r.removed:,} removed ({plural(r.chunks, 'chunk')} encoded{_skipped(r)}) in "
+        f"{time.perf_counter() - start:.1f}s; now {plural(len(index), 'document')}"
     )
     return 0
 
@@ -148,7 +157,9 @@ def cmd_delete(ns: argparse.Namespace) -> int:
     ids = list(dict.fromkeys(ns.ids))
     with Index.edit(ns.index, wait=ns.wait, engine=engine_config(ns), model=ns.model) as index:
         chunks = index.delete(ids)
-    print(f"deleted {len(ids)} documents ({chunks} chunks); now {len(index)}")
+    print(
+        f"deleted {plural(len(ids), 'document')} ({plural(chunks, 'chunk')}); now {plural(len(index), 'document')}"
+    )
     return 0
 
 
@@ -162,8 +173,9 @@ def cmd_info(ns: argparse.Namespace) -> int:
     total = sum(info.disk_bytes.values())
     print(f"index      {info.path}")
     print(f"model      {info.model}")
-    print(f"outputs    {', '.join(info.outputs)}  dims {info.dims}")
-    print(f"documents  {info.documents}  chunks {info.chunks}")
+    dims = ", ".join(f"{k} {v}" for k, v in info.dims.items()) or "-"
+    print(f"outputs    {', '.join(info.outputs)}  (dimensions: {dims})")
+    print(f"documents  {info.documents:,}  chunks {info.chunks:,}")
     print(
         f"config     chunk_tokens={info.config['chunk_tokens']} overlap={info.config['chunk_overlap']} dense={info.config['dense_index']} {info.config.get('dense_dtype', 'float32')}"
     )
@@ -197,8 +209,15 @@ def _hit_dict(h: Any) -> dict[str, Any]:
     }
 
 
+# A query longer than this is cut in the results' header (the whole query is searched).
+SHOWN_QUERY_CHARS = 200
+
+
 def _shown_query(ns: argparse.Namespace) -> str:
-    text = f'"{visible(ns.query)}"' if ns.query.strip() else ""
+    query = ns.query
+    if len(query) > SHOWN_QUERY_CHARS:
+        query = f"{query[:SHOWN_QUERY_CHARS]}... ({len(query):,} characters)"
+    text = f'"{visible(query)}"' if ns.query.strip() else ""
     image = f"image {visible(ns.image)}" if ns.image else ""
     return " + ".join(x for x in (image, text) if x)
 
@@ -206,7 +225,7 @@ def _shown_query(ns: argparse.Namespace) -> str:
 def cmd_search(ns: argparse.Namespace) -> int:
     from bgekit.index import Index
     from bgekit.models import Reranker
-    from bgekit.retrieval import Pipeline
+    from bgekit.retrieval import Filter, Pipeline
 
     query: Item = ns.query or ""
     if ns.image is not None:
@@ -217,6 +236,7 @@ def cmd_search(ns: argparse.Namespace) -> int:
     if ns.k < 1:
         raise InputError(f"-k must be at least 1, got {ns.k}")
     mode: SearchMode = ns.mode or ("dense" if ns.image is not None else "hybrid")
+    where = Filter.parse(ns.where or None)  # checked before the model loads
     index = Index.load(ns.index, engine=engine_config(ns), model=ns.model)
     hybrid = hybrid_config(ns)
     reranker = (
@@ -240,7 +260,7 @@ def cmd_search(ns: argparse.Namespace) -> int:
         rerank_weight=ns.rerank_weight,
     )
     start = time.perf_counter()
-    hits = pipe.search([query], ns.k)[0]
+    hits = pipe.search([query], ns.k, where=where)[0]
     seconds = time.perf_counter() - start
     if ns.json:
         print(
@@ -390,6 +410,13 @@ def register(sub: Any) -> None:
         p,
         default_mode=None,
         mode_help="default: hybrid for a text query; dense for an --image query (only the model sees the image)",
+    )
+    p.add_argument(
+        "--where",
+        action="append",
+        metavar="CONDITION",
+        help="only documents whose metadata passes: field=value, !=, <, <=, >, >= (numbers, dates, text), "
+        "'field in a,b', field^=prefix; repeat to require several (id and title name the document's own)",
     )
     rerank_args(p)
     moved_model_arg(p)

@@ -161,22 +161,73 @@ def cmd_similarity(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(ns: argparse.Namespace) -> int:
+    from bgekit.models.catalog import CATALOG, cached
+
+    rows = [
+        {
+            "name": e.hub_id,
+            "kind": e.kind,
+            "outputs": ",".join(e.outputs),
+            "dim": e.dim,
+            "languages": e.languages,
+            "max_length": e.max_length,
+            "params": f"{e.params_m / 1000:.1f}B" if e.params_m >= 1000 else f"{e.params_m}M",
+            "cached": cached(e.hub_id),
+        }
+        for e in CATALOG
+    ]
+    if ns.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    head = ("name", "kind", "outputs", "dim", "languages", "max_length", "params", "cached")
+    table = [[str(r[h]) if r[h] is not None else "-" for h in head] for r in rows]
+    for row in table:
+        row[-1] = "yes" if row[-1] == "True" else "no"
+    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(head)]
+    print("  ".join(h.replace("_", " ").ljust(w) for h, w in zip(head, widths, strict=True)).rstrip())
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    print("\ncached: in this machine's hub cache (bgekit download NAME fetches one; any hub id or folder loads)")
+    return 0
+
+
+def cmd_download(ns: argparse.Namespace) -> int:
+    from bgekit.models.catalog import download
+
+    start = time.perf_counter()
+    folder = download(ns.name, ns.revision)
+    print(f"{ns.name} -> {folder} ({time.perf_counter() - start:.1f}s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="bgekit",
         description="BGE retrieval models: encode, evaluate, index, search, fine-tune, serve, inspect",
     )
+    from bgekit import __version__
+
+    parser.add_argument("--version", action="version", version=f"bgekit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("encode", help="encode texts into dense / sparse / multi-vector outputs (.npz)")
     p.add_argument("--model", help="hub id or local folder (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument(
-        "--input", required=True, help=".jsonl (strings or objects with text[, id, title]) or .txt"
+        "--input",
+        required=True,
+        help=".jsonl (strings or objects with text[, id, title]) or .txt (a text per line; blank lines "
+        "skipped, each row's id its line number)",
     )
     p.add_argument(
         "--output", required=True, help=".npz file to write (atomically); with --ray, a folder of shards"
     )
-    p.add_argument("--kind", choices=["query", "document"], default="document")
+    p.add_argument(
+        "--kind",
+        choices=["query", "document"],
+        default="document",
+        help="encode as queries (with the model's query instruction) or as documents",
+    )
     p.add_argument(
         "--outputs", type=outputs_arg, default=("dense",), help="comma-separated, e.g. dense,sparse"
     )
@@ -223,6 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="hub id or local folder (default: the packaged all-MiniLM-L6-v2)")
     engine_args(p)
     p.set_defaults(func=cmd_similarity)
+
+    p = sub.add_parser("models", help="the published BGE models: kind, outputs, size, and whether cached here")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("download", help="fetch a model into the hub cache (needs the internet)")
+    p.add_argument("name", help="a name from 'bgekit models' (bge-m3) or any hub id (BAAI/bge-m3)")
+    p.add_argument("--revision", help="a branch, tag or commit (default: main)")
+    p.set_defaults(func=cmd_download)
 
     register_eval(sub)
     register_index(sub)

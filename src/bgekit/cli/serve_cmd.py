@@ -114,7 +114,12 @@ def register(sub: Any) -> None:
         default=_env("truncate", False, bool),
         help="cut inputs over the limit instead of answering 413",
     )
-    p.add_argument("--max-inputs-per-request", type=int, default=_env("max_inputs_per_request", 2048, int))
+    p.add_argument(
+        "--max-inputs-per-request",
+        type=int,
+        default=_env("max_inputs_per_request", 2048, int),
+        help="texts (or pairs, images) one request may hold; more is refused (413)",
+    )
     p.add_argument(
         "--max-body-bytes",
         type=int,

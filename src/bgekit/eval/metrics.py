@@ -6,6 +6,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from bgekit.errors import BgekitError
+
 # name in reports -> key in pytrec_eval's per-query output
 METRICS: dict[str, str] = {
     **{f"ndcg@{k}": f"ndcg_cut_{k}" for k in (1, 3, 5, 10, 100)},
@@ -27,6 +29,17 @@ def _top(run: Run, depth: int) -> dict[str, dict[str, float]]:
         by_id = sorted(docs.items(), key=lambda kv: kv[0], reverse=True)
         out[qid] = dict(sorted(by_id, key=lambda kv: -kv[1])[:depth])
     return out
+
+
+def require_metrics() -> None:
+    """Refuse, with the install command, before any work when pytrec_eval is missing (it
+    is an extra: an evaluation would otherwise stop after minutes of encoding)."""
+    try:
+        import pytrec_eval  # noqa: F401
+    except ImportError:
+        raise BgekitError(
+            "retrieval metrics need pytrec_eval, which is not installed: pip install 'bgekit[eval]'"
+        ) from None
 
 
 def compute_metrics(qrels: Qrels, run: Run) -> dict[str, float]:

@@ -10,7 +10,7 @@ from typing import Any
 from bgekit.errors import InputError
 from bgekit.eval.cache import cache_key, cached_encode
 from bgekit.eval.data import RetrievalDataset
-from bgekit.eval.metrics import compute_metrics
+from bgekit.eval.metrics import compute_metrics, require_metrics
 from bgekit.io import atomic_write
 from bgekit.models import Embedder, Reranker, model_fingerprint
 from bgekit.retrieval import Corpus, HybridConfig, SearchPlan, available_scorers, check_mode, search
@@ -165,6 +165,7 @@ def evaluate_retrieval(
     run_file: Path | None = None,
 ) -> RetrievalReport:
     """Retrieve ``k`` hits per query, score them with pytrec_eval, optionally rerank."""
+    require_metrics()
     cfg = config or RetrievalEvalConfig()
     if reranker is not None and dataset.has_images:
         raise InputError(f"a reranker reads text, and {dataset.name} holds images; evaluate it without one")

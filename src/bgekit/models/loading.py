@@ -106,7 +106,8 @@ def resolve_model_dir(
         raise ModelNotFoundError(
             f"{name!r} is not a local folder, the Hugging Face hub cannot be reached and the model "
             "is not in the local cache. Download it on a connected machine "
-            f"(huggingface-cli download {name} --local-dir DIR) and pass the folder path instead."
+            f"(bgekit download {name}, or hf download {name} --local-dir DIR) and copy the hub "
+            "cache or pass the folder path instead."
         ) from None
     except (RepositoryNotFoundError, RevisionNotFoundError) as e:
         raise ModelNotFoundError(

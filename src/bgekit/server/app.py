@@ -51,7 +51,7 @@ def create_app(
         state.start()
         await state.warm_up()
         state.ready = True
-        logger.info("bgekit server ready")
+        logger.info("server ready")
         try:
             yield
         finally:

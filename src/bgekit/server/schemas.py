@@ -103,7 +103,16 @@ class EmbeddingsRequest(BaseModel):
     @classmethod
     def _input_shape(cls, v: Any) -> Any:
         """One shape for the union below: texts (and image items), or lists of token ids
-        (OpenAI's and vLLM's token input: the model's own ids, without special tokens)."""
+        (OpenAI's and vLLM's token input: the model's own ids, without special tokens).
+        An empty text is one error here (the union below would report it once per shape)."""
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("is an empty text (the HTTP API refuses empty and whitespace-only strings)")
+        if isinstance(v, list):
+            blank = next((i for i, x in enumerate(v) if isinstance(x, str) and not x.strip()), None)
+            if blank is not None:
+                raise ValueError(
+                    f"item {blank} is an empty text (the HTTP API refuses empty and whitespace-only strings)"
+                )
         if isinstance(v, list) and v:
             if all(type(x) is int for x in v):
                 return [v]
@@ -300,6 +309,11 @@ class SearchRequest(BaseModel):
     rerank: StrictBool = False
     rerank_top: StrictInt = Field(default=50, ge=1, le=1000)
     rerank_weight: float = Field(default=1.0, ge=0.0, le=1.0, allow_inf_nan=False)
+    filter: dict[str, Any] | list[str] | str | None = Field(
+        default=None,
+        description='metadata filter: {"year": {"$gte": 2020}, "lang": {"$in": ["en", "zh"]}, '
+        '"path": {"$prefix": "docs/"}} or conditions as text ("year>=2020")',
+    )
 
     @model_validator(mode="after")
     def _something(self) -> SearchRequest:

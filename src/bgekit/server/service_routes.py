@@ -63,6 +63,23 @@ def add_service_routes(app: FastAPI, state: ServerState) -> None:
             out["reload_error"] = state.index_watch.error
         return out
 
+    def served_models() -> list[dict[str, Any]]:
+        """The models this server runs, as OpenAI's model list describes them."""
+        loaded = [m for m in (state.embedder, state.reranker) if m is not None]
+        return [{"id": m.info.name, "object": "model", "created": 0, "owned_by": "bgekit"} for m in loaded]
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        """OpenAI's ``GET /v1/models`` (clients and tools list models before they call)."""
+        return {"object": "list", "data": served_models()}
+
+    @app.get("/v1/models/{model:path}", responses=ERROR_RESPONSES)
+    async def model(model: str) -> dict[str, Any]:
+        found = next((m for m in served_models() if m["id"] == model), None)
+        if found is None:
+            raise HTTPException(404, f"this server does not run {model!r}")
+        return found
+
     @app.get("/info")
     async def info() -> dict[str, Any]:
         from bgekit import __version__

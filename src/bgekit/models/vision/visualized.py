@@ -200,7 +200,7 @@ def resolve_checkpoint(name: str, revision: str | None) -> Path:
         raise ModelNotFoundError(
             f"{name!r} is not a local file, the Hugging Face hub cannot be reached and the file is "
             f"not in the local cache; download it on a connected machine "
-            f"(huggingface-cli download {repo} {filename}) and pass its path"
+            f"(hf download {repo} {filename}) and pass its path"
         ) from None
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as e:
         raise ModelNotFoundError(
