@@ -165,7 +165,7 @@ def main() -> None:
         python = sys.executable if runner.startswith("bgekit:") else ns.peers_python
         python = {"st:onnx": ns.onnx_python, "st:openvino": ns.openvino_python}.get(runner, python)
         cmd = [python, __file__, "--work", str(ns.work), "--worker", runner, "--pairs-file", str(pairs_file)]
-        cmd += ["--repeat", str(ns.repeat), "--threads", str(ns.threads)]
+        cmd += ["--repeat", str(ns.repeat), "--threads", str(ns.threads), "--shape", ns.shape]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             print(f"{runner}: failed\n{proc.stderr[-2000:]}")
