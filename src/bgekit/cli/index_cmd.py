@@ -61,7 +61,7 @@ def cmd_build(ns: argparse.Namespace) -> int:
         rescore=ns.rescore,
         **chunk_options(ns),
     )
-    docs = read_source(ns.source, encoding=ns.encoding)
+    docs = read_source(ns.source, source_options(ns))
     settings = EmbedderSettings(text_model=ns.text_model)
     embedder = Embedder.from_pretrained(model_path(ns.model), settings=settings, engine=engine_config(ns))
     index = Index(embedder, config)
@@ -119,7 +119,7 @@ def cmd_add(ns: argparse.Namespace) -> int:
     from bgekit.index.storage import read_manifest
 
     read_manifest(Path(ns.index))  # no index there: said before the source is read
-    docs = read_source(ns.source, encoding=ns.encoding)
+    docs = read_source(ns.source, source_options(ns))
     start = time.perf_counter()
     with Index.edit(ns.index, wait=ns.wait, engine=engine_config(ns), model=ns.model) as index:
         report = index.add(docs, update=ns.update)
@@ -139,7 +139,7 @@ def cmd_sync(ns: argparse.Namespace) -> int:
     from bgekit.index.storage import read_manifest
 
     read_manifest(Path(ns.index))  # no index there: said before the source is read
-    docs = read_source(ns.source, encoding=ns.encoding)
+    docs = read_source(ns.source, source_options(ns))
     start = time.perf_counter()
     with Index.edit(ns.index, wait=ns.wait, engine=engine_config(ns), model=ns.model) as index:
         r = index.sync(docs)
@@ -291,6 +291,45 @@ def cmd_search(ns: argparse.Namespace) -> int:
     return 0
 
 
+def source_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("reading the source")
+    encoding_arg(g)  # type: ignore[arg-type]
+    g.add_argument(
+        "--include",
+        action="append",
+        metavar="PATTERN",
+        help="read only a folder's files whose path inside it matches (e.g. '*.md', 'docs/*'; repeat for more)",
+    )
+    g.add_argument(
+        "--exclude",
+        action="append",
+        metavar="PATTERN",
+        help="leave out a folder's files that match (repeatable)",
+    )
+    g.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at a folder's file that cannot be read (default: skip it and count it in a warning)",
+    )
+    g.add_argument("--text-field", default="text", help="a table's text column")
+    g.add_argument("--id-field", help="a table's id column (default: id, else _id)")
+    g.add_argument("--title-field", default="title", help="a table's title column")
+
+
+def source_options(ns: argparse.Namespace) -> Any:
+    from bgekit.index import SourceOptions
+
+    return SourceOptions(
+        encoding=ns.encoding,
+        include=tuple(ns.include or ()),
+        exclude=tuple(ns.exclude or ()),
+        strict=ns.strict,
+        text_field=ns.text_field,
+        id_field=ns.id_field,
+        title_field=ns.title_field,
+    )
+
+
 def moved_model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
@@ -314,8 +353,9 @@ def register(sub: Any) -> None:
     ix = sub.add_parser("index", help="build, extend and inspect an embedded search index")
     ixsub = ix.add_subparsers(dest="index_command", required=True)
     source_help = (
-        "a folder of .txt/.md files and images (image models), one such file, or a .jsonl with "
-        "id/_id, text[, title, metadata, image: a path relative to the file, its text the caption]"
+        "a folder of text (.txt .md .rst), HTML, PDF and image files (images: image models), one such "
+        "file, or a table: .jsonl with id/_id, text[, title, metadata, image: a path relative to the "
+        "file, its text the caption], .csv or .parquet (other columns: metadata)"
     )
 
     p = ixsub.add_parser("build", help="index a folder of text files and images, one file or a JSONL file")
@@ -359,7 +399,7 @@ def register(sub: Any) -> None:
     task_arg(p, note="; with --from-encoded, the shards'")
     p.add_argument("--overwrite", action="store_true", help="replace an index already in --index")
     wait_arg(p)
-    encoding_arg(p)
+    source_args(p)
     engine_args(p)
     p.set_defaults(func=cmd_build)
 
@@ -369,7 +409,7 @@ def register(sub: Any) -> None:
     p.add_argument("--update", action="store_true", help="replace documents whose id is already indexed")
     moved_model_arg(p)
     wait_arg(p)
-    encoding_arg(p)
+    source_args(p)
     engine_args(p)
     p.set_defaults(func=cmd_add)
 
@@ -382,7 +422,7 @@ def register(sub: Any) -> None:
     p.add_argument("--index", required=True, help="the index folder")
     moved_model_arg(p)
     wait_arg(p)
-    encoding_arg(p)
+    source_args(p)
     engine_args(p)
     p.set_defaults(func=cmd_sync)
 

@@ -188,7 +188,9 @@ def cmd_models(ns: argparse.Namespace) -> int:
     print("  ".join(h.replace("_", " ").ljust(w) for h, w in zip(head, widths, strict=True)).rstrip())
     for row in table:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-    print("\ncached: in this machine's hub cache (bgekit download NAME fetches one; any hub id or folder loads)")
+    print(
+        "\ncached: in this machine's hub cache (bgekit download NAME fetches one; any hub id or folder loads)"
+    )
     return 0
 
 
@@ -275,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     engine_args(p)
     p.set_defaults(func=cmd_similarity)
 
-    p = sub.add_parser("models", help="the published BGE models: kind, outputs, size, and whether cached here")
+    p = sub.add_parser(
+        "models", help="the published BGE models: kind, outputs, size, and whether cached here"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_models)
 

@@ -34,7 +34,7 @@ def floats_arg(text: str) -> tuple[float, ...]:
 
 
 def cmd_mine(ns: argparse.Namespace) -> int:
-    from bgekit.index.documents import read_source
+    from bgekit.index.loaders import read_source
     from bgekit.models import Embedder
     from bgekit.train import load_train_data, mine_hard_negatives, write_train_data
 

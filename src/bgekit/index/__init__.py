@@ -1,7 +1,8 @@
 """The embedded index: documents in, hybrid search out, saved safely on disk."""
 
 from bgekit.index.chunking import Chunk, chunk_documents
-from bgekit.index.documents import AddReport, Document, SyncReport, read_source
+from bgekit.index.documents import AddReport, Document, SyncReport
+from bgekit.index.loaders import SourceOptions, read_source
 from bgekit.index.lock import IndexBusyError, IndexConflictError
 from bgekit.index.storage import IndexFormatError, IndexWriteError
 from bgekit.index.store import Index, IndexConfig, IndexInfo
@@ -19,6 +20,7 @@ __all__ = [
     "IndexFormatError",
     "IndexInfo",
     "IndexWriteError",
+    "SourceOptions",
     "SyncReport",
     "chunk_documents",
     "read_source",

@@ -1,23 +1,18 @@
-"""Documents: what an index holds, read from folders (texts, images) and JSONL files, and
-checked (ids, Unicode, metadata, sizes); :mod:`~bgekit.index.chunking` cuts them into chunks."""
+"""Documents: what an index holds, checked (ids, Unicode, metadata, sizes);
+:mod:`~bgekit.index.loaders` reads them from files and folders, :mod:`~bgekit.index.chunking`
+cuts them into chunks."""
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from bgekit.errors import InputError
-from bgekit.images import is_image_path
-from bgekit.io import iter_jsonl, read_text
 
-TEXT_SUFFIXES = (".txt", ".md")
 # Metadata nested deeper than this is refused (JSON readers and writers recurse).
 MAX_METADATA_DEPTH = 32
 # An id longer than this is cut in messages.
@@ -120,7 +115,7 @@ def shown_id(doc_id: str) -> str:
     return f"{doc_id[:SHOWN_ID_CHARS]!r}... ({len(doc_id):,} characters)"
 
 
-def _not_unicode(text: str) -> int | None:
+def not_unicode(text: str) -> int | None:
     """Where ``text`` holds a lone surrogate (``"\\ud800"`` in JSON), which no encoder,
     tokenizer or file accepts; ``None`` when it is valid Unicode."""
     try:
@@ -136,7 +131,7 @@ def _json_problem(value: Any, where: str, depth: int = 0) -> str | None:
     if isinstance(value, (dict, list, tuple)) and depth >= MAX_METADATA_DEPTH:
         return f"{where} is nested deeper than {MAX_METADATA_DEPTH} levels"
     if isinstance(value, str):
-        at = _not_unicode(value)
+        at = not_unicode(value)
         return None if at is None else f"{where} holds a lone surrogate at character {at} (not valid Unicode)"
     if isinstance(value, dict):
         for key, item in value.items():
@@ -168,14 +163,14 @@ def document_problem(doc: Document) -> str | None:
         value = getattr(doc, name)
         if not isinstance(value, str):
             return f"the {name} is a {type(value).__name__}, not a string"
-        at = _not_unicode(value)
+        at = not_unicode(value)
         if at is not None:
             return f"the {name} holds a lone surrogate at character {at} (not valid Unicode)"
     if not isinstance(doc.metadata, dict):
         return f"the metadata is a {type(doc.metadata).__name__}, not an object"
     if doc.image is not None and (not isinstance(doc.image, str) or not doc.image):
         return "the image must be a file path (a non-empty string)"
-    if doc.image is not None and _not_unicode(doc.image) is not None:
+    if doc.image is not None and not_unicode(doc.image) is not None:
         return "the image path is not valid Unicode"
     return _json_problem(doc.metadata, "metadata")
 
@@ -214,106 +209,3 @@ def _ids(ids: Sequence[str]) -> str:
         return f"document id {shown_id(ids[0])} is"
     shown = ", ".join(map(shown_id, ids[:5])) + (", ..." if len(ids) > 5 else "")
     return f"{len(ids)} document ids ({shown}) are"
-
-
-def _from_jsonl(path: Path, encoding: str) -> list[Document]:
-    """Documents of a JSONL file, each checked as it is read: an error names the line."""
-    docs = []
-    first_line: dict[str, int] = {}
-    for n, obj in iter_jsonl(path, encoding):
-        if not isinstance(obj, dict):
-            raise InputError(f"{path}:{n}: expected a JSON object")
-        key = obj.get("id", obj.get("_id"))
-        image = obj.get("image")
-        if image is not None and (not isinstance(image, str) or not image):
-            raise InputError(f'{path}:{n}: "image" must be a file path')
-        text = obj.get("text", "" if image else None)
-        if key is None or not isinstance(text, str):
-            raise InputError(f'{path}:{n}: expected "id" (or "_id") and a "text" string (or an "image")')
-        meta = obj.get("metadata") or {}
-        if not isinstance(meta, dict):
-            raise InputError(f'{path}:{n}: "metadata" must be an object')
-        title = obj.get("title") or ""
-        image = str((path.parent / image).resolve()) if image else None  # relative to the file
-        doc = Document(str(key), text, title if isinstance(title, str) else str(title), meta, image)
-        problem = document_problem(doc)
-        if problem:
-            raise InputError(f"{path}:{n}: {problem}")
-        if doc.id in first_line:
-            raise InputError(
-                f"{path}:{n}: document id {shown_id(doc.id)} was already given on line {first_line[doc.id]}"
-            )
-        first_line[doc.id] = n
-        docs.append(doc)
-    return docs
-
-
-def is_binary(path: Path) -> bool:
-    """A NUL byte in the first 8 KiB: not text (an executable, an archive, an image)."""
-    with path.open("rb") as f:
-        return b"\x00" in f.read(8192)
-
-
-def file_metadata(path: Path) -> dict[str, Any]:
-    """What a file from a folder source records (filterable): its path, modification time
-    (ISO 8601, UTC) and extension."""
-    mtime = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.timezone.utc)
-    return {"path": str(path), "mtime": mtime.isoformat(timespec="seconds"), "ext": path.suffix.lower()}
-
-
-def _text_file(path: Path, doc_id: str, encoding: str) -> Document:
-    text = read_text(path, encoding)
-    return Document(doc_id, text, path.stem, file_metadata(path))
-
-
-def _image_file(path: Path, doc_id: str) -> Document:
-    return Document(doc_id, "", "", file_metadata(path), str(path.resolve()))
-
-
-def read_source(source: str | Path, *, encoding: str = "utf-8") -> list[Document]:
-    """Documents from a folder of .txt/.md files (id = path inside the folder, title = file
-    name without suffix) and images (.jpg, .png, .webp, ...: image documents, id = path
-    inside the folder), one such file, or a JSONL file (``id``/``_id``, ``text``, optional
-    ``title``, ``metadata``, ``image``: a path relative to the JSONL file, whose ``text`` is
-    then an optional caption; a BEIR ``corpus.jsonl`` is one).
-
-    Files that are not text (a NUL byte in their first 8 KiB) are skipped with a warning
-    that counts them; a file that is not valid ``encoding`` is an error naming it and the
-    byte. A source with no documents at all is an error: there is nothing to index."""
-    path = Path(source)
-    if path.is_dir():
-        images = sorted(p for p in path.rglob("*") if p.is_file() and is_image_path(p))
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
-        binary = [p for p in files if is_binary(p)]
-        if binary:
-            names = ", ".join(str(p.relative_to(path)) for p in binary[:5])
-            logger.warning("skipped %d files that are not text: %s", len(binary), names)
-        for p in [*files, *images]:
-            if _not_unicode(str(p)) is not None:  # undecodable bytes come back as lone surrogates
-                raise InputError(
-                    f"{path}: the file name {os.fsencode(p.relative_to(path))!r} is not valid UTF-8; "
-                    "rename it (convmv can) or move it out of the folder"
-                )
-        docs = [_text_file(p, str(p.relative_to(path)), encoding) for p in files if p not in binary]
-        docs += [_image_file(p, str(p.relative_to(path))) for p in images]
-    elif path.is_file():
-        suffix = path.suffix.lower()
-        if is_image_path(path):
-            docs = [_image_file(path, path.name)]
-        elif suffix in (".jsonl", ".json"):
-            docs = _from_jsonl(path, encoding)
-        elif suffix in TEXT_SUFFIXES:
-            if is_binary(path):
-                raise InputError(f"{path} is not a text file")
-            docs = [_text_file(path, path.name, encoding)]
-        else:
-            raise InputError(
-                f"{path}: give a folder of text or image files, a .txt/.md file, an image or a .jsonl file"
-            )
-    else:
-        raise InputError(f"no such file or folder: {path}")
-    if not docs:
-        raise InputError(
-            f"nothing to index: {path} holds no {' or '.join(TEXT_SUFFIXES)} text, image or JSONL documents"
-        )
-    return check_documents(docs)

@@ -10,8 +10,8 @@ or as a JSON object (the HTTP API's ``filter``; also accepted by the library)::
     {"year": {"$gte": 2020}, "ext": ".md", "lang": {"$in": ["en", "zh"]},
      "path": {"$prefix": "docs/"}, "date": {"$lt": "2024-06-01"}}
 
-Values: numbers compare as numbers, ISO dates and times (``2024-06-01``,
-``2024-06-01T12:00:00Z``) as points in time, other text as text; ``true`` / ``false`` /
+Values: numbers compare as numbers (so does text that reads as one, as CSV cells hold), ISO
+dates and times (``2024-06-01``, ``2024-06-01T12:00:00Z``) as points in time, other text as text; ``true`` / ``false`` /
 ``null`` are JSON's. A document lacking the field never matches (``!=`` included).
 """
 
@@ -220,9 +220,32 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _numbers(a: Any, b: Any) -> tuple[float, float] | None:
+    """Both as numbers when one is a number and the other one or text that reads as one
+    (a CSV cell is text: ``"2024"`` equals 2024)."""
+    if not (_number(a) or _number(b)):
+        return None
+    out = []
+    for v in (a, b):
+        if _number(v):
+            out.append(float(v))
+            continue
+        if not isinstance(v, str):
+            return None
+        try:
+            f = float(v)
+        except ValueError:
+            return None
+        if not math.isfinite(f):
+            return None
+        out.append(f)
+    return out[0], out[1]
+
+
 def _equal(a: Any, b: Any) -> bool:
-    if _number(a) and _number(b):
-        return bool(a == b)
+    both = _numbers(a, b)
+    if both is not None:
+        return both[0] == both[1]
     if type(a) is not type(b):
         ta, tb = as_instant(a), as_instant(b)
         return ta is not None and ta == tb
@@ -235,8 +258,10 @@ def _equal(a: Any, b: Any) -> bool:
 
 def _order(a: Any, b: Any) -> int | None:
     """-1, 0, 1 comparing ``a`` to ``b``; ``None`` when they have no common order."""
-    if _number(a) and _number(b):
-        return (a > b) - (a < b)
+    both = _numbers(a, b)
+    if both is not None:
+        x, y = both
+        return (x > y) - (x < y)
     ta, tb = as_instant(a), as_instant(b)
     if ta is not None and tb is not None:
         return (ta > tb) - (ta < tb)
