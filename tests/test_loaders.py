@@ -96,7 +96,7 @@ def test_folder_of_every_kind_with_patterns_and_unreadable_files(
     assert docs["notes.md"].metadata["ext"] == ".md"
     warning = next(m for m in caplog.messages if "could not be read" in m)
     assert "skipped 2 files" in warning and "broken.pdf" in warning and "latin.txt" in warning
-    with pytest.raises(InputError, match="latin.txt: not valid utf-8 at byte 3"):
+    with pytest.raises(InputError, match=r"latin\.txt: not valid utf-8 at byte 3"):
         read_source(tmp_path, SourceOptions(strict=True, include=("*.txt",)))
     assert [d.id for d in read_source(tmp_path, SourceOptions(include=("*.txt",), encoding="latin-1"))] == [
         "latin.txt"
@@ -142,7 +142,7 @@ def test_tables_jsonl_csv_parquet(tmp_path: Path) -> None:
     ]
     dup = tmp_path / "dup.csv"
     dup.write_text("id,text\na,x\na,y\n")
-    with pytest.raises(InputError, match="dup.csv:3: document id 'a' was already given on row 2"):
+    with pytest.raises(InputError, match=r"dup\.csv:3: document id .a. was already given on row 2"):
         read_source(dup)
 
 
