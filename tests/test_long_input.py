@@ -234,7 +234,9 @@ def test_mcls_matches_hand_computation(case: tuple[Path, PlainEncoder]) -> None:
     expected = ref.sparse_of(seq, h)
     got = out.sparse[0].to_dict()
     assert got.keys() == expected.keys()
-    np.testing.assert_allclose([got[t] for t in expected], list(expected.values()), rtol=1e-4, atol=1e-5)
+    # sparse weights are linear in the raw states (~3 here), whose fp32 kernels differ from
+    # eager by ~1e-5 from run to run (oneDNN's reduction order): 3.1e-5 was seen at 1e-5
+    np.testing.assert_allclose([got[t] for t in expected], list(expected.values()), rtol=1e-4, atol=5e-5)
     keep = [i for i in range(1, len(seq)) if i not in at]
     np.testing.assert_allclose(out.multivector[0], ref.colbert_of(h[keep]), atol=1e-5)
     # short inputs (one CLS) are what truncate gives, bit for bit
@@ -288,7 +290,7 @@ def test_late_chunks_pool_slices_of_one_full_forward(case: tuple[Path, PlainEnco
     )
     text = " ".join(LONG.split()[:16])
     doc = Document("d", text, "fox")
-    index = Index(model, IndexConfig(outputs=ALL, chunk_tokens=8, chunk_overlap=2, chunking="late"))
+    index = Index(model, IndexConfig(outputs=ALL, chunk_tokens=8, chunk_overlap=2, chunking="late", split="tokens"))
     index.add([doc])
     title_ids = ref.tok("fox", add_special_tokens=False)["input_ids"]
     text_ids = ref.tok(text, add_special_tokens=False)["input_ids"]
@@ -326,7 +328,7 @@ def test_late_chunking_past_the_window_pools_stitched_tokens(case: tuple[Path, P
     path, _ = case
     model = load(path)  # a 16-token window: the document runs as stitched windows
     doc = Document("d", LONG)
-    index = Index(model, IndexConfig(chunk_tokens=8, chunk_overlap=0, chunking="late"))
+    index = Index(model, IndexConfig(chunk_tokens=8, chunk_overlap=0, chunking="late", split="tokens"))
     index.add([doc])
     (seq,) = model.tokenizer.wrap_ids(model.tokenizer.ids([LONG]), 1 << 20)
     (out,) = model.token_outputs([seq])
