@@ -16,7 +16,9 @@ Policies (each in its own process: peak RSS is that process's high-water mark):
   dense search over the documents (``bgekit.eval.evaluate_retrieval``).
 - ``index``: bgekit's index, chunks of the model's length (64 overlap) encoded on their own,
   a document scored by its best chunk (dense), and the same index searched ``hybrid`` (dense
-  + BM25 over the chunks, the index's default fusion); ``late``: an index with
+  + BM25 over the chunks, the index's default fusion), chunks cut where the text allows
+  (``split="text"``, the default); ``index-tokens`` (not in the default list): the same with
+  plain token windows (``split="tokens"``); ``late``: an index with
   ``chunking="late"`` and ``--late-chunk-tokens`` (128) per chunk.
 - ``bm25``: bgekit's BM25 over the whole long documents.
 - ``truncate-cls`` / ``mcls-cls`` (not in the default list): both with the model's CLS state
@@ -154,7 +156,9 @@ def run_policy(policy: str, data: Path, model: str, late_tokens: int) -> dict[st
         embedder = Embedder.from_pretrained(model, engine=engine)
         late = policy == "late"
         config = (
-            IndexConfig(chunking="late", chunk_tokens=late_tokens, chunk_overlap=0) if late else IndexConfig()
+            IndexConfig(chunking="late", chunk_tokens=late_tokens, chunk_overlap=0)
+            if late
+            else IndexConfig(split="tokens" if policy == "index-tokens" else "text")
         )
         index = Index(embedder, config)
         docs = [Document(i, t) for i, t in zip(dataset.doc_ids, dataset.docs, strict=True)]

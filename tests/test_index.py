@@ -83,7 +83,7 @@ def test_long_documents_are_chunked_with_overlap(m3: Embedder) -> None:
     for a, b in itertools.pairwise(chunks):
         assert long_doc.text.index(b.text) < long_doc.text.index(a.text) + len(a.text)  # they overlap
     assert all(len(m3.tokenizer.spans([c.text])[0]) <= 20 for c in chunks) and len(spans) > 60
-    idx = Index(m3, IndexConfig(outputs=("dense",), chunk_tokens=20, chunk_overlap=5))
+    idx = Index(m3, IndexConfig(outputs=("dense",), chunk_tokens=20, chunk_overlap=5, split="tokens"))
     idx.add([long_doc, Document("short", "cats and dogs")])
     assert idx.num_chunks == len(chunks) + 1 and len(idx) == 2
     hits = idx.search([chunks[2].text], 2, mode="dense")[0]

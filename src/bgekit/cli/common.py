@@ -167,7 +167,7 @@ def long_passage_args(p: argparse.ArgumentParser, default: Default = _given) -> 
 
 
 # The options of chunk_args, by IndexConfig field.
-CHUNK_OPTIONS = ("chunk_tokens", "chunk_overlap", "chunking", "max_document_chars", "oversize")
+CHUNK_OPTIONS = ("chunk_tokens", "chunk_overlap", "chunking", "split", "max_document_chars", "oversize")
 
 
 def chunk_args(p: argparse.ArgumentParser, *, title: str = "chunking", note: str = "") -> None:
@@ -198,6 +198,14 @@ def chunk_args(p: argparse.ArgumentParser, *, title: str = "chunking", note: str
         help="independent: each chunk encoded on its own (title first); late: each document encoded "
         f"whole (windowed past the model's length) and each chunk pooled from its tokens (default: "
         f"independent{note})",
+    )
+    g.add_argument(
+        "--split",
+        choices=["text", "tokens"],
+        default=unset,
+        help="text: cut long documents at headings, paragraphs, lines, sentences, then words (code "
+        "only between lines), each chunk with its heading path; tokens: plain token windows "
+        f"(default: text{note})",
     )
     g.add_argument(
         "--max-document-chars",

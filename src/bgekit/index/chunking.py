@@ -13,6 +13,7 @@ import numpy as np
 from bgekit.errors import InputError
 from bgekit.images import Composed, ImageInput, Item
 from bgekit.index.documents import Document, check_documents, shown_id
+from bgekit.index.text_split import TokenCounter, heading_path, headings, split_text
 from bgekit.inputs import passage_text
 from bgekit.models.long_input import pool_span, window_bounds
 from bgekit.models.tokenizer import TextTokenizer
@@ -98,30 +99,89 @@ def token_spans(tokenizer: TextTokenizer, texts: Sequence[str]) -> list[np.ndarr
     return [p[0] if len(p) == 1 else np.concatenate(p) for p in parts]
 
 
+Split = Literal["text", "tokens"]
+SPLITS: tuple[Split, ...] = ("text", "tokens")
+# A chunk's heading path takes at most this share of its budget (deeper ancestors dropped).
+CONTEXT_SHARE = 4
+
+
 def chunk_documents(
     docs: Sequence[Document],
     tokenizer: TextTokenizer,
     chunk_tokens: int,
     overlap: int,
     budgets: Sequence[int] | None = None,
+    split: Split = "tokens",
+    context: bool = False,
 ) -> list[Chunk]:
-    """Split each document's text into windows of ``chunk_tokens`` tokens (or its own entry
-    of ``budgets``), each starting ``chunk_tokens - overlap`` tokens after the previous one
-    (:func:`~bgekit.models.long_input.window_bounds`); a short text is one chunk."""
+    """Split each document's text into chunks of at most ``chunk_tokens`` tokens (or its
+    own entry of ``budgets``); a short text is one chunk. ``split="tokens"``: windows, each
+    starting ``chunk_tokens - overlap`` tokens after the previous one
+    (:func:`~bgekit.models.long_input.window_bounds`); ``"text"``: cut at headings,
+    paragraphs, lines, sentences, then words (:func:`~bgekit.index.text_split.split_text`),
+    overlapping by whole pieces. ``context`` (with ``"text"``): a chunk that does not start
+    at its section's heading begins with its heading path (``Setup > Linux``), its room
+    taken from the budget."""
     if chunk_tokens < 8:
         raise InputError(f"chunk_tokens must be at least 8, got {chunk_tokens}")
     if not 0 <= overlap < chunk_tokens:
         raise InputError(f"chunk_overlap must be in 0..{chunk_tokens - 1}, got {overlap}")
+    if split not in SPLITS:
+        raise InputError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     out = []
     for i, (doc, spans) in enumerate(zip(docs, token_spans(tokenizer, [d.text for d in docs]), strict=True)):
         size = chunk_tokens if budgets is None else budgets[i]
         if len(spans) <= size:
             out.append(Chunk(i, 0, doc.text.strip(), (0, len(spans))))
             continue
+        if split == "text":
+            out += _text_chunks(i, doc.text, spans, size, overlap, tokenizer if context else None)
+            continue
         bounds = window_bounds(len(spans), size, overlap if overlap < size else size // 2)
         for no, (a, b) in enumerate(bounds):
             out.append(Chunk(i, no, doc.text[spans[a][0] : spans[b - 1][1]], (a, b)))
     return out
+
+
+def _text_chunks(
+    doc: int, text: str, spans: np.ndarray, size: int, overlap: int, tokenizer: TextTokenizer | None
+) -> list[Chunk]:
+    """One document's chunks cut where its text allows; with a ``tokenizer``, heading paths
+    as context (see :func:`chunk_documents`)."""
+    sections = headings(text) if tokenizer is not None else []
+    paths: dict[int, str] = {}  # chunk start -> its context line
+    reserve = 0
+    if sections:
+        every = {" > ".join(heading_path(sections, h.start, inclusive=True)) for h in sections}
+        longest = max(len(ids) for ids in tokenizer.ids(sorted(every))) if tokenizer else 0
+        reserve = min(longest, size // CONTEXT_SHARE)
+    ranges = split_text(text, spans, max(8, size - reserve), overlap if overlap < size else size // 2)
+    count = TokenCounter(spans)
+    out = []
+    for no, (a, b) in enumerate(ranges):
+        body = text[a:b].strip()
+        if sections:
+            starts_section = any(h.start == a for h in sections)
+            path = (
+                heading_path(sections, a, inclusive=True)[:-1]
+                if starts_section
+                else heading_path(sections, a)
+            )
+            paths[a] = _fit_path(path, reserve, tokenizer) if path and tokenizer else ""
+            if paths[a]:
+                body = f"{paths[a]}\n\n{body}"
+        out.append(Chunk(doc, no, body, (count.token_index(a), count.token_index(b))))
+    return out
+
+
+def _fit_path(path: list[str], room: int, tokenizer: TextTokenizer) -> str:
+    """The heading path as one line within ``room`` tokens: outer headings dropped first."""
+    while path:
+        line = " > ".join(path)
+        if len(tokenizer.ids([line])[0]) <= room:
+            return line
+        path = path[1:]
+    return ""
 
 
 def encoding_text(doc: Document, chunk_text: str) -> str:
@@ -147,6 +207,7 @@ def encode_chunks(
     chunk_overlap: int,
     chunking: Chunking = "independent",
     task: str | None = None,
+    split: Split = "tokens",
 ) -> tuple[list[Chunk], Encoded]:
     """Chunk ``docs`` (``chunk_tokens=None``: the model's passage length less its special
     tokens, with the overlap capped at half of it for short-context models) and encode the
@@ -154,15 +215,15 @@ def encode_chunks(
     budget leaves room for its title and the passage instruction of ``task`` (or the model's),
     so all of them fit the model together); ``"late"``: see :func:`late_chunk_rows`."""
     if any(d.image for d in docs):
-        return _with_images(docs, embedder, outputs, chunk_tokens, chunk_overlap, chunking, task)
+        return _with_images(docs, embedder, outputs, chunk_tokens, chunk_overlap, chunking, task, split)
     if chunking == "late":
         tok = embedder.tokenizer
         size, overlap = _chunk_size(embedder, chunk_tokens, chunk_overlap)
-        chunks = chunk_documents(docs, tok, size, overlap)
+        chunks = chunk_documents(docs, tok, size, overlap, split=split)
         instruction = embedder.prompts.instruction("document", task)
         rows = late_chunk_rows(docs, chunks, embedder, outputs, instruction)
         return chunks, Encoded.from_rows(rows, outputs, embedder.info.hidden_size)
-    chunks = independent_chunks(docs, embedder, chunk_tokens, chunk_overlap, task)
+    chunks = independent_chunks(docs, embedder, chunk_tokens, chunk_overlap, task, split)
     texts = [encoding_text(docs[c.doc], c.text) for c in chunks]
     enc = embedder.encode(texts, outputs=outputs, task=task)
     return chunks, enc
@@ -182,9 +243,11 @@ def independent_chunks(
     chunk_tokens: int | None,
     chunk_overlap: int,
     task: str | None = None,
+    split: Split = "tokens",
 ) -> list[Chunk]:
     """Text documents' chunks for encoding each on its own, title first: a chunk's budget
-    leaves room for its title and the passage instruction."""
+    leaves room for its title and the passage instruction (and, split by text, its heading
+    path)."""
     tok = embedder.tokenizer
     size, overlap = _chunk_size(embedder, chunk_tokens, chunk_overlap)
     room = max(8, embedder.info.passage_max_length - tok.n_special)
@@ -192,7 +255,7 @@ def independent_chunks(
     titles = tok.ids([d.title for d in docs])
     room -= len(tok.ids([instruction])[0]) if instruction else 0
     budgets = [max(8, min(size, room - len(t) - CUT_SLACK)) for t in titles]
-    return chunk_documents(docs, tok, size, overlap, budgets)
+    return chunk_documents(docs, tok, size, overlap, budgets, split=split, context=True)
 
 
 def _with_images(
@@ -203,6 +266,7 @@ def _with_images(
     chunk_overlap: int,
     chunking: Chunking,
     task: str | None,
+    split: Split,
 ) -> tuple[list[Chunk], Encoded]:
     """:func:`encode_chunks` of documents some of which are images: an image document is
     one chunk (its caption, if any, encoded with the image, title first), the text documents
@@ -219,7 +283,9 @@ def _with_images(
     chunks: list[Chunk] = []
     items: list[Item] = []
     if text_at:
-        sub = independent_chunks([docs[i] for i in text_at], embedder, chunk_tokens, chunk_overlap, task)
+        sub = independent_chunks(
+            [docs[i] for i in text_at], embedder, chunk_tokens, chunk_overlap, task, split
+        )
         chunks = [Chunk(text_at[c.doc], c.no, c.text, c.tokens) for c in sub]
     chunks += [Chunk(i, 0, d.text.strip()) for i, d in enumerate(docs) if d.image]
     chunks.sort(key=lambda c: (c.doc, c.no))

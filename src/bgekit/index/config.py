@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from bgekit.errors import InputError
 from bgekit.index import storage
-from bgekit.index.chunking import CHUNKINGS, Chunking
+from bgekit.index.chunking import CHUNKINGS, SPLITS, Chunking, Split
 from bgekit.index.documents import DEFAULT_MAX_DOCUMENT_CHARS, OVERSIZE, Oversize
 from bgekit.retrieval.dense_store import DEFAULT_RESCORE, check_dense_dtype
 from bgekit.scoring.quantize import DenseDtype
@@ -30,7 +30,10 @@ class IndexConfig:
     a document longer than ``max_document_chars`` (``None``: no limit) is refused, or
     skipped and counted with ``oversize="skip"``, before anything is encoded; ``task`` (a
     name in the model's task table, e.g. BAAI/llm-embedder's ``"qa"``) gives documents its
-    passage instruction and queries its query instruction (``None``: the model's default)."""
+    passage instruction and queries its query instruction (``None``: the model's default);
+    ``split="text"`` cuts long documents where their text allows — Markdown headings,
+    paragraphs, lines, sentences, then words, code fences only between lines — each chunk
+    carrying its heading path, ``"tokens"`` into plain token windows."""
 
     outputs: tuple[OutputKind, ...] = ("dense",)
     chunk_tokens: int | None = None
@@ -45,6 +48,7 @@ class IndexConfig:
     max_document_chars: int | None = DEFAULT_MAX_DOCUMENT_CHARS
     oversize: Oversize = "error"
     task: str | None = None
+    split: Split = "text"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "outputs", Outputs.parse(self.outputs).kinds)  # checked, in canonical order
@@ -54,6 +58,8 @@ class IndexConfig:
             )
         if self.chunk_overlap < 0:
             raise InputError(f"chunk_overlap must be at least 0, got {self.chunk_overlap}")
+        if self.split not in SPLITS:
+            raise InputError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         if self.chunking not in CHUNKINGS:
             raise InputError(f"chunking must be one of {', '.join(CHUNKINGS)}, got {self.chunking!r}")
         if self.dense_index not in ("flat", "hnsw"):
@@ -84,6 +90,7 @@ class IndexInfo:
     config: dict[str, Any]
     disk_bytes: dict[str, int] = field(default_factory=dict)
     generation: str | None = None
+    building: bool = False  # an interrupted build: the same build run again finishes it
 
 
 def inspect_index(path: str | Path) -> IndexInfo:
@@ -102,4 +109,5 @@ def inspect_index(path: str | Path) -> IndexInfo:
         config=dict(manifest["config"]),
         disk_bytes=storage.disk_size(root, str(manifest["generation"])),
         generation=str(manifest["generation"]),
+        building=bool(manifest.get("building", False)),
     )

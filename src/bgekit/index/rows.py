@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from bgekit.errors import InputError
-from bgekit.index.chunking import CHUNKINGS, Chunk, Chunking, encode_chunks
+from bgekit.index.chunking import CHUNKINGS, SPLITS, Chunk, Chunking, Split, encode_chunks
 from bgekit.index.documents import (
     OVERSIZE,
     Document,
@@ -43,6 +43,7 @@ class ChunkSettings:
     max_document_chars: int | None
     oversize: Oversize
     task: str | None
+    split: Split = "tokens"
 
     @classmethod
     def of(cls, config: Any) -> ChunkSettings:
@@ -56,6 +57,8 @@ class ChunkSettings:
     def from_dict(cls, raw: Mapping[str, Any], where: str) -> ChunkSettings:
         """Settings read back from JSON, checked (an error names ``where``)."""
         names = [f.name for f in fields(cls)]
+        if isinstance(raw, Mapping) and "split" not in raw:
+            raw = {**raw, "split": "tokens"}  # written before chunks could follow the text
         if not isinstance(raw, Mapping) or sorted(raw) != sorted(names):
             raise InputError(f"{where}: chunk settings must have {', '.join(names)}")
         s = cls(**{n: raw[n] for n in names})
@@ -65,6 +68,7 @@ class ChunkSettings:
             or not isinstance(s.chunk_overlap, int)
             or s.chunk_overlap < 0
             or s.chunking not in CHUNKINGS
+            or s.split not in SPLITS
             or s.oversize not in OVERSIZE
             or not (s.task is None or isinstance(s.task, str))
         ):
@@ -108,7 +112,9 @@ def chunk_rows(
     if not docs:
         return IndexRows([], [], Encoded(), skipped, oversized)
     s = settings
-    chunks, enc = encode_chunks(docs, embedder, outputs, s.chunk_tokens, s.chunk_overlap, s.chunking, s.task)
+    chunks, enc = encode_chunks(
+        docs, embedder, outputs, s.chunk_tokens, s.chunk_overlap, s.chunking, s.task, split=s.split
+    )
     return IndexRows(docs, chunks, enc, skipped, oversized)
 
 
