@@ -290,7 +290,9 @@ def test_late_chunks_pool_slices_of_one_full_forward(case: tuple[Path, PlainEnco
     )
     text = " ".join(LONG.split()[:16])
     doc = Document("d", text, "fox")
-    index = Index(model, IndexConfig(outputs=ALL, chunk_tokens=8, chunk_overlap=2, chunking="late", split="tokens"))
+    index = Index(
+        model, IndexConfig(outputs=ALL, chunk_tokens=8, chunk_overlap=2, chunking="late", split="tokens")
+    )
     index.add([doc])
     title_ids = ref.tok("fox", add_special_tokens=False)["input_ids"]
     text_ids = ref.tok(text, add_special_tokens=False)["input_ids"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -29,6 +30,8 @@ from bgekit.retrieval.dense_store import DEFAULT_RESCORE
 from bgekit.scoring.quantize import DENSE_DTYPES
 from bgekit.types import SearchMode
 
+logger = logging.getLogger("bgekit.cli")
+
 
 def plural(n: int, word: str) -> str:
     """``1 document``, ``2 documents``."""
@@ -43,12 +46,13 @@ def _skipped(report: Any) -> str:
 
 
 def cmd_build(ns: argparse.Namespace) -> int:
-    from bgekit.index import Index, IndexConfig, read_source
-    from bgekit.index.storage import MANIFEST
+    from bgekit.index import IndexConfig, build_index, read_source
+    from bgekit.index.storage import MANIFEST, read_manifest
     from bgekit.models import Embedder, EmbedderSettings
 
     root = Path(ns.index)
-    if (root / MANIFEST).exists() and not ns.overwrite:
+    interrupted = (root / MANIFEST).exists() and read_manifest(root).get("building")
+    if (root / MANIFEST).exists() and not ns.overwrite and not interrupted:
         raise InputError(f"{root} already holds an index; use 'bgekit index add' or --overwrite")
     if (ns.source is None) == (ns.from_encoded is None):
         raise InputError("give either a source to index or --from-encoded SHARDS (not both)")
@@ -64,13 +68,20 @@ def cmd_build(ns: argparse.Namespace) -> int:
     docs = read_source(ns.source, source_options(ns))
     settings = EmbedderSettings(text_model=ns.text_model)
     embedder = Embedder.from_pretrained(model_path(ns.model), settings=settings, engine=engine_config(ns))
-    index = Index(embedder, config)
     start = time.perf_counter()
-    report = index.add(docs)
-    index.save(root, wait=ns.wait, exist_ok=ns.overwrite)
+    index, report = build_index(
+        root,
+        docs,
+        embedder,
+        config,
+        overwrite=ns.overwrite,
+        wait=ns.wait,
+        checkpoint_seconds=ns.checkpoint_seconds,
+    )
+    resumed = f"; {report.resumed:,} already there from the interrupted build" if report.resumed else ""
     print(
-        f"indexed {plural(report.documents, 'document')} ({plural(report.chunks, 'chunk')}{_skipped(report)}) in "
-        f"{time.perf_counter() - start:.1f}s -> {root}"
+        f"indexed {plural(report.documents, 'document')} ({plural(report.chunks, 'chunk')}{_skipped(report)}{resumed}) "
+        f"in {time.perf_counter() - start:.1f}s -> {root}; now {plural(len(index), 'document')}"
     )
     return 0
 
@@ -172,6 +183,8 @@ def cmd_info(ns: argparse.Namespace) -> int:
         return 0
     total = sum(info.disk_bytes.values())
     print(f"index      {info.path}")
+    if info.building:
+        print("state      an interrupted build: run the same 'bgekit index build' again to finish it")
     print(f"model      {info.model}")
     dims = ", ".join(f"{k} {v}" for k, v in info.dims.items()) or "-"
     print(f"outputs    {', '.join(info.outputs)}  (dimensions: {dims})")
@@ -238,6 +251,12 @@ def cmd_search(ns: argparse.Namespace) -> int:
     mode: SearchMode = ns.mode or ("dense" if ns.image is not None else "hybrid")
     where = Filter.parse(ns.where or None)  # checked before the model loads
     index = Index.load(ns.index, engine=engine_config(ns), model=ns.model)
+    if index.building:
+        logger.warning(
+            "%s holds an interrupted build (%d documents so far): run the same build again to finish it",
+            ns.index,
+            len(index),
+        )
     hybrid = hybrid_config(ns)
     reranker = (
         Reranker.from_pretrained(
@@ -397,7 +416,17 @@ def register(sub: Any) -> None:
     )
     chunk_args(p, note="; with --from-encoded, the shards'")
     task_arg(p, note="; with --from-encoded, the shards'")
-    p.add_argument("--overwrite", action="store_true", help="replace an index already in --index")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an index already in --index (or start an interrupted build over)",
+    )
+    p.add_argument(
+        "--checkpoint-seconds",
+        type=float,
+        default=60.0,
+        help="save the build this often, so that running it again after an interruption resumes it",
+    )
     wait_arg(p)
     source_args(p)
     engine_args(p)

@@ -1,5 +1,6 @@
 """The embedded index: documents in, hybrid search out, saved safely on disk."""
 
+from bgekit.index.build import BuildReport, build_index
 from bgekit.index.chunking import Chunk, chunk_documents
 from bgekit.index.documents import AddReport, Document, SyncReport
 from bgekit.index.loaders import SourceOptions, read_source
@@ -11,6 +12,7 @@ from bgekit.types import SEARCH_MODES
 __all__ = [
     "SEARCH_MODES",
     "AddReport",
+    "BuildReport",
     "Chunk",
     "Document",
     "Index",
@@ -22,6 +24,7 @@ __all__ = [
     "IndexWriteError",
     "SourceOptions",
     "SyncReport",
+    "build_index",
     "chunk_documents",
     "read_source",
 ]

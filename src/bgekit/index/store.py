@@ -63,6 +63,8 @@ class Index:
         self._mv: np.ndarray | None = None
         self._mv_offsets = np.zeros(1, dtype=np.int64)
         self._cache: dict[str, Any] = {}  # derived search structures, rebuilt after changes
+        # saved as an interrupted build until the build that set it finishes (index.build)
+        self.building = False
 
     # -- contents -------------------------------------------------------------------------
 
@@ -427,6 +429,8 @@ class Index:
             "config": asdict(self.config),
             "vocab_size": self.embedder.tokenizer.vocab_size,
         }
+        if self.building:
+            manifest["building"] = True
         if self.num_chunks:  # BM25 saved with the rows, so a search after loading needs no rebuild
             bm25 = self.corpus().bm25()
             arrays |= bm25.arrays()
@@ -503,6 +507,7 @@ class Index:
         try:
             cfg = dict(manifest["config"])
             cfg["outputs"] = tuple(cfg["outputs"])
+            cfg.setdefault("split", "tokens")  # saved before chunks could follow the text
             config = IndexConfig(**cfg)
         except (KeyError, TypeError, InputError) as e:
             raise storage.IndexFormatError(f"{root / storage.MANIFEST}: bad index config ({e})") from None
@@ -546,6 +551,7 @@ class Index:
             )
         index.path = root
         index._generation = str(manifest["generation"])
+        index.building = bool(manifest.get("building", False))
         return index
 
     @staticmethod
@@ -569,6 +575,7 @@ class Index:
             config=asdict(self.config),
             disk_bytes=disk,
             generation=self._generation,
+            building=self.building,
         )
 
 
