@@ -164,3 +164,34 @@ def test_download_offline_and_unknown_names_are_one_line(
     assert main(["download", "bge-m5"]) == 2
     err = capsys.readouterr().err
     assert "not a known BGE model" in err and "bge-m3" not in err.split("model")[0]
+
+
+def test_index_delete_loads_no_model(
+    tmp_path: Path, bert_m3: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bgekit import InputError
+
+    m3 = Embedder.from_pretrained(str(bert_m3))
+    index = Index(m3)
+    index.add([Document(f"d{i}", f"text number {i}") for i in range(4)])
+    root = index.save(tmp_path / "idx")
+    before = json.loads((root / "manifest.json").read_text())["model"]
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("index delete loaded a model")
+
+    monkeypatch.setattr(Embedder, "from_pretrained", no_model)
+    assert main(["index", "delete", "d1", "d2", "--index", str(root)]) == 0
+    assert "deleted 2 documents (2 chunks); now 2 documents" in capsys.readouterr().out
+    detached = Index.load(root, load_model=False)
+    with pytest.raises(InputError, match="opened without its model"):
+        detached.search(["text"], 1)
+    monkeypatch.undo()
+    assert json.loads((root / "manifest.json").read_text())["model"] == before
+    again = Index.load(root)
+    assert again.ids() == ["d0", "d3"]
+    fresh = Index(m3)
+    fresh.add([Document("d0", "text number 0"), Document("d3", "text number 3")])
+    assert [h.id for h in again.search(["text number 3"], 2)[0]] == [
+        h.id for h in fresh.search(["text number 3"], 2)[0]
+    ]

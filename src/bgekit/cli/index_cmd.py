@@ -166,7 +166,7 @@ def cmd_delete(ns: argparse.Namespace) -> int:
     from bgekit.index import Index
 
     ids = list(dict.fromkeys(ns.ids))
-    with Index.edit(ns.index, wait=ns.wait, engine=engine_config(ns), model=ns.model) as index:
+    with Index.edit(ns.index, wait=ns.wait, load_model=False) as index:  # deleting needs no model
         chunks = index.delete(ids)
     print(
         f"deleted {plural(len(ids), 'document')} ({plural(chunks, 'chunk')}); now {plural(len(index), 'document')}"
@@ -458,9 +458,7 @@ def register(sub: Any) -> None:
     p = ixsub.add_parser("delete", help="delete documents (all their chunks) by id")
     p.add_argument("ids", nargs="+", help="document ids")
     p.add_argument("--index", required=True, help="the index folder")
-    moved_model_arg(p)
     wait_arg(p)
-    engine_args(p)
     p.set_defaults(func=cmd_delete)
 
     p = ixsub.add_parser("info", help="counts, model, outputs and sizes on disk (every file checked)")

@@ -24,7 +24,9 @@ logger = logging.getLogger(__name__)
 class EncodedTarget(Protocol):
     """What takes encoded rows: ``Index`` and ``VectorDBIndex``."""
 
-    embedder: Embedder
+    @property
+    def embedder(self) -> Embedder: ...
+
     config: Any  # an IndexConfig
 
     def add_encoded(

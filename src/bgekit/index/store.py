@@ -40,15 +40,20 @@ class Index:
     """Documents → chunks → encoded rows; searched exactly (dense flat, sparse inverted,
     MaxSim over candidates) or with HNSW for dense when configured."""
 
-    def __init__(self, embedder: Embedder, config: IndexConfig | None = None):
-        self.embedder = embedder
+    def __init__(self, embedder: Embedder | None, config: IndexConfig | None = None):
+        """``embedder=None`` only for an index loaded without its model (``load_model=False``)."""
+        self._embedder = embedder
         self.config = config or IndexConfig()
-        missing = [o for o in self.config.outputs if o not in embedder.info.heads]
-        if missing:
-            raise InputError(
-                f"{embedder.info.name} cannot give {', '.join(missing)} (it has: {', '.join(embedder.info.heads)})"
-            )
-        embedder.prompts.pick(self.config.task)  # an unknown task is an error naming the tasks
+        if embedder is not None:
+            missing = [o for o in self.config.outputs if o not in embedder.info.heads]
+            if missing:
+                raise InputError(
+                    f"{embedder.info.name} cannot give {', '.join(missing)} (it has: {', '.join(embedder.info.heads)})"
+                )
+            embedder.prompts.pick(self.config.task)  # an unknown task is an error naming the tasks
+        # an index loaded without its model keeps its manifest's model entry and vocabulary size
+        self._recorded_model: dict[str, Any] | None = None
+        self._vocab_size: int | None = None
         self.path: Path | None = None
         self._generation: str | None = None  # what ``path``'s manifest named when loaded / saved
         self._lock: WriteLock | None = None  # held by :meth:`edit`
@@ -65,6 +70,15 @@ class Index:
         self._cache: dict[str, Any] = {}  # derived search structures, rebuilt after changes
         # saved as an interrupted build until the build that set it finishes (index.build)
         self.building = False
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            raise InputError(
+                "this index was opened without its model (as 'bgekit index delete' opens it): load it "
+                "with its model to search it or add documents"
+            )
+        return self._embedder
 
     # -- contents -------------------------------------------------------------------------
 
@@ -422,12 +436,12 @@ class Index:
             "chunks": self._chunk_text,
         }
         manifest = {
-            "model": model_record(self.embedder),
+            "model": self._recorded_model if self._embedder is None else model_record(self.embedder),
             "outputs": list(self.outputs),
             "dims": self._dims(),
             "counts": {"documents": len(self._docs), "chunks": self.num_chunks},
             "config": asdict(self.config),
-            "vocab_size": self.embedder.tokenizer.vocab_size,
+            "vocab_size": self._vocab_size if self._embedder is None else self.embedder.tokenizer.vocab_size,
         }
         if self.building:
             manifest["building"] = True
@@ -448,13 +462,14 @@ class Index:
         wait: float | None = None,
         engine: EngineConfig | None = None,
         model: str | None = None,
+        load_model: bool = True,
     ) -> Iterator[Index]:
         """Change a saved index with no other writer in between: the folder's writer lock is
         taken (waiting ``wait`` seconds; ``None``: as long as it takes, saying once whom it
         waits for), the index loaded, the block run, and the index saved when the block
         succeeds — all under the lock, so concurrent edits (another process's
-        ``bgekit index add``) all land. Nothing is saved when the block raises. ``model``:
-        as for :meth:`load`.
+        ``bgekit index add``) all land. Nothing is saved when the block raises. ``model``
+        and ``load_model``: as for :meth:`load`.
 
         >>> with Index.edit("my-index") as index:  # doctest: +SKIP
         ...     index.add(docs)
@@ -463,7 +478,7 @@ class Index:
         storage.read_manifest(root)  # a clear error for a folder with no index, before the lock
         lock = WriteLock(root, wait)
         with lock:
-            index = cls.load(root, embedder, mmap=False, engine=engine, model=model)
+            index = cls.load(root, embedder, mmap=False, engine=engine, model=model, load_model=load_model)
             index._lock = lock
             try:
                 yield index
@@ -488,22 +503,30 @@ class Index:
         mmap: bool = True,
         engine: EngineConfig | None = None,
         model: str | None = None,
+        load_model: bool = True,
     ) -> Index:
         """Open a saved index. Without ``embedder`` the recorded model is loaded (on
         ``engine``) under its recorded settings: the packaged model or a hub id wherever they
         are installed or cached on this machine, a folder where it was — or from ``model``
         (a hub id or folder) when it has moved; with ``embedder`` or ``model``, it must be the
         model the index was built with (checked). Every file is checked (headers and sizes)
-        before the model loads; a damaged one is named."""
+        before the model loads; a damaged one is named. ``load_model=False`` opens it without
+        a model, for deleting documents and saving (searching or adding is then an error)."""
         root = Path(path)
         manifest = storage.checked_manifest(root)
-        loaded = embedder or embedder_from_record(root, manifest["model"], engine, model)
+        loaded = embedder
+        if loaded is None and load_model:
+            loaded = embedder_from_record(root, manifest["model"], engine, model)
         return storage.read_consistent(root, lambda m: cls._from_generation(root, m, loaded, mmap))
 
     @classmethod
-    def _from_generation(cls, root: Path, manifest: dict[str, Any], embedder: Embedder, mmap: bool) -> Index:
-        """The index of the generation ``manifest`` names, read with ``embedder``."""
-        check_same_model(root, manifest["model"], embedder)
+    def _from_generation(
+        cls, root: Path, manifest: dict[str, Any], embedder: Embedder | None, mmap: bool
+    ) -> Index:
+        """The index of the generation ``manifest`` names, read with ``embedder`` (``None``:
+        without a model)."""
+        if embedder is not None:
+            check_same_model(root, manifest["model"], embedder)
         try:
             cfg = dict(manifest["config"])
             cfg["outputs"] = tuple(cfg["outputs"])
@@ -512,6 +535,9 @@ class Index:
         except (KeyError, TypeError, InputError) as e:
             raise storage.IndexFormatError(f"{root / storage.MANIFEST}: bad index config ({e})") from None
         index = cls(embedder, config)
+        if embedder is None:
+            index._recorded_model = dict(manifest["model"])
+            index._vocab_size = int(manifest["vocab_size"])
         arrays, records = storage.read_generation(root, manifest, mmap)
         try:
             index._docs = [
@@ -567,7 +593,9 @@ class Index:
             disk = storage.disk_size(self.path, self._generation)
         return IndexInfo(
             path=None if self.path is None else str(self.path),
-            model=self.embedder.info.name,
+            model=self.embedder.info.name
+            if self._embedder is not None
+            else str((self._recorded_model or {}).get("name")),
             outputs=self.outputs,
             documents=len(self._docs),
             chunks=self.num_chunks,

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 class Searchable(Protocol):
     """What a pipeline's first stage needs: an index (embedded or a vector database)."""
 
-    embedder: Embedder
+    @property
+    def embedder(self) -> Embedder: ...
 
     def search(
         self,
