@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from bgekit import Document, Embedder, Index, IndexConfig, InputError
 from bgekit.index.adapters import MilvusBackend, QdrantBackend, VectorDBIndex
 from bgekit.retrieval import HybridConfig
+from bgekit.types import OutputKind
 from tests.test_eval import DOCS
 from tests.test_index import documents
 
@@ -22,23 +25,30 @@ def m3(bert_m3: Path) -> Embedder:
     return Embedder.from_pretrained(str(bert_m3))
 
 
+@contextmanager
+def opened(m3: Embedder, kind: str, tmp_path: Path, docs: list[Document]) -> Iterator[VectorDBIndex]:
+    """A local Qdrant (dense, sparse, multi-vector) or Milvus Lite (dense, sparse) index of ``docs``."""
+    if kind == "qdrant":
+        pytest.importorskip("qdrant_client")
+        backend: Any = QdrantBackend(str(tmp_path / "qdrant"))
+        outputs: tuple[OutputKind, ...] = ("dense", "sparse", "multivector")
+    else:
+        pytest.importorskip("pymilvus")
+        backend, outputs = MilvusBackend(str(tmp_path / "milvus.db")), ("dense", "sparse")
+    with VectorDBIndex(m3, backend, IndexConfig(outputs=outputs)) as ix:
+        ix.add(docs)
+        yield ix
+
+
 @pytest.fixture
 def qdrant(m3: Embedder, tmp_path: Path) -> Iterator[VectorDBIndex]:
-    pytest.importorskip("qdrant_client")
-    with VectorDBIndex(
-        m3, QdrantBackend(str(tmp_path / "qdrant")), IndexConfig(outputs=("dense", "sparse", "multivector"))
-    ) as ix:
-        ix.add(documents())
+    with opened(m3, "qdrant", tmp_path, documents()) as ix:
         yield ix
 
 
 @pytest.fixture
 def milvus(m3: Embedder, tmp_path: Path) -> Iterator[VectorDBIndex]:
-    pytest.importorskip("pymilvus")
-    with VectorDBIndex(
-        m3, MilvusBackend(str(tmp_path / "milvus.db")), IndexConfig(outputs=("dense", "sparse"))
-    ) as ix:
-        ix.add(documents())
+    with opened(m3, "milvus", tmp_path, documents()) as ix:
         yield ix
 
 

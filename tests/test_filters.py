@@ -199,23 +199,17 @@ def test_http_search_filter(m3: Embedder, index: Index) -> None:
 
 @pytest.fixture
 def qdrant(m3: Embedder, tmp_path: Path) -> Iterator:
-    pytest.importorskip("qdrant_client")
-    from bgekit.index.adapters import QdrantBackend, VectorDBIndex
+    from tests.test_adapters import opened
 
-    with VectorDBIndex(m3, QdrantBackend(str(tmp_path / "qdrant")), IndexConfig(outputs=ALL)) as ix:
-        ix.add(documents())
+    with opened(m3, "qdrant", tmp_path, documents()) as ix:
         yield ix
 
 
 @pytest.fixture
 def milvus(m3: Embedder, tmp_path: Path) -> Iterator:
-    pytest.importorskip("pymilvus")
-    from bgekit.index.adapters import MilvusBackend, VectorDBIndex
+    from tests.test_adapters import opened
 
-    with VectorDBIndex(
-        m3, MilvusBackend(str(tmp_path / "milvus.db")), IndexConfig(outputs=("dense", "sparse"))
-    ) as ix:
-        ix.add(documents())
+    with opened(m3, "milvus", tmp_path, documents()) as ix:
         yield ix
 
 

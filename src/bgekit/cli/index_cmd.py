@@ -6,9 +6,10 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bgekit.cli.common import (
     chunk_args,
@@ -31,6 +32,7 @@ from bgekit.scoring.quantize import DENSE_DTYPES
 from bgekit.types import SearchMode
 
 logger = logging.getLogger("bgekit.cli")
+R = TypeVar("R")
 
 
 def plural(n: int, word: str) -> str:
@@ -125,7 +127,9 @@ def _build_from_encoded(ns: argparse.Namespace, root: Path) -> int:
     return 0
 
 
-def cmd_add(ns: argparse.Namespace) -> int:
+def _edit_from_source(ns: argparse.Namespace, change: Callable[[Any, list[Any]], R]) -> tuple[R, int, float]:
+    """Read ``ns.source`` (after checking the index exists) and apply ``change(index, docs)``
+    under the index's writer lock: its result, the documents after, and the seconds taken."""
     from bgekit.index import Index, read_source
     from bgekit.index.storage import read_manifest
 
@@ -133,31 +137,29 @@ def cmd_add(ns: argparse.Namespace) -> int:
     docs = read_source(ns.source, source_options(ns))
     start = time.perf_counter()
     with Index.edit(ns.index, wait=ns.wait, engine=engine_config(ns), model=ns.model) as index:
-        report = index.add(docs, update=ns.update)
+        result = change(index, docs)
+    return result, len(index), time.perf_counter() - start
+
+
+def cmd_add(ns: argparse.Namespace) -> int:
+    report, now, seconds = _edit_from_source(ns, lambda index, docs: index.add(docs, update=ns.update))
     new = report.documents - report.replaced
     changed = f"added {plural(new, 'document')}" + (
         f", replaced {report.replaced:,}" if report.replaced else ""
     )
     print(
-        f"{changed} ({plural(report.chunks, 'chunk')}{_skipped(report)}) in "
-        f"{time.perf_counter() - start:.1f}s; now {plural(len(index), 'document')}"
+        f"{changed} ({plural(report.chunks, 'chunk')}{_skipped(report)}) in {seconds:.1f}s; "
+        f"now {plural(now, 'document')}"
     )
     return 0
 
 
 def cmd_sync(ns: argparse.Namespace) -> int:
-    from bgekit.index import Index, read_source
-    from bgekit.index.storage import read_manifest
-
-    read_manifest(Path(ns.index))  # no index there: said before the source is read
-    docs = read_source(ns.source, source_options(ns))
-    start = time.perf_counter()
-    with Index.edit(ns.index, wait=ns.wait, engine=engine_config(ns), model=ns.model) as index:
-        r = index.sync(docs)
+    r, now, seconds = _edit_from_source(ns, lambda index, docs: index.sync(docs))
     print(
         f"synced {ns.index} with {ns.source}: {r.added:,} added, {r.updated:,} updated, {r.unchanged:,} unchanged, "
         f"{r.removed:,} removed ({plural(r.chunks, 'chunk')} encoded{_skipped(r)}) in "
-        f"{time.perf_counter() - start:.1f}s; now {plural(len(index), 'document')}"
+        f"{seconds:.1f}s; now {plural(now, 'document')}"
     )
     return 0
 
