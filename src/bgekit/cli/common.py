@@ -364,14 +364,16 @@ def encoding_arg(p: argparse.ArgumentParser) -> None:
 
 
 def search_args(
-    p: argparse.ArgumentParser, *, default_mode: str | None, mode_help: str | None = None
+    p: argparse.ArgumentParser, *, default_mode: str | None, mode_help: str | None = None, mode: bool = True
 ) -> None:
     """The search options (mode, weights, candidates, fusion) of every command that searches;
-    ``default_mode`` None: the command picks one per query (``mode_help`` says how)."""
+    ``default_mode`` None: the command picks one per query (``mode_help`` says how);
+    ``mode=False``: no ``--mode`` (a command that takes several modes its own way)."""
     from bgekit.retrieval import DEFAULT_CANDIDATES
 
     g = p.add_argument_group("search")
-    g.add_argument("--mode", default=default_mode, choices=SEARCH_MODES, help=mode_help)
+    if mode:
+        g.add_argument("--mode", default=default_mode, choices=SEARCH_MODES, help=mode_help)
     g.add_argument(
         "--weights",
         type=weights_arg,

@@ -105,6 +105,41 @@ def cmd_sts(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_suite(ns: argparse.Namespace) -> int:
+    from bgekit.eval.metrics import require_metrics
+    from bgekit.eval.suite_run import SuiteRunConfig, evaluate_suite
+    from bgekit.models import Embedder, Reranker
+
+    require_metrics()  # before any data is read or a model loaded
+    modes = tuple(m.strip() for m in ns.modes.split(",") if m.strip())
+    config = SuiteRunConfig(
+        split=ns.split,
+        subsets=tuple(x.strip() for x in (ns.subsets or "").split(",") if x.strip()),
+        modes=modes,
+        k_values=tuple(int(k) for k in ns.k_values.split(",")) if ns.k_values else (),
+        hybrid=hybrid_config(ns),
+        rerank_top=ns.rerank_top,
+        cache_dir=Path(ns.cache_dir) if ns.cache_dir else None,
+        overwrite=ns.overwrite,
+        progress=not ns.no_progress,
+    )
+    engine = engine_config(ns)
+    embedder = None
+    if modes != ("bm25",):
+        embedder = Embedder.from_pretrained(
+            model_path(ns.model), settings=embedder_settings(ns), engine=engine
+        )
+    reranker = Reranker.from_pretrained(ns.reranker, engine=engine) if ns.reranker else None
+    result = evaluate_suite(ns.suite, ns.data_dir, embedder, ns.output, config, reranker=reranker)
+    from bgekit.eval.report import markdown_table
+
+    print(markdown_table(result))
+    print(
+        f"results in {ns.output}/<mode>/{result.model}/ (the reference's layout); report: {ns.output}/report.html"
+    )
+    return 0
+
+
 def register(sub: Any) -> None:
     ev = sub.add_parser("eval", help="evaluate on BEIR-layout retrieval data or STS pairs")
     evsub = ev.add_subparsers(dest="eval_command", required=True)
@@ -134,6 +169,48 @@ def register(sub: Any) -> None:
     long_passage_args(p)
     engine_args(p)
     p.set_defaults(func=cmd_retrieval)
+
+    from bgekit.eval.suites import SUITES
+
+    for name, suite in SUITES.items():
+        p = evsub.add_parser(
+            name,
+            help=f"{name.upper()} in the reference's layout ({len(suite.subsets)} "
+            f"{'datasets' if name in ('msmarco', 'bright') else 'languages'}; metrics by its rules)",
+        )
+        p.add_argument(
+            "data_dir",
+            help="the suite's folder: <subset>/corpus.jsonl, <subset>/<split>_queries.jsonl, "
+            "<subset>/<split>_qrels.jsonl"
+            + (" (one corpus.jsonl at the top)" if suite.shared_corpus else ""),
+        )
+        p.add_argument("--model", help="hub id or local folder (default: the packaged all-MiniLM-L6-v2)")
+        p.add_argument(
+            "--split", default=suite.default_split, choices=suite.splits, help="the split to score"
+        )
+        p.add_argument(
+            "--subsets",
+            help=f"comma-separated {'datasets' if name in ('msmarco', 'bright') else 'languages'} "
+            f"(default: all: {','.join(suite.subsets)})",
+        )
+        p.add_argument(
+            "--modes",
+            default="dense",
+            help="comma-separated first-stage modes, each run and reported: dense, sparse, multivector, hybrid, bm25",
+        )
+        p.add_argument(
+            "--k-values",
+            help=f"comma-separated cut-offs (default: {','.join(map(str, suite.k_values))})",
+        )
+        search_args(p, default_mode=None, mode=False)
+        p.add_argument("--reranker", help="a reranker for the second stage (hub id or folder)")
+        p.add_argument("--rerank-top", type=int, default=100, help="first-stage hits the reranker rescores")
+        p.add_argument("--output", default="search_results", help="where results and the report go")
+        p.add_argument("--cache-dir", help="reuse encodings saved here (per model identity)")
+        p.add_argument("--overwrite", action="store_true", help="search again subsets with results on disk")
+        long_input_args(p)
+        engine_args(p)
+        p.set_defaults(func=cmd_suite, suite=name)
 
     p = evsub.add_parser("sts", help="Spearman / Pearson of cosine similarity on an STS file")
     p.add_argument("file", help="STS Benchmark .csv (tab-separated), a 3-column TSV, or JSONL")

@@ -1,0 +1,186 @@
+"""Benchmark suites in the reference's layout: loading, metrics against hand computations
+(MKQA's answer matching included), the result files, resuming, the report, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from bgekit import Embedder, InputError
+from bgekit.cli.main import main
+from bgekit.eval.suite_run import SuiteRunConfig, evaluate_suite
+from bgekit.eval.suites import (
+    SUITES,
+    answer_recall,
+    has_answer,
+    load_subset,
+    reference_metrics,
+    without_excluded,
+)
+
+LANGS = {
+    "sw": [
+        "paka hulala juani",
+        "mbwa hubweka usiku",
+        "soko la hisa lilianguka",
+        "jua linawaka",
+        "mvua inanyesha",
+    ],
+    "yo": ["ologbo sun", "aja n gbo", "oja oja ti lo sile", "oorun n tan", "ojo n ro"],
+}
+
+
+def _jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def miracl_folder(root: Path) -> Path:
+    for lang, texts in LANGS.items():
+        base = root / lang
+        _jsonl(
+            base / "corpus.jsonl",
+            [{"id": f"{lang}-d{i}", "title": f"T{i}", "text": t} for i, t in enumerate(texts)],
+        )
+        _jsonl(
+            base / "dev_queries.jsonl",
+            [{"id": f"{lang}-q{i}", "text": texts[i].split()[0]} for i in range(3)],
+        )
+        qrels = [{"qid": f"{lang}-q{i}", "docid": f"{lang}-d{i}", "relevance": 1} for i in range(3)]
+        qrels.append({"qid": f"{lang}-q0", "docid": f"{lang}-d4", "relevance": 0})
+        _jsonl(base / "dev_qrels.jsonl", qrels)
+    return root
+
+
+@pytest.fixture(scope="module")
+def m3(bert_m3: Path) -> Embedder:
+    return Embedder.from_pretrained(str(bert_m3))
+
+
+def _ndcg(run: dict[str, float], rel: dict[str, int], k: int) -> float:
+    ranked = [d for d, _ in sorted(run.items(), key=lambda kv: -kv[1])][:k]
+    dcg = sum(rel.get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranked))
+    ideal = sorted((r for r in rel.values() if r > 0), reverse=True)[:k]
+    idcg = sum(r / math.log2(i + 2) for i, r in enumerate(ideal))
+    return dcg / idcg if idcg else 0.0
+
+
+def test_metrics_by_hand() -> None:
+    qrels = {"q1": {"a": 1, "b": 0}, "q2": {"c": 2, "d": 1}, "q3": {"e": 1}}
+    run = {"q1": {"b": 0.9, "a": 0.8, "x": 0.1}, "q2": {"d": 0.9, "x": 0.5, "c": 0.4}}  # q3 not searched
+    got = reference_metrics(qrels, run, (1, 2, 10))
+    # MRR: 1/2 (q1), 1/1 (q2), 0 (q3), over the 3 judged queries
+    assert got["mrr_at_10"] == round((0.5 + 1.0) / 3, 5)
+    assert got["mrr_at_1"] == round(1.0 / 3, 5)
+    # capped recall at 2: q1 1/1, q2 1/2 (d only), q3 0 -> over 3
+    assert got["recall_cap_at_2"] == round((1 + 0.5) / 3, 5)
+    # nDCG@10 by pytrec_eval over the queries it scores (q3 has no run: pytrec leaves it out)
+    want = (_ndcg(run["q1"], qrels["q1"], 10) + _ndcg(run["q2"], qrels["q2"], 10)) / 2
+    assert got["ndcg_at_10"] == pytest.approx(round(want, 5), abs=1e-5)
+    # BRIGHT: a document judged 0 (excluded) leaves the results before scoring
+    assert without_excluded(run, qrels)["q1"] == {"a": 0.8, "x": 0.1}
+
+
+def test_mkqa_answer_matching() -> None:
+    assert has_answer(["U.S."], "The U.S. army marched")  # punctuation tokens kept, matched in order
+    assert has_answer(["Café"], "a cafe\u0301 on the corner")  # NFD on both sides
+    assert has_answer(["new york"], "NEW   York city")  # lower-cased, whitespace only separates
+    assert not has_answer(["York"], "the New Yorker")  # whole tokens only
+    assert not has_answer(["US"], "the U.S. army")  # "U.S." is four tokens, not "us"
+    assert has_answer(["北京"], "首都是 北京 。")
+    answers = {"q1": ["paris"], "q2": ["berlin"], "q3": ["rome"]}
+    passages = {"a": "Paris is big", "b": "nothing here", "c": "Berlin wall", "d": "Rome"}
+    run = {"q1": {"b": 0.9, "a": 0.8}, "q2": {"b": 0.5, "a": 0.4, "c": 0.3}, "q3": {}}
+    got = answer_recall(answers, run, passages, (1, 2, 3))
+    assert got == {"qa_recall_at_1": 0.0, "qa_recall_at_2": 1 / 3, "qa_recall_at_3": 2 / 3}
+
+
+def test_miracl_run_files_resume_and_report(
+    m3: Embedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = miracl_folder(tmp_path / "miracl")
+    out = tmp_path / "out"
+    cfg = SuiteRunConfig(modes=("dense", "bm25"), k_values=(1, 10))
+    result = evaluate_suite("miracl", data, m3, out, cfg)
+    model = Path(m3.info.name).name
+    for mode in ("dense", "bm25"):
+        folder = out / mode / model / "NoReranker"
+        evals = json.loads((folder / "EVAL" / "eval_results.json").read_text())
+        assert sorted(evals) == ["sw-dev", "yo-dev"]
+        for lang in LANGS:
+            body = json.loads((folder / f"{lang}-dev.json").read_text())
+            assert body["eval_name"] == "miracl" and body["dataset_name"] == lang and body["split"] == "dev"
+            assert body["reranker_name"] == "NoReranker" and body["model_name"] == model
+            run = body["search_results"]
+            assert sorted(run) == [f"{lang}-q{i}" for i in range(3)]
+            qrels = load_subset(SUITES["miracl"], data, lang, "dev").dataset.qrels
+            want = sum(_ndcg(run[q], qrels[q], 10) for q in run) / len(run)
+            assert evals[f"{lang}-dev"]["ndcg_at_10"] == pytest.approx(round(want, 5), abs=1e-5)
+            assert result.scores[mode][lang] == evals[f"{lang}-dev"]
+    # documents are "title text", as the reference joins them
+    assert load_subset(SUITES["miracl"], data, "sw", "dev").dataset.docs[0] == "T0 paka hulala juani"
+    for name in ("report.md", "report.html"):
+        assert (out / name).is_file()
+    page = (out / "report.html").read_text()
+    assert "<table" in page and "<svg" in page and "sw" in page and "average" in page
+    try:
+        import matplotlib  # noqa: F401  (the report extra)
+    except ImportError:
+        assert not (out / "report.png").exists() and 'alt="the same chart' not in page
+    else:
+        assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert 'src="report.png"' in page
+
+    # run again: scored from the files on disk, nothing encoded
+    def no_encoding(*a: object, **k: object) -> None:
+        raise AssertionError("encoded again")
+
+    monkeypatch.setattr(m3, "encode", no_encoding)
+    again = evaluate_suite("miracl", data, m3, out, cfg)
+    assert again.scores == result.scores
+
+
+def test_mkqa_shared_corpus_and_answers(m3: Embedder, tmp_path: Path) -> None:
+    root = tmp_path / "mkqa"
+    _jsonl(
+        root / "corpus.jsonl",
+        [{"id": "n1", "title": "Paris", "text": "capital of France"}, {"id": "n2", "text": "Berlin"}],
+    )
+    for lang in ("en", "de"):
+        _jsonl(
+            root / lang / "test_queries.jsonl",
+            [{"id": "1", "text": "capital of france"}, {"id": "2", "text": "berlin"}],
+        )
+        _jsonl(
+            root / lang / "test_qrels.jsonl",
+            [{"qid": "1", "answers": ["Paris"]}, {"qid": "2", "answers": ["Berlin"]}],
+        )
+    result = evaluate_suite(
+        "mkqa", root, m3, tmp_path / "out", SuiteRunConfig(subsets=("en", "de"), k_values=(1, 2))
+    )
+    # two passages only: with k=2 every question finds its answer
+    assert result.scores["dense"]["en"]["qa_recall_at_2"] == 1.0
+    assert result.metric == "qa_recall_at_1"  # the suite's headline (at 20) was not computed
+
+
+def test_missing_files_and_bad_choices_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bert_m3: Path
+) -> None:
+    with pytest.raises(InputError, match=r"mldr ar test: missing .*corpus.jsonl .* hub Shitao/MLDR"):
+        load_subset(SUITES["mldr"], tmp_path, "ar", "test")
+    with pytest.raises(InputError, match="has no subset 'xx'"):
+        load_subset(SUITES["mldr"], tmp_path, "xx", "test")
+    data = miracl_folder(tmp_path / "miracl")
+    argv = ["eval", "miracl", str(data), "--model", str(bert_m3), "--subsets", "sw", "--modes", "dense,bm25"]
+    assert main([*argv, "--output", str(tmp_path / "o"), "--k-values", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "| sw |" in out and "dense" in out and "bm25" in out and "report.html" in out
+    assert (
+        main(["eval", "miracl", str(tmp_path / "none"), "--subsets", "sw", "--output", str(tmp_path / "o2")])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "missing" in err and len(err.strip().splitlines()) == 1
