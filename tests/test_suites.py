@@ -169,7 +169,9 @@ def test_mkqa_shared_corpus_and_answers(m3: Embedder, tmp_path: Path) -> None:
 def test_missing_files_and_bad_choices_are_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], bert_m3: Path
 ) -> None:
-    with pytest.raises(InputError, match=r"mldr ar test: missing .*corpus.jsonl .* hub Shitao/MLDR"):
+    with pytest.raises(
+        InputError, match=r"mldr ar test: missing .*corpus.jsonl .* --download \(from hub Shitao/MLDR\)"
+    ):
         load_subset(SUITES["mldr"], tmp_path, "ar", "test")
     with pytest.raises(InputError, match="has no subset 'xx'"):
         load_subset(SUITES["mldr"], tmp_path, "xx", "test")
@@ -184,3 +186,79 @@ def test_missing_files_and_bad_choices_are_one_line(
     )
     err = capsys.readouterr().err
     assert "missing" in err and len(err.strip().splitlines()) == 1
+
+
+def test_downloads_write_the_reference_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub records (stand-ins in the hub datasets' shapes) become the layout's files."""
+    import zipfile
+
+    from bgekit.eval import suite_download as dl
+
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    (hub / "topics.tsv").write_text("q1\twhat is a cat\nq2\tdogs\n")
+    (hub / "qrels.tsv").write_text("q1\tQ0\td1\t1\nq1\tQ0\td2\t0\nq2\tQ0\td2\t1\n")
+    with zipfile.ZipFile(hub / "mkqa.zip", "w") as z:
+        z.writestr(
+            "mkqa/en.jsonl",
+            json.dumps({"id": 7, "question": "capital?", "answers": ["Paris", "paris, france"]}) + "\n",
+        )
+    records = {
+        ("miracl/miracl-corpus", "sw"): [
+            {"docid": "d1", "title": "Paka", "text": "cat"},
+            {"docid": "d2", "title": "", "text": "dog"},
+        ],
+        ("Shitao/MLDR", "corpus-en"): [{"docid": "m1", "text": "long doc"}, {"docid": "m2", "text": "other"}],
+        ("Shitao/MLDR", "en"): [
+            {
+                "query_id": "x",
+                "query": "q",
+                "positive_passages": [{"docid": "m1"}],
+                "negative_passages": [{"docid": "m2"}],
+            }
+        ],
+        ("xlangai/bright", "documents"): [
+            {"id": "b1", "content": "gold"},
+            {"id": "b2", "content": "excluded"},
+        ],
+        ("xlangai/bright", "examples"): [
+            {"id": "0", "query": "why", "gold_ids": ["b1"], "excluded_ids": ["b2", "N/A"]}
+        ],
+        ("BeIR/nq", "corpus"): [
+            {
+                "_id": "n1",
+                "title": "Paris",
+                "text": "The capital \u2014 of France\u2019s \u201cstate\u201d\u2026",
+            }
+        ],
+    }
+    files = {"topics": hub / "topics.tsv", "qrels": hub / "qrels.tsv", "MKQA": hub / "mkqa.zip"}
+    monkeypatch.setattr(dl, "_load", lambda repo, config=None, split=None: records[(repo, config)])
+    monkeypatch.setattr(dl, "_hub_file", lambda repo, name: next(p for k, p in files.items() if k in name))
+    data = tmp_path / "data"
+    for name, subset, split in (
+        ("miracl", "sw", "dev"),
+        ("mldr", "en", "test"),
+        ("bright", "biology", "examples"),
+        ("mkqa", "en", "test"),
+    ):
+        dl.download(SUITES[name], data / name, subset, split)
+        loaded = load_subset(SUITES[name], data / name, subset, split)
+        assert loaded.dataset.query_ids, name
+    assert load_subset(SUITES["miracl"], data / "miracl", "sw", "dev").dataset.qrels == {
+        "q1": {"d1": 1, "d2": 0},
+        "q2": {"d2": 1},
+    }
+    assert load_subset(SUITES["mldr"], data / "mldr", "en", "test").dataset.qrels == {"x": {"m1": 1, "m2": 0}}
+    bright = load_subset(SUITES["bright"], data / "bright", "biology", "examples").dataset
+    assert bright.query_ids == ["examples-0"] and bright.qrels == {"examples-0": {"b1": 1, "b2": 0}}
+    mkqa = load_subset(SUITES["mkqa"], data / "mkqa", "en", "test")
+    assert mkqa.answers == {"7": ["Paris", "paris, france"]}
+    assert mkqa.dataset.docs == ['paris the capital - of france\'s "state"...']  # normalised, lower-cased
+
+    def offline(*a: object, **k: object) -> None:
+        raise InputError("cannot fetch Shitao/MLDR (ConnectionError: offline)")
+
+    monkeypatch.setattr(dl, "_load", offline)
+    with pytest.raises(InputError, match="cannot fetch Shitao/MLDR"):
+        dl.download(SUITES["mldr"], data / "mldr", "de", "test")

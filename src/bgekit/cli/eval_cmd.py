@@ -122,6 +122,7 @@ def cmd_suite(ns: argparse.Namespace) -> int:
         cache_dir=Path(ns.cache_dir) if ns.cache_dir else None,
         overwrite=ns.overwrite,
         progress=not ns.no_progress,
+        download=ns.download,
     )
     engine = engine_config(ns)
     embedder = None
@@ -208,6 +209,11 @@ def register(sub: Any) -> None:
         p.add_argument("--output", default="search_results", help="where results and the report go")
         p.add_argument("--cache-dir", help="reuse encodings saved here (per model identity)")
         p.add_argument("--overwrite", action="store_true", help="search again subsets with results on disk")
+        p.add_argument(
+            "--download",
+            action="store_true",
+            help=f"fetch missing subsets into DATA_DIR from the hub datasets the reference reads ({suite.source})",
+        )
         long_input_args(p)
         engine_args(p)
         p.set_defaults(func=cmd_suite, suite=name)

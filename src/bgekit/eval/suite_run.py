@@ -56,6 +56,7 @@ class SuiteRunConfig:
     cache_dir: Path | None = None
     overwrite: bool = False
     progress: bool = False
+    download: bool = False  # fetch missing subsets from the hub (bgekit.eval.suite_download)
 
     def __post_init__(self) -> None:
         for m in self.modes:
@@ -88,8 +89,10 @@ def evaluate_suite(
     s = suite(name)
     cfg = config or SuiteRunConfig()
     split = cfg.split or s.default_split
-    # default: the subsets the folder holds (a local copy is often a few languages)
-    subsets = cfg.subsets or tuple(x for x in s.subsets if (Path(data_dir) / x).is_dir())
+    # default: the subsets the folder holds (a local copy is often a few languages), or all
+    # of them when downloading
+    held = tuple(x for x in s.subsets if (Path(data_dir) / x).is_dir())
+    subsets = cfg.subsets or (s.subsets if cfg.download else held)
     if not subsets:
         raise InputError(
             f"{data_dir} holds none of {s.name}'s {', '.join(s.subsets)} folders (each with corpus.jsonl, "
@@ -106,6 +109,10 @@ def evaluate_suite(
     ranker = _name(reranker.info.name) if reranker is not None else None
     scores: dict[str, dict[str, dict[str, float]]] = {}
     for subset in subsets:
+        if cfg.download:
+            from bgekit.eval.suite_download import download
+
+            download(s, data_dir, subset, split)
         data = load_subset(s, data_dir, subset, split)  # a missing file is said before any encoding
         for mode in cfg.modes:
             start = time.perf_counter()

@@ -204,8 +204,8 @@ def _required(path: Path, s: Suite, subset: str, split: str, folder: Path) -> Pa
         where = folder if s.shared_corpus and path.name == "corpus.jsonl" else folder / subset
         raise InputError(
             f"{s.name} {subset} {split}: missing {path} — put corpus.jsonl, {split}_queries.jsonl and "
-            f"{split}_qrels.jsonl (the reference's layout) in {where}; the reference downloads them from "
-            f"{s.source}"
+            f"{split}_qrels.jsonl (the reference's layout) in {where}, or fetch them with --download "
+            f"(from {s.source})"
         )
     return path
 
