@@ -262,3 +262,27 @@ def test_downloads_write_the_reference_layout(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(dl, "_load", offline)
     with pytest.raises(InputError, match="cannot fetch Shitao/MLDR"):
         dl.download(SUITES["mldr"], data / "mldr", "de", "test")
+
+
+def test_large_corpora_can_be_held_quantised(
+    m3: Embedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bgekit.retrieval import dense_store
+
+    built: list[str] = []
+    real = dense_store.DenseStore.build.__func__  # type: ignore[attr-defined]
+
+    def spy(cls, vectors, dtype="float32", **kw):  # type: ignore[no-untyped-def]
+        built.append(dtype)
+        return real(cls, vectors, dtype, **kw)
+
+    monkeypatch.setattr(dense_store.DenseStore, "build", classmethod(spy))
+    data = miracl_folder(tmp_path / "miracl")
+    full = evaluate_suite("miracl", data, m3, tmp_path / "f", SuiteRunConfig(subsets=("sw",)))
+    small = evaluate_suite(
+        "miracl", data, m3, tmp_path / "b", SuiteRunConfig(subsets=("sw",), dense_dtype="binary")
+    )
+    assert "binary" in built and "float32" in built
+    assert set(small.scores["dense"]["sw"]) == set(full.scores["dense"]["sw"])
+    with pytest.raises(InputError, match="dense_dtype"):
+        SuiteRunConfig(dense_dtype="int4")  # type: ignore[arg-type]

@@ -123,6 +123,7 @@ def cmd_suite(ns: argparse.Namespace) -> int:
         overwrite=ns.overwrite,
         progress=not ns.no_progress,
         download=ns.download,
+        dense_dtype=ns.dense_dtype,
     )
     engine = engine_config(ns)
     embedder = None
@@ -209,6 +210,13 @@ def register(sub: Any) -> None:
         p.add_argument("--output", default="search_results", help="where results and the report go")
         p.add_argument("--cache-dir", help="reuse encodings saved here (per model identity)")
         p.add_argument("--overwrite", action="store_true", help="search again subsets with results on disk")
+        p.add_argument(
+            "--dense-dtype",
+            choices=["float32", "float16", "int8", "binary"],
+            default="float32",
+            help="hold the corpus's dense vectors as this while searching (a large corpus in 1/2, 1/4 or "
+            "1/32 of the memory; binary rescores its candidates with int8)",
+        )
         p.add_argument(
             "--download",
             action="store_true",

@@ -14,7 +14,9 @@ from bgekit.eval.metrics import compute_metrics, require_metrics
 from bgekit.io import atomic_write
 from bgekit.models import Embedder, Reranker, model_fingerprint
 from bgekit.retrieval import Corpus, HybridConfig, SearchPlan, available_scorers, check_mode, search
+from bgekit.retrieval.dense_store import check_dense_dtype
 from bgekit.retrieval.rerank import check_rerank_weight, rerank_rankings
+from bgekit.scoring.quantize import DenseDtype
 from bgekit.types import MODALITY_LABELS, Encoded, Ranking, SearchMode
 
 Run = dict[str, dict[str, float]]
@@ -38,9 +40,11 @@ class RetrievalEvalConfig:
     cache_dir: Path | None = None
     progress: bool = True
     task: str | None = None
+    dense_dtype: DenseDtype = "float32"  # how the corpus's dense vectors are held while searching
 
     def __post_init__(self) -> None:
         check_mode(self.mode)
+        check_dense_dtype(self.dense_dtype)
         if self.k < 1 or self.rerank_top < 1:
             raise InputError("k and rerank_top must be at least 1")
         check_rerank_weight(self.rerank_weight)
@@ -131,7 +135,7 @@ def first_stage(
         )
         timings["encode_corpus"] = time.perf_counter() - start
         start = time.perf_counter()
-    corpus = Corpus.from_encoded(docs, texts=dataset.docs)
+    corpus = Corpus.from_encoded(docs, texts=dataset.docs, dense_dtype=cfg.dense_dtype)
     hits = search(corpus, queries, cfg.k, texts=dataset.queries, progress=cfg.progress, plan=plan)
     timings["search"] = time.perf_counter() - start
     return hits

@@ -31,6 +31,8 @@ from bgekit.eval.suites import (
 )
 from bgekit.models import Embedder, Reranker
 from bgekit.retrieval import HybridConfig, check_mode
+from bgekit.retrieval.dense_store import check_dense_dtype
+from bgekit.scoring.quantize import DenseDtype
 from bgekit.types import SearchMode
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ class SuiteRunConfig:
     overwrite: bool = False
     progress: bool = False
     download: bool = False  # fetch missing subsets from the hub (bgekit.eval.suite_download)
+    dense_dtype: DenseDtype = "float32"  # float16 / int8 / binary: a large corpus in less memory
 
     def __post_init__(self) -> None:
         for m in self.modes:
@@ -65,6 +68,7 @@ class SuiteRunConfig:
             raise InputError("give at least one mode")
         if any(k < 1 for k in self.k_values) or self.rerank_top < 1:
             raise InputError("k values and rerank_top must be at least 1")
+        check_dense_dtype(self.dense_dtype)
 
 
 def _name(path_or_id: str) -> str:
@@ -156,7 +160,12 @@ def _search(
         runs = [_read_run(f) for f in files]
     else:
         ev = RetrievalEvalConfig(
-            mode=mode, k=SEARCH_TOP_K, hybrid=cfg.hybrid, cache_dir=cfg.cache_dir, progress=cfg.progress
+            mode=mode,
+            k=SEARCH_TOP_K,
+            hybrid=cfg.hybrid,
+            cache_dir=cfg.cache_dir,
+            progress=cfg.progress,
+            dense_dtype=cfg.dense_dtype,
         )
         hits = first_stage(data.dataset, embedder, ev, {})
         runs = [to_run(data.dataset, hits)]

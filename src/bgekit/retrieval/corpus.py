@@ -13,6 +13,7 @@ import scipy.sparse as sp
 from bgekit.errors import InputError
 from bgekit.retrieval.bm25 import Bm25
 from bgekit.retrieval.dense_store import DenseStore
+from bgekit.scoring.quantize import DenseDtype
 from bgekit.scoring.sparse import to_csr
 from bgekit.types import Encoded, OutputKind, Scorer
 
@@ -90,8 +91,11 @@ class Corpus:
             self._cache["bm25"] = bm25
 
     @classmethod
-    def from_encoded(cls, enc: Encoded, texts: Sequence[str] | None = None) -> Corpus:
-        """Rows from one encode call (multi-vectors packed back to back)."""
+    def from_encoded(
+        cls, enc: Encoded, texts: Sequence[str] | None = None, dense_dtype: DenseDtype = "float32"
+    ) -> Corpus:
+        """Rows from one encode call (multi-vectors packed back to back; dense vectors stored
+        as ``dense_dtype``: float16, int8 or binary cut a large corpus's memory)."""
         sparse = mv = offsets = None
         if enc.sparse is not None:
             vocab = 1 + max((int(v.indices[-1]) for v in enc.sparse if len(v)), default=0)
@@ -101,8 +105,9 @@ class Corpus:
             offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
             width = enc.multivector[0].shape[1] if enc.multivector else 0
             mv = np.concatenate(enc.multivector) if enc.multivector else np.zeros((0, width), np.float32)
+        dense = None if enc.dense is None else DenseStore.build(enc.dense, dense_dtype)
         return cls(
-            dense=enc.dense,
+            dense=dense,
             sparse=sparse,
             multivector=mv,
             multivector_offsets=offsets,
