@@ -286,3 +286,52 @@ def test_large_corpora_can_be_held_quantised(
     assert set(small.scores["dense"]["sw"]) == set(full.scores["dense"]["sw"])
     with pytest.raises(InputError, match="dense_dtype"):
         SuiteRunConfig(dense_dtype="int4")  # type: ignore[arg-type]
+
+
+def test_air_bench_layout_results_and_download(
+    m3: Embedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bgekit.eval import suite_download as dl
+
+    records = {
+        ("AIR-Bench/qa_wiki_en", "corpus_default"): [
+            {"id": f"w{i}", "text": t} for i, t in enumerate(LANGS["sw"])
+        ],
+        ("AIR-Bench/qa_wiki_en", "queries_default_dev"): [
+            {"id": "q1", "text": "paka"},
+            {"id": "q2", "text": "mbwa"},
+        ],
+        ("AIR-Bench/qrels-qa_wiki_en-dev", "qrels_default_dev"): [
+            {"qid": "q1", "docid": "w0", "relevance": 1},
+            {"qid": "q2", "docid": "w1", "relevance": 1},
+        ],
+    }
+    monkeypatch.setattr(dl, "_load", lambda repo, config=None, split=None: records[(repo, split)])
+    data = tmp_path / "air"
+    with pytest.raises(InputError, match="test qrels are private"):
+        dl.download(SUITES["airbench"], data, "qa/wiki/en/default", "test")
+    result = evaluate_suite(
+        "air-bench",
+        data,
+        m3,
+        tmp_path / "out",
+        SuiteRunConfig(subsets=("qa/wiki/en/default",), download=True),
+    )
+    model = Path(m3.info.name).name
+    body = json.loads(
+        (
+            tmp_path / "out" / "dense" / model / "NoReranker" / "qa" / "wiki" / "en_default_dev.json"
+        ).read_text()
+    )
+    assert (body["task_type"], body["domain"], body["language"], body["dataset_name"], body["split"]) == (
+        "qa", "wiki", "en", "default", "dev",
+    )  # fmt: skip
+    assert body["benchmark_version"] == "AIR-Bench_24.05" and sorted(body["search_results"]) == ["q1", "q2"]
+    assert "ndcg_at_50" in result.scores["dense"]["qa/wiki/en/default"]
+    # the local copy is used from then on (no download): the CLI by its reference name
+    monkeypatch.setattr(dl, "_load", lambda *a, **k: pytest.fail("downloaded again"))
+    assert (
+        main(["eval", "air-bench", str(data), "--model", str(m3.info.path), "--output", str(tmp_path / "o2")])
+        == 0
+    )
+    assert "qa/wiki/en/default" in capsys.readouterr().out

@@ -177,6 +177,7 @@ def register(sub: Any) -> None:
     for name, suite in SUITES.items():
         p = evsub.add_parser(
             name,
+            aliases=["air-bench"] if name == "airbench" else [],
             help=f"{name.upper()} in the reference's layout ({len(suite.subsets)} "
             f"{'datasets' if name in ('msmarco', 'bright') else 'languages'}; metrics by its rules)",
         )

@@ -10,7 +10,9 @@ and ``<lang>`` with positive passages judged 1 and listed negatives 0); MS MARCO
 split's queries, ids ``<split>-<id>``, gold documents judged 1, excluded ones 0); MKQA —
 ``BeIR/nq``'s corpus (normalised as the reference does: dashes, quotes, primes and some
 control characters mapped, lower-cased) and ``Shitao/bge-m3-data``'s ``MKQA_test-data.zip``
-(``<lang>.jsonl``: id, question, answers).
+(``<lang>.jsonl``: id, question, answers); AIR-Bench (dev only: its test qrels are private) —
+``AIR-Bench/<task type>_<domain>_<language>`` (version ``AIR-Bench_24.05``: the corpus and the
+split's queries) and ``AIR-Bench/qrels-<task type>_<domain>_<language>-dev``.
 """
 
 from __future__ import annotations
@@ -92,7 +94,14 @@ def download(s: Suite, folder: str | Path, subset: str, split: str) -> None:
     queries, qrels = base / f"{split}_queries.jsonl", base / f"{split}_qrels.jsonl"
     if corpus.is_file() and queries.is_file() and qrels.is_file():
         return
-    fetch = {"miracl": _miracl, "mldr": _mldr, "msmarco": _msmarco, "bright": _bright, "mkqa": _mkqa}[s.name]
+    fetch = {
+        "miracl": _miracl,
+        "mldr": _mldr,
+        "msmarco": _msmarco,
+        "bright": _bright,
+        "mkqa": _mkqa,
+        "airbench": _air_bench,
+    }[s.name]
     fetch(subset, split, corpus, queries, qrels)
 
 
@@ -210,3 +219,26 @@ def _mkqa(lang: str, split: str, corpus: Path, queries: Path, qrels: Path) -> No
         qs, judged = mkqa_rows(text)
     _write(queries, qs)
     _write(qrels, judged)
+
+
+def _air_bench(subset: str, split: str, corpus: Path, queries: Path, qrels: Path) -> None:
+    if split != "dev":
+        raise InputError(
+            "AIR-Bench's test qrels are private (its leaderboard scores them): download the dev split"
+        )
+    task_type, domain, lang, dataset = subset.split("/")
+    repo, version, name = (
+        f"AIR-Bench/{task_type}_{domain}_{lang}",
+        "AIR-Bench_24.05",
+        dataset.replace("-", "_"),
+    )
+    if not corpus.is_file():
+        rows = _load(repo, version, split=f"corpus_{name}")
+        _write(corpus, ({"id": str(r["id"]), "text": r["text"]} for r in rows))
+    rows = _load(repo, version, split=f"queries_{name}_{split}")
+    _write(queries, ({"id": str(r["id"]), "text": r["text"]} for r in rows))
+    judged = _load(f"AIR-Bench/qrels-{task_type}_{domain}_{lang}-dev", split=f"qrels_{name}_dev")
+    _write(
+        qrels,
+        ({"qid": str(r["qid"]), "docid": str(r["docid"]), "relevance": int(r["relevance"])} for r in judged),
+    )

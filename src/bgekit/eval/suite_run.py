@@ -153,8 +153,10 @@ def _search(
 ) -> dict[str, tuple[Path, dict[str, dict[str, float]]]]:
     """Each stage's run (first stage, and reranked when there is a reranker), searched now
     or read back from its search-results file; keyed by the report's run label."""
-    first_file = search_results_file(folder, model, None, subset, split)
-    second_file = search_results_file(folder, model, ranker, subset, split) if ranker else None
+    first_file = search_results_file(folder, model, None, subset, split, s.result_layout)
+    second_file = (
+        search_results_file(folder, model, ranker, subset, split, s.result_layout) if ranker else None
+    )
     files = [f for f in (first_file, second_file) if f is not None]
     if not cfg.overwrite and all(f.is_file() for f in files):
         runs = [_read_run(f) for f in files]
@@ -176,7 +178,8 @@ def _search(
                 f, eval_name=s.name, model=model, reranker=who, subset=subset, split=split, run=run
             )
     labels = [mode] + ([f"{mode}+rerank"] if reranker is not None else [])
-    return {label: (f.parent, run) for label, f, run in zip(labels, files, runs, strict=True)}
+    homes = [folder / model / (who or "NoReranker") for who in (None, ranker)]  # where EVAL/ goes
+    return {label: (home, run) for label, home, run in zip(labels, homes, runs, strict=False)}
 
 
 def _read_run(path: Path) -> dict[str, dict[str, float]]:

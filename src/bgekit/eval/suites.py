@@ -1,4 +1,5 @@
-"""The reference toolkit's benchmark suites by name — MIRACL, MKQA, MLDR, MS MARCO and BRIGHT —
+"""The reference toolkit's benchmark suites by name — MIRACL, MKQA, MLDR, MS MARCO, BRIGHT and
+AIR-Bench —
 read from its local data layout, scored by its rules, written in its result layout.
 
 Layout (FlagEmbedding's evaluation package, which also writes it when it downloads a suite):
@@ -6,7 +7,8 @@ Layout (FlagEmbedding's evaluation package, which also writes it when it downloa
 ``DATA/<subset>/<split>_queries.jsonl`` (``{"id", "text"}``) and
 ``DATA/<subset>/<split>_qrels.jsonl`` (``{"qid", "docid", "relevance"}``); a subset is a
 language (MIRACL, MKQA, MLDR) or a dataset (MS MARCO ``passage`` / ``document``, BRIGHT's
-twelve). MKQA shares one corpus, ``DATA/corpus.jsonl`` (BEIR's NQ), and its qrels name
+twelve, AIR-Bench's ``<task type>/<domain>/<language>/<dataset>``, e.g. ``qa/wiki/en/default``,
+scored with its metrics at 1, 3, 5, 10, 50, 100 and 1000). MKQA shares one corpus, ``DATA/corpus.jsonl`` (BEIR's NQ), and its qrels name
 answers instead of documents: ``{"qid", "answers": [...]}``.
 
 Metrics: nDCG, MAP, Recall and P at each k by pytrec_eval, averaged over the queries it
@@ -50,6 +52,39 @@ class Suite:
     source: str  # where the reference gets it (for the message when files are missing)
     shared_corpus: bool = False
     exclude_zero: bool = False  # BRIGHT: documents judged 0 leave the query's results
+    # "flag": <subset>-<split>.json; "air-bench": <task type>/<domain>/<lang>_<dataset>_<split>.json
+    result_layout: str = "flag"
+
+
+def _air_bench_subsets() -> tuple[str, ...]:
+    """AIR-Bench 24.05's datasets as ``<task type>/<domain>/<language>/<dataset>``."""
+    every = ["en", "zh", "ar", "bn", "de", "es", "fa", "fr", "hi", "id", "ja", "ko", "ru"]
+    qa = {
+        "wiki": every,
+        "web": every,
+        "news": every,
+        "healthcare": ["en", "zh", "de", "es", "fr"],
+        "law": ["en", "de", "fr"],
+        "arxiv": ["en"],
+        "finance": ["en", "zh", "ar", "fr"],
+        "science": ["ru"],
+        "msmarco": ["en"],
+    }
+    long_doc = {
+        "arxiv": ["gpt3", "llama2", "gemini", "llm-survey"],
+        "book": ["origin-of-species_darwin", "a-brief-history-of-time_stephen-hawking"],
+        "healthcare": [
+            "pubmed_100K-200K_1",
+            "pubmed_100K-200K_2",
+            "pubmed_100K-200K_3",
+            "pubmed_40K-50K_5-merged",
+            "pubmed_30K-40K_10-merged",
+        ],
+        "law": ["lex_files_300K-400K", "lex_files_400K-500K", "lex_files_500K-600K", "lex_files_600K-700K"],
+    }
+    out = [f"qa/{d}/{lang}/default" for d, langs in qa.items() for lang in langs]
+    out += [f"long-doc/{d}/en/{name}" for d, names in long_doc.items() for name in names]
+    return tuple(out)
 
 
 SUITES: dict[str, Suite] = {
@@ -179,12 +214,24 @@ SUITES: dict[str, Suite] = {
             "hub xlangai/bright",
             exclude_zero=True,
         ),
+        Suite(
+            "airbench",
+            _air_bench_subsets(),
+            ("dev", "test"),
+            "dev",
+            "qrels",
+            "ndcg_at_10",
+            (1, 3, 5, 10, 50, 100, 1000),
+            "hub AIR-Bench/<task type>_<domain>_<language> (version AIR-Bench_24.05) and "
+            "AIR-Bench/qrels-<task type>_<domain>_<language>-dev (test qrels are private)",
+            result_layout="air-bench",
+        ),
     )
 }
 
 
 def suite(name: str) -> Suite:
-    key = name.strip().lower().replace("-", "")
+    key = name.strip().lower().replace("-", "").replace("_", "")
     if key not in SUITES:
         raise InputError(f"unknown suite {name!r}; suites: {', '.join(SUITES)}")
     return SUITES[key]
@@ -378,10 +425,16 @@ def without_excluded(run: Run, qrels: Mapping[str, Mapping[str, int]]) -> dict[s
     return out
 
 
-def search_results_file(folder: Path, model: str, reranker: str | None, subset: str, split: str) -> Path:
+def search_results_file(
+    folder: Path, model: str, reranker: str | None, subset: str, split: str, layout: str = "flag"
+) -> Path:
     """Where the reference keeps a subset's search results: ``<out>/<model>/<reranker or
-    NoReranker>/<subset>-<split>.json``."""
-    return folder / model / (reranker or "NoReranker") / f"{subset}-{split}.json"
+    NoReranker>/<subset>-<split>.json``; AIR-Bench's ``.../<task type>/<domain>/<language>_<dataset>_<split>.json``."""
+    base = folder / model / (reranker or "NoReranker")
+    if layout == "air-bench":
+        task_type, domain, lang, dataset = subset.split("/")
+        return base / task_type / domain / f"{lang}_{dataset}_{split}.json"
+    return base / f"{subset}-{split}.json"
 
 
 def write_search_results(
@@ -389,14 +442,29 @@ def write_search_results(
 ) -> None:
     from bgekit.io import atomic_write
 
-    body = {
-        "eval_name": eval_name,
-        "model_name": model,
-        "reranker_name": reranker or "NoReranker",
-        "split": split,
-        "dataset_name": subset,
-        "search_results": {q: dict(docs) for q, docs in run.items()},
-    }
+    results = {q: dict(docs) for q, docs in run.items()}
+    if eval_name == "airbench":  # its own keys
+        task_type, domain, lang, dataset = subset.split("/")
+        body = {
+            "model_name": model,
+            "reranker_name": reranker or "NoReranker",
+            "benchmark_version": "AIR-Bench_24.05",
+            "task_type": task_type,
+            "domain": domain,
+            "language": lang,
+            "dataset_name": dataset,
+            "split": split,
+            "search_results": results,
+        }
+    else:
+        body = {
+            "eval_name": eval_name,
+            "model_name": model,
+            "reranker_name": reranker or "NoReranker",
+            "split": split,
+            "dataset_name": subset,
+            "search_results": results,
+        }
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as f:
         f.write(json.dumps(body, indent=4, ensure_ascii=False).encode())
