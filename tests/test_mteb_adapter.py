@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +76,41 @@ def test_mteb_scores_equal_bgekit_eval(tmp_path: Path, bge_named: Path) -> None:
     scores = result.task_results[0].scores["test"][0]
     assert scores["ndcg_at_10"] == pytest.approx(ours.metrics["ndcg@10"], abs=1e-4)
     assert scores["recall_at_10"] == pytest.approx(ours.metrics["recall@10"], abs=1e-4)
+
+
+def test_mteb_task_lists_write_the_reference_summary_and_report(
+    tmp_path: Path, bge_named: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bgekit import InputError
+    from bgekit.cli.main import main
+    from bgekit.eval import evaluate_mteb, mteb_tasks
+
+    queries = {"qa": "pets at home", "qb": "stock market", "qc": "fast fox"}
+    qrels = [("qa", "d1", 1), ("qb", "d2", 1), ("qc", "d4", 1)]
+    ds = load_beir(write_beir(tmp_path / "local", queries, qrels))
+    model = Embedder.from_pretrained(str(bge_named))
+    ours = evaluate_retrieval(ds, model, RetrievalEvalConfig(progress=False))
+    out = tmp_path / "out"
+    evaluate_mteb(model, [local_task(ds)], out)
+    summary = json.loads((out / "summary.json").read_text())
+    score = round(100 * ours.metrics["ndcg@10"], 2)
+    assert summary == {"Retrieval": {"BgekitLocalRetrieval": score, "Avg": score}, "Avg": score}
+    assert (out / "report.html").is_file() and "BgekitLocalRetrieval" in (out / "report.md").read_text()
+
+    broken = local_task(ds)
+
+    def no_data(*a: Any, **k: Any) -> None:
+        raise ConnectionError("offline")
+
+    broken.load_data = no_data  # type: ignore[method-assign]
+    with pytest.raises(InputError, match=r"1 of 1 MTEB tasks did not run .*BgekitLocalRetrieval"):
+        evaluate_mteb(model, [broken], tmp_path / "out2")
+    # names: C-MTEB is mteb's MTEB(cmn, v1); errors name what is wrong, before any model loads
+    assert {t.metadata.name for t in mteb_tasks("C-MTEB", task_types=["Retrieval"])} >= {
+        "T2Retrieval",
+        "DuRetrieval",
+    }
+    with pytest.raises(InputError, match="no benchmark 'C-MTEX'"):
+        mteb_tasks("C-MTEX")
+    assert main(["eval", "mteb", "--tasks", "NoSuchTask"]) == 2
+    assert "NoSuchTask" in capsys.readouterr().err

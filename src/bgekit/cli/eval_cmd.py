@@ -142,6 +142,26 @@ def cmd_suite(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mteb(ns: argparse.Namespace) -> int:
+    from bgekit.eval.mteb_run import evaluate_mteb, mteb_tasks
+    from bgekit.models import Embedder
+
+    names = [t.strip() for t in (ns.tasks or "").split(",") if t.strip()]
+    types = [t.strip() for t in (ns.task_types or "").split(",") if t.strip()]
+    tasks = mteb_tasks(ns.benchmark, names, types)  # checked before the model loads
+    embedder = Embedder.from_pretrained(
+        model_path(ns.model), settings=embedder_settings(ns), engine=engine_config(ns)
+    )
+    from bgekit.eval.report import markdown_table
+
+    result = evaluate_mteb(embedder, tasks, ns.output, name=ns.benchmark or "mteb")
+    print(markdown_table(result))
+    print(
+        f"summary: {ns.output}/summary.json; mteb's results: {ns.output}/mteb-results; report: {ns.output}/report.html"
+    )
+    return 0
+
+
 def register(sub: Any) -> None:
     ev = sub.add_parser("eval", help="evaluate on BEIR-layout retrieval data or STS pairs")
     evsub = ev.add_subparsers(dest="eval_command", required=True)
@@ -226,6 +246,20 @@ def register(sub: Any) -> None:
         long_input_args(p)
         engine_args(p)
         p.set_defaults(func=cmd_suite, suite=name)
+
+    p = evsub.add_parser("mteb", help="MTEB / C-MTEB task lists through mteb (its data from the hub cache)")
+    p.add_argument("--benchmark", help="an mteb benchmark name: C-MTEB (MTEB(cmn, v1)), MTEB(eng, v2), ...")
+    p.add_argument("--tasks", help="comma-separated task names (of the benchmark, or on their own)")
+    p.add_argument(
+        "--task-types", help="keep these task types: Retrieval, Reranking, STS, Classification, ..."
+    )
+    p.add_argument("--model", help="hub id or local folder (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument(
+        "--output", default="mteb_results", help="where mteb's results, the summary and the report go"
+    )
+    long_input_args(p)
+    engine_args(p)
+    p.set_defaults(func=cmd_mteb)
 
     p = evsub.add_parser("sts", help="Spearman / Pearson of cosine similarity on an STS file")
     p.add_argument("file", help="STS Benchmark .csv (tab-separated), a 3-column TSV, or JSONL")

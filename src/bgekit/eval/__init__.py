@@ -5,6 +5,7 @@ see :func:`load_beir`), reranking, STS, an MTEB adapter, and the reference's ben
 from bgekit.eval.data import RetrievalDataset, StsDataset, load_beir, load_sts
 from bgekit.eval.metrics import METRICS, compute_metrics
 from bgekit.eval.mteb_adapter import MtebEncoder
+from bgekit.eval.mteb_run import evaluate_mteb, mteb_tasks
 from bgekit.eval.report import SuiteScores, write_report
 from bgekit.eval.retrieval import RetrievalEvalConfig, RetrievalReport, evaluate_retrieval, write_trec_run
 from bgekit.eval.sts import StsReport, evaluate_sts
@@ -25,6 +26,7 @@ __all__ = [
     "SuiteScores",
     "answer_recall",
     "compute_metrics",
+    "evaluate_mteb",
     "evaluate_retrieval",
     "evaluate_sts",
     "evaluate_suite",
@@ -32,6 +34,7 @@ __all__ = [
     "load_beir",
     "load_sts",
     "load_subset",
+    "mteb_tasks",
     "reference_metrics",
     "write_report",
     "write_trec_run",
