@@ -84,13 +84,13 @@ def main() -> None:
     ap.add_argument("--flagembedding-src", default="")
     ns = ap.parse_args()
     from bgekit import Embedder, EngineConfig
-    from bgekit.eval.suite_run import SuiteRunConfig, evaluate_suite
+    from bgekit.eval.suite_run import SuiteRunConfig, evaluate_suite, model_name
     from bgekit.eval.suites import SUITES, load_subset
     from bgekit.models.packaged import packaged_model_dir
 
     miracl, mkqa = build(ns.work)
     embedder = Embedder.from_pretrained(str(packaged_model_dir()), engine=EngineConfig(progress=False))
-    model = Path(embedder.info.name).name
+    model = model_name(embedder)
     jobs, ours = {}, {}
     for suite_name, data, split in (("miracl", miracl, "dev"), ("mkqa", mkqa, "test")):
         out = ns.work / f"out-{suite_name}"

@@ -75,6 +75,16 @@ def _name(path_or_id: str) -> str:
     return PurePath(path_or_id.rstrip("/\\")).name
 
 
+def model_name(embedder: Embedder) -> str:
+    """The name results are filed under, as the reference files them (the folder's or hub
+    id's last part); the packaged model by its own name, not its folder's ("model")."""
+    from bgekit.index.model_record import model_source
+
+    if model_source(embedder.info.name, embedder.info.path) == {"kind": "packaged"}:
+        return "all-MiniLM-L6-v2"
+    return _name(embedder.info.name)
+
+
 def evaluate_suite(
     name: str,
     data_dir: str | Path,
@@ -109,7 +119,7 @@ def evaluate_suite(
         raise InputError(f"{s.name} has no split {split!r}; it has: {', '.join(s.splits)}")
     ks = cfg.k_values or s.k_values
     out = Path(output_dir)
-    model = _name(embedder.info.name) if embedder is not None else "bm25"
+    model = model_name(embedder) if embedder is not None else "bm25"
     ranker = _name(reranker.info.name) if reranker is not None else None
     scores: dict[str, dict[str, dict[str, float]]] = {}
     for subset in subsets:
