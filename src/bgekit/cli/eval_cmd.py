@@ -20,6 +20,7 @@ from bgekit.cli.common import (
     search_args,
 )
 from bgekit.io import atomic_write
+from bgekit.scoring.quantize import DENSE_DTYPES
 
 
 def _write_json(path: str | None, data: dict[str, Any]) -> None:
@@ -233,7 +234,7 @@ def register(sub: Any) -> None:
         p.add_argument("--overwrite", action="store_true", help="search again subsets with results on disk")
         p.add_argument(
             "--dense-dtype",
-            choices=["float32", "float16", "int8", "binary"],
+            choices=DENSE_DTYPES,
             default="float32",
             help="hold the corpus's dense vectors as this while searching (a large corpus in 1/2, 1/4 or "
             "1/32 of the memory; binary rescores its candidates with int8)",
