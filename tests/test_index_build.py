@@ -43,9 +43,10 @@ def _same(a: Index, b: Index) -> None:
 
 
 def test_an_interrupted_build_resumes_and_equals_a_whole_one(
-    m3: Embedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    m3: Embedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(build, "BATCH_DOCS", 2)
+    monkeypatch.setattr(build, "PROGRESS_SECONDS", 0.0)
     root = tmp_path / "idx"
     config = IndexConfig(outputs=("dense", "sparse"))
     seen = _interrupt_after(monkeypatch, 2)
@@ -65,8 +66,12 @@ def test_an_interrupted_build_resumes_and_equals_a_whole_one(
         return real(self, documents, update=update)
 
     monkeypatch.setattr(Index, "add", counting)
-    index, report = build_index(root, DOCS, m3, config, checkpoint_seconds=0)
+    monkeypatch.setattr(build, "PROGRESS_SECONDS", 0.0)
+    with caplog.at_level("INFO", logger="bgekit"):
+        index, report = build_index(root, DOCS, m3, config, checkpoint_seconds=0)
     assert (report.resumed, report.documents) == (4, 5) and sum(encoded) == 5  # only the rest encoded
+    assert "resuming an interrupted build: 4 of 9 documents already encoded" in caplog.messages
+    assert any(m.startswith("indexed 2 of 5 documents") for m in caplog.messages)  # progress lines
     assert not index.building and not Index.inspect(root).building
     whole = Index(m3, config)
     whole.add(DOCS)

@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 # after its time is due; large enough that the encoder's batches stay full).
 BATCH_DOCS = 256
 DEFAULT_CHECKPOINT_SECONDS = 60.0
+# A log line on the whole build's progress this often.
+PROGRESS_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -67,15 +69,15 @@ def build_index(
         gone = [i for i in index.ids() if i not in wanted]  # the source changed since
         if gone:
             index.delete(gone)
-        done = {d.id for d in docs if index._hash.get(d.id) == content_hash(d)}
-        resumed = len(done)
-        docs = [d for d in docs if d.id not in done]
+        kept = {d.id for d in docs if index._hash.get(d.id) == content_hash(d)}
+        resumed = len(kept)
+        docs = [d for d in docs if d.id not in kept]
         logger.info(
             "resuming an interrupted build: %d of %d documents already encoded", resumed, resumed + len(docs)
         )
     index.building = True
     added = chunks = skipped = oversized = checkpoints = 0
-    last = time.monotonic()
+    began = last = said = time.monotonic()
     for start in range(0, len(docs), BATCH_DOCS):
         report = index.add(docs[start : start + BATCH_DOCS], update=True)
         added, chunks = added + report.documents, chunks + report.chunks
@@ -85,6 +87,14 @@ def build_index(
             index.save(folder, wait=wait)
             checkpoints += 1
             last = time.monotonic()
+        if more and time.monotonic() - said >= PROGRESS_SECONDS:  # the batches' own bars are short
+            done = start + BATCH_DOCS
+            rate = done / (time.monotonic() - began)
+            logger.info(
+                "indexed %d of %d documents (%.0f/s, about %.0fs left; saved every %.0fs)",
+                done, len(docs), rate, (len(docs) - done) / rate, checkpoint_seconds,
+            )  # fmt: skip
+            said = time.monotonic()
     index.building = False
     index.save(folder, wait=wait)
     return index, BuildReport(added, chunks, skipped, oversized, resumed, checkpoints)
