@@ -215,7 +215,7 @@ def register(sub: Any) -> None:
         p.add_argument(
             "--subsets",
             help=f"comma-separated {'datasets' if name in ('msmarco', 'bright') else 'languages'} "
-            f"(default: all: {','.join(suite.subsets)})",
+            f"(default: those DATA_DIR holds, or all with --download; the suite has: {','.join(suite.subsets)})",
         )
         p.add_argument(
             "--modes",
