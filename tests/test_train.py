@@ -253,7 +253,8 @@ def test_training_representations_equal_inference_outputs(bert_m3: Path) -> None
         np.testing.assert_allclose(row[vec.indices], vec.values, rtol=2e-4, atol=1e-5)
     lengths = batch["p_attention_mask"].sum(1).tolist()
     for row, n, mv in zip(reps.multivector.numpy(), lengths, ref.multivector, strict=True):
-        np.testing.assert_allclose(row[: n - 1], mv, atol=1e-5)
+        # the same two forwards: 1.05e-5 apart in one clean CI run (values ~0.4)
+        np.testing.assert_allclose(row[: n - 1], mv, rtol=1e-4, atol=2e-5)
 
 
 def _loss_on(path: Path, examples: list[TrainExample], *, m3: bool) -> float:
