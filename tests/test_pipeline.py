@@ -122,6 +122,8 @@ def test_fused_rerank_weighs_standardised_stage_scores(
     evaluated = rerank_stage(data, first_stage(data, emb, cfg, {}), rr, 4, weight=w)
     for p, s, e in zip(fused, served, evaluated, strict=True):
         assert [h.id for h in p] == [h["id"] for h in s] == [data.doc_ids[i] for i in e.indices[:4]]
-        # fused scores are centred, so near zero only an absolute tolerance means anything
-        np.testing.assert_allclose([h.score for h in p], [h["score"] for h in s], rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose([h.score for h in p], e.scores[:4], rtol=1e-5, atol=1e-6)
+        # fused scores are centred, so near zero only an absolute tolerance means anything;
+        # standardising magnifies the encoders' rounding (the server and the evaluation batch
+        # queries their own way): 2.1e-6 apart in one clean CI run, on z-scores of order 1
+        np.testing.assert_allclose([h.score for h in p], [h["score"] for h in s], rtol=1e-5, atol=2e-5)
+        np.testing.assert_allclose([h.score for h in p], e.scores[:4], rtol=1e-5, atol=2e-5)
