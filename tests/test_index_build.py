@@ -138,3 +138,37 @@ def test_cli_build_interrupted_then_resumed(
     assert "now 9 documents" in out
     assert main(args) == 2  # finished: a build again is refused
     assert "already holds an index" in capsys.readouterr().err
+
+
+def test_two_builds_at_once_one_wins_and_nothing_is_mixed(tmp_path: Path, bert_m3: Path) -> None:
+    """Two processes build the same folder at once: the first to save keeps it, the other is
+    refused (its build does not overwrite an index it did not see), with checkpoints on."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "idx"
+    sources = []
+    for name in ("a", "b"):
+        src = tmp_path / f"{name}.jsonl"
+        src.write_text(
+            "".join(json.dumps({"id": f"{name}{i}", "text": f"text {name} {i}"}) + "\n" for i in range(6))
+        )
+        sources.append(src)
+    cmd = [sys.executable, "-m", "bgekit.cli.main", "index", "build"]
+    procs = [
+        subprocess.Popen(
+            [*cmd, str(s), "--index", str(root), "--model", str(bert_m3), "--checkpoint-seconds", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for s in sources
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], outs
+    loser = next(o for p, o in zip(procs, outs, strict=True) if p.returncode == 2)
+    assert "already holds an index" in loser[1]
+    winner = next(name for p, name in zip(procs, "ab", strict=True) if p.returncode == 0)
+    index = Index.load(root)
+    assert index.ids() == [f"{winner}{i}" for i in range(6)] and not index.building

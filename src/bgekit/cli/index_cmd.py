@@ -49,13 +49,11 @@ def _skipped(report: Any) -> str:
 
 def cmd_build(ns: argparse.Namespace) -> int:
     from bgekit.index import IndexConfig, build_index, read_source
-    from bgekit.index.storage import MANIFEST, read_manifest
+    from bgekit.index.build import check_buildable
     from bgekit.models import Embedder, EmbedderSettings
 
     root = Path(ns.index)
-    interrupted = (root / MANIFEST).exists() and read_manifest(root).get("building")
-    if (root / MANIFEST).exists() and not ns.overwrite and not interrupted:
-        raise InputError(f"{root} already holds an index; use 'bgekit index add' or --overwrite")
+    check_buildable(root, ns.overwrite)  # before the source is read or the model loads
     if (ns.source is None) == (ns.from_encoded is None):
         raise InputError("give either a source to index or --from-encoded SHARDS (not both)")
     if ns.from_encoded is not None:

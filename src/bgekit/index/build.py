@@ -58,11 +58,10 @@ def build_index(
     the difference; ``overwrite`` starts over)."""
     folder = Path(root)
     docs = check_documents(documents)
+    check_buildable(folder, overwrite)
     index = _resume(folder, embedder, config) if not overwrite else None
     resumed = 0
     if index is None:
-        if not overwrite and (folder / storage.MANIFEST).exists():
-            raise InputError(f"{folder} already holds an index; use 'bgekit index add' or --overwrite")
         index = Index(embedder, config)
     else:
         wanted = {d.id for d in docs}
@@ -84,7 +83,7 @@ def build_index(
         skipped, oversized = skipped + report.skipped, oversized + report.oversized
         more = start + BATCH_DOCS < len(docs)
         if more and time.monotonic() - last >= checkpoint_seconds:
-            index.save(folder, wait=wait)
+            _save(index, folder, wait, overwrite)
             checkpoints += 1
             last = time.monotonic()
         if more and time.monotonic() - said >= PROGRESS_SECONDS:  # the batches' own bars are short
@@ -96,8 +95,24 @@ def build_index(
             )  # fmt: skip
             said = time.monotonic()
     index.building = False
-    index.save(folder, wait=wait)
+    _save(index, folder, wait, overwrite)
     return index, BuildReport(added, chunks, skipped, oversized, resumed, checkpoints)
+
+
+def check_buildable(folder: Path, overwrite: bool) -> None:
+    """A build may write ``folder``: it holds no index, an interrupted build, or ``overwrite``."""
+    if overwrite or not (folder / storage.MANIFEST).exists():
+        return
+    if not storage.read_manifest(folder).get("building"):
+        raise InputError(f"{folder} already holds an index; use 'bgekit index add' or --overwrite")
+
+
+def _save(index: Index, folder: Path, wait: float | None, overwrite: bool) -> None:
+    """A checkpoint or the final save, under the folder's writer lock. A fresh build's first
+    save refuses a folder another process has built an index in meanwhile (unless
+    ``overwrite``); later saves refuse one saved there since (``Index.save``'s check), so a
+    concurrent writer's change is never undone."""
+    index.save(folder, wait=wait, exist_ok=overwrite or index.path is not None)
 
 
 def _resume(folder: Path, embedder: Embedder, config: IndexConfig) -> Index | None:

@@ -126,8 +126,9 @@ class Index:
         Nothing changes when encoding fails."""
         docs = check_documents(documents)
         wanted = {d.id for d in docs}
-        fresh = [d for d in docs if self._hash.get(d.id) != content_hash(d)]
-        same = [d for d in docs if d.id in self._doc_pos and self._hash.get(d.id) == content_hash(d)]
+        unchanged = {d.id for d in docs if self._hash.get(d.id) == content_hash(d)}  # indexed as they are
+        fresh = [d for d in docs if d.id not in unchanged]
+        same = [d for d in docs if d.id in unchanged]
         rows = chunk_rows(fresh, self.embedder, ChunkSettings.of(self.config), self.outputs)
         encoded = {d.id for d in rows.docs}
         updated = sum(1 for d in rows.docs if d.id in self._doc_pos)
