@@ -149,27 +149,22 @@ def _text_chunks(
     """One document's chunks cut where its text allows; with a ``tokenizer``, heading paths
     as context (see :func:`chunk_documents`)."""
     sections = headings(text) if tokenizer is not None else []
-    paths: dict[int, str] = {}  # chunk start -> its context line
     reserve = 0
-    if sections:
+    if tokenizer is not None and sections:
         every = {" > ".join(heading_path(sections, h.start, inclusive=True)) for h in sections}
-        longest = max(len(ids) for ids in tokenizer.ids(sorted(every))) if tokenizer else 0
-        reserve = min(longest, size // CONTEXT_SHARE)
+        reserve = min(max(len(ids) for ids in tokenizer.ids(sorted(every))), size // CONTEXT_SHARE)
     ranges = split_text(text, spans, max(8, size - reserve), overlap if overlap < size else size // 2)
     count = TokenCounter(spans)
     out = []
     for no, (a, b) in enumerate(ranges):
         body = text[a:b].strip()
-        if sections:
+        if tokenizer is not None and sections:
+            # a chunk that starts at a heading carries that heading itself: its parents suffice
             starts_section = any(h.start == a for h in sections)
-            path = (
-                heading_path(sections, a, inclusive=True)[:-1]
-                if starts_section
-                else heading_path(sections, a)
-            )
-            paths[a] = _fit_path(path, reserve, tokenizer) if path and tokenizer else ""
-            if paths[a]:
-                body = f"{paths[a]}\n\n{body}"
+            path = heading_path(sections, a, inclusive=starts_section)[: -1 if starts_section else None]
+            line = _fit_path(path, reserve, tokenizer)
+            if line:
+                body = f"{line}\n\n{body}"
         out.append(Chunk(doc, no, body, (count.token_index(a), count.token_index(b))))
     return out
 

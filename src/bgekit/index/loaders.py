@@ -16,7 +16,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -76,7 +76,7 @@ def read_source(
     A source with no documents at all is an error: there is nothing to index."""
     opts = options or SourceOptions()
     if encoding is not None:
-        opts = SourceOptions(**{**opts.__dict__, "encoding": encoding})
+        opts = replace(opts, encoding=encoding)
     path = Path(source)
     if path.is_dir():
         docs = _from_folder(path, opts)
