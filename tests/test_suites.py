@@ -335,3 +335,26 @@ def test_air_bench_layout_results_and_download(
         == 0
     )
     assert "qa/wiki/en/default" in capsys.readouterr().out
+
+
+def _write_many(folder: str, who: int, n: int) -> None:
+    from bgekit.eval.suites import write_eval_results
+
+    for i in range(n):
+        write_eval_results(Path(folder), {f"p{who}-{i}-dev": {"ndcg_at_10": who + i / 100}})
+
+
+def test_eval_results_from_several_processes_at_once_all_land(tmp_path: Path) -> None:
+    """Runs of different subsets into the same output merge EVAL/eval_results.json under a
+    lock: every entry any of them wrote is there."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_write_many, args=(str(tmp_path), w, 15)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    got = json.loads((tmp_path / "EVAL" / "eval_results.json").read_text())
+    assert set(got) == {f"p{w}-{i}-dev" for w in range(4) for i in range(15)}

@@ -472,13 +472,15 @@ def write_search_results(
 
 def write_eval_results(folder: Path, metrics: Mapping[str, Mapping[str, float]]) -> Path:
     """``EVAL/eval_results.json`` beside the search results: ``{"<subset>-<split>": metrics}``,
-    merged with what is there (subsets evaluated earlier keep their entries)."""
+    merged with what is there (subsets evaluated earlier keep their entries) under the
+    folder's writer lock, so runs of other subsets at once into the same output lose none."""
+    from bgekit.index.lock import WriteLock
     from bgekit.io import atomic_write
 
     path = folder / "EVAL" / "eval_results.json"
-    current = json.loads(path.read_text()) if path.is_file() else {}
-    current.update({k: dict(v) for k, v in metrics.items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as f:
-        f.write(json.dumps(current, indent=4).encode())
+    with WriteLock(path.parent, None):
+        current = json.loads(path.read_text()) if path.is_file() else {}
+        current.update({k: dict(v) for k, v in metrics.items()})
+        with atomic_write(path) as f:
+            f.write(json.dumps(current, indent=4).encode())
     return path
