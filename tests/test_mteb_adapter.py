@@ -93,8 +93,15 @@ def test_mteb_task_lists_write_the_reference_summary_and_report(
     out = tmp_path / "out"
     evaluate_mteb(model, [local_task(ds)], out)
     summary = json.loads((out / "summary.json").read_text())
-    score = round(100 * ours.metrics["ndcg@10"], 2)
-    assert summary == {"Retrieval": {"BgekitLocalRetrieval": score, "Avg": score}, "Avg": score}
+    score = (
+        100 * ours.metrics["ndcg@10"]
+    )  # mteb's and bgekit's differ by ~1e-4 x 100: rounding to 2 places can split
+    assert set(summary) == {"Retrieval", "Avg"} and set(summary["Retrieval"]) == {
+        "BgekitLocalRetrieval",
+        "Avg",
+    }
+    for value in (summary["Retrieval"]["BgekitLocalRetrieval"], summary["Retrieval"]["Avg"], summary["Avg"]):
+        assert value == pytest.approx(score, abs=0.011)
     assert (out / "report.html").is_file() and "BgekitLocalRetrieval" in (out / "report.md").read_text()
 
     broken = local_task(ds)
